@@ -1,0 +1,113 @@
+"""TorchServe handler: bytes -> preprocess -> tensor -> inference -> logits -> postprocess -> JSON.
+
+Each request of a batch succeeds or fails on its own: a bad image gets its own 4xx JSON error
+(`context.set_response_status(code, message, idx)`) and its neighbours still get predictions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import torch
+from ts.torch_handler.base_handler import BaseHandler
+
+from batch import Batch
+from handler_metrics import HandlerMetrics
+from payload import payload_to_bytes
+from preprocessing import InputError, PreprocessConfig, preprocess_bytes
+from provenance import verify_model_dir
+from runner import load_runner
+
+logger = logging.getLogger(__name__)
+
+DEFAULTS = {
+    "threads": 1,
+    "top_k": 5,
+    "preprocess_config": "preprocess.json",
+    "labels": "index_to_name.json",
+    "manifest": "provenance.json",
+    "on_integrity_mismatch": "refuse",
+}
+
+
+class ImageClassifierHandler(BaseHandler):
+    """Classify images with a TorchScript or ONNX model and its own preprocessing config."""
+
+    def initialize(self, context) -> None:
+        self.context = context
+        self.manifest = context.manifest
+        model_dir = Path(context.system_properties["model_dir"])
+        settings = {**DEFAULTS, **(getattr(context, "model_yaml_config", None) or {}).get("handler", {})}
+        self.settings = settings
+        verify_model_dir(model_dir, settings["manifest"], settings["on_integrity_mismatch"])
+        self.preprocess_config = PreprocessConfig.load(model_dir / settings["preprocess_config"])
+        self.labels = json.loads((model_dir / settings["labels"]).read_text())
+        threads = int(os.environ.get("HANDLER_THREADS", settings["threads"]))
+        serialized = self.manifest["model"]["serializedFile"]
+        self.runner = load_runner(model_dir / serialized, threads=threads)
+        self.top_k = int(settings["top_k"])
+        self.model_name = self.manifest["model"].get("modelName", "model")
+        self.model_version = self.manifest["model"].get("modelVersion", "1.0")
+        self.metrics = HandlerMetrics(context.metrics, self.model_name)
+        self._warm_up()
+        self.initialized = True
+        logger.info("Loaded %s v%s (%s, %d threads, %d labels)", self.model_name,
+                    self.model_version, self.runner.backend, threads, len(self.labels))
+
+    def _warm_up(self) -> None:
+        # The first forward pass pays for graph optimisation; pay it before taking traffic.
+        size = self.preprocess_config.input_size
+        self.runner(torch.zeros(1, 3, size, size))
+
+    def preprocess(self, data: list[dict]) -> Batch:
+        start = time.perf_counter()
+        batch = Batch(size=len(data))
+        tensors = []
+        for idx, row in enumerate(data):
+            try:
+                tensors.append(preprocess_bytes(payload_to_bytes(row), self.preprocess_config))
+                batch.indices.append(idx)
+            except InputError as err:
+                batch.errors[idx] = err
+                self.metrics.input_error(err.error_type)
+        if tensors:
+            batch.tensor = torch.stack(tensors)
+        self.metrics.stage("preprocess", start, len(data))
+        self.metrics.batch_size(len(data))
+        return batch
+
+    def inference(self, batch: Batch, *args, **kwargs) -> Batch:
+        start = time.perf_counter()
+        if batch.tensor is not None:
+            batch.logits = self.runner(batch.tensor)
+        self.metrics.stage("inference", start, batch.size)
+        return batch
+
+    def postprocess(self, batch: Batch) -> list:
+        start = time.perf_counter()
+        responses: list = [None] * batch.size
+        if batch.logits is not None:
+            probs = torch.softmax(batch.logits.float(), dim=1)
+            k = min(self.top_k, probs.shape[1])
+            top_p, top_i = probs.topk(k, dim=1)
+            for row, idx in enumerate(batch.indices):
+                responses[idx] = self._prediction(top_p[row].tolist(), top_i[row].tolist())
+        for idx, err in batch.errors.items():
+            self.context.set_response_status(err.status, err.message, idx)
+            responses[idx] = err.to_json()
+        self.metrics.stage("postprocess", start, batch.size)
+        return responses
+
+    def _prediction(self, probs: list[float], indices: list[int]) -> dict:
+        return {
+            "model": self.model_name,
+            "version": self.model_version,
+            "predictions": [
+                {"index": i, "label": self.labels.get(str(i), str(i)), "probability": round(p, 6)}
+                for p, i in zip(probs, indices)
+            ],
+        }

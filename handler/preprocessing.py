@@ -1,0 +1,180 @@
+"""The one implementation of image preprocessing: bytes -> checked PIL image -> CHW float tensor.
+
+Every number comes from a model's `preprocess.json`; export, validation and the TorchServe
+handler all call `preprocess_bytes`, so the served transform is the validated transform.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+INTERPOLATIONS = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+class InputError(ValueError):
+    """A client error: the request cannot be turned into an image tensor."""
+
+    def __init__(self, status: int, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_type = error_type
+        self.message = message
+
+    def to_json(self) -> dict:
+        return {"code": self.status, "type": self.error_type, "message": self.message}
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    input_size: int
+    resize_size: int
+    interpolation: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    channel_order: str = "RGB"
+    background_rgb: tuple[int, int, int] = (255, 255, 255)
+    fast_jpeg_draft: bool = True
+    max_bytes: int = 6_553_500
+    max_pixels: int = 40_000_000
+    min_side: int = 16
+    formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> PreprocessConfig:
+        limits = raw.get("limits", {})
+        cfg = cls(
+            input_size=int(raw["input_size"]),
+            resize_size=int(raw["resize_size"]),
+            interpolation=raw.get("interpolation", "bilinear"),
+            mean=tuple(float(v) for v in raw["mean"]),
+            std=tuple(float(v) for v in raw["std"]),
+            channel_order=raw.get("channel_order", "RGB").upper(),
+            background_rgb=tuple(int(v) for v in raw.get("background_rgb", (255, 255, 255))),
+            fast_jpeg_draft=bool(raw.get("fast_jpeg_draft", True)),
+            **{k: (tuple(v) if k == "formats" else int(v)) for k, v in limits.items()},
+        )
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def load(cls, path: str | Path) -> PreprocessConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def validate(self) -> None:
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {sorted(INTERPOLATIONS)}")
+        if self.channel_order not in ("RGB", "BGR"):
+            raise ValueError("channel_order must be RGB or BGR")
+        if self.resize_size < self.input_size:
+            raise ValueError("resize_size must be >= input_size")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError("mean and std need three values, std > 0")
+
+
+def _accepted(cfg: PreprocessConfig) -> str:
+    return "accepted: " + ", ".join(cfg.formats) + " images"
+
+
+def open_image(data: bytes, cfg: PreprocessConfig) -> Image.Image:
+    """Parse the header and enforce the limits before any pixel is decoded."""
+    if not data:
+        raise InputError(400, "EmptyInput", f"The request body is empty; {_accepted(cfg)}.")
+    if len(data) > cfg.max_bytes:
+        raise InputError(413, "PayloadTooLarge",
+                         f"Image is {len(data)} bytes; the limit is {cfg.max_bytes} bytes.")
+    try:
+        img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise _too_many_pixels(cfg, str(exc)) from exc
+    except Exception as exc:  # Pillow raises many types for unknown bytes
+        raise InputError(415, "UnsupportedMediaType",
+                         f"The body is not a recognised image; {_accepted(cfg)}.") from exc
+    if img.format not in cfg.formats:
+        raise InputError(415, "UnsupportedMediaType",
+                         f"Image format {img.format} is not supported; {_accepted(cfg)}.")
+    width, height = img.size
+    if width * height > cfg.max_pixels:
+        raise _too_many_pixels(cfg, f"{width}x{height}")
+    if min(width, height) < cfg.min_side:
+        raise InputError(400, "ImageTooSmall",
+                         f"Image is {width}x{height}; each side must be at least {cfg.min_side} px.")
+    return img
+
+
+def _too_many_pixels(cfg: PreprocessConfig, detail: str) -> InputError:
+    return InputError(413, "ImageTooLarge",
+                      f"Image declares too many pixels ({detail}); the limit is {cfg.max_pixels}.")
+
+
+def decode_rgb(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
+    """Decode pixels (reduced in libjpeg when large), honour EXIF orientation, return RGB."""
+    try:
+        if cfg.fast_jpeg_draft and img.format == "JPEG":
+            _draft_for_resize(img, cfg.resize_size)
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        return _to_rgb(img, cfg.background_rgb)
+    except InputError:
+        raise
+    except Exception as exc:  # truncated or corrupt data surfaces as OSError, SyntaxError, ...
+        raise InputError(400, "CorruptImage",
+                         f"The {img.format} image could not be decoded ({exc}).") from exc
+
+
+def _draft_for_resize(img: Image.Image, resize_size: int) -> None:
+    # libjpeg decodes at 1/2, 1/4, 1/8 scale for free; keep the short side >= resize_size.
+    w, h = img.size
+    scale = resize_size / min(w, h)
+    if scale < 0.5:
+        img.draft("RGB", (math.ceil(w * scale), math.ceil(h * scale)))
+
+
+def _to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit greyscale: scale to 8 bits instead of clipping at 255.
+        arr = np.asarray(img, dtype=np.uint32) >> 8
+        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        img = img.convert("RGBA")
+        canvas = Image.new("RGB", img.size, background)
+        canvas.paste(img, mask=img.getchannel("A"))
+        return canvas
+    return img.convert("RGB") if img.mode != "RGB" else img
+
+
+def to_tensor(img: Image.Image, cfg: PreprocessConfig) -> torch.Tensor:
+    """Resize the short side (uint8), centre crop, normalize; returns a 3xHxW float32 tensor."""
+    w, h = img.size
+    scale = cfg.resize_size / min(w, h)
+    size = (max(cfg.resize_size, round(w * scale)), max(cfg.resize_size, round(h * scale)))
+    img = img.resize(size, INTERPOLATIONS[cfg.interpolation])
+    left = (size[0] - cfg.input_size) // 2
+    top = (size[1] - cfg.input_size) // 2
+    img = img.crop((left, top, left + cfg.input_size, top + cfg.input_size))
+    arr = np.asarray(img, dtype=np.float32)
+    if cfg.channel_order == "BGR":
+        arr = arr[:, :, ::-1]
+    mean = np.asarray(cfg.mean, dtype=np.float32) * 255.0
+    std = np.asarray(cfg.std, dtype=np.float32) * 255.0
+    arr = (arr - mean) / std
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+
+def preprocess_bytes(data: bytes, cfg: PreprocessConfig) -> torch.Tensor:
+    """Encoded image bytes -> model input tensor, or InputError for a client mistake."""
+    return to_tensor(decode_rgb(open_image(data, cfg), cfg), cfg)

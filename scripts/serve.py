@@ -1,0 +1,176 @@
+"""Start TorchServe with our config, wait until the model's workers are READY, or stop it.
+
+Each server gets its own working directory (key file, logs, pid file, derived config), so a
+development server and a test server can run side by side on different ports.
+
+    python scripts/serve.py start            # serve model_store/efficientnet_lite0.mar
+    python scripts/serve.py stop
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import paths
+from ts_client import TorchServeClient
+
+PATH_KEYS = ("model_store", "metrics_config", "workflow_store")
+
+
+@dataclass
+class Server:
+    workdir: Path
+    pgid: int
+    client: TorchServeClient
+    process: subprocess.Popen | None = None
+
+    def alive(self) -> bool:
+        try:
+            os.killpg(self.pgid, 0)
+        except ProcessLookupError:
+            return False
+        return self.process is None or self.process.poll() is None
+
+
+def read_properties(path: Path) -> dict[str, str]:
+    props = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            props[key.strip()] = value.strip()
+    return props
+
+
+def derive_config(workdir: Path, ports: tuple[int, int, int], models: str,
+                  base: Path = paths.ROOT / "config.properties",
+                  model_store: Path = paths.MODEL_STORE, overrides: dict | None = None) -> Path:
+    """Copy config.properties with absolute paths, our ports and models into workdir."""
+    props = read_properties(base)
+    for key in PATH_KEYS:
+        if key in props and not Path(props[key]).is_absolute():
+            props[key] = str((base.parent / props[key]).resolve())
+    props["model_store"] = str(Path(model_store).resolve())
+    for key, port in zip(("inference_address", "management_address", "metrics_address"), ports):
+        props[key] = f"http://127.0.0.1:{port}"
+    props["load_models"] = models
+    props.update(overrides or {})
+    out = workdir / "config.properties"
+    out.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+    return out
+
+
+def start(workdir: Path = paths.ROOT / "run", models: str = "efficientnet_lite0=efficientnet_lite0.mar",
+          ports: tuple[int, int, int] = (8080, 8081, 8082), model_store: Path = paths.MODEL_STORE,
+          overrides: dict | None = None, env: dict | None = None) -> Server:
+    """Launch TorchServe in its own process group; returns at once (see wait_ready)."""
+    workdir = Path(workdir).resolve()
+    (workdir / "tmp").mkdir(parents=True, exist_ok=True)
+    (workdir / "key_file.json").unlink(missing_ok=True)
+    config = derive_config(workdir, ports, models, model_store=model_store, overrides=overrides)
+    run_env = {**os.environ, **(env or {}),
+               # TorchServe keeps one global pid file in the temp dir: give each server its own.
+               "TMPDIR": str(workdir / "tmp"),
+               "LOG_LOCATION": str(workdir / "logs"), "METRICS_LOCATION": str(workdir / "logs")}
+    bin_dir = Path(sys.executable).parent
+    run_env["PATH"] = f"{bin_dir}{os.pathsep}{run_env.get('PATH', '')}"
+    cmd = [str(bin_dir / "torchserve"), "--start", "--foreground", "--ncs",
+           "--ts-config", str(config), "--model-store", str(Path(model_store).resolve())]
+    log = open(workdir / "torchserve.out", "ab")
+    proc = subprocess.Popen(cmd, cwd=workdir, env=run_env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    (workdir / "torchserve.pid").write_text(str(proc.pid))
+    client = TorchServeClient(*(f"http://127.0.0.1:{p}" for p in ports),
+                              key_file=workdir / "key_file.json")
+    return Server(workdir, proc.pid, client, proc)
+
+
+def wait_ready(server: Server, model: str, min_ready: int = 1, timeout: float = 180.0,
+               progress: bool = True) -> float:
+    """Poll the management API until `min_ready` workers are READY; returns seconds waited."""
+    t0 = time.monotonic()
+    last = ""
+    while time.monotonic() - t0 < timeout:
+        if not server.alive():
+            raise RuntimeError(f"TorchServe exited; see {server.workdir / 'torchserve.out'}")
+        try:
+            workers = server.client.workers(model)
+            states = [w.get("status", "?") for w in workers]
+            status = f"workers: {', '.join(states) or 'none yet'}"
+            if states.count("READY") >= min_ready:
+                if progress:
+                    print(f"\r[serve] {status} after {time.monotonic() - t0:.1f} s   ", flush=True)
+                return time.monotonic() - t0
+        except Exception as exc:  # frontend not listening yet, key file not written yet
+            status = f"waiting for the frontend ({type(exc).__name__})"
+        if progress and status != last:
+            print(f"\r[serve] {status} ({time.monotonic() - t0:.0f} s)      ", end="", flush=True)
+            last = status
+        time.sleep(0.5)
+    raise TimeoutError(f"{model}: fewer than {min_ready} READY workers after {timeout:.0f} s; "
+                       f"see {server.workdir / 'logs' / 'model_log.log'}")
+
+
+def stop(workdir: Path = paths.ROOT / "run", grace: float = 30.0) -> bool:
+    """SIGTERM the server's process group, wait up to `grace` s, then SIGKILL. True if stopped."""
+    pid_file = Path(workdir) / "torchserve.pid"
+    if not pid_file.is_file():
+        return False
+    pgid = int(pid_file.read_text())
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            os.killpg(pgid, 0)
+            time.sleep(0.2)
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    pid_file.unlink(missing_ok=True)
+    (Path(workdir) / "key_file.json").unlink(missing_ok=True)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=["start", "stop"])
+    parser.add_argument("--model", default=paths.DEFAULT_MODEL, help="model name (NAME.mar)")
+    parser.add_argument("--workdir", type=Path, default=paths.ROOT / "run",
+                        help="holds key_file.json, logs/ and the pid file")
+    parser.add_argument("--timeout", type=float, default=180, help="seconds to wait for READY")
+    args = parser.parse_args(argv)
+    if args.action == "stop":
+        print("TorchServe stopped." if stop(args.workdir) else "TorchServe was not running.")
+        return 0
+    if (args.workdir / "torchserve.pid").is_file():
+        stop(args.workdir)
+    server = start(args.workdir, models=f"{args.model}={args.model}.mar")
+    try:
+        took = wait_ready(server, args.model, timeout=args.timeout)
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"\nerror: {exc}", file=sys.stderr)
+        stop(args.workdir)
+        return 1
+    key = server.client._auth("inference")["Authorization"].split()[1]
+    c = server.client
+    print(f"TorchServe is serving {args.model} ({took:.1f} s to READY)\n"
+          f"  inference:  {c.inference_url}/predictions/{args.model}\n"
+          f"  management: {c.management_url}/models/{args.model}\n"
+          f"  metrics:    {c.metrics_url}/metrics\n"
+          f"  key file:   {args.workdir / 'key_file.json'}\n"
+          f"Try it:\n  curl -H 'Authorization: Bearer {key}' -T cat.jpg "
+          f"{c.inference_url}/predictions/{args.model}\n"
+          f"Stop it: make stop")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

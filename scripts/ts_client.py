@@ -1,0 +1,75 @@
+"""A small token-aware client for TorchServe's inference and management APIs.
+
+TorchServe rewrites its bearer keys into `key_file.json` (in its working directory) at every
+start and they expire, so the keys are re-read from the file whenever they may have changed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+# Raw image bodies must not go out as application/x-www-form-urlencoded (the default of many
+# clients): TorchServe's frontend fails those with HTTP 500 before any handler runs.
+IMAGE_HEADERS = {"Content-Type": "application/octet-stream"}
+
+
+def read_keys(key_file: str | Path) -> dict[str, str]:
+    """{'inference': ..., 'management': ...} from TorchServe's key_file.json."""
+    doc = json.loads(Path(key_file).read_text())
+    return {name: doc[name]["key"] for name in ("inference", "management") if name in doc}
+
+
+@dataclass
+class TorchServeClient:
+    inference_url: str = "http://127.0.0.1:8080"
+    management_url: str = "http://127.0.0.1:8081"
+    metrics_url: str = "http://127.0.0.1:8082"
+    key_file: Path | None = Path("run/key_file.json")
+    timeout: float = 10.0
+
+    def _auth(self, api: str) -> dict[str, str]:
+        if not self.key_file or not Path(self.key_file).is_file():
+            return {}
+        key = read_keys(self.key_file).get(api)
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def predict(self, model: str, body: bytes, headers: dict | None = None,
+                session: requests.Session | None = None) -> requests.Response:
+        """POST one raw image; returns the response (any status)."""
+        sender = session or requests
+        all_headers = {**IMAGE_HEADERS, **self._auth("inference"), **(headers or {})}
+        return sender.post(f"{self.inference_url}/predictions/{model}", data=body,
+                           headers=all_headers, timeout=self.timeout)
+
+    def ping(self) -> requests.Response:
+        return requests.get(f"{self.inference_url}/ping", headers=self._auth("inference"),
+                            timeout=self.timeout)
+
+    def describe(self, model: str) -> list[dict]:
+        """GET /models/NAME: one entry per version, each with its workers."""
+        resp = requests.get(f"{self.management_url}/models/{model}",
+                            headers=self._auth("management"), timeout=self.timeout)
+        resp.raise_for_status()
+        return resp.json()
+
+    def workers(self, model: str) -> list[dict]:
+        return [w for version in self.describe(model) for w in version.get("workers", [])]
+
+    def ready_workers(self, model: str) -> int:
+        return sum(1 for w in self.workers(model) if w.get("status") == "READY")
+
+    def scale(self, model: str, min_workers: int, max_workers: int | None = None,
+              timeout: float = 120.0) -> requests.Response:
+        params = {"min_worker": min_workers, "max_worker": max_workers or min_workers,
+                  "synchronous": "true", "timeout": int(timeout)}
+        return requests.put(f"{self.management_url}/models/{model}", params=params,
+                            headers=self._auth("management"), timeout=timeout + 10)
+
+    def metrics(self) -> str:
+        resp = requests.get(f"{self.metrics_url}/metrics", timeout=self.timeout)
+        resp.raise_for_status()
+        return resp.text
