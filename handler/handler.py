@@ -13,14 +13,13 @@ import time
 from pathlib import Path
 
 import torch
-from ts.torch_handler.base_handler import BaseHandler
-
 from batch import Batch
 from handler_metrics import HandlerMetrics
 from payload import payload_to_bytes
 from preprocessing import InputError, PreprocessConfig, preprocess_bytes
 from provenance import verify_model_dir
 from runner import load_runner
+from ts.torch_handler.base_handler import BaseHandler
 
 logger = logging.getLogger(__name__)
 

@@ -19,12 +19,11 @@ import warnings
 import zipfile
 from pathlib import Path
 
-import torch
-from torch import nn
-
 import paths
+import torch
 from preprocessing import PreprocessConfig, to_tensor  # noqa: E402  (handler/, via paths)
 from sample_images import load_photos
+from torch import nn
 
 TOLERANCE = {"torchscript": 1e-4, "onnx": 1e-3}
 

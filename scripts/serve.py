@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nerror: {exc}", file=sys.stderr)
         stop(args.workdir)
         return 1
-    key = server.client._auth("inference")["Authorization"].split()[1]
+    key = server.client.auth_headers("inference")["Authorization"].split()[1]
     c = server.client
     print(f"TorchServe is serving {args.model} ({took:.1f} s to READY)\n"
           f"  inference:  {c.inference_url}/predictions/{args.model}\n"

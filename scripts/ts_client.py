@@ -31,7 +31,7 @@ class TorchServeClient:
     key_file: Path | None = Path("run/key_file.json")
     timeout: float = 10.0
 
-    def _auth(self, api: str) -> dict[str, str]:
+    def auth_headers(self, api: str) -> dict[str, str]:
         if not self.key_file or not Path(self.key_file).is_file():
             return {}
         key = read_keys(self.key_file).get(api)
@@ -41,18 +41,18 @@ class TorchServeClient:
                 session: requests.Session | None = None) -> requests.Response:
         """POST one raw image; returns the response (any status)."""
         sender = session or requests
-        all_headers = {**IMAGE_HEADERS, **self._auth("inference"), **(headers or {})}
+        all_headers = {**IMAGE_HEADERS, **self.auth_headers("inference"), **(headers or {})}
         return sender.post(f"{self.inference_url}/predictions/{model}", data=body,
                            headers=all_headers, timeout=self.timeout)
 
     def ping(self) -> requests.Response:
-        return requests.get(f"{self.inference_url}/ping", headers=self._auth("inference"),
+        return requests.get(f"{self.inference_url}/ping", headers=self.auth_headers("inference"),
                             timeout=self.timeout)
 
     def describe(self, model: str) -> list[dict]:
         """GET /models/NAME: one entry per version, each with its workers."""
         resp = requests.get(f"{self.management_url}/models/{model}",
-                            headers=self._auth("management"), timeout=self.timeout)
+                            headers=self.auth_headers("management"), timeout=self.timeout)
         resp.raise_for_status()
         return resp.json()
 
@@ -67,7 +67,7 @@ class TorchServeClient:
         params = {"min_worker": min_workers, "max_worker": max_workers or min_workers,
                   "synchronous": "true", "timeout": int(timeout)}
         return requests.put(f"{self.management_url}/models/{model}", params=params,
-                            headers=self._auth("management"), timeout=timeout + 10)
+                            headers=self.auth_headers("management"), timeout=timeout + 10)
 
     def metrics(self) -> str:
         resp = requests.get(f"{self.metrics_url}/metrics", timeout=self.timeout)
