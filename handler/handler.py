@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import time
+from http.client import responses as HTTP_PHRASES
 from pathlib import Path
 
 import torch
@@ -73,6 +74,11 @@ class ImageClassifierHandler(BaseHandler):
             except InputError as err:
                 batch.errors[idx] = err
                 self.metrics.input_error(err.error_type)
+            except Exception:  # a bug hit by one request must not fail its neighbours
+                logger.exception("Unexpected preprocessing failure (request %d of %d)", idx, len(data))
+                batch.errors[idx] = InputError(500, "InternalServerError",
+                                               "The server failed on this image; the error is logged.")
+                self.metrics.input_error("InternalServerError")
         if tensors:
             batch.tensor = torch.stack(tensors)
         self.metrics.stage("preprocess", start, len(data))
@@ -96,7 +102,9 @@ class ImageClassifierHandler(BaseHandler):
             for row, idx in enumerate(batch.indices):
                 responses[idx] = self._prediction(top_p[row].tolist(), top_i[row].tolist())
         for idx, err in batch.errors.items():
-            self.context.set_response_status(err.status, err.message, idx)
+            # A fixed reason phrase in the status line; the details travel in the JSON body.
+            self.context.set_response_status(err.status, HTTP_PHRASES.get(err.status, "Error"), idx)
+            self.context.set_response_content_type(idx, "application/json")
             responses[idx] = err.to_json()
         self.metrics.stage("postprocess", start, batch.size)
         return responses

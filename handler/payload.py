@@ -1,7 +1,9 @@
 """Turn one TorchServe request row into the image's encoded bytes.
 
 TorchServe hands the handler a dict per request: a raw body under `body` (or `data`), a
-multipart upload under its form field name, and a JSON body already parsed into a dict.
+multipart upload under its form field name. Its worker pre-decodes by Content-Type: an
+`application/json` body that parses arrives as a dict (or list, number, ...), a `text/*` body
+that is valid UTF-8 arrives as str; otherwise (an image sent as text/plain, say) as bytes.
 """
 
 from __future__ import annotations
@@ -9,40 +11,62 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 
 from preprocessing import InputError
 
 JSON_IMAGE_KEYS = ("image", "b64", "data")
+# Field names tried first; a multipart upload under another name is still found.
+FIELD_KEYS = ("data", "body", "image", "file")
 ACCEPTED = ("raw image bytes (Content-Type image/* or application/octet-stream), "
             "a multipart field 'data', or JSON {\"image\": \"<base64>\"}")
+_WHITESPACE = re.compile(rb"\s+")
 
 
 def payload_to_bytes(row: dict) -> bytes:
     """Return the encoded image bytes of a request, or raise InputError."""
     value = _pick_field(row)
+    if value is None:
+        raise InputError(400, "EmptyInput", f"No image in the request; send {ACCEPTED}.")
     if isinstance(value, (bytes, bytearray)):
         value = bytes(value)
-        if value[:1] == b"{":
+        if value.lstrip()[:1] == b"{":
             return _from_json(_parse_json(value))
         return value
     if isinstance(value, dict):
         return _from_json(value)
     if isinstance(value, str):
-        if value.lstrip().startswith("{"):
-            return _from_json(_parse_json(value.encode()))
-        return _b64(value)
-    raise InputError(400, "EmptyInput", f"No image in the request; send {ACCEPTED}.")
+        return _from_text(value)
+    raise InputError(400, "InvalidJSON",
+                     f"The JSON body is a {type(value).__name__}; send an object "
+                     "{\"image\": \"<base64>\"}.")
 
 
 def _pick_field(row: dict):
-    for key in ("data", "body"):
+    for key in FIELD_KEYS:
         if row.get(key) is not None:
             return row[key]
-    # A multipart upload with another field name: take the first non-empty field.
+    # A multipart upload under another field name: prefer an uploaded file over text fields.
     for value in row.values():
-        if value:
+        if isinstance(value, (bytes, bytearray)) and value:
+            return value
+    for value in row.values():
+        if value is not None and value != "":
             return value
     return None
+
+
+def _from_text(text: str) -> bytes:
+    """A text body: JSON, or a bare base64 string; anything else (HTML, ...) is not an image."""
+    if text.lstrip().startswith("{"):
+        return _from_json(_parse_json(text.encode()))
+    if not text.strip():
+        raise InputError(400, "EmptyInput", f"The request body is blank; send {ACCEPTED}.")
+    try:
+        return _b64(text)
+    except InputError as exc:
+        raise InputError(415, "UnsupportedMediaType",
+                         f"The body is text, neither an image nor base64; send {ACCEPTED}.") from exc
 
 
 def _parse_json(raw: bytes) -> dict:
@@ -64,9 +88,14 @@ def _from_json(doc: dict) -> bytes:
 
 
 def _b64(text: str) -> bytes:
-    if "," in text[:100] and text.startswith("data:"):
-        text = text.split(",", 1)[1]  # data URL
+    """Standard or URL-safe base64, with or without padding, line breaks or a data: URL prefix."""
+    if text.startswith("data:") and "," in text[:200]:
+        text = text.split(",", 1)[1]
     try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as exc:
+        raw = _WHITESPACE.sub(b"", text.encode("ascii"))
+        raw = raw.replace(b"-", b"+").replace(b"_", b"/")
+        if not raw.endswith(b"="):
+            raw += b"=" * (-len(raw) % 4)
+        return base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError) as exc:  # UnicodeEncodeError is a ValueError
         raise InputError(400, "InvalidBase64", f"The image string is not valid base64: {exc}.") from exc

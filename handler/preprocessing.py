@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,11 +17,25 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+logger = logging.getLogger(__name__)
+
 INTERPOLATIONS = {
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,
     "bicubic": Image.Resampling.BICUBIC,
     "lanczos": Image.Resampling.LANCZOS,
+}
+
+# Pillow names a JPEG carrying a Multi-Picture segment (many phone cameras write one) "MPO".
+FORMAT_ALIASES = {"MPO": "JPEG"}
+# Leading bytes of each accepted format: a body that starts like one but does not parse is a
+# damaged image (400); anything else is not an image at all (415).
+SIGNATURES = {
+    "JPEG": (b"\xff\xd8\xff",),
+    "PNG": (b"\x89PNG\r\n\x1a\n",),
+    "GIF": (b"GIF87a", b"GIF89a"),
+    "BMP": (b"BM",),
+    "WEBP": (b"RIFF",),
 }
 
 
@@ -50,6 +65,9 @@ class PreprocessConfig:
     max_bytes: int = 6_553_500
     max_pixels: int = 40_000_000
     min_side: int = 16
+    # The short side is resized to resize_size, so a long thin strip would be upscaled into a
+    # huge image: the aspect ratio bounds the memory of that step.
+    max_aspect_ratio: float = 20.0
     formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
 
     @classmethod
@@ -64,7 +82,7 @@ class PreprocessConfig:
             channel_order=raw.get("channel_order", "RGB").upper(),
             background_rgb=tuple(int(v) for v in raw.get("background_rgb", (255, 255, 255))),
             fast_jpeg_draft=bool(raw.get("fast_jpeg_draft", True)),
-            **{k: (tuple(v) if k == "formats" else int(v)) for k, v in limits.items()},
+            **{k: _limit(k, v) for k, v in limits.items()},
         )
         cfg.validate()
         return cfg
@@ -82,6 +100,24 @@ class PreprocessConfig:
             raise ValueError("resize_size must be >= input_size")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ValueError("mean and std need three values, std > 0")
+        if min(self.max_bytes, self.max_pixels, self.min_side) < 1 or self.max_aspect_ratio < 1:
+            raise ValueError("limits must be positive and max_aspect_ratio >= 1")
+
+
+LIMIT_CASTS = {
+    "max_bytes": int,
+    "max_pixels": int,
+    "min_side": int,
+    "max_aspect_ratio": float,
+    "formats": lambda v: tuple(str(f).upper() for f in v),
+}
+
+
+def _limit(name: str, value):
+    """Cast one entry of preprocess.json "limits"; a misspelt key fails loudly at load."""
+    if name not in LIMIT_CASTS:
+        raise ValueError(f"unknown limit {name!r}; known: {sorted(LIMIT_CASTS)}")
+    return LIMIT_CASTS[name](value)
 
 
 def _accepted(cfg: PreprocessConfig) -> str:
@@ -89,20 +125,23 @@ def _accepted(cfg: PreprocessConfig) -> str:
 
 
 def open_image(data: bytes, cfg: PreprocessConfig) -> Image.Image:
-    """Parse the header and enforce the limits before any pixel is decoded."""
+    """Parse the header and enforce every limit before a single pixel is decoded."""
     if not data:
         raise InputError(400, "EmptyInput", f"The request body is empty; {_accepted(cfg)}.")
     if len(data) > cfg.max_bytes:
         raise InputError(413, "PayloadTooLarge",
                          f"Image is {len(data)} bytes; the limit is {cfg.max_bytes} bytes.")
     try:
-        img = Image.open(io.BytesIO(data))
+        # Only our formats' parsers ever see the bytes (no EPS, TIFF, PSD, ... plugins).
+        img = Image.open(io.BytesIO(data), formats=_pillow_formats(cfg))
     except Image.DecompressionBombError as exc:
         raise _too_many_pixels(cfg, str(exc)) from exc
-    except Exception as exc:  # Pillow raises many types for unknown bytes
-        raise InputError(415, "UnsupportedMediaType",
-                         f"The body is not a recognised image; {_accepted(cfg)}.") from exc
-    if img.format not in cfg.formats:
+    except MemoryError:
+        raise
+    except Exception as exc:  # Pillow raises many types for unknown or damaged headers
+        raise _unreadable(data, cfg) from exc
+    fmt = FORMAT_ALIASES.get(img.format, img.format)
+    if fmt not in cfg.formats:
         raise InputError(415, "UnsupportedMediaType",
                          f"Image format {img.format} is not supported; {_accepted(cfg)}.")
     width, height = img.size
@@ -111,7 +150,26 @@ def open_image(data: bytes, cfg: PreprocessConfig) -> Image.Image:
     if min(width, height) < cfg.min_side:
         raise InputError(400, "ImageTooSmall",
                          f"Image is {width}x{height}; each side must be at least {cfg.min_side} px.")
+    if max(width, height) > cfg.max_aspect_ratio * min(width, height):
+        raise InputError(400, "AspectRatioTooLarge",
+                         f"Image is {width}x{height}; the long side may be at most "
+                         f"{cfg.max_aspect_ratio:g} times the short side.")
     return img
+
+
+def _pillow_formats(cfg: PreprocessConfig) -> tuple[str, ...]:
+    # MPO files are opened by Pillow's JPEG parser, so "JPEG" covers them.
+    return tuple(f for f in cfg.formats if f not in FORMAT_ALIASES)
+
+
+def _unreadable(data: bytes, cfg: PreprocessConfig) -> InputError:
+    for fmt in cfg.formats:
+        if any(data.startswith(sig) for sig in SIGNATURES.get(fmt, ())):
+            return InputError(400, "CorruptImage",
+                              f"The body starts like a {fmt} image but its header is damaged or "
+                              f"cut short; {_accepted(cfg)}.")
+    return InputError(415, "UnsupportedMediaType",
+                      f"The body is not a recognised image; {_accepted(cfg)}.")
 
 
 def _too_many_pixels(cfg: PreprocessConfig, detail: str) -> InputError:
@@ -122,16 +180,25 @@ def _too_many_pixels(cfg: PreprocessConfig, detail: str) -> InputError:
 def decode_rgb(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
     """Decode pixels (reduced in libjpeg when large), honour EXIF orientation, return RGB."""
     try:
-        if cfg.fast_jpeg_draft and img.format == "JPEG":
+        if cfg.fast_jpeg_draft and FORMAT_ALIASES.get(img.format, img.format) == "JPEG":
             _draft_for_resize(img, cfg.resize_size)
         img.load()
-        img = ImageOps.exif_transpose(img)
+        img = _exif_upright(img)
         return _to_rgb(img, cfg.background_rgb)
-    except InputError:
+    except (InputError, MemoryError):
         raise
     except Exception as exc:  # truncated or corrupt data surfaces as OSError, SyntaxError, ...
         raise InputError(400, "CorruptImage",
                          f"The {img.format} image could not be decoded ({exc}).") from exc
+
+
+def _exif_upright(img: Image.Image) -> Image.Image:
+    # A damaged EXIF block should not cost the client a prediction: keep the stored orientation.
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception as exc:
+        logger.debug("EXIF orientation ignored: %s", exc)
+        return img
 
 
 def _draft_for_resize(img: Image.Image, resize_size: int) -> None:
@@ -145,7 +212,7 @@ def _draft_for_resize(img: Image.Image, resize_size: int) -> None:
 def _to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16-bit greyscale: scale to 8 bits instead of clipping at 255.
-        arr = np.asarray(img, dtype=np.uint32) >> 8
+        arr = np.asarray(img, dtype=np.int64) >> 8
         img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
