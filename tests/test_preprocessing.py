@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import importlib.util
 import io
 import json
 import struct
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import ROOT
+from handler_metrics import HandlerMetrics
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from payload import payload_to_bytes
@@ -283,6 +285,54 @@ def test_payload_errors(row, status, kind):
     with pytest.raises(InputError) as info:
         payload_to_bytes(row)
     assert (info.value.status, info.value.error_type) == (status, kind)
+
+
+# ---- the handler: one request's failure stays that request's ----
+
+class RecordingContext:
+    def __init__(self) -> None:
+        self.status: dict[int, tuple[int, str]] = {}
+        self.content_type: dict[int, str] = {}
+
+    def set_response_status(self, code: int, phrase: str, idx: int) -> None:
+        self.status[idx] = (code, phrase)
+
+    def set_response_content_type(self, idx: int, value: str) -> None:
+        self.content_type[idx] = value
+
+
+def bare_handler(monkeypatch):
+    spec = importlib.util.spec_from_file_location("served_handler", ROOT / "handler" / "handler.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    h = module.ImageClassifierHandler()
+    h.context, h.preprocess_config, h.metrics = RecordingContext(), CFG, HandlerMetrics(None, "m")
+    h.runner = lambda x: torch.linspace(0, 1, 10).repeat(x.shape[0], 1)
+    h.top_k, h.labels, h.model_name, h.model_version = 3, {}, "m", "1.0"
+    real = module.preprocess_bytes
+
+    def with_a_bug(data: bytes, cfg: PreprocessConfig) -> torch.Tensor:
+        if data == b"trigger a bug":
+            raise RuntimeError("an unexpected failure, not the client's fault")
+        return real(data, cfg)
+
+    monkeypatch.setattr(module, "preprocess_bytes", with_a_bug)
+    return h
+
+
+def test_batch_errors_are_per_request(monkeypatch):
+    h = bare_handler(monkeypatch)
+    good = encode(gradient(), "PNG")
+    rows = [{"body": good}, {"body": b"trigger a bug"}, {"body": b"garbage"}, {"data": good}, {}]
+    out = h.postprocess(h.inference(h.preprocess(rows)))
+    assert len(out) == 5
+    for idx in (0, 3):
+        assert [p["index"] for p in out[idx]["predictions"]] == [9, 8, 7] and idx not in h.context.status
+    assert h.context.status == {1: (500, "Internal Server Error"), 2: (415, "Unsupported Media Type"),
+                                4: (400, "Bad Request")}
+    assert out[1]["type"] == "InternalServerError" and "logged" in out[1]["message"]
+    assert out[2]["code"] == 415 and out[4]["type"] == "EmptyInput"
+    assert h.context.content_type == {1: "application/json", 2: "application/json", 4: "application/json"}
 
 
 # ---- property: mutated image bytes -> valid tensor or InputError ----
