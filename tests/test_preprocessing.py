@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 from conftest import ROOT
-from handler_metrics import HandlerMetrics
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from payload import payload_to_bytes
@@ -301,12 +300,19 @@ class RecordingContext:
         self.content_type[idx] = value
 
 
+class NoMetrics:
+    """Accepts any metric call: this test is about responses, not metrics."""
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: None
+
+
 def bare_handler(monkeypatch):
     spec = importlib.util.spec_from_file_location("served_handler", ROOT / "handler" / "handler.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     h = module.ImageClassifierHandler()
-    h.context, h.preprocess_config, h.metrics = RecordingContext(), CFG, HandlerMetrics(None, "m")
+    h.context, h.preprocess_config, h.metrics = RecordingContext(), CFG, NoMetrics()
     h.runner = lambda x: torch.linspace(0, 1, 10).repeat(x.shape[0], 1)
     h.top_k, h.labels, h.model_name, h.model_version = 3, {}, "m", "1.0"
     real = module.preprocess_bytes
