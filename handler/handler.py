@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 from batch import Batch
-from handler_metrics import HandlerMetrics
+from handler_metrics import INFERENCE, POSTPROCESS, PREPROCESS, REQUEST, HandlerMetrics
 from payload import payload_to_bytes
 from preprocessing import InputError, PreprocessConfig, preprocess_bytes
 from provenance import verify_model_dir
@@ -64,12 +64,16 @@ class ImageClassifierHandler(BaseHandler):
         self.runner(torch.zeros(1, 3, size, size))
 
     def preprocess(self, data: list[dict]) -> Batch:
-        start = time.perf_counter()
+        self._batch_start = time.perf_counter()
         batch = Batch(size=len(data))
         tensors = []
         for idx, row in enumerate(data):
             try:
-                tensors.append(preprocess_bytes(payload_to_bytes(row), self.preprocess_config))
+                start = time.perf_counter()
+                body = payload_to_bytes(row)
+                tensors.append(preprocess_bytes(body, self.preprocess_config))
+                self.metrics.observe(PREPROCESS, time.perf_counter() - start)
+                self.metrics.image(body)
                 batch.indices.append(idx)
             except InputError as err:
                 batch.errors[idx] = err
@@ -81,7 +85,6 @@ class ImageClassifierHandler(BaseHandler):
                 self.metrics.input_error("InternalServerError")
         if tensors:
             batch.tensor = torch.stack(tensors)
-        self.metrics.stage("preprocess", start, len(data))
         self.metrics.batch_size(len(data))
         return batch
 
@@ -89,7 +92,7 @@ class ImageClassifierHandler(BaseHandler):
         start = time.perf_counter()
         if batch.tensor is not None:
             batch.logits = self.runner(batch.tensor)
-        self.metrics.stage("inference", start, batch.size)
+        self.metrics.observe(INFERENCE, time.perf_counter() - start)
         return batch
 
     def postprocess(self, batch: Batch) -> list:
@@ -106,7 +109,10 @@ class ImageClassifierHandler(BaseHandler):
             self.context.set_response_status(err.status, HTTP_PHRASES.get(err.status, "Error"), idx)
             self.context.set_response_content_type(idx, "application/json")
             responses[idx] = err.to_json()
-        self.metrics.stage("postprocess", start, batch.size)
+        end = time.perf_counter()
+        self.metrics.observe(POSTPROCESS, end - start)
+        # Every request of the batch spent the whole batch's handler time.
+        self.metrics.observe(REQUEST, end - getattr(self, "_batch_start", start), times=batch.size)
         return responses
 
     def _prediction(self, probs: list[float], indices: list[int]) -> dict:

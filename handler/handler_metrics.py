@@ -1,42 +1,71 @@
-"""Handler-side metrics (declared in config/metrics.yaml) that explain where latency goes.
+"""Handler-side metrics that explain where latency goes, emitted through TorchServe's metrics API.
+
+How these reach Prometheus (TorchServe 0.12, `metrics_mode=prometheus`): the worker prints one
+`[METRICS]` log line per observation; the Java frontend parses it and updates the metric of the
+same name declared under `model_metrics` in config/metrics.yaml, using the dimension values of
+the line plus `Hostname` as labels. Two rules follow, both checked by tests/test_metrics_prometheus.py:
+- the dimensions emitted here must be exactly, in order, those declared in the YAML (the worker's
+  metrics cache refuses the line otherwise and the metric never reaches /metrics);
+- histograms get the Prometheus client's default buckets (0.005 ... 10), so values are emitted in
+  seconds and megapixels, the units those buckets resolve.
 
 Metrics must never fail a request: every emit is guarded.
 """
 
 from __future__ import annotations
 
+import io
 import logging
-import time
 
+from PIL import Image
 from ts.metrics.dimension import Dimension
 from ts.metrics.metric_type_enum import MetricTypes
 
 logger = logging.getLogger(__name__)
 
+# Names as declared in config/metrics.yaml (model_metrics).
+PREPROCESS = "handler_preprocess_seconds"    # per request: its own decode + resize + normalize
+INFERENCE = "handler_inference_seconds"      # per batch: the forward pass
+POSTPROCESS = "handler_postprocess_seconds"  # per batch: softmax, top-k, JSON rows
+REQUEST = "handler_request_seconds"          # per request: its batch's preprocess start to end
+BATCH_SIZE = "handler_batch_size"            # per batch: requests TorchServe put together
+IMAGE_MEGAPIXELS = "handler_image_megapixels"  # per request: width x height of the decoded image
+INPUT_ERRORS = "handler_input_errors_total"  # per refused request, by error type
+
 
 class HandlerMetrics:
     def __init__(self, metrics, model_name: str) -> None:
         self._metrics = metrics
-        self._model = Dimension("ModelName", model_name)
+        # Level is added by TorchServe when missing; passing it fixes the dimension order.
+        self._dims = [Dimension("ModelName", model_name), Dimension("Level", "Model")]
 
     def _emit(self, name: str, value: float, unit: str, metric_type: MetricTypes,
               extra: list[Dimension] | None = None) -> None:
         if self._metrics is None:
             return
         try:
-            self._metrics.add_metric(name, value, unit, dimensions=[self._model, *(extra or [])],
+            self._metrics.add_metric(name, value, unit, dimensions=[*self._dims, *(extra or [])],
                                      metric_type=metric_type)
         except Exception:  # a metrics bug must not cost a prediction
             logger.debug("metric %s not emitted", name, exc_info=True)
 
-    def stage(self, stage: str, start: float, batch_size: int) -> None:
-        """Milliseconds per request spent in one handler stage."""
-        ms = (time.perf_counter() - start) * 1000.0 / max(batch_size, 1)
-        self._emit(f"Handler{stage.capitalize()}Ms", ms, "ms", MetricTypes.HISTOGRAM)
+    def observe(self, name: str, value: float, times: int = 1) -> None:
+        """One histogram observation, repeated `times` times (once per request of a batch)."""
+        for _ in range(times):
+            self._emit(name, round(value, 6), "Seconds" if name.endswith("seconds") else "Count",
+                       MetricTypes.HISTOGRAM)
+
+    def image(self, data: bytes) -> None:
+        """Megapixels of an image that preprocessing accepted (reads its header only)."""
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                width, height = img.size
+        except Exception:  # accepted moments ago; a metric is not worth a failure
+            return
+        self.observe(IMAGE_MEGAPIXELS, width * height / 1e6)
 
     def batch_size(self, size: int) -> None:
-        self._emit("HandlerBatchSize", size, "count", MetricTypes.HISTOGRAM)
+        self.observe(BATCH_SIZE, size)
 
     def input_error(self, error_type: str) -> None:
-        self._emit("HandlerInputErrors", 1, "count", MetricTypes.COUNTER,
-                   [Dimension("ErrorType", error_type)])
+        self._emit(INPUT_ERRORS, 1, "Count", MetricTypes.COUNTER, [Dimension("ErrorType", error_type)])
