@@ -10,6 +10,7 @@ development server and a test server can run side by side on different ports.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -19,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import paths
+import psutil
+import requests
 from ts_client import TorchServeClient
 
 PATH_KEYS = ("model_store", "metrics_config", "workflow_store")
@@ -118,21 +121,76 @@ def wait_ready(server: Server, model: str, min_ready: int = 1, timeout: float = 
                        f"see {server.workdir / 'logs' / 'model_log.log'}")
 
 
-def stop(workdir: Path = paths.ROOT / "run", grace: float = 30.0) -> bool:
-    """SIGTERM the server's process group, wait up to `grace` s, then SIGKILL. True if stopped."""
+def in_flight(metrics_text: str) -> tuple[float, float]:
+    """(requests received by the frontend, requests our handler has answered) from /metrics."""
+    def total(name: str) -> float:
+        return sum(float(line.rsplit(" ", 1)[1]) for line in metrics_text.splitlines()
+                   if line.startswith(name + "{"))
+    return total("ts_inference_requests_total"), total("handler_request_seconds_count")
+
+
+def drain(workdir: Path, timeout: float, stall: float = 2.0) -> None:
+    """Wait until every request TorchServe has received is answered (or `timeout` s pass).
+
+    TorchServe's own SIGTERM closes every open connection at once, failing queued and running
+    requests; so we wait first. Done when received == answered, or when neither count moved for
+    `stall` s (a request refused before the handler, or lost with a crashed worker, never
+    balances the counts).
+    """
+    url = read_properties(Path(workdir) / "config.properties").get("metrics_address")
+    deadline, last, since = time.monotonic() + timeout, None, time.monotonic()
+    while url and time.monotonic() < deadline:
+        try:
+            received, answered = in_flight(requests.get(f"{url}/metrics", timeout=2).text)
+        except (requests.RequestException, ValueError, IndexError):
+            return
+        if received <= answered:
+            return
+        if (received, answered) != last:
+            last, since = (received, answered), time.monotonic()
+        elif time.monotonic() - since > stall:
+            return
+        time.sleep(0.1)
+
+
+def _group(pgid: int, name: str | None = None) -> list[int]:
+    """Live (non-zombie) processes of a process group, optionally only those called `name`."""
+    pids = []
+    for p in psutil.process_iter(["name", "status"]):
+        try:
+            if (os.getpgid(p.pid) == pgid and p.info["status"] != psutil.STATUS_ZOMBIE
+                    and name in (None, p.info["name"])):
+                pids.append(p.pid)
+        except (ProcessLookupError, PermissionError):
+            continue
+    return pids
+
+
+def stop(workdir: Path = paths.ROOT / "run", grace: float = 30.0, drain_timeout: float = 20.0) -> bool:
+    """Stop gracefully: drain in-flight requests, SIGTERM the Java frontend (it stops listening and
+    unloads the workers), wait up to `grace` s for the process group, then SIGKILL what is left.
+
+    Signalling the whole group at once would kill the Python workers mid-request.
+    """
     pid_file = Path(workdir) / "torchserve.pid"
     if not pid_file.is_file():
         return False
     pgid = int(pid_file.read_text())
-    try:
-        os.killpg(pgid, signal.SIGTERM)
+    if _group(pgid):
+        drain(workdir, drain_timeout)
+        # The Java frontend first: it stops listening, then unloads its workers.
+        for pid in _group(pgid, "java") or [pgid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            os.killpg(pgid, 0)
+        while time.monotonic() < deadline and _group(pgid, "java"):
             time.sleep(0.2)
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, sig)
+            while time.monotonic() < deadline and _group(pgid):
+                time.sleep(0.2)
+            deadline = time.monotonic() + 5
     pid_file.unlink(missing_ok=True)
     (Path(workdir) / "key_file.json").unlink(missing_ok=True)
     return True
