@@ -24,6 +24,7 @@ from sample_images import EXPECTED_TOP1, load_photos
 from test_preprocessing import (
     HOSTILE,
     accepted_variants,
+    ascii_bmp,
     encode,
     hostile_bytes,
     png_declaring,
@@ -113,6 +114,13 @@ def request_forms(jpeg: bytes) -> dict[str, dict]:
 @pytest.mark.parametrize("form", sorted(request_forms(b"")))
 def test_request_forms(server, cat_jpeg, form):
     check_label(post(server, **request_forms(cat_jpeg)[form]), "cat")
+
+
+def test_image_bytes_that_are_valid_utf8_sent_as_text(server, pictures):
+    # TorchServe's worker turns a text/* body that is valid UTF-8 into str before our handler.
+    bmp = ascii_bmp(pictures["cat"])
+    as_text = top5(post(server, data=bmp, headers={"Content-Type": "text/plain; charset=utf-8"}))
+    assert as_text == top5(post(server, data=bmp, headers={"Content-Type": "image/bmp"}))
 
 
 def top5(resp: requests.Response) -> dict[int, float]:

@@ -18,7 +18,7 @@ from conftest import ROOT
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from payload import payload_to_bytes
-from PIL import Image
+from PIL import Image, ImageFile
 from preprocessing import InputError, PreprocessConfig, decode_rgb, open_image, preprocess_bytes
 
 CFG = PreprocessConfig.load(ROOT / "config" / "efficientnet_lite0" / "preprocess.json")
@@ -52,6 +52,15 @@ def with_orientation(img: Image.Image, orientation: int, fmt: str = "JPEG") -> b
     exif = Image.Exif()
     exif[0x0112] = orientation
     return encode(img, fmt, exif=exif.tobytes())
+
+
+def ascii_bmp(img: Image.Image | None = None) -> bytes:
+    """A BMP whose every byte is below 0x80, so it is also valid UTF-8 text."""
+    img = (img or gradient(64, 64)).resize((64, 64))
+    dark = Image.fromarray(np.asarray(img.convert("RGB")) // 2)
+    data = encode(dark, "BMP", dpi=(72, 72))
+    assert max(data) < 0x80
+    return data
 
 
 def png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -219,13 +228,16 @@ def test_each_bad_input_has_its_status_and_type(name):
     assert (err.status, err.error_type) == (status, kind), err.to_json()
 
 
-def test_pixel_bomb_is_refused_from_the_header(monkeypatch):
-    # "Before decoding the pixels": open_image refuses it, and nothing ever calls load().
+@pytest.mark.parametrize("side", [100_000, 7000])
+def test_pixel_bomb_is_refused_from_the_header(monkeypatch, side):
+    # "Before decoding the pixels": no pixel decoder is ever asked to load the image.
     loads = []
-    monkeypatch.setattr(Image.Image, "load", lambda self: loads.append(1))
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: loads.append(self.size))
+    open_image(encode(gradient(), "PNG"), CFG).load()
+    assert loads == [(64, 48)]  # the spy sees loads
     with pytest.raises(InputError) as info:
-        open_image(png_declaring(100_000, 100_000), CFG)
-    assert info.value.status == 413 and loads == []
+        preprocess_bytes(png_declaring(side, side), CFG)
+    assert info.value.status == 413 and loads == [(64, 48)]
 
 
 def test_limits_come_from_the_config_file():
@@ -278,12 +290,20 @@ def test_payload_forms():
     ({"body": 5}, 400, "InvalidJSON"),
     ({"body": {"picture": "abc"}}, 400, "InvalidJSON"),
     ({"body": {"image": "not base64 at all!"}}, 400, "InvalidBase64"),
-    ({"body": "<html><body>hi</body></html>"}, 415, "UnsupportedMediaType"),
 ])
 def test_payload_errors(row, status, kind):
     with pytest.raises(InputError) as info:
         payload_to_bytes(row)
     assert (info.value.status, info.value.error_type) == (status, kind)
+
+
+def test_text_that_is_not_base64_goes_to_the_decoder():
+    # TorchServe hands a text/* body that is valid UTF-8 over as str: HTML must still be a 415,
+    # and an image whose bytes happen to be valid UTF-8 must still be decoded.
+    assert error_of(payload_to_bytes({"body": "<html><body>hi</body></html>"})).status == 415
+    bmp = ascii_bmp()
+    assert payload_to_bytes({"body": bmp.decode("utf-8")}) == bmp
+    check_tensor(preprocess_bytes(bmp, CFG))
 
 
 # ---- the handler: one request's failure stays that request's ----
