@@ -10,7 +10,7 @@ MAR_INPUTS := $(wildcard handler/*.py) $(wildcard config/$(MODEL)/*) \
 	scripts/export.py scripts/package.py scripts/manifest.py scripts/sample_images.py
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help install java serve stop package test lint clean
+.PHONY: help install java prometheus serve stop package test lint clean
 
 help:
 	@echo "make serve    install (into .venv), build $(MAR) if stale, start TorchServe, wait for READY"
@@ -23,6 +23,12 @@ help:
 java:
 	@command -v java >/dev/null 2>&1 || { echo "[make] installing openjdk-17-jre-headless"; \
 		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q openjdk-17-jre-headless; }
+
+# Prometheus and promtool (Debian's package), for tests/test_metrics_prometheus.py and local scraping.
+prometheus:
+	@command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || { \
+		echo "[make] installing prometheus"; \
+		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q prometheus; }
 
 $(STAMP): requirements.txt
 	@echo "[make] creating $(VENV) and installing requirements.txt (first time: a few minutes)"

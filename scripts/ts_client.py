@@ -73,3 +73,25 @@ class TorchServeClient:
         resp = requests.get(f"{self.metrics_url}/metrics", timeout=self.timeout)
         resp.raise_for_status()
         return resp.text
+
+    def models(self) -> list[str]:
+        """Names of the registered models (GET /models)."""
+        resp = requests.get(f"{self.management_url}/models", headers=self.auth_headers("management"),
+                            timeout=self.timeout)
+        resp.raise_for_status()
+        return [m["modelName"] for m in resp.json().get("models", [])]
+
+    @classmethod
+    def from_workdir(cls, workdir: str | Path, timeout: float = 10.0) -> TorchServeClient:
+        """A client for the server whose config.properties and key_file.json are in `workdir`
+        (the working directory scripts/serve.py gives each server)."""
+        workdir = Path(workdir)
+        props = {}
+        for line in (workdir / "config.properties").read_text().splitlines():
+            key, sep, value = line.partition("=")
+            if sep and not key.strip().startswith("#"):
+                props[key.strip()] = value.strip()
+        return cls(props.get("inference_address", cls.inference_url),
+                   props.get("management_address", cls.management_url),
+                   props.get("metrics_address", cls.metrics_url),
+                   key_file=workdir / "key_file.json", timeout=timeout)

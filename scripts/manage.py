@@ -1,0 +1,111 @@
+"""Operate a running TorchServe through its management API (token-aware).
+
+    python scripts/manage.py status                   # workers: state, pid, memory; queue
+    python scripts/manage.py scale --min 3 --max 3    # returns when the workers are READY
+    python scripts/manage.py describe                 # the model's full description (JSON)
+
+The server is found through its working directory (`--workdir`, default run/, as written by
+scripts/serve.py): its config.properties gives the addresses, its key_file.json the bearer key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import paths
+import psutil
+import requests
+from ts_client import TorchServeClient
+
+
+def worker_memory_mb(worker: dict) -> float | None:
+    """Resident memory of a worker: TorchServe's own figure, else the process's RSS when local."""
+    if worker.get("memoryUsage"):
+        return worker["memoryUsage"] / 2**20
+    try:
+        return psutil.Process(int(worker["pid"])).memory_info().rss / 2**20
+    except (KeyError, ValueError, psutil.Error):
+        return None
+
+
+def status(client: TorchServeClient, model: str) -> dict:
+    """{'model', 'version', 'min', 'max', 'ready', 'pending', 'workers': [{id, status, pid, memory_mb}]}."""
+    version = client.describe(model)[0]
+    workers = [{"id": w.get("id"), "status": w.get("status"), "pid": w.get("pid"),
+                "memory_mb": worker_memory_mb(w)} for w in version.get("workers", [])]
+    return {"model": model, "version": version.get("modelVersion"),
+            "min": version.get("minWorkers"), "max": version.get("maxWorkers"),
+            "ready": sum(w["status"] == "READY" for w in workers),
+            "pending": version.get("jobQueueStatus", {}).get("pendingRequests"),
+            "workers": workers}
+
+
+def format_status(st: dict) -> str:
+    lines = [f"{st['model']} v{st['version']}: {st['ready']}/{len(st['workers'])} workers READY "
+             f"(min {st['min']}, max {st['max']}), {st['pending']} requests queued",
+             f"  {'worker':<8} {'status':<10} {'pid':>8} {'memory':>10}"]
+    for w in st["workers"]:
+        mem = f"{w['memory_mb']:.0f} MB" if w["memory_mb"] is not None else "?"
+        lines.append(f"  {w['id']!s:<8} {w['status']!s:<10} {w['pid']!s:>8} {mem:>10}")
+    return "\n".join(lines)
+
+
+def scale(client: TorchServeClient, model: str, min_workers: int, max_workers: int,
+          timeout: float = 120.0) -> dict:
+    """Set min/max workers synchronously; returns the status once `min_workers` are READY and
+    no extra worker remains. Raises RuntimeError on refusal or timeout."""
+    if not 0 <= min_workers <= max_workers:
+        raise ValueError("need 0 <= --min <= --max")
+    resp = client.scale(model, min_workers, max_workers, timeout=timeout)
+    if resp.status_code != 200:
+        raise RuntimeError(f"scale refused: HTTP {resp.status_code} {resp.text.strip()}")
+    # synchronous=true answers when the new workers are started; wait for READY and for the
+    # workers being scaled down to leave the list.
+    deadline = time.monotonic() + timeout
+    while True:
+        st = status(client, model)
+        if st["ready"] >= min_workers and len(st["workers"]) <= max_workers:
+            return st
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"not settled after {timeout:.0f} s:\n{format_status(st)}")
+        time.sleep(0.5)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=["status", "scale", "describe"])
+    parser.add_argument("--model", default=paths.DEFAULT_MODEL)
+    parser.add_argument("--workdir", type=Path, default=paths.ROOT / "run",
+                        help="server working directory (config.properties, key_file.json)")
+    parser.add_argument("--min", type=int, dest="min_workers", help="scale: minimum workers")
+    parser.add_argument("--max", type=int, dest="max_workers", help="scale: maximum workers")
+    parser.add_argument("--timeout", type=float, default=120.0, help="scale: seconds to settle")
+    parser.add_argument("--json", action="store_true", help="status: print JSON")
+    args = parser.parse_args(argv)
+    try:
+        client = TorchServeClient.from_workdir(args.workdir)
+        if args.action == "describe":
+            print(json.dumps(client.describe(args.model), indent=2))
+        elif args.action == "status":
+            st = status(client, args.model)
+            print(json.dumps(st) if args.json else format_status(st))
+        else:
+            if args.min_workers is None:
+                parser.error("scale needs --min (and optionally --max)")
+            st = scale(client, args.model, args.min_workers,
+                       args.max_workers if args.max_workers is not None else args.min_workers,
+                       args.timeout)
+            print(json.dumps(st) if args.json else format_status(st))
+    except (OSError, requests.RequestException, RuntimeError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
