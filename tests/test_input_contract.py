@@ -120,7 +120,9 @@ def test_image_bytes_that_are_valid_utf8_sent_as_text(server, pictures):
     # TorchServe's worker turns a text/* body that is valid UTF-8 into str before our handler.
     bmp = ascii_bmp(pictures["cat"])
     as_text = top5(post(server, data=bmp, headers={"Content-Type": "text/plain; charset=utf-8"}))
-    assert as_text == top5(post(server, data=bmp, headers={"Content-Type": "image/bmp"}))
+    as_image = top5(post(server, data=bmp, headers={"Content-Type": "image/bmp"}))
+    assert as_text.keys() == as_image.keys()
+    assert all(abs(as_text[i] - as_image[i]) < 1e-3 for i in as_image), (as_text, as_image)
 
 
 def top5(resp: requests.Response) -> dict[int, float]:

@@ -406,6 +406,8 @@ def mutated_images(draw) -> bytes:
     return bytes(data)
 
 
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF", "ignore:Truncated File Read",
+                            "ignore::PIL.Image.DecompressionBombWarning")
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.one_of(mutated_images(), st.binary(max_size=256)))
 @example(data=b"")
