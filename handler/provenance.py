@@ -15,6 +15,7 @@ logger = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 CHECKED_VERSIONS = ("torch", "torchvision")
+ON_MISMATCH = ("refuse", "warn")
 
 
 class IntegrityError(RuntimeError):
@@ -45,10 +46,17 @@ def running_versions() -> dict[str, str]:
     return {"torch": torch.__version__, "torchvision": torchvision.__version__}
 
 
-def find_mismatches(model_dir: Path, manifest: dict) -> list[str]:
+def find_mismatches(model_dir: Path, manifest: dict, manifest_name: str = "provenance.json") -> list[str]:
     """Every way the directory differs from the manifest, one readable line each."""
     problems = []
-    for name, entry in manifest.get("files", {}).items():
+    listed = manifest.get("files", {})
+    if not listed:
+        problems.append("the manifest lists no files")
+    # A file slipped into the archive after the build (say, a module shadowing one of ours).
+    for path in sorted(p for p in Path(model_dir).iterdir() if p.is_file()):
+        if path.name != manifest_name and path.name not in listed:
+            problems.append(f"file {path.name} is in the model directory but not in the manifest")
+    for name, entry in listed.items():
         path = model_dir / name
         if not path.is_file():
             problems.append(f"file {name} is listed in the manifest but missing")
@@ -64,21 +72,24 @@ def find_mismatches(model_dir: Path, manifest: dict) -> list[str]:
 
 def verify_model_dir(model_dir: Path, manifest_name: str, on_mismatch: str = "refuse") -> dict | None:
     """Check hashes and versions; raise IntegrityError (refuse) or log a warning (warn)."""
+    if on_mismatch not in ON_MISMATCH:
+        raise ValueError(f"on_integrity_mismatch must be one of {ON_MISMATCH}, not {on_mismatch!r}")
     path = Path(model_dir) / manifest_name
+    manifest = None
     if not path.is_file():
-        if on_mismatch == "refuse":
-            raise IntegrityError(f"Integrity check failed: manifest {manifest_name} is missing")
-        logger.warning("No manifest %s: integrity not verified", manifest_name)
-        return None
-    manifest = json.loads(path.read_text())
-    problems = find_mismatches(Path(model_dir), manifest)
-    if problems:
-        message = "Integrity check failed: " + "; ".join(problems)
-        if on_mismatch == "refuse":
-            logger.error(message)
-            raise IntegrityError(message)
-        logger.warning(message)
+        problems = [f"manifest {manifest_name} is missing"]
     else:
-        logger.info("Integrity check passed: %d files match %s", len(manifest.get("files", {})),
-                    manifest_name)
+        try:
+            manifest = json.loads(path.read_text())
+            problems = find_mismatches(Path(model_dir), manifest, manifest_name)
+        except (ValueError, AttributeError, KeyError, TypeError) as exc:  # not our manifest's shape
+            problems = [f"manifest {manifest_name} is unreadable ({type(exc).__name__}: {exc})"]
+    if not problems:
+        logger.info("Integrity check passed: %d files match %s", len(manifest["files"]), manifest_name)
+        return manifest
+    message = "Integrity check failed: " + "; ".join(problems)
+    if on_mismatch == "refuse":
+        logger.error("%s (on_integrity_mismatch=refuse: the model is not loaded)", message)
+        raise IntegrityError(message)
+    logger.warning("%s (on_integrity_mismatch=warn: loading anyway)", message)
     return manifest

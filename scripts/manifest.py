@@ -15,6 +15,8 @@ import paths
 from provenance import sha256_file  # handler/, via paths
 
 MANIFEST_NAME = "provenance.json"
+# Timings vary run to run; they would make two builds of the same inputs differ.
+VOLATILE_VALIDATION_KEYS = ("export_seconds",)
 PROGRESS_MIN_BYTES = 64 << 20  # show a progress bar for files above this size
 VERSIONED = ["torch", "torchvision", "pillow", "numpy", "torchserve", "torch-model-archiver",
              "onnxruntime"]
@@ -92,6 +94,6 @@ def build_manifest(stage: Path, model_name: str, version: str, arch: str, fmt: s
         "files": files,
         "preprocessing": json.loads((stage / "preprocess.json").read_text()),
         "versions": library_versions(),
-        "validation": validation,
+        "validation": {k: v for k, v in validation.items() if k not in VOLATILE_VALIDATION_KEYS},
         "build": {"git_commit": commit, "built_at": build_time(commit_time)},
     }

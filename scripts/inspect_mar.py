@@ -1,0 +1,154 @@
+"""The artifact inspector: what is inside a .mar, where it came from, and whether it is intact.
+
+Reads the provenance manifest (provenance.json) and the archiver's MAR-INF/MANIFEST.json, hashes
+every file in the archive and compares it with the manifest. Exit status 0 when every hash
+matches and nothing unlisted is in the archive, 1 otherwise, 2 when the archive is unreadable.
+
+    python scripts/inspect_mar.py model_store/efficientnet_lite0.mar
+    python scripts/inspect_mar.py model_store/efficientnet_lite0.mar --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import zipfile
+from pathlib import Path
+
+import yaml
+
+MANIFEST_NAME = "provenance.json"
+MAR_INF = "MAR-INF/"
+CHUNK = 1 << 20
+
+
+class Archive:
+    """Read-only view of a .mar (zip) or an unpacked model directory (--archive-format no-archive)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.zip = None if self.path.is_dir() else zipfile.ZipFile(self.path)
+
+    def names(self) -> list[str]:
+        if self.zip:
+            return sorted(e.filename for e in self.zip.infolist() if not e.is_dir())
+        return sorted(p.relative_to(self.path).as_posix() for p in self.path.rglob("*") if p.is_file())
+
+    def open(self, name: str):
+        return self.zip.open(name) if self.zip else open(self.path / name, "rb")
+
+    def read(self, name: str) -> bytes:
+        with self.open(name) as fh:
+            return fh.read()
+
+    def sha256(self, name: str) -> tuple[str, int]:
+        digest, size = hashlib.sha256(), 0
+        with self.open(name) as fh:
+            for chunk in iter(lambda: fh.read(CHUNK), b""):
+                digest.update(chunk)
+                size += len(chunk)
+        return digest.hexdigest(), size
+
+
+def inspect(path: Path) -> dict:
+    """Everything the inspector knows about an archive, as a JSON-ready dict."""
+    archive = Archive(path)
+    names = archive.names()
+    if MANIFEST_NAME not in names:
+        raise ValueError(f"{path} holds no {MANIFEST_NAME}: it was not built by scripts/package.py")
+    manifest = json.loads(archive.read(MANIFEST_NAME))
+    archiver_name = MAR_INF + "MANIFEST.json"
+    mar_manifest = json.loads(archive.read(archiver_name)) if archiver_name in names else {}
+    listed = manifest.get("files", {})
+    files, problems = [], []
+    for name in names:
+        if name == MANIFEST_NAME or name.startswith(MAR_INF):
+            continue
+        actual, size = archive.sha256(name)
+        expected = listed.get(name, {}).get("sha256")
+        status = "ok" if actual == expected else ("unlisted" if expected is None else "MISMATCH")
+        if status != "ok":
+            problems.append(f"{name}: {status}")
+        files.append({"name": name, "bytes": size, "sha256": actual, "status": status})
+    problems += [f"{name}: missing" for name in sorted(set(listed) - set(names))]
+    handler_cfg = {}
+    if "model-config.yaml" in names:
+        handler_cfg = (yaml.safe_load(archive.read("model-config.yaml")) or {}).get("handler", {}) or {}
+    labels_name = handler_cfg.get("labels", "index_to_name.json")
+    labels = json.loads(archive.read(labels_name)) if labels_name in names else {}
+    return {
+        "archive": str(path),
+        "archive_bytes": path.stat().st_size if path.is_file() else sum(f["bytes"] for f in files),
+        "archive_sha256": hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None,
+        "model": manifest.get("model", {}),
+        "archiver": mar_manifest.get("model", {}) | {"createdOn": mar_manifest.get("createdOn")},
+        "build": manifest.get("build", {}),
+        "checkpoint": manifest.get("checkpoint", {}),
+        "versions": manifest.get("versions", {}),
+        "preprocessing": manifest.get("preprocessing", {}),
+        "labels": {"file": labels_name, "count": len(labels)},
+        "on_integrity_mismatch": handler_cfg.get("on_integrity_mismatch", "refuse"),
+        "validation": manifest.get("validation", {}),
+        "files": files,
+        "integrity": {"ok": not problems, "checked": len(files), "problems": problems},
+    }
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB" if n >= 1e6 else f"{n / 1e3:,.1f} kB" if n >= 1e3 else f"{n} B"
+
+
+def render(info: dict) -> str:
+    """The human-readable report."""
+    m, b, v, p = info["model"], info["build"], info["versions"], info["preprocessing"]
+    val, ckpt, nan = info["validation"], info["checkpoint"], float("nan")
+    commit = b.get("git_commit", "unknown")
+    lines = [
+        f"archive        {info['archive']}  ({_size(info['archive_bytes'])}"
+        + (f", sha256 {info['archive_sha256'][:16]}...)" if info["archive_sha256"] else ")"),
+        f"model          {m.get('name')} v{m.get('version')}  arch {m.get('arch')}, format {m.get('format')}"
+        f", serialized {info['archiver'].get('serializedFile')}, handler {info['archiver'].get('handler')}",
+        f"built          {b.get('built_at')} from commit {commit[:12]}"
+        + (" (uncommitted changes)" if commit.endswith("-dirty") else ""),
+        f"checkpoint     {ckpt.get('name')}  sha256 {(ckpt.get('sha256') or '-')[:16]}...",
+        "versions       " + ", ".join(f"{k} {val_}" for k, val_ in v.items()),
+        f"preprocessing  resize shortest side {p.get('resize_size')} ({p.get('interpolation')}), centre crop "
+        f"{p.get('input_size')}, {p.get('channel_order')}, mean {[round(x, 4) for x in p.get('mean', [])]}, "
+        f"std {[round(x, 4) for x in p.get('std', [])]}",
+        f"labels         {info['labels']['count']} ({info['labels']['file']})",
+        f"validation     {'PASSED' if val.get('passed') else 'FAILED'}: top-1 agreement "
+        f"{val.get('top1_agreement', nan):.3f} on {len(val.get('images', []))} photos "
+        f"({', '.join(val.get('images', []))}), max |logit diff| {val.get('max_abs_logit_diff', nan):.2e}"
+        f" (tolerance {val.get('tolerance', nan):.0e}, {val.get('format')} vs eager)",
+        f"on mismatch    {info['on_integrity_mismatch']} (worker setting in model-config.yaml)",
+        f"files          {len(info['files'])}:",
+    ]
+    width = max((len(f["name"]) for f in info["files"]), default=0)
+    for f in info["files"]:
+        lines.append(f"  {f['status']:<8} {f['name']:<{width}}  {_size(f['bytes']):>10}  {f['sha256']}")
+    integ = info["integrity"]
+    lines.append(f"integrity      {'OK' if integ['ok'] else 'FAILED'}: "
+                 + (f"all {integ['checked']} files match the manifest, none unlisted" if integ["ok"]
+                    else "; ".join(integ["problems"])))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("archive", type=Path, help=".mar file or unpacked model directory")
+    parser.add_argument("--json", action="store_true", help="print JSON for machines")
+    args = parser.parse_args(argv)
+    try:
+        info = inspect(args.archive)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        print(f"error: cannot inspect {args.archive}: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(info, indent=2) if args.json else render(info))
+    return 0 if info["integrity"]["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
