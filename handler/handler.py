@@ -104,11 +104,18 @@ class ImageClassifierHandler(BaseHandler):
             top_p, top_i = probs.topk(k, dim=1)
             for row, idx in enumerate(batch.indices):
                 responses[idx] = self._prediction(top_p[row].tolist(), top_i[row].tolist())
+        # TorchServe's KServe v2 envelope (service_envelope=kservev2) sets input_names and hands
+        # us the inputs of ONE request as rows: that request gets one status, and each output is
+        # a BYTES tensor, so each row's JSON goes out as a string.
+        v2 = getattr(self.context, "input_names", None) is not None
         for idx, err in batch.errors.items():
+            target = 0 if v2 else idx
             # A fixed reason phrase in the status line; the details travel in the JSON body.
-            self.context.set_response_status(err.status, HTTP_PHRASES.get(err.status, "Error"), idx)
-            self.context.set_response_content_type(idx, "application/json")
+            self.context.set_response_status(err.status, HTTP_PHRASES.get(err.status, "Error"), target)
+            self.context.set_response_content_type(target, "application/json")
             responses[idx] = err.to_json()
+        if v2:
+            responses = [json.dumps(r) for r in responses]
         end = time.perf_counter()
         self.metrics.observe(POSTPROCESS, end - start)
         # Every request of the batch spent the whole batch's handler time.
