@@ -1,0 +1,195 @@
+"""The deployed model is the validated one: the manifest check at load, the inspector, tampering.
+
+Unit tests run the check on an unpacked archive; the end-to-end test serves an untouched .mar,
+one with a changed labels file (refused), and the same change with `on_integrity_mismatch: warn`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import zipfile
+from pathlib import Path
+
+import inspect_mar
+import provenance
+import pytest
+import serve
+import yaml
+from conftest import free_ports, start_server
+from provenance import IntegrityError, find_mismatches, verify_model_dir
+
+MANIFEST = "provenance.json"
+TAMPERED_INDEX = "282"  # tiger cat: in the cat photo's top 5
+REFUSAL_WAIT_S = 120.0
+
+
+def rewrite_mar(src: Path, dst: Path, replace: dict[str, bytes]) -> Path:
+    """Copy an archive, swapping (or adding) the given entries."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED) as zout:
+        for entry in zin.infolist():
+            if entry.filename not in replace:
+                zout.writestr(entry, zin.read(entry))
+        for name, data in replace.items():
+            zout.writestr(name, data)
+    return dst
+
+
+def tampered_labels(mar: Path) -> bytes:
+    with zipfile.ZipFile(mar) as zf:
+        labels = json.loads(zf.read("index_to_name.json"))
+    labels[TAMPERED_INDEX] = "tampered " + labels[TAMPERED_INDEX]
+    return json.dumps(labels, indent=1, sort_keys=True).encode()
+
+
+@pytest.fixture(scope="module")
+def fresh_mar(tmp_path_factory) -> Path:
+    """An archive built by the code under test (not a possibly older model_store/ build)."""
+    import package
+
+    return package.package(model_name="lite0_prov", export_dir=tmp_path_factory.mktemp("prov_store"))
+
+
+@pytest.fixture
+def model_dir(fresh_mar, tmp_path) -> Path:
+    """The archive unpacked, as TorchServe unpacks it for a worker."""
+    with zipfile.ZipFile(fresh_mar) as zf:
+        zf.extractall(tmp_path / "model")
+    return tmp_path / "model"
+
+
+def flip_first_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[0] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def manifest_of(model_dir: Path) -> dict:
+    return json.loads((model_dir / MANIFEST).read_text())
+
+
+def test_untouched_archive_has_no_mismatch(model_dir):
+    manifest = manifest_of(model_dir)
+    assert {"model.pt", "handler.py", "preprocess.json", "index_to_name.json", "model-config.yaml",
+            "model.py"} <= set(manifest["files"])
+    assert find_mismatches(model_dir, manifest) == []
+    assert verify_model_dir(model_dir, MANIFEST) == manifest
+
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda d: (d / "index_to_name.json").write_text('{"0": "x"}'), "file index_to_name.json sha256"),
+    (lambda d: (d / "preprocess.json").unlink(), "file preprocess.json is listed in the manifest but"),
+    (lambda d: flip_first_byte(d / "model.pt"), "file model.pt sha256"),
+    (lambda d: (d / "torch.py").write_text("raise SystemExit"), "file torch.py is in the model directory"),
+])
+def test_each_kind_of_tampering_is_named(model_dir, change, expected):
+    change(model_dir)
+    problems = find_mismatches(model_dir, manifest_of(model_dir))
+    assert len(problems) == 1 and problems[0].startswith(expected), problems
+
+
+def test_other_torch_minor_version_is_named(model_dir, monkeypatch):
+    built = manifest_of(model_dir)["versions"]
+    monkeypatch.setattr(provenance, "running_versions",
+                        lambda: {"torch": "2.9.0", "torchvision": built["torchvision"]})
+    assert find_mismatches(model_dir, manifest_of(model_dir)) == [
+        f"torch 2.9.0 running, artifact exported with {built['torch']}"]
+    monkeypatch.setattr(provenance, "running_versions",  # a patch release is the same build
+                        lambda: {"torch": built["torch"].split("+")[0] + "+cpu",
+                                 "torchvision": built["torchvision"]})
+    assert find_mismatches(model_dir, manifest_of(model_dir)) == []
+
+
+def test_refuse_raises_and_warn_loads(model_dir, caplog):
+    (model_dir / "index_to_name.json").write_text("{}")
+    with caplog.at_level(logging.WARNING, logger="provenance"), \
+            pytest.raises(IntegrityError, match="index_to_name.json"):
+        verify_model_dir(model_dir, MANIFEST)
+    assert "on_integrity_mismatch=refuse" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="provenance"):
+        assert verify_model_dir(model_dir, MANIFEST, "warn")["model"]["name"] == "lite0_prov"
+    assert "index_to_name.json" in caplog.text and "loading anyway" in caplog.text
+    with pytest.raises(ValueError, match="on_integrity_mismatch"):
+        verify_model_dir(model_dir, MANIFEST, "ignore")
+
+
+@pytest.mark.parametrize("content", [None, b"{not json", b"[]"])
+def test_missing_or_broken_manifest_is_refused(model_dir, content):
+    path = model_dir / MANIFEST
+    path.unlink() if content is None else path.write_bytes(content)
+    with pytest.raises(IntegrityError, match=MANIFEST):
+        verify_model_dir(model_dir, MANIFEST)
+
+
+def test_inspector_reports_an_intact_archive(fresh_mar, capsys):
+    assert inspect_mar.main([str(fresh_mar)]) == 0
+    text = capsys.readouterr().out
+    assert "integrity      OK: all" in text and "labels         1000 (index_to_name.json)" in text
+    assert inspect_mar.main([str(fresh_mar), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["model"]["name"] == "lite0_prov" and info["labels"]["count"] == 1000
+    assert info["validation"]["passed"] and info["validation"]["max_abs_logit_diff"] <= 1e-4
+    assert {f["status"] for f in info["files"]} == {"ok"}
+    assert info["integrity"] == {"ok": True, "checked": len(info["files"]), "problems": []}
+
+
+def test_inspector_names_a_tampered_file(fresh_mar, tmp_path, capsys):
+    bad = rewrite_mar(fresh_mar, tmp_path / "bad.mar", {"index_to_name.json": tampered_labels(fresh_mar),
+                                                         "extra.py": b"print('hi')\n"})
+    assert inspect_mar.main([str(bad), "--json"]) == 1
+    problems = json.loads(capsys.readouterr().out)["integrity"]["problems"]
+    assert sorted(problems) == ["extra.py: unlisted", "index_to_name.json: MISMATCH"]
+
+
+def refusals(log: Path, model: str) -> list[str]:
+    if not log.is_file():
+        return []
+    return [line for line in log.read_text(errors="replace").splitlines()
+            if f"-{model}_" in line and "Integrity check failed" in line]
+
+
+@pytest.mark.e2e
+def test_tampered_archive_is_refused_untouched_loads(fresh_mar, photos, tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "good.mar").write_bytes(fresh_mar.read_bytes())
+    labels = tampered_labels(fresh_mar)
+    rewrite_mar(fresh_mar, store / "tampered.mar", {"index_to_name.json": labels})
+    with zipfile.ZipFile(fresh_mar) as zf:
+        config = yaml.safe_load(zf.read("model-config.yaml"))
+    config["handler"]["on_integrity_mismatch"] = "warn"
+    rewrite_mar(fresh_mar, store / "warn.mar", {"index_to_name.json": labels,
+                                                 "model-config.yaml": yaml.safe_dump(config).encode()})
+    workdir = tmp_path / "ts"
+    grpc = dict(zip(("grpc_inference_port", "grpc_management_port"), free_ports(2)))
+    server = start_server(workdir, "good=good.mar,tampered=tampered.mar,warn=warn.mar", store,
+                          overrides=grpc, min_ready=2, model="good")
+    try:
+        log = workdir / "logs" / "model_log.log"
+        deadline = time.monotonic() + REFUSAL_WAIT_S
+        while not refusals(log, "tampered") and time.monotonic() < deadline:
+            time.sleep(0.5)
+        lines = refusals(log, "tampered")
+        assert lines, f"no refusal logged for the tampered archive within {REFUSAL_WAIT_S:.0f} s"
+        # Exactly the changed file is named, and nothing else.
+        reason = lines[0].split("Integrity check failed: ", 1)[1]
+        assert reason.startswith("file index_to_name.json sha256") and ";" not in reason, reason
+        for _ in range(6):  # the crash-looping worker never turns READY
+            assert server.client.ready_workers("tampered") == 0
+            time.sleep(0.5)
+        body = photos["cat.jpg"].read_bytes()
+        assert server.client.predict("tampered", body).status_code != 200
+        good = server.client.predict("good", body)
+        assert good.status_code == 200, good.text
+        assert all(not p["label"].startswith("tampered") for p in good.json()["predictions"])
+        # warn: the same tampering loads, says so in the log, and serves the changed labels.
+        serve.wait_ready(server, "warn", min_ready=1, timeout=120, progress=False)
+        assert refusals(log, "warn") and not refusals(log, "good")
+        warned = server.client.predict("warn", body)
+        assert warned.status_code == 200, warned.text
+        assert any(p["label"].startswith("tampered") for p in warned.json()["predictions"])
+    finally:
+        serve.stop(workdir, grace=10)
+    assert "Integrity check passed" in log.read_text()
