@@ -1,0 +1,371 @@
+"""Open-loop load generator for a TorchServe prediction endpoint.
+
+Requests leave at a constant rate whatever the server does, and each latency is measured from
+the request's *intended* send time, so a server (or a client) that falls behind shows up as
+latency instead of being hidden by a slower send rate (the closed-loop mistake).
+
+    # 50 rps for 60 s (after 5 s of warm-up) against the server started by `make serve`
+    python scripts/loadtest.py --workdir run --rate 50 --duration 60
+    # sweep 10 -> 150 rps, find the highest rate whose p99 stays under 50 ms, plot it
+    python scripts/loadtest.py --workdir run --sweep 10:150:20 --slo-ms 50 --plot docs/latency_vs_rate.png
+    # saturated throughput: 8 clients sending back to back (closed loop, for throughput only)
+    python scripts/loadtest.py --workdir run --closed 8 --duration 20
+
+Sending: a scheduler thread hands each request at its intended time to a pool of sender threads
+(at most --concurrency in flight); each sender keeps one persistent HTTP/1.1 connection
+(http.client: far less CPU per request than requests, which matters when the generator
+shares the cores with the server). The bearer key is re-read whenever key_file.json changes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+
+PERCENTILES = {"p50": 50, "p90": 90, "p99": 99, "p99.9": 99.9}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
+
+
+class KeyFile:
+    """The inference bearer key, re-read when TorchServe rewrites key_file.json (restart, expiry)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path, self.stamp, self.header = path, None, {}
+        self.lock = threading.Lock()
+
+    def headers(self) -> dict[str, str]:
+        if self.path is None:
+            return {}
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return self.header
+        stamp = (st.st_mtime_ns, st.st_size)
+        if stamp != self.stamp:
+            with self.lock:
+                try:
+                    key = json.loads(Path(self.path).read_text())["inference"]["key"]
+                    self.header, self.stamp = {"Authorization": f"Bearer {key}"}, stamp
+                except (OSError, ValueError, KeyError):
+                    pass  # being rewritten: keep the previous key, retry on the next request
+        return self.header
+
+
+@dataclass
+class Target:
+    url: str
+    key_file: Path | None = None
+    timeout: float = 10.0
+    keys: KeyFile = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.keys = KeyFile(self.key_file)
+        parts = urlsplit(self.url)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
+        self.path = parts.path or "/"
+
+    @classmethod
+    def from_workdir(cls, workdir: Path, model: str, timeout: float = 10.0) -> Target:
+        """The server scripts/serve.py started in `workdir` (its config.properties and key file)."""
+        props = dict(line.split("=", 1) for line in (Path(workdir) / "config.properties")
+                     .read_text().splitlines() if "=" in line and not line.startswith("#"))
+        base = props.get("inference_address", "http://127.0.0.1:8080").strip()
+        return cls(f"{base}/predictions/{model}", Path(workdir) / "key_file.json", timeout)
+
+
+class Sender:
+    """One persistent connection per sender thread."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.local = threading.local()
+
+    def _conn(self) -> http.client.HTTPConnection:
+        conn = getattr(self.local, "conn", None)
+        if conn is None:
+            conn = http.client.HTTPConnection(self.target.host, self.target.port, timeout=self.target.timeout)
+            self.local.conn = conn
+        return conn
+
+    def post(self, body: bytes) -> str:
+        """Send one image; returns the HTTP status as text, or the exception's name."""
+        # application/octet-stream: a raw body as form-urlencoded fails in TorchServe's frontend.
+        headers = {"Content-Type": "application/octet-stream", **self.target.keys.headers()}
+        for attempt in (0, 1):
+            conn = self._conn()
+            try:
+                conn.request("POST", self.target.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                resp.read()
+                if resp.getheader("Connection", "").lower() == "close":
+                    conn.close()
+                    self.local.conn = None
+                return str(resp.status)
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
+                conn.close()
+                self.local.conn = None
+                # A kept-alive connection the server closed while idle: retry once on a new one.
+                if attempt == 1 or not isinstance(exc, http.client.RemoteDisconnected):
+                    return type(exc).__name__
+            except Exception as exc:  # timeouts, refused connections: an error, not a crash
+                conn.close()
+                self.local.conn = None
+                return type(exc).__name__
+        return "unreachable"
+
+
+def load_images(folder: Path | None) -> list[bytes]:
+    """The photos of `folder`, or the repository's sample photos (JPEG) when none is given."""
+    if folder is None:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from sample_images import write_photos
+
+        folder = Path(tempfile.mkdtemp(prefix="loadtest-photos-"))
+        write_photos(folder, ("jpg",))
+    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise SystemExit(f"no images in {folder}")
+    return [p.read_bytes() for p in files]
+
+
+def summarize(records: list[tuple[float, float, float, str]], window: tuple[float, float],
+              offered: float | None) -> dict:
+    """Statistics of the requests whose intended send time falls in the measured window."""
+    lo, hi = window
+    rows = [r for r in records if lo <= r[0] < hi]
+    lat = np.array([(end - intended) * 1000 for intended, _, end, _ in rows])
+    ok = [r for r in rows if r[3] == "200"]
+    errors: dict[str, int] = {}
+    for r in rows:
+        if r[3] != "200":
+            errors[r[3]] = errors.get(r[3], 0) + 1
+    last_end = max((r[2] for r in ok), default=hi)
+    report = {
+        "offered_rps": offered,
+        "requests": len(rows),
+        "ok": len(ok),
+        "errors": sum(errors.values()),
+        "errors_by_status": errors,
+        "achieved_rps": round(len(ok) / max(last_end - lo, hi - lo, 1e-9), 2),
+        "latency_ms": {name: round(float(np.percentile(lat, q)), 2) if len(lat) else None
+                       for name, q in PERCENTILES.items()},
+    }
+    report["latency_ms"]["max"] = round(float(lat.max()), 2) if len(lat) else None
+    report["latency_ms"]["mean"] = round(float(lat.mean()), 2) if len(lat) else None
+    # How late the sender threads started requests: large values mean the generator itself lagged.
+    starts = np.array([(start - intended) * 1000 for intended, start, _, _ in rows])
+    report["send_lag_ms_p99"] = round(float(np.percentile(starts, 99)), 2) if len(starts) else None
+    return report
+
+
+class Progress:
+    def __init__(self, enabled: bool, label: str) -> None:
+        self.enabled, self.label, self.last = enabled, label, 0.0
+
+    def show(self, elapsed: float, total: float, records: list, sent: int) -> None:
+        now = time.perf_counter()
+        if not self.enabled or now - self.last < 1.0:
+            return
+        self.last = now
+        recent = [(r[2] - r[0]) * 1000 for r in records[-200:]]
+        errs = sum(1 for r in records if r[3] != "200")
+        p99 = f"{np.percentile(recent, 99):7.1f}" if recent else "      -"
+        print(f"\r[loadtest] {self.label} {elapsed:5.1f}/{total:.0f} s  sent {sent:6d}  "
+              f"done {len(records):6d}  in flight {sent - len(records):4d}  errors {errs:4d}  "
+              f"recent p99 {p99} ms", end="", file=sys.stderr, flush=True)
+
+    def done(self) -> None:
+        if self.enabled:
+            print(file=sys.stderr, flush=True)
+
+
+def run_open(target: Target, images: list[bytes], rate: float, duration: float, warmup: float = 5.0,
+             concurrency: int = 64, progress: bool = True) -> dict:
+    """Send at `rate` rps for warmup + duration seconds; statistics over the last `duration` s."""
+    sender = Sender(target)
+    records: list[tuple[float, float, float, str]] = []
+    total = warmup + duration
+    count = int(round(total * rate))
+    show = Progress(progress, f"{rate:g} rps")
+
+    def one(intended: float, body: bytes) -> None:
+        start = time.perf_counter()
+        status = sender.post(body)
+        records.append((intended, start, time.perf_counter(), status))  # list.append is atomic
+
+    t0 = time.perf_counter() + 0.05
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="send") as pool:
+        for i in range(count):
+            intended = t0 + i / rate
+            delay = intended - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            pool.submit(one, intended, images[i % len(images)])
+            show.show(time.perf_counter() - t0, total, records, i + 1)
+        # Bounded wait for the stragglers: every request has its own socket timeout.
+        while len(records) < count and time.perf_counter() - t0 < total + target.timeout + 5:
+            time.sleep(0.05)
+            show.show(time.perf_counter() - t0, total, records, count)
+    show.done()
+    report = summarize(records, (t0 + warmup, t0 + total), rate)
+    report.update(mode="open", warmup_s=warmup, duration_s=duration, concurrency=concurrency,
+                  unfinished=count - len(records))
+    return report
+
+
+def run_closed(target: Target, images: list[bytes], clients: int, duration: float,
+               warmup: float = 3.0, progress: bool = True) -> dict:
+    """`clients` senders back to back: the saturated throughput (its latencies include queueing)."""
+    sender = Sender(target)
+    records: list[tuple[float, float, float, str]] = []
+    t0 = time.perf_counter()
+    stop_at = t0 + warmup + duration
+    show = Progress(progress, f"closed x{clients}")
+
+    def loop(offset: int) -> None:
+        i = offset
+        while time.perf_counter() < stop_at:
+            start = time.perf_counter()
+            status = sender.post(images[i % len(images)])
+            records.append((start, start, time.perf_counter(), status))
+            i += clients
+
+    threads = [threading.Thread(target=loop, args=(k,), daemon=True) for k in range(clients)]
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads) and time.perf_counter() < stop_at + target.timeout + 5:
+        time.sleep(0.1)
+        show.show(time.perf_counter() - t0, warmup + duration, records, len(records))
+    show.done()
+    report = summarize(records, (t0 + warmup, stop_at), None)
+    ended = [r for r in records if t0 + warmup <= r[0] < stop_at and r[3] == "200"]
+    report["achieved_rps"] = round(len(ended) / duration, 2)
+    report.update(mode="closed", clients=clients, warmup_s=warmup, duration_s=duration)
+    return report
+
+
+def passes(report: dict, slo_ms: float) -> bool:
+    p99 = report["latency_ms"]["p99"]
+    return report["errors"] == 0 and p99 is not None and p99 < slo_ms
+
+
+def sweep(target: Target, images: list[bytes], rates: list[float], duration: float, warmup: float,
+          slo_ms: float, concurrency: int = 64, progress: bool = True, misses: int = 2) -> dict:
+    """Run each rate in turn; stop after `misses` consecutive rates over the SLO."""
+    steps, best, missed = [], None, 0
+    for rate in rates:
+        rep = run_open(target, images, rate, duration, warmup, concurrency, progress)
+        rep["passes_slo"] = passes(rep, slo_ms)
+        steps.append(rep)
+        if rep["passes_slo"]:
+            best, missed = (rate if missed == 0 else best), 0
+        else:
+            missed += 1
+        if progress:
+            lat = rep["latency_ms"]
+            print(f"[sweep] {rate:6g} rps: p50 {lat['p50']} p99 {lat['p99']} ms, errors "
+                  f"{rep['errors']}, {'PASS' if rep['passes_slo'] else 'miss'}", file=sys.stderr)
+        if missed >= misses:
+            break
+        time.sleep(1.0)  # let the server's queue drain before the next rate
+    return {"mode": "sweep", "slo_ms": slo_ms, "max_rps_under_slo": best, "steps": steps}
+
+
+def plot_sweeps(sweeps: dict[str, dict], path: Path, slo_ms: float, title: str = "") -> Path:
+    """Latency percentiles against offered rate, one colour per series; a line at the SLO."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    styles = {"p50": ":", "p99": "-", "p99.9": "--"}
+    for (name, result), colour in zip(sweeps.items(), ("tab:blue", "tab:red", "tab:green", "tab:purple")):
+        rates = [s["offered_rps"] for s in result["steps"]]
+        for pct, style in styles.items():
+            ax.plot(rates, [s["latency_ms"][pct] for s in result["steps"]], style, marker="o",
+                    markersize=3, color=colour, label=f"{name} {pct}")
+    ax.axhline(slo_ms, color="black", linewidth=0.8)
+    ax.text(ax.get_xlim()[0], slo_ms * 1.05, f" SLO p99 < {slo_ms:g} ms", fontsize=8)
+    ax.set_yscale("log")
+    ax.set_xlabel("offered rate (requests/s, open loop)")
+    ax.set_ylabel("latency from intended send time (ms)")
+    ax.set_title(title or "Latency vs offered rate")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def parse_rates(spec: str) -> list[float]:
+    """'10:150:20' (start:stop:step, inclusive) or '10,50,100'."""
+    if ":" in spec:
+        start, stop, step = (float(v) for v in spec.split(":"))
+        return [round(start + i * step, 3) for i in range(int((stop - start) / step + 1e-9) + 1)]
+    return [float(v) for v in spec.split(",") if v]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--url", help="prediction URL, e.g. http://127.0.0.1:8080/predictions/NAME")
+    where.add_argument("--workdir", type=Path, help="working dir of a server started by scripts/serve.py")
+    parser.add_argument("--model", default="efficientnet_lite0", help="model name (with --workdir)")
+    parser.add_argument("--key-file", type=Path, help="TorchServe key_file.json (with --url)")
+    parser.add_argument("--images", type=Path, help="folder of photos, cycled (default: sample photos)")
+    parser.add_argument("--rate", type=float, default=50.0, help="requests per second (open loop)")
+    parser.add_argument("--duration", type=float, default=60.0, help="measured seconds")
+    parser.add_argument("--warmup", type=float, default=5.0, help="seconds sent before measuring")
+    parser.add_argument("--concurrency", type=int, default=64, help="cap on requests in flight")
+    parser.add_argument("--timeout", type=float, default=10.0, help="per-request timeout (s)")
+    parser.add_argument("--closed", type=int, metavar="CLIENTS",
+                        help="closed loop with CLIENTS back-to-back senders (saturated throughput)")
+    parser.add_argument("--sweep", metavar="RATES", help="rate sweep: start:stop:step or a,b,c")
+    parser.add_argument("--slo-ms", type=float, default=50.0, help="p99 latency objective (ms)")
+    parser.add_argument("--plot", type=Path, help="PNG of the sweep's latency percentiles")
+    parser.add_argument("--out", type=Path, help="write the report as JSON here")
+    parser.add_argument("--quiet", action="store_true", help="no progress line")
+    args = parser.parse_args(argv)
+
+    target = (Target.from_workdir(args.workdir, args.model, args.timeout) if args.workdir
+              else Target(args.url, args.key_file, args.timeout))
+    images = load_images(args.images)
+    progress = not args.quiet
+    if args.sweep:
+        report = sweep(target, images, parse_rates(args.sweep), args.duration, args.warmup,
+                       args.slo_ms, args.concurrency, progress)
+        if args.plot:
+            plot_sweeps({"service": report}, args.plot, args.slo_ms)
+    elif args.closed:
+        report = run_closed(target, images, args.closed, args.duration, args.warmup, progress)
+    else:
+        report = run_open(target, images, args.rate, args.duration, args.warmup, args.concurrency, progress)
+        report["passes_slo"] = passes(report, args.slo_ms)
+    report.update(url=target.url, images=len(images))
+    text = json.dumps(report, indent=2)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
