@@ -1,0 +1,84 @@
+"""scripts/healthcheck.py: ready only with READY workers and a working prediction; exit codes for
+container and Kubernetes probes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import zipfile
+
+import pytest
+import serve
+from conftest import MODEL, ROOT, free_ports
+
+pytestmark = pytest.mark.e2e
+
+
+def probe(workdir, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "healthcheck.py"), *args,
+                           "--workdir", str(workdir)], capture_output=True, text=True, timeout=60)
+
+
+def test_ready_and_live_on_a_serving_model(server):
+    done = probe(server.workdir, "ready")
+    assert done.returncode == 0 and "prediction ok" in done.stdout, done.stderr
+    assert probe(server.workdir, "live").returncode == 0
+
+
+def test_not_ready_below_the_required_workers(server):
+    done = probe(server.workdir, "ready", "--min-workers", "3")
+    assert done.returncode == 1 and "2 READY workers of 3" in done.stderr
+
+
+def test_unreachable_server(tmp_path):
+    assert probe(tmp_path, "ready").returncode == 2  # no config.properties at all
+    port = free_ports(1)[0]
+    (tmp_path / "config.properties").write_text(
+        "".join(f"{k}=http://127.0.0.1:{port}\n"
+                for k in ("inference_address", "management_address", "metrics_address")))
+    (tmp_path / "key_file.json").write_text(json.dumps(
+        {"management": {"key": "k"}, "inference": {"key": "k"}}))
+    for kind in ("ready", "live"):
+        done = probe(tmp_path, kind)
+        assert done.returncode == 2 and "unreachable" in done.stderr
+
+
+@pytest.fixture(scope="module")
+def crash_looping(tmp_path_factory, default_mar):
+    """A TorchServe whose only model fails to load on every try (its labels file was altered
+    after packaging, so the integrity check refuses it): workers never become READY."""
+    store = tmp_path_factory.mktemp("broken_store")
+    with zipfile.ZipFile(default_mar) as src, zipfile.ZipFile(store / default_mar.name, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            if item.filename == "index_to_name.json":
+                data = data.replace(b"tabby", b"tampered")
+            dst.writestr(item, data)
+    workdir = tmp_path_factory.mktemp("broken_ts")
+    grpc = free_ports(2)
+    srv = serve.start(workdir, models=f"{MODEL}={default_mar.name}", ports=free_ports(3),
+                      model_store=store, overrides={"grpc_inference_port": str(grpc[0]),
+                                                    "grpc_management_port": str(grpc[1])})
+    try:
+        log = workdir / "logs" / "model_log.log"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # until a worker has tried to load and failed
+            if log.is_file() and "IntegrityError" in log.read_text(errors="replace"):
+                break
+            time.sleep(0.5)
+        yield srv
+    finally:
+        serve.stop(workdir, grace=10)
+
+
+def test_crash_looping_model_is_not_ready_although_ping_is_healthy(crash_looping):
+    log = (crash_looping.workdir / "logs" / "model_log.log").read_text(errors="replace")
+    assert "IntegrityError" in log  # the workers really failed to load
+    ping = crash_looping.client.ping()
+    assert ping.status_code == 200 and json.loads(ping.text)["status"] == "Healthy"
+    assert crash_looping.client.ready_workers(MODEL) == 0
+    done = probe(crash_looping.workdir, "ready")
+    assert done.returncode == 1 and "0 READY workers" in done.stderr, done.stdout + done.stderr
+    assert probe(crash_looping.workdir, "live").returncode == 0  # the frontend itself is up
