@@ -7,7 +7,8 @@ STAMP := $(VENV)/.installed
 MODEL := efficientnet_lite0
 MAR := model_store/$(MODEL).mar
 MAR_INPUTS := $(wildcard handler/*.py) $(wildcard config/$(MODEL)/*) \
-	scripts/export.py scripts/package.py scripts/manifest.py scripts/sample_images.py
+	scripts/export.py scripts/package.py scripts/manifest.py scripts/reproducible.py \
+	scripts/sample_images.py
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: help install java prometheus serve stop package test lint clean

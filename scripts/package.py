@@ -24,6 +24,7 @@ from pathlib import Path
 import paths
 from export import ExportError, export_and_validate, resolve_checkpoint
 from manifest import build_manifest, hash_file
+from reproducible import make_reproducible
 
 HANDLER_MODULES = ["batch.py", "preprocessing.py", "payload.py", "runner.py", "provenance.py",
                    "handler_metrics.py"]
@@ -104,6 +105,7 @@ def package(arch: str = paths.DEFAULT_MODEL, checkpoint: str = "default",
     print(f"[package] archiving {model_name} v{version} ({archive_format})", flush=True)
     t0 = time.perf_counter()
     mar = run_archiver(stage, model_name, version, artifact, Path(export_dir), archive_format)
+    make_reproducible(mar, manifest["build"]["built_at"])  # same inputs -> same bytes
     size = sum(f.stat().st_size for f in mar.rglob("*")) if mar.is_dir() else mar.stat().st_size
     print(f"[package] wrote {mar} ({size / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f} s; "
           f"sha256 {hash_file(mar)[:16] if mar.is_file() else '-'}", flush=True)
