@@ -11,7 +11,7 @@ MAR_INPUTS := $(wildcard handler/*.py) $(wildcard config/$(MODEL)/*) \
 	scripts/sample_images.py
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help install java prometheus serve stop package test lint clean
+.PHONY: help install java prometheus serve stop package test lint clean bench
 
 help:
 	@echo "make serve    install (into .venv), build $(MAR) if stale, start TorchServe, wait for READY"
@@ -19,6 +19,7 @@ help:
 	@echo "make package  export, validate and archive the default model into $(MAR)"
 	@echo "make test     install and run the test suite (unit + end-to-end on loopback)"
 	@echo "make lint     ruff"
+	@echo "make bench    load benchmark, ours vs stock TorchServe (about 13 min; BENCH_ARGS=--quick)"
 
 # TorchServe's frontend needs Java 17+.
 java:
@@ -58,6 +59,15 @@ test: install $(MAR)
 
 lint: install
 	$(PY) -m ruff check .
+
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP) requirements-bench.txt
+	$(PY) -m pip install -q -r requirements-bench.txt
+	touch $@
+
+# Writes BENCHMARKS.md and docs/latency_vs_rate.png; raw results in build/bench/.
+bench: install $(MAR) $(BENCH_STAMP)
+	$(PY) scripts/bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf build run model_store/*.mar

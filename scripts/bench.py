@@ -3,6 +3,7 @@
     python scripts/bench.py              # full run (about 13 min), writes BENCHMARKS.md + the plot
     python scripts/bench.py --quick      # about 4 min, shorter windows, one repeat
     python scripts/bench.py levers       # A/B of each tuning lever against the shipped config
+    python scripts/bench.py micro        # model/decode levers in-process (no HTTP)
 
 One run measures, interleaved A/B/B/A so machine noise hits all alike:
   limit   preprocess + forward of the shipped artifact in-process (no HTTP): batch-1 latency,
@@ -17,6 +18,7 @@ scripts/loadtest.py in its own process, on the same 2 cores as the server.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -56,7 +58,7 @@ class Profile:
 
 
 QUICK = Profile(repeats=1, low=8, target=15, step=5, sat=10, sweep="10:150:20")
-LEVERS = Profile(repeats=2, low=5, target=12, step=0, sat=6)  # one lever = many servers x windows
+LEVERS = Profile(repeats=2, low=6, target=0, step=0, sat=8)  # one lever = many servers x windows
 
 
 @dataclass
@@ -491,19 +493,92 @@ def levers(profile: Profile, only: list[str] | None) -> dict:
             for r in range(profile.repeats):
                 order = services if r % 2 == 0 else services[::-1]
                 for svc in order:
+                    # Latency when idle-ish, and capacity (closed loop, 8 clients so batches fill).
                     rows[svc.label].append({"p50_10": at_rate(svc, 10, profile.low, "10rps"),
-                                            "p99_50": at_rate(svc, 50, profile.target, "50rps"),
-                                            "sat": saturate(svc, profile.sat)})
+                                            "sat": saturate(svc, profile.sat, clients=8)})
         finally:
             stop(services)
         out[lever] = {label: {
             "p50_10": med([x["p50_10"]["latency_ms"]["p50"] for x in runs]),
-            "p99_50": med([x["p99_50"]["latency_ms"]["p99"] for x in runs]),
-            "errors_50": med([x["p99_50"]["errors"] for x in runs]),
+            "p99_10": med([x["p50_10"]["latency_ms"]["p99"] for x in runs]),
             "sat_rps": med([x["sat"]["achieved_rps"] for x in runs])} for label, runs in rows.items()}
         out[lever]["_shipped"] = {"workers": workers, "threads": threads}
         (BENCH / "levers.json").write_text(json.dumps(out, indent=1))
         log(f"{lever}: {json.dumps(out[lever])}")
+    return out
+
+
+def micro(threads: int = 1, reps: int = 30) -> dict:
+    """Model- and decode-level levers in-process at the worker's thread count (no HTTP)."""
+    import io
+    import warnings
+
+    import torch
+    from export import build_model, default_checkpoint, export, load_checkpoint
+    from PIL import Image
+    from preprocessing import PreprocessConfig, decode_rgb, open_image, preprocess_bytes, to_tensor
+    from runner import load_runner
+
+    torch.set_num_threads(threads)
+    warnings.simplefilter("ignore")
+
+    def timed(fn, arg, n=reps) -> float:
+        with torch.inference_mode():
+            for _ in range(3):
+                fn(arg)
+            times = []
+            for _ in range(n):
+                t = time.perf_counter()
+                fn(arg)
+                times.append(time.perf_counter() - t)
+        return round(statistics.median(times) * 1000, 2)
+
+    model = build_model(paths.DEFAULT_MODEL, 1000)
+    load_checkpoint(model, default_checkpoint())
+    model.eval()
+    out: dict = {"threads": threads, "forward_ms": {}}
+    frozen = torch.jit.load(str(scripted(paths.DEFAULT_MODEL, "default")))
+    scripted_model = torch.jit.script(model)
+    optimized = torch.jit.optimize_for_inference(scripted_model)
+    try:  # does the optimized graph survive save/load?
+        buf = io.BytesIO()
+        torch.jit.save(optimized, buf)
+        buf.seek(0)
+        torch.jit.load(buf)
+        out["optimize_for_inference_reloads"] = True
+    except Exception as exc:
+        out["optimize_for_inference_reloads"] = f"no: {exc}"
+    cl_model = build_model(paths.DEFAULT_MODEL, 1000)
+    load_checkpoint(cl_model, default_checkpoint())
+    cl = torch.jit.freeze(torch.jit.script(cl_model.eval().to(memory_format=torch.channels_last)))
+    onnx = load_runner(export(model, BENCH / "micro" / "model.onnx", "onnx", 224), threads)
+    variants = {"eager": (model, False), "torchscript frozen (shipped)": (frozen, False),
+                "optimize_for_inference": (optimized, False), "frozen + channels_last": (cl, True),
+                "onnxruntime": (onnx, False)}
+    for name, (fn, channels_last) in variants.items():
+        for batch in (1, 4):
+            x = torch.randn(batch, 3, 224, 224)
+            x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+            out["forward_ms"][f"{name} b{batch}"] = round(timed(fn, x, reps if batch == 1 else 10) / batch, 2)
+    # Preprocessing split on the sample photos, and draft decoding on a 12 MP JPEG.
+    cfg = PreprocessConfig.load(CFG_DIR / "preprocess.json")
+    images = [p.read_bytes() for p in sorted(photos().iterdir())]
+    decoded = [decode_rgb(open_image(b, cfg), cfg) for b in images]
+    out["preprocess_ms"] = {
+        "whole": timed(lambda _: [preprocess_bytes(b, cfg) for b in images], None) / len(images),
+        "decode": timed(lambda _: [decode_rgb(open_image(b, cfg), cfg) for b in images], None) / len(images),
+        "resize+crop+normalize": timed(lambda _: [to_tensor(d, cfg) for d in decoded], None) / len(images),
+    }
+    arr = torch.rand(224, 224, 3).numpy()
+    mean, std = torch.tensor(cfg.mean).numpy() * 255, torch.tensor(cfg.std).numpy() * 255
+    out["preprocess_ms"]["normalize only"] = timed(lambda a: (a * 255 - mean) / std, arr)
+    big = io.BytesIO()
+    Image.open(io.BytesIO(images[0])).resize((4000, 3000)).save(big, "JPEG", quality=90)
+    no_draft = dataclasses.replace(cfg, fast_jpeg_draft=False)
+    out["12mp_jpeg_ms"] = {"draft on": timed(lambda b: preprocess_bytes(b, cfg), big.getvalue(), 8),
+                           "draft off": timed(lambda b: preprocess_bytes(b, no_draft), big.getvalue(), 8)}
+    (BENCH / "micro.json").write_text(json.dumps(out, indent=1))
+    print(json.dumps(out, indent=1))
     return out
 
 
@@ -516,7 +591,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", nargs="?", choices=["run", "levers"], default="run")
+    parser.add_argument("action", nargs="?", choices=["run", "levers", "micro"], default="run")
     parser.add_argument("--quick", action="store_true", help="short windows, one repeat (about 4 min)")
     parser.add_argument("--repeats", type=int, help="interleaved repeats (default 2; quick 1)")
     parser.add_argument("--slo-ms", type=float, default=50.0, help="p99 objective (ms)")
@@ -530,6 +605,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     if args.action == "levers":
         levers(profile, args.only)
+    elif args.action == "micro":
+        micro()
     else:
         res = run(profile, args.slo_ms, not args.no_resnet)
         if args.no_write:
