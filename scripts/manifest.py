@@ -63,7 +63,8 @@ def git_commit() -> tuple[str, str]:
     try:
         commit = git("rev-parse", "HEAD")
         when = git("log", "-1", "--format=%cI")
-        if git("status", "--porcelain", "--untracked-files=no", "handler", "config", "scripts"):
+        # Untracked files count too: a new, uncommitted module can change what gets built.
+        if git("status", "--porcelain", "handler", "config", "scripts"):
             commit += "-dirty"
         return commit, when
     except (OSError, subprocess.CalledProcessError):

@@ -9,6 +9,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import manifest
 import pytest
 from conftest import ROOT
 from reproducible import ARCHIVER_TIME_FORMAT, MAR_MANIFEST, ZIP_EPOCH, fixed_time, make_reproducible
@@ -63,6 +64,15 @@ def test_no_archive_directory_gets_a_fixed_created_on(tmp_path):
     (tmp_path / MAR_MANIFEST).write_bytes(archiver_manifest("24/11/2026 10:40:03"))
     make_reproducible(tmp_path, BUILT_AT)
     assert json.loads((tmp_path / MAR_MANIFEST).read_text())["createdOn"] == "01/03/2026 10:34:56"
+
+
+def test_build_time_is_source_date_epoch_else_the_commit_time(monkeypatch):
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    assert manifest.build_time("2026-01-01T00:00:00+00:00") == "2023-11-14T22:13:20+00:00"
+    monkeypatch.delenv("SOURCE_DATE_EPOCH")
+    assert manifest.build_time("2026-01-01T00:00:00+00:00") == "2026-01-01T00:00:00+00:00"
+    commit, when = manifest.git_commit()
+    assert len(commit.removesuffix("-dirty")) == 40 and fixed_time(when) > ZIP_EPOCH
 
 
 def build(export_dir: Path) -> Path:
