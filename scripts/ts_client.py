@@ -23,6 +23,12 @@ def read_keys(key_file: str | Path) -> dict[str, str]:
     return {name: doc[name]["key"] for name in ("inference", "management") if name in doc}
 
 
+def worker_died(resp: requests.Response) -> bool:
+    """TorchServe answers 500 or 507 "Worker died." to the requests a crashed worker held (a
+    whole batch). A prediction has no side effect, so such a request can safely be resent."""
+    return resp.status_code in (500, 507) and "Worker died" in resp.text
+
+
 @dataclass
 class TorchServeClient:
     inference_url: str = "http://127.0.0.1:8080"
@@ -38,12 +44,17 @@ class TorchServeClient:
         return {"Authorization": f"Bearer {key}"} if key else {}
 
     def predict(self, model: str, body: bytes, headers: dict | None = None,
-                session: requests.Session | None = None) -> requests.Response:
-        """POST one raw image; returns the response (any status)."""
+                session: requests.Session | None = None, retries: int = 0) -> requests.Response:
+        """POST one raw image; returns the response (any status). `retries`: how many times to
+        resend a request whose worker died under it (see worker_died)."""
         sender = session or requests
         all_headers = {**IMAGE_HEADERS, **self.auth_headers("inference"), **(headers or {})}
-        return sender.post(f"{self.inference_url}/predictions/{model}", data=body,
-                           headers=all_headers, timeout=self.timeout)
+        for _ in range(retries + 1):
+            resp = sender.post(f"{self.inference_url}/predictions/{model}", data=body,
+                               headers=all_headers, timeout=self.timeout)
+            if not worker_died(resp):
+                break
+        return resp
 
     def ping(self) -> requests.Response:
         return requests.get(f"{self.inference_url}/ping", headers=self.auth_headers("inference"),
