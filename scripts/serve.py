@@ -204,13 +204,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=paths.ROOT / "run",
                         help="holds key_file.json, logs/ and the pid file")
     parser.add_argument("--timeout", type=float, default=180, help="seconds to wait for READY")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address TorchServe listens on (0.0.0.0 inside a container)")
+    parser.add_argument("--foreground", action="store_true",
+                        help="stay attached until TorchServe exits; SIGTERM stops it gracefully "
+                             "(the container entrypoint)")
     args = parser.parse_args(argv)
     if args.action == "stop":
         print("TorchServe stopped." if stop(args.workdir) else "TorchServe was not running.")
         return 0
     if (args.workdir / "torchserve.pid").is_file():
         stop(args.workdir)
-    server = start(args.workdir, models=f"{args.model}={args.model}.mar")
+    ports = (8080, 8081, 8082)
+    listen = {key: f"http://{args.host}:{port}" for key, port in
+              zip(("inference_address", "management_address", "metrics_address"), ports)}
+    server = start(args.workdir, models=f"{args.model}={args.model}.mar", ports=ports,
+                   overrides=listen if args.host != "127.0.0.1" else None)
     try:
         took = wait_ready(server, args.model, timeout=args.timeout)
     except (RuntimeError, TimeoutError) as exc:
@@ -226,8 +235,19 @@ def main(argv: list[str] | None = None) -> int:
           f"  key file:   {args.workdir / 'key_file.json'}\n"
           f"Try it:\n  curl -H 'Authorization: Bearer {key}' -T cat.jpg "
           f"{c.inference_url}/predictions/{args.model}\n"
-          f"Stop it: make stop")
-    return 0
+          f"Stop it: make stop", flush=True)
+    return run_foreground(server) if args.foreground else 0
+
+
+def run_foreground(server: Server) -> int:
+    """Wait for TorchServe; SIGTERM or SIGINT (docker stop, Kubernetes) stops it gracefully."""
+    def graceful(signum: int, frame) -> None:
+        stop(server.workdir)
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, graceful)
+    signal.signal(signal.SIGINT, graceful)
+    return server.process.wait() if server.process else 0
 
 
 if __name__ == "__main__":

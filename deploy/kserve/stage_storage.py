@@ -1,0 +1,51 @@
+"""Lay out the KServe model storage for deploy/kserve/inferenceservice.yaml:
+
+    OUT/config/config.properties          <- config/kserve/config.properties
+    OUT/model-store/efficientnet_lite0.mar  <- packaged with config/kserve/model-config.yaml
+
+    python deploy/kserve/stage_storage.py build/kserve     # then copy OUT to the storageUri
+    python deploy/kserve/stage_storage.py build/kserve --mar path/to/efficientnet_lite0.mar
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+KSERVE_CONFIG = ROOT / "config" / "kserve"
+
+
+def stage(out: Path, mar: Path) -> Path:
+    """Copy the variant's config.properties and the archive into KServe's layout under `out`."""
+    (out / "config").mkdir(parents=True, exist_ok=True)
+    (out / "model-store").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(KSERVE_CONFIG / "config.properties", out / "config" / "config.properties")
+    shutil.copy2(mar, out / "model-store" / mar.name)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--mar", type=Path, help="an archive packaged with config/kserve/model-config.yaml")
+    args = parser.parse_args(argv)
+    if args.mar:
+        stage(args.out, args.mar)
+    else:
+        sys.path.insert(0, str(ROOT / "scripts"))
+        import package
+
+        with tempfile.TemporaryDirectory() as tmp:
+            stage(args.out, package.package(model_config=KSERVE_CONFIG / "model-config.yaml",
+                                            export_dir=Path(tmp)))
+    print(f"KServe storage laid out in {args.out}: copy it to the InferenceService's storageUri")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
