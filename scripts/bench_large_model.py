@@ -1,0 +1,293 @@
+"""Measure the large-model case (default ViT-L/16, about 1.2 GB of fp32 weights) on this machine.
+
+1. Save a seeded random state dict (so the --checkpoint path is the one measured).
+2. scripts/package.py: export + validate + hash + archive (wall time, peak memory, .mar size).
+3. Pack the same staged files as each --archive-format (time, size).
+4. Per format: start TorchServe with one worker, time to READY, worker memory (RSS/USS/PSS),
+   first-request and steady latency at batch 1, then stop it.
+5. Load strategies in child processes, two at a time (memory per process and what is shared):
+   torch.jit.load of the extracted file (what the handler does), of the bytes in memory, and the
+   eager model with an mmap'd state dict.
+
+    python scripts/bench_large_model.py --out build/bench_large_model.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import re
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import paths
+import psutil
+import serve
+from sample_images import write_photos
+
+FORMATS = ("default", "no-archive", "tgz")
+# name -> (loader, environment): the handler's torch.jit.load of the file; the same with glibc
+# returning large freed buffers at once; the bytes read into memory first; the eager model with
+# its state dict mmap'd (weights stay file-backed pages, shared between processes).
+MMAP_THRESHOLD = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+STRATEGIES = {"jit_file": ("jit_file", {}), "jit_file_mmap_threshold": ("jit_file", MMAP_THRESHOLD),
+              "jit_bytes": ("jit_bytes", {}), "eager_mmap": ("eager_mmap", {})}
+MB = 1e6
+# "[export] scripting: 12.3 s" lines printed by export.step
+STEP_LINE = re.compile(r"\[export\] (?P<step>[^:]+): (?P<seconds>[0-9.]+) s$")
+PACKED_LINE = re.compile(r"\[package\] wrote (?P<path>\S+) \((?P<mb>[0-9.]+) MB\) in (?P<seconds>[0-9.]+) s")
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def write_inputs(work: Path, arch: str, seed: int, threads: int) -> dict[str, Path]:
+    """A random checkpoint, the ViT preprocessing (224 crop is what ViT accepts) and a 1-worker
+    model config (one worker with every core: a request is tens of GFLOP)."""
+    import torch
+    import torchvision
+    import yaml
+
+    work.mkdir(parents=True, exist_ok=True)
+    ckpt = work / f"{arch}_random.pth"
+    if not ckpt.is_file():
+        torch.manual_seed(seed)
+        model = torchvision.models.get_model(arch, weights=None, num_classes=1000)
+        torch.save(model.state_dict(), ckpt)
+        del model
+    pre = work / "preprocess.json"
+    pre.write_text(json.dumps({"input_size": 224, "resize_size": 242, "interpolation": "bilinear",
+                               "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}))
+    config = yaml.safe_load((paths.CONFIG_DIR / paths.DEFAULT_MODEL / "model-config.yaml").read_text())
+    config.update(minWorkers=1, maxWorkers=1, batchSize=1, maxBatchDelay=5, responseTimeout=300)
+    config["handler"]["threads"] = threads
+    (work / "model-config.yaml").write_text(yaml.safe_dump(config))
+    labels = paths.CONFIG_DIR / paths.DEFAULT_MODEL / "index_to_name.json"
+    return {"checkpoint": ckpt, "preprocess": pre, "model_config": work / "model-config.yaml",
+            "labels": labels}
+
+
+def run_package(arch: str, name: str, inputs: dict[str, Path], store: Path) -> dict:
+    """scripts/package.py as a user runs it; peak RSS of that child process tree."""
+    cmd = [sys.executable, str(paths.ROOT / "scripts" / "package.py"), "--arch", arch,
+           "--checkpoint", str(inputs["checkpoint"]), "--model-name", name,
+           "--labels", str(inputs["labels"]), "--preprocess", str(inputs["preprocess"]),
+           "--model-config", str(inputs["model_config"]), "--export-path", str(store)]
+    t0 = time.perf_counter()
+    steps = {}
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as proc:
+        for line in proc.stdout:  # pass the progress through; keep each step's duration
+            print(line, end="", flush=True)
+            if found := STEP_LINE.match(line):
+                steps[found["step"]] = float(found["seconds"])
+            if found := PACKED_LINE.match(line):
+                packed = {"format": "default", "path": found["path"], "size_mb": float(found["mb"]),
+                          "pack_seconds": float(found["seconds"])}
+    if proc.returncode != 0:
+        raise RuntimeError(f"package.py failed with exit code {proc.returncode}")
+    wall = time.perf_counter() - t0
+    manifest = json.loads((paths.BUILD_DIR / name / "provenance.json").read_text())
+    return {"command": " ".join(cmd[1:]), "package_seconds": round(wall, 1), "steps_s": steps,
+            "packed": packed,
+            "model_pt_mb": round(manifest["files"]["model.pt"]["bytes"] / MB, 1),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e3, 0)}
+
+
+def size_of(path: Path) -> int:
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return path.stat().st_size
+
+
+def pack(name: str, fmt: str, store: Path) -> dict:
+    """Archive the staged build/NAME files in one format; returns time and size."""
+    import package
+
+    stage = paths.BUILD_DIR / name
+    store.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    out = package.run_archiver(stage, name, "1.0", "model.pt", store, fmt)
+    return {"format": fmt, "path": str(out), "pack_seconds": round(time.perf_counter() - t0, 1),
+            "size_mb": round(size_of(out) / MB, 1)}
+
+
+def memory(pid: int) -> dict:
+    info = psutil.Process(pid).memory_full_info()
+    return {"rss_mb": round(info.rss / MB), "uss_mb": round(info.uss / MB),
+            "pss_mb": round(info.pss / MB), "file_backed_mb": round(info.shared / MB)}
+
+
+def serve_once(name: str, archive: Path, image: bytes, workdir: Path, steady: int,
+               timeout: float, env: dict | None = None) -> dict:
+    """Start TorchServe on the archive, wait for READY, measure memory and batch-1 latency."""
+    shutil.rmtree(workdir, ignore_errors=True)
+    ports = free_ports(5)
+    overrides = {"grpc_inference_port": ports[3], "grpc_management_port": ports[4],
+                 "default_response_timeout": int(timeout)}
+    t0 = time.perf_counter()
+    srv = serve.start(workdir, models=f"{name}={archive.name}", ports=tuple(ports[:3]),
+                      model_store=archive.parent, overrides=overrides,
+                      env={"TEMP": str(workdir / "tmp"), **(env or {})})
+    try:
+        serve.wait_ready(srv, name, timeout=timeout)
+        ready = time.perf_counter() - t0
+        workers = srv.client.workers(name)
+        mem = [memory(int(w["pid"])) for w in workers]
+        srv.client.timeout = timeout
+        latencies = []
+        for _ in range(1 + steady):
+            t = time.perf_counter()
+            resp = srv.client.predict(name, image, headers={"Content-Type": "image/jpeg"})
+            latencies.append(time.perf_counter() - t)
+            if resp.status_code != 200:
+                raise RuntimeError(f"prediction failed: {resp.status_code} {resp.text[:200]}")
+        after = [memory(int(w["pid"])) for w in workers]
+    finally:
+        serve.stop(workdir, grace=20)
+    return {"env": env or {}, "load_avg_1m": round(os.getloadavg()[0], 1),
+            "ready_seconds": round(ready, 1), "workers": len(workers), "worker_memory": mem,
+            "worker_memory_after_requests": after, "first_request_s": round(latencies[0], 2),
+            "steady_median_s": round(statistics.median(latencies[1:]), 2) if steady else None,
+            "steady_max_s": round(max(latencies[1:]), 2) if steady else None}
+
+
+def probe_load(strategy: str, model_pt: Path, checkpoint: Path, arch: str) -> None:
+    """Child process: load one way, run one forward, say 'loaded', wait, print memory as JSON."""
+    import torch
+
+    torch.set_num_threads(1)
+    strategy = STRATEGIES[strategy][0]
+    if strategy == "jit_file":
+        model = torch.jit.load(str(model_pt), map_location="cpu")
+    elif strategy == "jit_bytes":
+        model = torch.jit.load(io.BytesIO(model_pt.read_bytes()), map_location="cpu")
+    else:
+        import torchvision
+
+        with torch.device("meta"):
+            model = torchvision.models.get_model(arch, weights=None, num_classes=1000)
+        state = torch.load(str(checkpoint), map_location="cpu", weights_only=True, mmap=True)
+        model.load_state_dict(state, assign=True)  # parameters stay views of the mapped file
+    with torch.inference_mode():
+        model.eval()(torch.zeros(1, 3, 224, 224))
+    print("loaded", flush=True)
+    sys.stdin.readline()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
+    print(json.dumps({**memory(psutil.Process().pid), "peak_rss_mb": round(peak)}), flush=True)
+    sys.stdin.readline()  # stay mapped until every sibling has measured (sharing shows in PSS)
+
+
+def load_strategies(model_pt: Path, checkpoint: Path, arch: str, processes: int,
+                    timeout: float) -> dict:
+    """Each strategy in `processes` concurrent children, measured while all are loaded."""
+    results = {}
+    for strategy in STRATEGIES:
+        cmd = [sys.executable, __file__, "--probe-load", strategy, "--model-pt", str(model_pt),
+               "--checkpoint", str(checkpoint), "--arch", arch]
+        t0 = time.perf_counter()
+        env = {**os.environ, **STRATEGIES[strategy][1]}
+        children = [subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     env=env) for _ in range(processes)]
+        try:
+            for child in children:
+                if child.stdout.readline().strip() != "loaded":
+                    raise RuntimeError(f"{strategy}: child failed to load")
+            loaded = time.perf_counter() - t0
+            rows = []
+            for child in children:
+                child.stdin.write("\n")
+                child.stdin.flush()
+                rows.append(json.loads(child.stdout.readline()))
+        finally:
+            for child in children:
+                child.stdin.close()
+                try:
+                    child.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+        results[strategy] = {"processes": processes, "env": STRATEGIES[strategy][1],
+                             "load_and_forward_s": round(loaded, 1), "per_process": rows}
+        print(f"[bench] {strategy}: {rows}", flush=True)
+    return results
+
+
+def run(arch: str, work: Path, formats: list[str], steady: int, processes: int, threads: int,
+        timeout: float, seed: int = 0, malloc_variant: bool = True) -> dict:
+    name = f"bench_{arch}"
+    inputs = write_inputs(work, arch, seed, threads)
+    report: dict = {"arch": arch, "checkpoint_mb": round(inputs["checkpoint"].stat().st_size / MB, 1),
+                    "cores": psutil.cpu_count(), "memory_total_gib": round(
+                        psutil.virtual_memory().total / 2**30, 1)}
+    print(f"[bench] packaging {arch}", flush=True)
+    report["package"] = run_package(arch, name, inputs, work / "store-default")
+    image = sorted(write_photos(work / "photos", ("jpg",)))[0].read_bytes()
+    report["formats"] = {}
+    runs = [(fmt, fmt, {}) for fmt in formats]
+    if malloc_variant:  # the same .mar, glibc told to unmap large freed buffers
+        runs.append(("default+mmap_threshold", "default", MMAP_THRESHOLD))
+    packs = {"default": report["package"]["packed"]}
+    for label, fmt, env in runs:
+        if fmt not in packs:
+            packs[fmt] = pack(name, fmt, work / f"store-{fmt}")
+        packed = packs[fmt]
+        print(f"[bench] {label}: packed {packed['size_mb']} MB in {packed['pack_seconds']} s; serving",
+              flush=True)
+        served = serve_once(name, Path(packed["path"]), image, work / f"server-{fmt}", steady,
+                            timeout, env)
+        report["formats"][label] = {**packed, **served}
+        print(f"[bench] {label}: {json.dumps(report['formats'][label])}", flush=True)
+    if processes:
+        report["load_strategies"] = load_strategies(paths.BUILD_DIR / name / "model.pt",
+                                                    inputs["checkpoint"], arch, processes, timeout)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", default="vit_l_16", help="torchvision classifier to measure")
+    parser.add_argument("--work", type=Path, default=paths.BUILD_DIR / "bench_large_model",
+                        help="checkpoint, archives and server dirs (several GB)")
+    parser.add_argument("--formats", default=",".join(FORMATS), help="archive formats to serve")
+    parser.add_argument("--steady", type=int, default=5, help="requests after the first one")
+    parser.add_argument("--processes", type=int, default=2,
+                        help="concurrent children per load strategy (0 skips that step)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of the one worker")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds per wait")
+    parser.add_argument("--no-malloc-variant", action="store_true",
+                        help="skip serving the .mar again with MALLOC_MMAP_THRESHOLD_ set")
+    parser.add_argument("--out", type=Path, help="write the JSON report here")
+    parser.add_argument("--probe-load", choices=sorted(STRATEGIES), help=argparse.SUPPRESS)
+    parser.add_argument("--model-pt", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--checkpoint", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.probe_load:
+        probe_load(args.probe_load, args.model_pt, args.checkpoint, args.arch)
+        return 0
+    report = run(args.arch, args.work, args.formats.split(","), args.steady, args.processes,
+                 args.threads, args.timeout, malloc_variant=not args.no_malloc_variant)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""Bad inputs to scripts/package.py and scripts/export.py are clean CLI errors: exit code 2, one
+message naming the mismatch, no traceback, no archive written."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import paths
+import pytest
+import torch
+import torchvision
+
+NAME = "byo_errors_test"
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict:
+    tmp = tmp_path_factory.mktemp("errors")
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), tmp / "resnet18_10.pth")
+    for n in (5, 7, 10):
+        (tmp / f"labels{n}.json").write_text(json.dumps([f"c{i}" for i in range(n)]))
+    (tmp / "bad_preprocess.json").write_text(json.dumps({"input_size": 224, "resize_size": 200,
+                                                         "mean": [0.5] * 3, "std": [0.5] * 3}))
+    yield tmp
+    shutil.rmtree(paths.BUILD_DIR / NAME, ignore_errors=True)
+
+
+def run_cli(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(paths.ROOT / "scripts" / script), *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def package_cli(files, *args: str) -> subprocess.CompletedProcess:
+    return run_cli("package.py", "--model-name", NAME, "--export-path", str(files / "store"), *args)
+
+
+def assert_clean_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    message = proc.stderr.strip().splitlines()[-1]
+    assert message.startswith("error: ")
+    for fragment in fragments:
+        assert fragment in message, message
+    return message
+
+
+def test_checkpoint_of_another_architecture(files):
+    proc = package_cli(files, "--arch", "resnet34", "--checkpoint", str(files / "resnet18_10.pth"),
+                       "--labels", str(files / "labels10.json"))
+    assert_clean_error(proc, "does not match the architecture", "missing keys",
+                       "layer1.2.conv1.weight")
+    assert not (files / "store" / f"{NAME}.mar").exists()
+
+
+def test_checkpoint_with_other_head_shape(files):
+    proc = package_cli(files, "--arch", "resnet18", "--checkpoint", str(files / "resnet18_10.pth"),
+                       "--num-classes", "5", "--labels", str(files / "labels5.json"))
+    assert_clean_error(proc, "shape mismatches", "fc.weight: checkpoint (10, 512) vs model (5, 512)")
+
+
+def test_labels_count_differs_from_model_outputs(files):
+    proc = package_cli(files, "--arch", "resnet18", "--checkpoint", str(files / "resnet18_10.pth"),
+                       "--labels", str(files / "labels7.json"))
+    assert_clean_error(proc, "labels7.json has 7 entries", "model has 10 outputs")
+    assert not (files / "store").exists()
+
+
+def test_unknown_architecture(files):
+    proc = package_cli(files, "--arch", "resnet19", "--checkpoint", "none",
+                       "--labels", str(files / "labels10.json"))
+    assert_clean_error(proc, "Unknown architecture 'resnet19'")
+
+
+def test_invalid_preprocessing_config(files):
+    proc = package_cli(files, "--arch", "resnet18", "--checkpoint", str(files / "resnet18_10.pth"),
+                       "--labels", str(files / "labels10.json"),
+                       "--preprocess", str(files / "bad_preprocess.json"))
+    assert_clean_error(proc, "bad_preprocess.json", "resize_size must be >= input_size")
+
+
+def test_export_cli_names_the_mismatch(files):
+    proc = run_cli("export.py", "--arch", "resnet18", "--checkpoint", str(files / "resnet18_10.pth"),
+                   "--num-classes", "1000", "--out", str(files / "out" / "model.pt"))
+    assert_clean_error(proc, "fc.weight: checkpoint (10, 512) vs model (1000, 512)")
+    assert not (files / "out" / "model.pt").exists()
