@@ -3,16 +3,19 @@ ports, probe commands, entrypoint, storage layout, resources) agrees with the re
 
 from __future__ import annotations
 
+import concurrent.futures
 import fnmatch
 import json
 import re
 import shlex
+import signal
 import subprocess
 import sys
+import time
 
 import serve
 import yaml
-from conftest import MODEL, ROOT
+from conftest import MODEL, ROOT, free_ports
 
 sys.path.insert(0, str(ROOT / "deploy" / "kserve"))
 import stage_storage  # noqa: E402
@@ -170,3 +173,44 @@ def test_deployment_runs_the_image_the_dockerfile_builds():
     (container,) = DOCS[("Deployment", "image-classifier")]["spec"]["template"]["spec"]["containers"]
     name = container["image"].split(":")[0]
     assert f"docker build -t {name} ." in (ROOT / "Dockerfile").read_text()
+
+
+FOREGROUND = """
+import sys
+import time
+sys.path[:0] = [{scripts!r}, {tests!r}]
+import pytest
+import serve
+from conftest import start_server
+server = start_server({workdir!r}, "{model}={model}.mar", {store!r}, min_ready=1, overrides={overrides!r})
+print("READY", flush=True)
+sys.exit(serve.run_foreground(server))
+"""
+
+
+def test_foreground_entrypoint_drains_on_sigterm(tmp_path, default_mar, photos):
+    """The container's PID 1 (serve.py --foreground) on `docker stop`: in-flight requests finish,
+    then it exits 0 and TorchServe is gone."""
+    grpc = free_ports(2)
+    code = FOREGROUND.format(scripts=str(ROOT / "scripts"), tests=str(ROOT / "tests"),
+                             workdir=str(tmp_path), model=MODEL, store=str(default_mar.parent),
+                             overrides={"grpc_inference_port": str(grpc[0]),
+                                        "grpc_management_port": str(grpc[1])})
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "READY"
+        client = serve.TorchServeClient.from_workdir(tmp_path, timeout=60)
+        pgid = int((tmp_path / "torchserve.pid").read_text())
+        image = photos["astronaut.jpg"].read_bytes()
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            futures = [pool.submit(client.predict, MODEL, image) for _ in range(6)]
+            time.sleep(0.05)
+            proc.send_signal(signal.SIGTERM)
+            statuses = [f.result().status_code for f in futures]
+        assert proc.wait(60) == 0
+        assert statuses == [200] * 6
+        assert not serve._group(pgid)  # no live process of the server is left
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        serve.stop(tmp_path, grace=5)
