@@ -1,7 +1,9 @@
 """Integrity check at load: the files a worker serves must be the files that were validated.
 
 `scripts/package.py` writes `provenance.json` into the archive with the SHA-256 of every
-bundled file and the library versions used at export. A worker compares both before loading.
+bundled file and the library versions used at export. A worker compares both before loading:
+a changed, missing or unlisted file, or another torch/torchvision major.minor, is named in the
+log and the worker refuses to load (or, with on_integrity_mismatch=warn, loads anyway).
 """
 
 from __future__ import annotations

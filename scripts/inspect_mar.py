@@ -81,7 +81,8 @@ def inspect(path: Path) -> dict:
     return {
         "archive": str(path),
         "archive_bytes": path.stat().st_size if path.is_file() else sum(f["bytes"] for f in files),
-        "archive_sha256": hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None,
+        # Streamed: the archive of a large model need not fit in memory.
+        "archive_sha256": Archive(path.parent).sha256(path.name)[0] if path.is_file() else None,
         "model": manifest.get("model", {}),
         "archiver": mar_manifest.get("model", {}) | {"createdOn": mar_manifest.get("createdOn")},
         "build": manifest.get("build", {}),
