@@ -26,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import paths
@@ -126,10 +127,19 @@ def pack(name: str, fmt: str, store: Path) -> dict:
             "size_mb": round(size_of(out) / MB, 1)}
 
 
+def peak_rss(pid: int) -> int:
+    """The process's high-water mark (VmHWM): a worker's peak while loading."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 def memory(pid: int) -> dict:
     info = psutil.Process(pid).memory_full_info()
     return {"rss_mb": round(info.rss / MB), "uss_mb": round(info.uss / MB),
-            "pss_mb": round(info.pss / MB), "file_backed_mb": round(info.shared / MB)}
+            "pss_mb": round(info.pss / MB), "file_backed_mb": round(info.shared / MB),
+            "peak_rss_mb": round(peak_rss(pid) / MB)}
 
 
 def serve_once(name: str, archive: Path, image: bytes, workdir: Path, steady: int,
@@ -139,7 +149,7 @@ def serve_once(name: str, archive: Path, image: bytes, workdir: Path, steady: in
     ports = free_ports(5)
     overrides = {"grpc_inference_port": ports[3], "grpc_management_port": ports[4],
                  "default_response_timeout": int(timeout)}
-    t0 = time.perf_counter()
+    t0, launched = time.perf_counter(), datetime.now()
     srv = serve.start(workdir, models=f"{name}={archive.name}", ports=tuple(ports[:3]),
                       model_store=archive.parent, overrides=overrides,
                       env={"TEMP": str(workdir / "tmp"), **(env or {})})
@@ -159,11 +169,30 @@ def serve_once(name: str, archive: Path, image: bytes, workdir: Path, steady: in
         after = [memory(int(w["pid"])) for w in workers]
     finally:
         serve.stop(workdir, grace=20)
+    ready_at = {"ready_seconds": round(ready, 1), **worker_timeline(workdir, launched)}
     return {"env": env or {}, "load_avg_1m": round(os.getloadavg()[0], 1),
-            "ready_seconds": round(ready, 1), "workers": len(workers), "worker_memory": mem,
+            **ready_at, "workers": len(workers), "worker_memory": mem,
             "worker_memory_after_requests": after, "first_request_s": round(latencies[0], 2),
             "steady_median_s": round(statistics.median(latencies[1:]), 2) if steady else None,
             "steady_max_s": round(max(latencies[1:]), 2) if steady else None}
+
+
+def worker_timeline(workdir: Path, launched: datetime | None = None) -> dict:
+    """Seconds between milestones in model_log.log: launch -> worker process up (Java start,
+    archive extraction) -> manifest hashes checked -> model loaded and warmed up (READY)."""
+    marks = {"Torch worker started": "started", "Integrity check passed": "verified",
+             "Loaded ": "loaded"}
+    seen: dict[str, datetime] = {}
+    log = workdir / "logs" / "model_log.log"
+    for line in log.read_text(errors="replace").splitlines() if log.is_file() else []:
+        for text, mark in marks.items():
+            if text in line and mark not in seen:
+                seen[mark] = datetime.strptime(line[:23], "%Y-%m-%dT%H:%M:%S,%f")
+    if len(seen) < len(marks):
+        return {}
+    up = {"launch_to_worker_s": round((seen["started"] - launched).total_seconds(), 1)} if launched else {}
+    return {**up, "hash_check_s": round((seen["verified"] - seen["started"]).total_seconds(), 1),
+            "load_and_warm_up_s": round((seen["loaded"] - seen["verified"]).total_seconds(), 1)}
 
 
 def probe_load(strategy: str, model_pt: Path, checkpoint: Path, arch: str) -> None:
@@ -187,8 +216,7 @@ def probe_load(strategy: str, model_pt: Path, checkpoint: Path, arch: str) -> No
         model.eval()(torch.zeros(1, 3, 224, 224))
     print("loaded", flush=True)
     sys.stdin.readline()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
-    print(json.dumps({**memory(psutil.Process().pid), "peak_rss_mb": round(peak)}), flush=True)
+    print(json.dumps(memory(psutil.Process().pid)), flush=True)
     sys.stdin.readline()  # stay mapped until every sibling has measured (sharing shows in PSS)
 
 
@@ -227,14 +255,20 @@ def load_strategies(model_pt: Path, checkpoint: Path, arch: str, processes: int,
 
 
 def run(arch: str, work: Path, formats: list[str], steady: int, processes: int, threads: int,
-        timeout: float, seed: int = 0, malloc_variant: bool = True) -> dict:
+        timeout: float, seed: int = 0, malloc_variant: bool = True, reuse: bool = False) -> dict:
     name = f"bench_{arch}"
     inputs = write_inputs(work, arch, seed, threads)
     report: dict = {"arch": arch, "checkpoint_mb": round(inputs["checkpoint"].stat().st_size / MB, 1),
                     "cores": psutil.cpu_count(), "memory_total_gib": round(
                         psutil.virtual_memory().total / 2**30, 1)}
-    print(f"[bench] packaging {arch}", flush=True)
-    report["package"] = run_package(arch, name, inputs, work / "store-default")
+    mar = work / "store-default" / f"{name}.mar"
+    if reuse and mar.is_file() and (paths.BUILD_DIR / name / "model.pt").is_file():
+        report["package"] = {"reused": str(mar), "packed": {
+            "format": "default", "path": str(mar), "size_mb": round(mar.stat().st_size / MB, 1),
+            "pack_seconds": None}}
+    else:
+        print(f"[bench] packaging {arch}", flush=True)
+        report["package"] = run_package(arch, name, inputs, work / "store-default")
     image = sorted(write_photos(work / "photos", ("jpg",)))[0].read_bytes()
     report["formats"] = {}
     runs = [(fmt, fmt, {}) for fmt in formats]
@@ -247,7 +281,7 @@ def run(arch: str, work: Path, formats: list[str], steady: int, processes: int, 
         packed = packs[fmt]
         print(f"[bench] {label}: packed {packed['size_mb']} MB in {packed['pack_seconds']} s; serving",
               flush=True)
-        served = serve_once(name, Path(packed["path"]), image, work / f"server-{fmt}", steady,
+        served = serve_once(name, Path(packed["path"]), image, work / f"server-{label}", steady,
                             timeout, env)
         report["formats"][label] = {**packed, **served}
         print(f"[bench] {label}: {json.dumps(report['formats'][label])}", flush=True)
@@ -255,6 +289,31 @@ def run(arch: str, work: Path, formats: list[str], steady: int, processes: int, 
         report["load_strategies"] = load_strategies(paths.BUILD_DIR / name / "model.pt",
                                                     inputs["checkpoint"], arch, processes, timeout)
     return report
+
+
+def _n(value) -> str:
+    return f"{value:,}" if isinstance(value, int | float) else "-"
+
+
+def to_markdown(report: dict) -> str:
+    """The serving and load-strategy tables of BENCHMARKS.md from a report."""
+    rows = ["| archive | pack s | size MB | start -> READY s | launch -> worker s | hash check s | "
+            "load + warm-up s | worker RSS / USS / peak MB | first request s | steady median (max) s |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for label, r in report["formats"].items():
+        m = r["worker_memory"][0]
+        rows.append(f"| {label} | {_n(r['pack_seconds'])} | {r['size_mb']:,.0f} | {r['ready_seconds']} | "
+                    f"{_n(r.get('launch_to_worker_s'))} | {_n(r.get('hash_check_s'))} | "
+                    f"{_n(r.get('load_and_warm_up_s'))} | {_n(m['rss_mb'])} / {_n(m['uss_mb'])} / "
+                    f"{_n(m.get('peak_rss_mb'))} | {r['first_request_s']} | {r['steady_median_s']} "
+                    f"({r['steady_max_s']}) |")
+    rows += ["", "| load strategy (2 processes at once) | RSS MB | USS MB | PSS MB | peak RSS MB |",
+             "|---|---|---|---|---|"]
+    for name, r in report.get("load_strategies", {}).items():
+        m = r["per_process"][0]
+        rows.append(f"| {name} | {_n(m['rss_mb'])} | {_n(m['uss_mb'])} | {_n(m['pss_mb'])} | "
+                    f"{_n(m.get('peak_rss_mb'))} |")
+    return "\n".join(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -271,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=600, help="seconds per wait")
     parser.add_argument("--no-malloc-variant", action="store_true",
                         help="skip serving the .mar again with MALLOC_MMAP_THRESHOLD_ set")
+    parser.add_argument("--reuse", action="store_true",
+                        help="serve the archive a previous run built instead of packaging again")
     parser.add_argument("--out", type=Path, help="write the JSON report here")
     parser.add_argument("--probe-load", choices=sorted(STRATEGIES), help=argparse.SUPPRESS)
     parser.add_argument("--model-pt", type=Path, help=argparse.SUPPRESS)
@@ -280,9 +341,10 @@ def main(argv: list[str] | None = None) -> int:
         probe_load(args.probe_load, args.model_pt, args.checkpoint, args.arch)
         return 0
     report = run(args.arch, args.work, args.formats.split(","), args.steady, args.processes,
-                 args.threads, args.timeout, malloc_variant=not args.no_malloc_variant)
+                 args.threads, args.timeout, malloc_variant=not args.no_malloc_variant, reuse=args.reuse)
     text = json.dumps(report, indent=2)
     print(text)
+    print(to_markdown(report))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
