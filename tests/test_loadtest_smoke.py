@@ -1,4 +1,4 @@
-"""Smoke runs of scripts/loadtest.py against the session server: report shape, no failures.
+"""Smoke runs of scripts/loadtest.py against the shared test server: report shape, no failures.
 
 Latency figures are benchmark material (BENCHMARKS.md), not asserted here: the machine is shared.
 """
