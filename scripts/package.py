@@ -18,6 +18,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -88,11 +89,20 @@ def stage_files(stage: Path, arch: str, preprocess: Path, labels: dict, model_co
         (stage / ARCHITECTURE_FILE).write_text(json.dumps(architecture, indent=2, sort_keys=True))
 
 
+def check_export_dir(export_dir: Path, model_name: str) -> None:
+    """torch-model-archiver copies the files into $TMPDIR/NAME and zips that folder: an archive
+    exported into the same folder would zip itself as it grows, without end."""
+    if Path(export_dir).resolve() == (Path(tempfile.gettempdir()) / model_name).resolve():
+        raise ExportError(f"--export-path {export_dir} is torch-model-archiver's scratch folder "
+                          f"for {model_name}; choose another folder")
+
+
 def run_archiver(stage: Path, model_name: str, version: str, artifact: str, export_dir: Path,
                  archive_format: str = "default") -> Path:
     """Call torch-model-archiver on the staged files; returns the archive path."""
     extra = sorted(p.name for p in stage.iterdir()
                    if p.name not in (artifact, "handler.py", "model-config.yaml"))
+    check_export_dir(export_dir, model_name)
     export_dir.mkdir(parents=True, exist_ok=True)
     cmd = [str(Path(sys.executable).parent / "torch-model-archiver"),
            "--model-name", model_name, "--version", version,
@@ -146,6 +156,7 @@ def package(arch: str = paths.DEFAULT_MODEL, checkpoint: str = "default",
     preprocess = Path(preprocess or config_dir / "preprocess.json")
     model_config = Path(model_config or config_dir / "model-config.yaml")
     labels_path = Path(labels or config_dir / "index_to_name.json")
+    check_export_dir(Path(export_dir), model_name)
     checkpoint_path = resolve_checkpoint(checkpoint, arch)
     # The model's outputs: --num-classes, else the checkpoint's head, else (random init) the labels.
     num_classes = resolve_num_classes(arch, checkpoint_path, num_classes,

@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import paths
 import pytest
@@ -87,3 +88,14 @@ def test_export_cli_names_the_mismatch(files):
                    "--num-classes", "1000", "--out", str(files / "out" / "model.pt"))
     assert_clean_error(proc, "fc.weight: checkpoint (10, 512) vs model (1000, 512)")
     assert not (files / "out" / "model.pt").exists()
+
+
+def test_export_path_that_is_the_archivers_scratch_folder(files):
+    # torch-model-archiver stages into $TMPDIR/NAME: exporting there would zip the archive into itself.
+    import tempfile
+
+    proc = run_cli("package.py", "--model-name", NAME, "--arch", "resnet18", "--checkpoint", "none",
+                   "--labels", str(files / "labels10.json"),
+                   "--export-path", str(Path(tempfile.gettempdir()) / NAME))
+    assert_clean_error(proc, "scratch folder")
+    assert not (Path(tempfile.gettempdir()) / NAME).exists()
