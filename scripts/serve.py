@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -25,6 +26,10 @@ import requests
 from ts_client import TorchServeClient
 
 PATH_KEYS = ("model_store", "metrics_config", "workflow_store")
+DEFAULT_PORTS = (8080, 8081, 8082)
+GRPC_KEYS = ("grpc_inference_port", "grpc_management_port")
+# One line per request in the access log, no per-request chatter elsewhere (see the file).
+LOG_CONFIG = paths.ROOT / "config" / "log4j2.xml"
 
 
 @dataclass
@@ -40,6 +45,17 @@ class Server:
         except ProcessLookupError:
             return False
         return self.process is None or self.process.poll() is None
+
+
+def free_ports(n: int = 3) -> tuple[int, ...]:
+    """n loopback ports free right now (bound together, so they differ)."""
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = tuple(s.getsockname()[1] for s in socks)
+    for s in socks:
+        s.close()
+    return ports
 
 
 def read_properties(path: Path) -> dict[str, str]:
@@ -64,6 +80,10 @@ def derive_config(workdir: Path, ports: tuple[int, int, int], models: str,
     for key, port in zip(("inference_address", "management_address", "metrics_address"), ports):
         props[key] = f"http://127.0.0.1:{port}"
     props["load_models"] = models
+    if tuple(ports) != DEFAULT_PORTS:
+        # TorchServe also listens for gRPC (7070/7071 by default): a second server on other HTTP
+        # ports would fail to bind those, so it gets free ones too.
+        props.update(zip(GRPC_KEYS, map(str, free_ports(2))))
     props.update(overrides or {})
     out = workdir / "config.properties"
     out.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
@@ -71,7 +91,7 @@ def derive_config(workdir: Path, ports: tuple[int, int, int], models: str,
 
 
 def start(workdir: Path = paths.ROOT / "run", models: str = "efficientnet_lite0=efficientnet_lite0.mar",
-          ports: tuple[int, int, int] = (8080, 8081, 8082), model_store: Path = paths.MODEL_STORE,
+          ports: tuple[int, int, int] = DEFAULT_PORTS, model_store: Path = paths.MODEL_STORE,
           overrides: dict | None = None, env: dict | None = None) -> Server:
     """Launch TorchServe in its own process group; returns at once (see wait_ready)."""
     workdir = Path(workdir).resolve()
@@ -85,7 +105,8 @@ def start(workdir: Path = paths.ROOT / "run", models: str = "efficientnet_lite0=
     bin_dir = Path(sys.executable).parent
     run_env["PATH"] = f"{bin_dir}{os.pathsep}{run_env.get('PATH', '')}"
     cmd = [str(bin_dir / "torchserve"), "--start", "--foreground", "--ncs",
-           "--ts-config", str(config), "--model-store", str(Path(model_store).resolve())]
+           "--ts-config", str(config), "--model-store", str(Path(model_store).resolve()),
+           "--log-config", str(LOG_CONFIG)]
     log = open(workdir / "torchserve.out", "ab")
     proc = subprocess.Popen(cmd, cwd=workdir, env=run_env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import sys
 from pathlib import Path
 
@@ -20,16 +19,7 @@ from sample_images import write_photos  # noqa: E402
 MODEL = paths.DEFAULT_MODEL
 
 
-def free_ports(n: int = 3) -> tuple[int, ...]:
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = tuple(s.getsockname()[1] for s in socks)
-    for s in socks:
-        s.close()
-    return ports
+free_ports = serve.free_ports
 
 
 @pytest.fixture(scope="session")
