@@ -229,10 +229,13 @@ def to_tensor(img: Image.Image, cfg: PreprocessConfig) -> torch.Tensor:
     w, h = img.size
     scale = cfg.resize_size / min(w, h)
     size = (max(cfg.resize_size, round(w * scale)), max(cfg.resize_size, round(h * scale)))
-    img = img.resize(size, INTERPOLATIONS[cfg.interpolation])
     left = (size[0] - cfg.input_size) // 2
     top = (size[1] - cfg.input_size) // 2
-    img = img.crop((left, top, left + cfg.input_size, top + cfg.input_size))
+    # Resample only the centre crop's box of the source: the filter still reads the pixels around
+    # the box, so this equals resize-then-crop (tests/test_preprocessing.py) at about half the cost.
+    sx, sy = w / size[0], h / size[1]
+    box = (left * sx, top * sy, (left + cfg.input_size) * sx, (top + cfg.input_size) * sy)
+    img = img.resize((cfg.input_size, cfg.input_size), INTERPOLATIONS[cfg.interpolation], box=box)
     arr = np.asarray(img, dtype=np.float32)
     if cfg.channel_order == "BGR":
         arr = arr[:, :, ::-1]

@@ -19,7 +19,15 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from payload import payload_to_bytes
 from PIL import Image, ImageFile
-from preprocessing import InputError, PreprocessConfig, decode_rgb, open_image, preprocess_bytes
+from preprocessing import (
+    INTERPOLATIONS,
+    InputError,
+    PreprocessConfig,
+    decode_rgb,
+    open_image,
+    preprocess_bytes,
+    to_tensor,
+)
 
 CFG = PreprocessConfig.load(ROOT / "config" / "efficientnet_lite0" / "preprocess.json")
 RED, BLUE = (220, 20, 20), (20, 20, 220)
@@ -180,6 +188,25 @@ def test_exif_orientation_is_honoured(fmt):
     upright = decode_rgb(open_image(data, CFG), CFG)
     assert upright.size == (40, 80)
     assert near(upright.getpixel((20, 5)), RED) and near(upright.getpixel((20, 75)), BLUE)
+
+
+@pytest.mark.parametrize("size", [(451, 300), (300, 451), (640, 427), (257, 256), (1000, 60)])
+def test_resampling_the_crop_box_equals_resize_then_crop(size):
+    """to_tensor resamples only the centre crop's box; it must give the pixels of the textbook
+    transform (resize the short side to resize_size, then crop input_size)."""
+    rng = np.random.default_rng(sum(size))
+    noise = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8), "RGB")
+    for img in (gradient(*size), noise):
+        w, h = img.size
+        scale = CFG.resize_size / min(w, h)
+        rw, rh = max(CFG.resize_size, round(w * scale)), max(CFG.resize_size, round(h * scale))
+        left, top = (rw - CFG.input_size) // 2, (rh - CFG.input_size) // 2
+        ref = img.resize((rw, rh), INTERPOLATIONS[CFG.interpolation]).crop(
+            (left, top, left + CFG.input_size, top + CFG.input_size))
+        want = (np.asarray(ref, np.float32) - np.float32(CFG.mean[0] * 255)) / np.float32(CFG.std[0] * 255)
+        got = to_tensor(img, CFG).permute(1, 2, 0).numpy()
+        # One grey level at most, from rounding in the resampler's fixed-point arithmetic.
+        assert np.abs(got - want).max() <= 1.01 / (CFG.std[0] * 255)
 
 
 def test_large_jpeg_is_decoded_reduced_but_still_big_enough():
