@@ -18,7 +18,6 @@ class TorchScriptRunner:
     backend = "torchscript"
 
     def __init__(self, path: str | Path, threads: int) -> None:
-        torch.set_num_threads(threads)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, still supported
             self.model = torch.jit.load(str(path), map_location="cpu").eval()
@@ -47,6 +46,9 @@ class OnnxRunner:
 
 def load_runner(path: str | Path, threads: int = 1) -> TorchScriptRunner | OnnxRunner:
     """Pick the backend from the artifact's file extension."""
+    # torch runs the handler's own tensor ops (stack, softmax) with either backend: left at its
+    # default, its OpenMP threads spin on the cores the other workers need.
+    torch.set_num_threads(threads)
     suffix = Path(path).suffix.lower()
     if suffix == ".onnx":
         return OnnxRunner(path, threads)

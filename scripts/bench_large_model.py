@@ -86,7 +86,7 @@ def write_inputs(work: Path, arch: str, seed: int, threads: int) -> dict[str, Pa
 def run_package(arch: str, name: str, inputs: dict[str, Path], store: Path) -> dict:
     """scripts/package.py as a user runs it; peak RSS of that child process tree."""
     cmd = [sys.executable, str(paths.ROOT / "scripts" / "package.py"), "--arch", arch,
-           "--checkpoint", str(inputs["checkpoint"]), "--model-name", name,
+           "--format", "torchscript", "--checkpoint", str(inputs["checkpoint"]), "--model-name", name,
            "--labels", str(inputs["labels"]), "--preprocess", str(inputs["preprocess"]),
            "--model-config", str(inputs["model_config"]), "--export-path", str(store)]
     t0 = time.perf_counter()

@@ -89,6 +89,20 @@ def stage_files(stage: Path, arch: str, preprocess: Path, labels: dict, model_co
         (stage / ARCHITECTURE_FILE).write_text(json.dumps(architecture, indent=2, sort_keys=True))
 
 
+def export_format(model_config: Path) -> str:
+    """The model config's `export.format` (how this model is served fastest), else TorchScript."""
+    import yaml
+
+    try:
+        fmt = (yaml.safe_load(Path(model_config).read_text()) or {}).get("export", {}).get("format")
+    except (OSError, yaml.YAMLError, AttributeError) as exc:
+        raise ExportError(f"Cannot read export.format from {model_config}: {exc}") from exc
+    fmt = fmt or "torchscript"
+    if fmt not in ARTIFACT_NAME:
+        raise ExportError(f"{model_config}: export.format {fmt!r} is not one of {sorted(ARTIFACT_NAME)}")
+    return fmt
+
+
 def check_export_dir(export_dir: Path, model_name: str) -> None:
     """torch-model-archiver copies the files into $TMPDIR/NAME and zips that folder: an archive
     exported into the same folder would zip itself as it grows, without end."""
@@ -146,7 +160,7 @@ def _archive_progress(out: Path, total: int, elapsed: float) -> None:
 def package(arch: str = paths.DEFAULT_MODEL, checkpoint: str = "default",
             model_name: str | None = None, version: str = "1.0", num_classes: int | None = None,
             preprocess: Path | None = None, labels: Path | None = None,
-            model_config: Path | None = None, fmt: str = "torchscript",
+            model_config: Path | None = None, fmt: str | None = None,
             export_dir: Path = paths.MODEL_STORE, archive_format: str = "default") -> Path:
     """Export, validate, stage, write the manifest and archive; returns the .mar path."""
     model_name = model_name or arch
@@ -156,6 +170,7 @@ def package(arch: str = paths.DEFAULT_MODEL, checkpoint: str = "default",
     preprocess = Path(preprocess or config_dir / "preprocess.json")
     model_config = Path(model_config or config_dir / "model-config.yaml")
     labels_path = Path(labels or config_dir / "index_to_name.json")
+    fmt = fmt or export_format(model_config)
     check_export_dir(Path(export_dir), model_name)
     checkpoint_path = resolve_checkpoint(checkpoint, arch)
     # The model's outputs: --num-classes, else the checkpoint's head, else (random init) the labels.
@@ -199,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preprocess", type=Path, help="preprocess.json (default: config/NAME/)")
     parser.add_argument("--labels", type=Path, help="index_to_name.json (default: config/NAME/)")
     parser.add_argument("--model-config", type=Path, help="model-config.yaml (default: config/NAME/)")
-    parser.add_argument("--format", choices=sorted(ARTIFACT_NAME), default="torchscript")
+    parser.add_argument("--format", choices=sorted(ARTIFACT_NAME),
+                        help="serialized model (default: export.format in the model config, else "
+                             "torchscript; the default model ships onnx, see BENCHMARKS.md)")
     parser.add_argument("--export-path", type=Path, default=paths.MODEL_STORE)
     parser.add_argument("--archive-format", choices=["default", "tgz", "no-archive"],
                         default="default")

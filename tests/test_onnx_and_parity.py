@@ -1,6 +1,6 @@
 """Served predictions equal the research model's, for both backends.
 
-One TorchServe serves the default TorchScript .mar and an ONNX .mar of the same checkpoint; every
+One TorchServe serves a TorchScript .mar and an ONNX .mar (the shipped default) of the same checkpoint; every
 sample photo, sent one by one and then concurrently (so batches form), must get the eager
 (research) model's top-1 and probabilities within 1e-4.
 """
@@ -43,14 +43,14 @@ def test_export_cli_onnx_is_checked_with_onnxruntime(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def stores(tmp_path_factory, default_mar) -> Path:
-    """A model store holding the default TorchScript archive and a fresh ONNX one."""
+def stores(tmp_path_factory) -> Path:
+    """A model store holding the default model built both ways (ONNX ships by default)."""
     import package
 
     store = tmp_path_factory.mktemp("parity_store")
-    (store / "torchscript.mar").write_bytes(default_mar.read_bytes())
-    package.package(model_name="lite0_onnx_parity", fmt="onnx", export_dir=store)
-    (store / "lite0_onnx_parity.mar").rename(store / "onnx.mar")
+    for fmt in ("torchscript", "onnx"):
+        package.package(model_name=f"lite0_{fmt}_parity", fmt=fmt, export_dir=store)
+        (store / f"lite0_{fmt}_parity.mar").rename(store / f"{fmt}.mar")
     return store
 
 
@@ -118,3 +118,43 @@ def test_each_archive_runs_its_own_backend(both_served):
     assert any("-onnx_" in line and "(onnx," in line for line in loaded), loaded
     assert any("-torchscript_" in line and "(torchscript," in line for line in loaded), loaded
     assert not any("-onnx_" in line and "(torchscript," in line for line in loaded), loaded
+
+
+def test_default_archive_is_onnx_as_its_model_config_says(default_mar):
+    """config/efficientnet_lite0/model-config.yaml export.format decides what `make package` ships."""
+    import package
+
+    assert package.export_format(ROOT / "config" / MODEL / "model-config.yaml") == "onnx"
+    with zipfile.ZipFile(default_mar) as zf:
+        manifest = json.loads(zf.read("provenance.json"))
+        names = set(zf.namelist())
+    assert manifest["model"]["format"] == "onnx" and manifest["validation"]["passed"]
+    assert "model.onnx" in names and "model.pt" not in names
+
+
+def test_export_format_errors_are_clear(tmp_path):
+    import package
+    from export import ExportError
+
+    config = tmp_path / "model-config.yaml"
+    config.write_text("minWorkers: 1\n")
+    assert package.export_format(config) == "torchscript"
+    config.write_text("export:\n  format: tflite\n")
+    with pytest.raises(ExportError, match="export.format 'tflite'"):
+        package.export_format(config)
+
+
+def test_onnx_runner_pins_torch_threads(stores, tmp_path):
+    """The handler's own torch ops run beside ONNX Runtime: torch's pool must shrink too, or its
+    idle OpenMP threads spin on the other workers' cores."""
+    from runner import load_runner
+
+    with zipfile.ZipFile(stores / "onnx.mar") as zf:
+        zf.extract("model.onnx", tmp_path)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        runner = load_runner(tmp_path / "model.onnx", threads=1)
+        assert runner.backend == "onnx" and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -71,10 +71,17 @@ def manifest_of(model_dir: Path) -> dict:
     return json.loads((model_dir / MANIFEST).read_text())
 
 
+def serialized_model(model_dir: Path) -> str:
+    """model.onnx or model.pt, whichever format the archive was built in."""
+    import package
+
+    return package.ARTIFACT_NAME[manifest_of(model_dir)["model"]["format"]]
+
+
 def test_untouched_archive_has_no_mismatch(model_dir):
     manifest = manifest_of(model_dir)
-    assert {"model.pt", "handler.py", "preprocess.json", "index_to_name.json", "model-config.yaml",
-            "model.py"} <= set(manifest["files"])
+    assert {serialized_model(model_dir), "handler.py", "preprocess.json", "index_to_name.json",
+            "model-config.yaml", "model.py"} <= set(manifest["files"])
     assert find_mismatches(model_dir, manifest) == []
     assert verify_model_dir(model_dir, MANIFEST) == manifest
 
@@ -82,7 +89,7 @@ def test_untouched_archive_has_no_mismatch(model_dir):
 @pytest.mark.parametrize("change, expected", [
     (lambda d: (d / "index_to_name.json").write_text('{"0": "x"}'), "file index_to_name.json sha256"),
     (lambda d: (d / "preprocess.json").unlink(), "file preprocess.json is listed in the manifest but"),
-    (lambda d: flip_first_byte(d / "model.pt"), "file model.pt sha256"),
+    (lambda d: flip_first_byte(d / serialized_model(d)), "file model."),
     (lambda d: (d / "torch.py").write_text("raise SystemExit"), "file torch.py is in the model directory"),
 ])
 def test_each_kind_of_tampering_is_named(model_dir, change, expected):
