@@ -131,7 +131,7 @@ def stock_mar(model_pt: Path, name: str) -> Path:
     return STORE / f"{name}.mar"
 
 
-def variant_mar(name: str, settings: dict, fmt: str = "torchscript", arch: str = paths.DEFAULT_MODEL,
+def variant_mar(name: str, settings: dict, fmt: str | None = None, arch: str = paths.DEFAULT_MODEL,
                 checkpoint: str = "default") -> Path:
     """Our archive with model-config.yaml changed by `settings` ({'handler': {...}} merges)."""
     import package
@@ -162,8 +162,10 @@ def start(svc: Service, workers: int = 2) -> None:
     shutil.rmtree(svc.workdir, ignore_errors=True)
     grpc = free_ports(2)  # several servers run side by side: TorchServe's gRPC ports must differ too
     overrides = {"grpc_inference_port": str(grpc[0]), "grpc_management_port": str(grpc[1]), **svc.overrides}
+    log_config = overrides.pop("_log_config", serve.LOG_CONFIG)
     svc.server = serve.start(svc.workdir, models=f"{svc.model}={svc.mar.name}", ports=free_ports(),
-                             model_store=svc.mar.parent, overrides=overrides, env=svc.env)
+                             model_store=svc.mar.parent, overrides=overrides, env=svc.env,
+                             log_config=log_config)
     try:
         serve.wait_ready(svc.server, svc.model, min_ready=workers, timeout=240, progress=False)
     except BaseException:
@@ -357,7 +359,7 @@ def run_resnet(profile: Profile) -> dict:
     ours = Service("ours_resnet50", name, package.package("resnet50", "none", model_name=name,
                                                           export_dir=STORE))
     stock = Service("stock_resnet50", f"{name}_stock",
-                    stock_mar(paths.BUILD_DIR / name / "model.pt", f"{name}_stock"))
+                    stock_mar(scripted("resnet50", "none"), f"{name}_stock"))
     out: dict = {"gflop_per_image": model_gflop("resnet50"), "ours": [], "stock": []}
     try:
         for svc in (ours, stock):
@@ -506,8 +508,11 @@ def levers(profile: Profile, only: list[str] | None) -> dict:
         "workers_x_threads": [("1x2", {"minWorkers": 1, "maxWorkers": 1, "handler": {"threads": 2}}, {}, {}),
                               ("2x2", {"minWorkers": 2, "maxWorkers": 2, "handler": {"threads": 2}}, {}, {})],
         "batching": [("batch1", {"batchSize": 1, "maxBatchDelay": 0}, {}, {}),
+                     ("batch4_delay5", {"batchSize": 4, "maxBatchDelay": 5}, {}, {}),
                      ("batch8_delay10", {"batchSize": 8, "maxBatchDelay": 10}, {}, {})],
-        "backend": [("onnx", {"_format": "onnx"}, {}, {})],
+        "backend": [("torchscript", {"_format": "torchscript"}, {}, {})],
+        # TorchServe's built-in log4j2.xml (DEBUG, each line twice) instead of config/log4j2.xml.
+        "logging": [("builtin_logging", {}, {}, {"_log_config": None})],
         # Built from the working tree's handler (e.g. a runner.py change) vs the shipped .mar.
         "working_tree": [("working_tree", {}, {}, {})],
         "allocator": [("jemalloc", {}, {"LD_PRELOAD": JEMALLOC}, {})],
@@ -522,7 +527,7 @@ def levers(profile: Profile, only: list[str] | None) -> dict:
         services = [Service(f"lever-shipped-{lever}", paths.DEFAULT_MODEL, ours_mar())]
         for name, settings, env, props in variants:
             settings = dict(settings)
-            fmt = settings.pop("_format", "torchscript")
+            fmt = settings.pop("_format", None)
             mar = variant_mar(f"lite0_{name}", settings, fmt)
             services.append(Service(f"lever-{name}", f"lite0_{name}", mar, env, props))
         try:
@@ -593,9 +598,9 @@ def micro(threads: int = 1, reps: int = 30) -> dict:
     load_checkpoint(cl_model, default_checkpoint())
     cl = torch.jit.freeze(torch.jit.script(cl_model.eval().to(memory_format=torch.channels_last)))
     onnx = load_runner(export(model, BENCH / "micro" / "model.onnx", "onnx", 224), threads)
-    variants = {"eager": (model, False), "torchscript frozen (shipped)": (frozen, False),
+    variants = {"eager": (model, False), "torchscript frozen": (frozen, False),
                 "optimize_for_inference": (optimized, False), "frozen + channels_last": (cl, True),
-                "onnxruntime": (onnx, False)}
+                "onnxruntime (shipped)": (onnx, False)}
     for name, (fn, channels_last) in variants.items():
         for batch in (1, 4):
             x = torch.randn(batch, 3, 224, 224)
@@ -609,6 +614,10 @@ def micro(threads: int = 1, reps: int = 30) -> dict:
         "whole": timed(lambda _: [preprocess_bytes(b, cfg) for b in images], None) / len(images),
         "decode": timed(lambda _: [decode_rgb(open_image(b, cfg), cfg) for b in images], None) / len(images),
         "resize+crop+normalize": timed(lambda _: [to_tensor(d, cfg) for d in decoded], None) / len(images),
+        "resize whole image, then crop (before)": timed(
+            lambda _: [resize_then_crop(d, cfg) for d in decoded], None) / len(images),
+        "resample the crop box only (shipped)": timed(
+            lambda _: [crop_box_resize(d, cfg) for d in decoded], None) / len(images),
     }
     arr = torch.rand(224, 224, 3).numpy()
     mean, std = torch.tensor(cfg.mean).numpy() * 255, torch.tensor(cfg.std).numpy() * 255
@@ -621,6 +630,31 @@ def micro(threads: int = 1, reps: int = 30) -> dict:
     (BENCH / "micro.json").write_text(json.dumps(out, indent=1))
     print(json.dumps(out, indent=1))
     return out
+
+
+def resize_then_crop(img, cfg):
+    """The textbook transform, which to_tensor replaced: resize the whole image, then crop."""
+    from preprocessing import INTERPOLATIONS
+
+    w, h = img.size
+    scale = cfg.resize_size / min(w, h)
+    size = (max(cfg.resize_size, round(w * scale)), max(cfg.resize_size, round(h * scale)))
+    left, top = (size[0] - cfg.input_size) // 2, (size[1] - cfg.input_size) // 2
+    resized = img.resize(size, INTERPOLATIONS[cfg.interpolation])
+    return resized.crop((left, top, left + cfg.input_size, top + cfg.input_size))
+
+
+def crop_box_resize(img, cfg):
+    """What to_tensor does before normalizing: resample only the crop's box of the source."""
+    from preprocessing import INTERPOLATIONS
+
+    w, h = img.size
+    scale = cfg.resize_size / min(w, h)
+    size = (max(cfg.resize_size, round(w * scale)), max(cfg.resize_size, round(h * scale)))
+    left, top = (size[0] - cfg.input_size) // 2, (size[1] - cfg.input_size) // 2
+    sx, sy = w / size[0], h / size[1]
+    box = (left * sx, top * sy, (left + cfg.input_size) * sx, (top + cfg.input_size) * sy)
+    return img.resize((cfg.input_size, cfg.input_size), INTERPOLATIONS[cfg.interpolation], box=box)
 
 
 def levers_markdown() -> str:

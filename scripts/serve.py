@@ -92,7 +92,8 @@ def derive_config(workdir: Path, ports: tuple[int, int, int], models: str,
 
 def start(workdir: Path = paths.ROOT / "run", models: str = "efficientnet_lite0=efficientnet_lite0.mar",
           ports: tuple[int, int, int] = DEFAULT_PORTS, model_store: Path = paths.MODEL_STORE,
-          overrides: dict | None = None, env: dict | None = None) -> Server:
+          overrides: dict | None = None, env: dict | None = None,
+          log_config: Path | None = LOG_CONFIG) -> Server:
     """Launch TorchServe in its own process group; returns at once (see wait_ready)."""
     workdir = Path(workdir).resolve()
     (workdir / "tmp").mkdir(parents=True, exist_ok=True)
@@ -105,8 +106,9 @@ def start(workdir: Path = paths.ROOT / "run", models: str = "efficientnet_lite0=
     bin_dir = Path(sys.executable).parent
     run_env["PATH"] = f"{bin_dir}{os.pathsep}{run_env.get('PATH', '')}"
     cmd = [str(bin_dir / "torchserve"), "--start", "--foreground", "--ncs",
-           "--ts-config", str(config), "--model-store", str(Path(model_store).resolve()),
-           "--log-config", str(LOG_CONFIG)]
+           "--ts-config", str(config), "--model-store", str(Path(model_store).resolve())]
+    if log_config:  # None: TorchServe's built-in logging
+        cmd += ["--log-config", str(log_config)]
     log = open(workdir / "torchserve.out", "ab")
     proc = subprocess.Popen(cmd, cwd=workdir, env=run_env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
