@@ -224,8 +224,8 @@ def _to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     return img.convert("RGB") if img.mode != "RGB" else img
 
 
-def to_tensor(img: Image.Image, cfg: PreprocessConfig) -> torch.Tensor:
-    """Resize the short side (uint8), centre crop, normalize; returns a 3xHxW float32 tensor."""
+def resize_crop(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
+    """Short side to resize_size, centre crop input_size x input_size (uint8, before floats)."""
     w, h = img.size
     scale = cfg.resize_size / min(w, h)
     size = (max(cfg.resize_size, round(w * scale)), max(cfg.resize_size, round(h * scale)))
@@ -235,8 +235,12 @@ def to_tensor(img: Image.Image, cfg: PreprocessConfig) -> torch.Tensor:
     # the box, so this equals resize-then-crop (tests/test_preprocessing.py) at about half the cost.
     sx, sy = w / size[0], h / size[1]
     box = (left * sx, top * sy, (left + cfg.input_size) * sx, (top + cfg.input_size) * sy)
-    img = img.resize((cfg.input_size, cfg.input_size), INTERPOLATIONS[cfg.interpolation], box=box)
-    arr = np.asarray(img, dtype=np.float32)
+    return img.resize((cfg.input_size, cfg.input_size), INTERPOLATIONS[cfg.interpolation], box=box)
+
+
+def to_tensor(img: Image.Image, cfg: PreprocessConfig) -> torch.Tensor:
+    """Resize and crop (uint8), normalize; returns a 3xHxW float32 tensor."""
+    arr = np.asarray(resize_crop(img, cfg), dtype=np.float32)
     if cfg.channel_order == "BGR":
         arr = arr[:, :, ::-1]
     mean = np.asarray(cfg.mean, dtype=np.float32) * 255.0

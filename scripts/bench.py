@@ -562,7 +562,14 @@ def micro(threads: int = 1, reps: int = 30) -> dict:
     import torch
     from export import build_model, default_checkpoint, export, load_checkpoint
     from PIL import Image
-    from preprocessing import PreprocessConfig, decode_rgb, open_image, preprocess_bytes, to_tensor
+    from preprocessing import (
+        PreprocessConfig,
+        decode_rgb,
+        open_image,
+        preprocess_bytes,
+        resize_crop,
+        to_tensor,
+    )
     from runner import load_runner
 
     torch.set_num_threads(threads)
@@ -617,7 +624,7 @@ def micro(threads: int = 1, reps: int = 30) -> dict:
         "resize whole image, then crop (before)": timed(
             lambda _: [resize_then_crop(d, cfg) for d in decoded], None) / len(images),
         "resample the crop box only (shipped)": timed(
-            lambda _: [crop_box_resize(d, cfg) for d in decoded], None) / len(images),
+            lambda _: [resize_crop(d, cfg) for d in decoded], None) / len(images),
     }
     arr = torch.rand(224, 224, 3).numpy()
     mean, std = torch.tensor(cfg.mean).numpy() * 255, torch.tensor(cfg.std).numpy() * 255
@@ -642,19 +649,6 @@ def resize_then_crop(img, cfg):
     left, top = (size[0] - cfg.input_size) // 2, (size[1] - cfg.input_size) // 2
     resized = img.resize(size, INTERPOLATIONS[cfg.interpolation])
     return resized.crop((left, top, left + cfg.input_size, top + cfg.input_size))
-
-
-def crop_box_resize(img, cfg):
-    """What to_tensor does before normalizing: resample only the crop's box of the source."""
-    from preprocessing import INTERPOLATIONS
-
-    w, h = img.size
-    scale = cfg.resize_size / min(w, h)
-    size = (max(cfg.resize_size, round(w * scale)), max(cfg.resize_size, round(h * scale)))
-    left, top = (size[0] - cfg.input_size) // 2, (size[1] - cfg.input_size) // 2
-    sx, sy = w / size[0], h / size[1]
-    box = (left * sx, top * sy, (left + cfg.input_size) * sx, (top + cfg.input_size) * sy)
-    return img.resize((cfg.input_size, cfg.input_size), INTERPOLATIONS[cfg.interpolation], box=box)
 
 
 def levers_markdown() -> str:
