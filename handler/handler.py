@@ -98,21 +98,22 @@ class ImageClassifierHandler(BaseHandler):
     def postprocess(self, batch: Batch) -> list:
         start = time.perf_counter()
         responses: list = [None] * batch.size
+        # TorchServe's KServe v2 envelope (service_envelope=kservev2) sets input_names and hands
+        # us the inputs of ONE request as rows: that request gets one status, and each output is
+        # a BYTES tensor, so each row's JSON goes out as a string.
+        v2 = getattr(self.context, "input_names", None) is not None
         if batch.logits is not None:
             probs = torch.softmax(batch.logits.float(), dim=1)
             k = min(self.top_k, probs.shape[1])
             top_p, top_i = probs.topk(k, dim=1)
             for row, idx in enumerate(batch.indices):
                 responses[idx] = self._prediction(top_p[row].tolist(), top_i[row].tolist())
-        # TorchServe's KServe v2 envelope (service_envelope=kservev2) sets input_names and hands
-        # us the inputs of ONE request as rows: that request gets one status, and each output is
-        # a BYTES tensor, so each row's JSON goes out as a string.
-        v2 = getattr(self.context, "input_names", None) is not None
+        for idx in range(1 if v2 else batch.size):
+            self.context.set_response_content_type(idx, "application/json")  # else text/plain
         for idx, err in batch.errors.items():
             target = 0 if v2 else idx
             # A fixed reason phrase in the status line; the details travel in the JSON body.
             self.context.set_response_status(err.status, HTTP_PHRASES.get(err.status, "Error"), target)
-            self.context.set_response_content_type(target, "application/json")
             responses[idx] = err.to_json()
         if v2:
             responses = [json.dumps(r) for r in responses]

@@ -12,6 +12,7 @@ pytestmark = pytest.mark.e2e
 
 def check_prediction(resp, expected: set[int]) -> dict:
     assert resp.status_code == 200, resp.text
+    assert resp.headers["Content-Type"].startswith("application/json"), resp.headers
     body = resp.json()
     assert body["model"] == MODEL and body["version"] == "1.0"
     preds = body["predictions"]
