@@ -28,6 +28,7 @@ from ts_client import TorchServeClient
 PATH_KEYS = ("model_store", "metrics_config", "workflow_store")
 DEFAULT_PORTS = (8080, 8081, 8082)
 GRPC_KEYS = ("grpc_inference_port", "grpc_management_port")
+STARTUP_LABELS = {"UNLOADING": "LOADING"}
 # One line per request in the access log, no per-request chatter elsewhere (see the file).
 LOG_CONFIG = paths.ROOT / "config" / "log4j2.xml"
 
@@ -128,7 +129,8 @@ def wait_ready(server: Server, model: str, min_ready: int = 1, timeout: float = 
             raise RuntimeError(f"TorchServe exited; see {server.workdir / 'torchserve.out'}")
         try:
             workers = server.client.workers(model)
-            states = [w.get("status", "?") for w in workers]
+            # TorchServe reports a worker whose model is still loading as UNLOADING.
+            states = [STARTUP_LABELS.get(w.get("status", "?"), w.get("status", "?")) for w in workers]
             status = f"workers: {', '.join(states) or 'none yet'}"
             if states.count("READY") >= min_ready:
                 if progress:
