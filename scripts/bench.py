@@ -55,10 +55,10 @@ class Profile:
     target: float = 60    # p99 at 50 rps
     step: float = 6       # each sweep rate
     sat: float = 15       # closed-loop saturation
-    sweep: str = "10:150:10"
+    sweep: str = "5,10:150:10"  # 5 rps: where the stock handler can still meet the SLO
 
 
-QUICK = Profile(repeats=1, low=8, target=15, step=5, sat=10, sweep="10:150:20")
+QUICK = Profile(repeats=1, low=8, target=15, step=5, sat=10, sweep="5,10:150:20")
 LEVERS = Profile(repeats=2, low=6, target=0, step=0, sat=8)  # one lever = many servers x windows
 
 

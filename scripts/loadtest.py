@@ -323,11 +323,15 @@ def plot_sweeps(sweeps: dict[str, dict], path: Path, slo_ms: float, title: str =
 
 
 def parse_rates(spec: str) -> list[float]:
-    """'10:150:20' (start:stop:step, inclusive) or '10,50,100'."""
-    if ":" in spec:
-        start, stop, step = (float(v) for v in spec.split(":"))
-        return [round(start + i * step, 3) for i in range(int((stop - start) / step + 1e-9) + 1)]
-    return [float(v) for v in spec.split(",") if v]
+    """'10:150:20' (start:stop:step, inclusive), '10,50,100', or both: '5,10:150:10'."""
+    rates: list[float] = []
+    for part in filter(None, spec.split(",")):
+        if ":" in part:
+            start, stop, step = (float(v) for v in part.split(":"))
+            rates += [round(start + i * step, 3) for i in range(int((stop - start) / step + 1e-9) + 1)]
+        else:
+            rates.append(float(part))
+    return rates
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -55,6 +55,7 @@ def test_sweep_finds_rate_and_plots(server, tmp_path):
 def test_parse_rates_and_window():
     assert parse_rates("10:50:20") == [10.0, 30.0, 50.0]
     assert parse_rates("5,7.5") == [5.0, 7.5]
+    assert parse_rates("5,10:30:10") == [5.0, 10.0, 20.0, 30.0]
     # (intended, start, end, status): only intended times inside the window count.
     recs = [(0.5, 0.5, 0.6, "200"), (1.0, 1.0, 1.01, "200"), (1.5, 1.5, 1.53, "503"), (2.5, 2.5, 2.6, "200")]
     rep = summarize(recs, (1.0, 2.0), 2.0)
