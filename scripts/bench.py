@@ -24,7 +24,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -74,16 +73,6 @@ class Service:
     @property
     def workdir(self) -> Path:
         return BENCH / "servers" / self.label
-
-
-def free_ports(n: int = 3) -> tuple[int, ...]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = tuple(s.getsockname()[1] for s in socks)
-    for s in socks:
-        s.close()
-    return ports
 
 
 def log(msg: str) -> None:
@@ -160,10 +149,9 @@ def unpack(mar: Path) -> Path:
 
 def start(svc: Service, workers: int = 2) -> None:
     shutil.rmtree(svc.workdir, ignore_errors=True)
-    grpc = free_ports(2)  # several servers run side by side: TorchServe's gRPC ports must differ too
-    overrides = {"grpc_inference_port": str(grpc[0]), "grpc_management_port": str(grpc[1]), **svc.overrides}
+    overrides = dict(svc.overrides)
     log_config = overrides.pop("_log_config", serve.LOG_CONFIG)
-    svc.server = serve.start(svc.workdir, models=f"{svc.model}={svc.mar.name}", ports=free_ports(),
+    svc.server = serve.start(svc.workdir, models=f"{svc.model}={svc.mar.name}", ports=serve.free_ports(),
                              model_store=svc.mar.parent, overrides=overrides, env=svc.env,
                              log_config=log_config)
     try:
@@ -316,6 +304,8 @@ def med(values: list) -> float | None:
 def ratio(a: float | None, b: float | None) -> str:
     if a and b == 0:
         return "stock: no rate met it;"
+    if a and b and a / b < 0.01:
+        return f"1/{b / a:,.0f}"
     return f"{a / b:.2f}x" if a and b else "n/a"
 
 
@@ -384,12 +374,12 @@ def summarize(res: dict) -> dict:
             vals.append(v)
         return med(vals)
 
-    def max_rps(key: str) -> float:  # a sweep where no rate met the SLO counts as 0, not as missing
-        return med([rnd[key]["max_rps_under_slo"] or 0 for rnd in rounds]) or 0
+    def max_rps(key: str, pick_one=min) -> float:  # a sweep where no rate met the SLO counts as 0
+        return pick_one([rnd[key]["max_rps_under_slo"] or 0 for rnd in rounds]) or 0
 
-    s = {
-        "ours_max_rps": max_rps("ours_sweep"),
-        "stock_max_rps": max_rps("stock_sweep"),
+    s = {  # the SLO rate is compared conservatively: our worst repeat against stock's best
+        "ours_max_rps": max_rps("ours_sweep", min),
+        "stock_max_rps": max_rps("stock_sweep", max),
         "max_rps_rounds": {k: [rnd[f"{k}_sweep"]["max_rps_under_slo"] for rnd in rounds]
                            for k in ("ours", "stock")},
         "ours_sustained": pick("ours_sweep", "max_rps_sustained") or 0,
@@ -426,7 +416,8 @@ def table(res: dict) -> str:
     n = len(res["rounds"])
     window = res["profile"]["target"]
     rows = [
-        (f"Highest rate with p99 < {slo:g} ms, zero errors (rps)", s["ours_max_rps"], s["stock_max_rps"],
+        (f"Highest rate with p99 < {slo:g} ms, zero errors (rps; our worst repeat, stock's best)",
+         s["ours_max_rps"], s["stock_max_rps"],
          ratio(s["ours_max_rps"], s["stock_max_rps"]) + " ours/stock", ">= 1.5x"),
         ("Highest rate sustained: zero errors, >= 95% answered (rps)", s.get("ours_sustained"),
          s.get("stock_sustained"), ratio(s.get("ours_sustained"), s.get("stock_sustained")) + " ours/stock",
