@@ -19,7 +19,7 @@ help:
 	@echo "make package  export, validate and archive the default model into $(MAR)"
 	@echo "make test     install and run the test suite (unit + end-to-end on loopback)"
 	@echo "make lint     ruff"
-	@echo "make bench    load benchmark, ours vs stock TorchServe (about 15 min; BENCH_ARGS=--quick)"
+	@echo "make bench    load benchmark, ours vs stock TorchServe (about 20 min; BENCH_ARGS=--quick)"
 
 # TorchServe's frontend needs Java 17+.
 java:

@@ -1,6 +1,6 @@
 """Benchmark our service against its limit (in-process) and its anchor (stock TorchServe).
 
-    python scripts/bench.py              # full run (about 15 min), writes BENCHMARKS.md + the plot
+    python scripts/bench.py              # full run (about 20 min), writes BENCHMARKS.md + the plot
     python scripts/bench.py --quick      # about 4 min, shorter windows, one repeat
     python scripts/bench.py levers       # A/B of each tuning lever against the shipped config
     python scripts/bench.py micro        # model/decode levers in-process (no HTTP)
