@@ -21,7 +21,6 @@ import os
 import re
 import resource
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,16 +44,6 @@ MB = 1e6
 # "[export] scripting: 12.3 s" lines printed by export.step
 STEP_LINE = re.compile(r"\[export\] (?P<step>[^:]+): (?P<seconds>[0-9.]+) s$")
 PACKED_LINE = re.compile(r"\[package\] wrote (?P<path>\S+) \((?P<mb>[0-9.]+) MB\) in (?P<seconds>[0-9.]+) s")
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def write_inputs(work: Path, arch: str, seed: int, threads: int) -> dict[str, Path]:
@@ -146,13 +135,10 @@ def serve_once(name: str, archive: Path, image: bytes, workdir: Path, steady: in
                timeout: float, env: dict | None = None) -> dict:
     """Start TorchServe on the archive, wait for READY, measure memory and batch-1 latency."""
     shutil.rmtree(workdir, ignore_errors=True)
-    ports = free_ports(5)
-    overrides = {"grpc_inference_port": ports[3], "grpc_management_port": ports[4],
-                 "default_response_timeout": int(timeout)}
+    overrides = {"default_response_timeout": int(timeout)}
     t0, launched = time.perf_counter(), datetime.now()
-    srv = serve.start(workdir, models=f"{name}={archive.name}", ports=tuple(ports[:3]),
-                      model_store=archive.parent, overrides=overrides,
-                      env={"TEMP": str(workdir / "tmp"), **(env or {})})
+    srv = serve.start(workdir, models=f"{name}={archive.name}", ports=serve.free_ports(),
+                      model_store=archive.parent, overrides=overrides, env=env)
     try:
         serve.wait_ready(srv, name, timeout=timeout)
         ready = time.perf_counter() - t0

@@ -101,8 +101,9 @@ def start(workdir: Path = paths.ROOT / "run", models: str = "efficientnet_lite0=
     (workdir / "key_file.json").unlink(missing_ok=True)
     config = derive_config(workdir, ports, models, model_store=model_store, overrides=overrides)
     run_env = {**os.environ, **(env or {}),
-               # TorchServe keeps one global pid file in the temp dir: give each server its own.
-               "TMPDIR": str(workdir / "tmp"),
+               # TorchServe keeps one global pid file in the temp dir (TMPDIR) and its worker sockets
+               # in TEMP (/tmp/.ts.sock.9000, ...): give each server its own of both.
+               "TMPDIR": str(workdir / "tmp"), "TEMP": str(workdir / "tmp"),
                "LOG_LOCATION": str(workdir / "logs"), "METRICS_LOCATION": str(workdir / "logs")}
     bin_dir = Path(sys.executable).parent
     run_env["PATH"] = f"{bin_dir}{os.pathsep}{run_env.get('PATH', '')}"

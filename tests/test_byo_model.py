@@ -61,11 +61,7 @@ def byo(tmp_path_factory) -> dict:
 @pytest.fixture(scope="module")
 def byo_server(byo):
     workdir = byo["tmp"] / "server"
-    ports = free_ports(5)
-    # Own gRPC ports and worker-socket folder: other servers may run beside this one.
-    srv = serve.start(workdir, models=f"{NAME}={NAME}.mar", ports=ports[:3], model_store=byo["mar"].parent,
-                      overrides={"grpc_inference_port": ports[3], "grpc_management_port": ports[4]},
-                      env={"TEMP": str(workdir / "tmp")})
+    srv = serve.start(workdir, models=f"{NAME}={NAME}.mar", ports=free_ports(), model_store=byo["mar"].parent)
     try:
         serve.wait_ready(srv, NAME, min_ready=1, timeout=180, progress=False)
         yield srv

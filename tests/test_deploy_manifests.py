@@ -15,7 +15,7 @@ import time
 
 import serve
 import yaml
-from conftest import MODEL, ROOT, free_ports
+from conftest import MODEL, ROOT
 
 sys.path.insert(0, str(ROOT / "deploy" / "kserve"))
 import stage_storage  # noqa: E402
@@ -182,7 +182,7 @@ sys.path[:0] = [{scripts!r}, {tests!r}]
 import pytest
 import serve
 from conftest import start_server
-server = start_server({workdir!r}, "{model}={model}.mar", {store!r}, min_ready=1, overrides={overrides!r})
+server = start_server({workdir!r}, "{model}={model}.mar", {store!r}, min_ready=1)
 print("READY", flush=True)
 sys.exit(serve.run_foreground(server))
 """
@@ -191,11 +191,8 @@ sys.exit(serve.run_foreground(server))
 def test_foreground_entrypoint_drains_on_sigterm(tmp_path, default_mar, photos):
     """The container's PID 1 (serve.py --foreground) on `docker stop`: in-flight requests finish,
     then it exits 0 and TorchServe is gone."""
-    grpc = free_ports(2)
     code = FOREGROUND.format(scripts=str(ROOT / "scripts"), tests=str(ROOT / "tests"),
-                             workdir=str(tmp_path), model=MODEL, store=str(default_mar.parent),
-                             overrides={"grpc_inference_port": str(grpc[0]),
-                                        "grpc_management_port": str(grpc[1])})
+                             workdir=str(tmp_path), model=MODEL, store=str(default_mar.parent))
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "READY"

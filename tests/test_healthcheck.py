@@ -57,10 +57,7 @@ def crash_looping(tmp_path_factory, default_mar):
                 data = data.replace(b"tabby", b"tampered")
             dst.writestr(item, data)
     workdir = tmp_path_factory.mktemp("broken_ts")
-    grpc = free_ports(2)
-    srv = serve.start(workdir, models=f"{MODEL}={default_mar.name}", ports=free_ports(3),
-                      model_store=store, overrides={"grpc_inference_port": str(grpc[0]),
-                                                    "grpc_management_port": str(grpc[1])})
+    srv = serve.start(workdir, models=f"{MODEL}={default_mar.name}", ports=free_ports(3), model_store=store)
     try:
         log = workdir / "logs" / "model_log.log"
         deadline = time.monotonic() + 120

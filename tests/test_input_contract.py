@@ -261,12 +261,7 @@ def batch8_server(tmp_path_factory):
     finally:
         shutil.rmtree(paths.BUILD_DIR / name, ignore_errors=True)
     workdir = tmp / "server"
-    ports = free_ports(5)
-    # Its own gRPC ports and worker-socket folder (TEMP): TorchServe's defaults (7070/7071,
-    # /tmp/.ts.sock.9000) would collide with the session server running beside it.
-    srv = serve.start(workdir, models=f"{name}={name}.mar", ports=ports[:3], model_store=tmp / "store",
-                      overrides={"grpc_inference_port": ports[3], "grpc_management_port": ports[4]},
-                      env={"TEMP": str(workdir / "tmp")})
+    srv = serve.start(workdir, models=f"{name}={name}.mar", ports=free_ports(), model_store=tmp / "store")
     try:
         serve.wait_ready(srv, name, min_ready=1, timeout=180, progress=False)
         yield srv, name

@@ -12,7 +12,7 @@ import time
 import pytest
 import requests
 import serve
-from conftest import MODEL, ROOT, free_ports, start_server
+from conftest import MODEL, ROOT, start_server
 
 pytestmark = pytest.mark.e2e
 
@@ -20,10 +20,7 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory, default_mar):
     workdir = tmp_path_factory.mktemp("manage_ts")
-    grpc = free_ports(2)
-    server = start_server(workdir, f"{MODEL}={MODEL}.mar", default_mar.parent, min_ready=2,
-                          overrides={"grpc_inference_port": str(grpc[0]),
-                                     "grpc_management_port": str(grpc[1])})
+    server = start_server(workdir, f"{MODEL}={MODEL}.mar", default_mar.parent, min_ready=2)
     yield server
     serve.stop(workdir, grace=10)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import serve
 import torch
-from conftest import MODEL, ROOT, free_ports, start_server
+from conftest import MODEL, ROOT, start_server
 from export import build_model, default_checkpoint, load_checkpoint
 from preprocessing import PreprocessConfig, preprocess_bytes
 
@@ -57,9 +57,8 @@ def stores(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def both_served(stores, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("parity_ts")
-    grpc = dict(zip(("grpc_inference_port", "grpc_management_port"), free_ports(2)))
-    srv = start_server(workdir, "torchscript=torchscript.mar,onnx=onnx.mar", stores, overrides=grpc,
-                       min_ready=2, model="torchscript")
+    srv = start_server(workdir, "torchscript=torchscript.mar,onnx=onnx.mar", stores, min_ready=2,
+                       model="torchscript")
     try:
         serve.wait_ready(srv, "onnx", min_ready=2, timeout=180, progress=False)
         yield srv

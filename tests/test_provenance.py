@@ -19,7 +19,7 @@ import pytest
 import requests
 import serve
 import yaml
-from conftest import free_ports, start_server
+from conftest import start_server
 from provenance import IntegrityError, find_mismatches, verify_model_dir
 
 MANIFEST = "provenance.json"
@@ -172,9 +172,8 @@ def test_tampered_archive_is_refused_untouched_loads(fresh_mar, photos, tmp_path
     rewrite_mar(fresh_mar, store / "warn.mar", {"index_to_name.json": labels,
                                                  "model-config.yaml": yaml.safe_dump(config).encode()})
     workdir = tmp_path / "ts"
-    grpc = dict(zip(("grpc_inference_port", "grpc_management_port"), free_ports(2)))
     server = start_server(workdir, "good=good.mar,tampered=tampered.mar,warn=warn.mar", store,
-                          overrides=grpc, min_ready=2, model="good")
+                          min_ready=2, model="good")
     try:
         log = workdir / "logs" / "model_log.log"
         deadline = time.monotonic() + REFUSAL_WAIT_S

@@ -21,7 +21,7 @@ import manage
 import pytest
 import requests
 import serve
-from conftest import MODEL, ROOT, free_ports, start_server
+from conftest import MODEL, ROOT, start_server
 from ts_client import worker_died
 
 pytestmark = pytest.mark.e2e
@@ -33,10 +33,7 @@ TIMEOUT = 30.0     # per request: a request without an answer by then counts as 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory, default_mar):
     workdir = tmp_path_factory.mktemp("recovery_ts")
-    grpc = free_ports(2)
-    server = start_server(workdir, f"{MODEL}={MODEL}.mar", default_mar.parent, min_ready=2,
-                          overrides={"grpc_inference_port": str(grpc[0]),
-                                     "grpc_management_port": str(grpc[1])})
+    server = start_server(workdir, f"{MODEL}={MODEL}.mar", default_mar.parent, min_ready=2)
     yield server
     serve.stop(workdir, grace=10)
 
