@@ -1,7 +1,8 @@
 """Start TorchServe with our config, wait until the model's workers are READY, or stop it.
 
-Each server gets its own working directory (key file, logs, pid file, derived config), so a
-development server and a test server can run side by side on different ports.
+Each server gets its own working directory (key file, logs, pid file, worker sockets, derived
+config), and a server on other than the default ports gets free gRPC ports too, so a development
+server and test servers can run side by side.
 
     python scripts/serve.py start            # serve model_store/efficientnet_lite0.mar
     python scripts/serve.py stop
