@@ -13,6 +13,7 @@ import pytest
 import requests
 import serve
 from conftest import MODEL, ROOT, start_server
+from ts_client import worker_died
 
 pytestmark = pytest.mark.e2e
 
@@ -55,6 +56,7 @@ class Traffic:
     def __init__(self, srv, image: bytes, clients: int = 3, max_seconds: float = 150) -> None:
         self.srv, self.image, self.max_seconds = srv, image, max_seconds
         self.outcomes: list[tuple[float, object]] = []
+        self.resent: list[float] = []  # when a request got "Worker died." and was sent again
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
 
@@ -63,7 +65,12 @@ class Traffic:
         t0 = time.monotonic()
         while not self.stop.is_set() and time.monotonic() - t0 < self.max_seconds:
             try:
-                outcome: object = self.srv.client.predict(MODEL, self.image, session=session).status_code
+                resp = self.srv.client.predict(MODEL, self.image, session=session)
+                if worker_died(resp):  # as a client should: a prediction is safe to resend
+                    self.resent.append(time.monotonic())
+                    resp = self.srv.client.predict(MODEL, self.image, session=session)
+                # A failure keeps its body, so an assertion shows what TorchServe said.
+                outcome: object = 200 if resp.status_code == 200 else f"{resp.status_code} {resp.text[:200]}"
             except requests.RequestException as exc:
                 outcome = type(exc).__name__
             self.outcomes.append((time.monotonic(), outcome))
@@ -85,6 +92,10 @@ class Traffic:
 
 
 def test_scale_1_3_1_under_traffic_every_request_200(srv, photos):
+    """Every request is answered 200. Scaling down, TorchServe 0.12 stops the removed workers at
+    once, and a request one of them holds gets an explicit 500 "Worker died." (never a hang or
+    silence): only then, only during the scale-down, at most one batch per removed worker, the
+    client resends it once."""
     assert manage(srv, "scale", "--min", "1", "--max", "1").returncode == 0
     assert srv.client.ready_workers(MODEL) == 1
     with Traffic(srv, photos["cat.jpg"].read_bytes()) as traffic:
@@ -104,4 +115,8 @@ def test_scale_1_3_1_under_traffic_every_request_200(srv, photos):
     assert all(o == 200 for o in outcomes), {o: outcomes.count(o) for o in set(outcomes)}
     for start, end in steps:  # requests were in flight while each scaling step ran
         assert traffic.answered_between(start, end + 0.5) >= 1
+    down_start, down_end = steps[1]
+    batch = srv.client.describe(MODEL)[0]["batchSize"]
+    assert all(down_start <= t <= down_end + 0.5 for t in traffic.resent), (traffic.resent, steps)
+    assert len(traffic.resent) <= 2 * batch  # two workers removed
     assert srv.client.ready_workers(MODEL) == 1
