@@ -25,7 +25,7 @@ RUN pip install -r requirements.txt
 
 # Server settings, metrics declarations, the scripts that start, probe and manage it, the archive.
 COPY config.properties ./
-COPY config/metrics.yaml config/
+COPY config/metrics.yaml config/log4j2.xml config/
 COPY scripts/paths.py scripts/serve.py scripts/ts_client.py scripts/healthcheck.py scripts/manage.py scripts/
 COPY model_store/efficientnet_lite0.mar model_store/
 RUN mkdir -p run workflow_store && chown -R model-server:model-server run workflow_store

@@ -95,8 +95,10 @@ def test_dockerfile_base_user_ports_and_copies():
             assert "MAR := model_store/$(MODEL).mar" in (ROOT / "Makefile").read_text()
         else:
             assert (ROOT / src).exists(), src
-    # What serve.py reads at start must be in the image: the metrics config it points at.
+    # What serve.py reads at start must be in the image: the metrics config it points at and the
+    # log config it hands to torchserve.
     assert PROPS["metrics_config"] in copied
+    assert serve.LOG_CONFIG.relative_to(ROOT).as_posix() in copied
 
 
 def test_entrypoint_is_make_serve_in_the_foreground():
