@@ -224,13 +224,17 @@ def _to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     return img.convert("RGB") if img.mode != "RGB" else img
 
 
+def resize_geometry(width: int, height: int, cfg: PreprocessConfig) -> tuple[tuple[int, int], int, int]:
+    """The size the short side resize gives, and the centre crop's left and top in it."""
+    scale = cfg.resize_size / min(width, height)
+    size = (max(cfg.resize_size, round(width * scale)), max(cfg.resize_size, round(height * scale)))
+    return size, (size[0] - cfg.input_size) // 2, (size[1] - cfg.input_size) // 2
+
+
 def resize_crop(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
     """Short side to resize_size, centre crop input_size x input_size (uint8, before floats)."""
     w, h = img.size
-    scale = cfg.resize_size / min(w, h)
-    size = (max(cfg.resize_size, round(w * scale)), max(cfg.resize_size, round(h * scale)))
-    left = (size[0] - cfg.input_size) // 2
-    top = (size[1] - cfg.input_size) // 2
+    size, left, top = resize_geometry(w, h, cfg)
     # Resample only the centre crop's box of the source: the filter still reads the pixels around
     # the box, so this equals resize-then-crop (tests/test_preprocessing.py) at about half the cost.
     sx, sy = w / size[0], h / size[1]

@@ -632,12 +632,9 @@ def micro(threads: int = 1, reps: int = 30) -> dict:
 
 def resize_then_crop(img, cfg):
     """The textbook transform, which to_tensor replaced: resize the whole image, then crop."""
-    from preprocessing import INTERPOLATIONS
+    from preprocessing import INTERPOLATIONS, resize_geometry
 
-    w, h = img.size
-    scale = cfg.resize_size / min(w, h)
-    size = (max(cfg.resize_size, round(w * scale)), max(cfg.resize_size, round(h * scale)))
-    left, top = (size[0] - cfg.input_size) // 2, (size[1] - cfg.input_size) // 2
+    size, left, top = resize_geometry(*img.size, cfg)
     resized = img.resize(size, INTERPOLATIONS[cfg.interpolation])
     return resized.crop((left, top, left + cfg.input_size, top + cfg.input_size))
 
