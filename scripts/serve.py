@@ -132,7 +132,8 @@ def wait_ready(server: Server, model: str, min_ready: int = 1, timeout: float = 
         try:
             workers = server.client.workers(model)
             # TorchServe reports a worker whose model is still loading as UNLOADING.
-            states = [STARTUP_LABELS.get(w.get("status", "?"), w.get("status", "?")) for w in workers]
+            states = [w.get("status", "?") for w in workers]
+            states = [STARTUP_LABELS.get(state, state) for state in states]
             status = f"workers: {', '.join(states) or 'none yet'}"
             if states.count("READY") >= min_ready:
                 if progress:
