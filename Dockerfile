@@ -19,15 +19,21 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN useradd --create-home --uid 1000 --shell /usr/sbin/nologin model-server
 WORKDIR /home/model-server/app
 
-# The pinned stack (TorchServe 0.12 needs pyyaml, which requirements.txt adds).
+# The runtime requirements only (requirements.txt: no build, test or lint packages).
 COPY requirements.txt ./
 RUN pip install -r requirements.txt
 
-# Server settings, metrics declarations, the scripts that start, probe and manage it, the archive.
+# Server settings, metrics declarations, the ops package that starts, probes and manages it (and
+# the handler package it reads the archive layout from), the archive.
 COPY config.properties ./
 COPY config/metrics.yaml config/log4j2.xml config/
-COPY scripts/paths.py scripts/serve.py scripts/ts_client.py scripts/healthcheck.py scripts/manage.py scripts/
+COPY handler handler
+COPY scripts/__init__.py scripts/repo.py scripts/
+COPY scripts/ops scripts/ops
 COPY model_store/efficientnet_lite0.mar model_store/
+# `python -m scripts.ops...` run from this WORKDIR finds the packages (the repository's layout).
+# No PYTHONPATH: TorchServe puts it ahead of the model directory in the worker, where the
+# archive's own `handler` package must win.
 RUN mkdir -p run workflow_store && chown -R model-server:model-server run workflow_store
 
 USER model-server
@@ -36,8 +42,8 @@ EXPOSE 8080 8081 8082
 
 # Ready = READY workers and a tiny prediction succeeds (/ping alone says Healthy while workers crash-loop).
 HEALTHCHECK --interval=30s --timeout=15s --start-period=120s --retries=3 \
-    CMD ["python", "scripts/healthcheck.py", "ready", "--workdir", "run"]
+    CMD ["python", "-m", "scripts.ops.healthcheck", "ready", "--workdir", "run"]
 
 # The same command as `make serve`, listening on all interfaces and staying in the foreground:
 # `docker stop` (SIGTERM) drains in-flight requests before TorchServe stops.
-ENTRYPOINT ["python", "scripts/serve.py", "start", "--model", "efficientnet_lite0", "--host", "0.0.0.0", "--foreground"]
+ENTRYPOINT ["python", "-m", "scripts.ops.serve", "start", "--model", "efficientnet_lite0", "--host", "0.0.0.0", "--foreground"]

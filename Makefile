@@ -3,18 +3,21 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+PIP := $(PY) -m pip install --progress-bar on
 MODEL := efficientnet_lite0
 MAR := model_store/$(MODEL).mar
-MAR_INPUTS := $(wildcard handler/*.py) $(wildcard config/$(MODEL)/*) \
-	scripts/export.py scripts/package.py scripts/manifest.py scripts/reproducible.py \
-	scripts/sample_images.py
+# What the default archive is built from: a change to any of these rebuilds it.
+MAR_INPUTS := $(wildcard handler/*.py) $(wildcard config/$(MODEL)/*) $(wildcard scripts/build/*.py)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# One stamp per requirements set: runtime < build < dev (each file includes the one before).
+BUILD_STAMP := $(VENV)/.build-installed
+DEV_STAMP := $(VENV)/.dev-installed
 
-.PHONY: help install java prometheus serve stop package test lint clean bench
+.PHONY: help install install-dev java prometheus serve stop package photos test lint clean bench
 
 help:
 	@echo "make serve    install (into .venv), build $(MAR) if stale, start TorchServe, wait for READY"
+	@echo "make photos   write sample photos to photos/ (something to send to the server)"
 	@echo "make stop     stop the server started by make serve (in-flight requests finish first)"
 	@echo "make package  export, validate and archive the default model into $(MAR)"
 	@echo "make test     install and run the test suite (unit + end-to-end on loopback)"
@@ -32,42 +35,53 @@ prometheus:
 		echo "[make] installing prometheus"; \
 		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q prometheus; }
 
-$(STAMP): requirements.txt
-	@echo "[make] creating $(VENV) and installing requirements.txt (first time: a few minutes)"
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+$(PY):
+	@echo "[make] creating $(VENV)"
+	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt
+
+# The build set (runtime + export/package) and this project's packages (handler, scripts).
+# First time: torch and its CUDA libraries are about 5.6 GB, a few minutes.
+$(BUILD_STAMP): requirements.txt requirements-build.txt pyproject.toml | $(PY)
+	@echo "[make] installing requirements-build.txt (runtime + build) into $(VENV)"
+	$(PIP) -r requirements-build.txt
+	$(PIP) --no-deps --no-build-isolation -q -e .
 	touch $@
 
-install: java $(STAMP)
+$(DEV_STAMP): $(BUILD_STAMP) requirements-dev.txt
+	@echo "[make] installing requirements-dev.txt (tests, lint, bench) into $(VENV)"
+	$(PIP) -r requirements-dev.txt
+	touch $@
 
-$(MAR): $(STAMP) $(MAR_INPUTS)
-	$(PY) scripts/package.py --arch $(MODEL)
+install: java $(BUILD_STAMP)
+
+install-dev: install $(DEV_STAMP)
+
+$(MAR): $(BUILD_STAMP) $(MAR_INPUTS)
+	$(PY) -m scripts.build.package --arch $(MODEL)
 
 package: install
-	$(PY) scripts/package.py --arch $(MODEL)
+	$(PY) -m scripts.build.package --arch $(MODEL)
 
 serve: install $(MAR)
-	$(PY) scripts/serve.py start --model $(MODEL)
+	$(PY) -m scripts.ops.serve start --model $(MODEL)
+
+photos: install
+	$(PY) -m scripts.build.sample_photos photos
 
 stop:
-	@if [ -x $(PY) ]; then $(PY) scripts/serve.py stop; else echo "nothing to stop"; fi
+	@if [ -x $(PY) ]; then $(PY) -m scripts.ops.serve stop; else echo "nothing to stop"; fi
 
-test: install $(MAR)
+test: install-dev $(MAR)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -v
 
-lint: install
+lint: install-dev
 	$(PY) -m ruff check .
 
-BENCH_STAMP := $(VENV)/.bench-installed
-$(BENCH_STAMP): $(STAMP) requirements-bench.txt
-	$(PY) -m pip install -q -r requirements-bench.txt
-	touch $@
-
 # Writes BENCHMARKS.md and docs/latency_vs_rate.png; raw results in build/bench/.
-bench: install $(MAR) $(BENCH_STAMP)
-	$(PY) scripts/bench.py $(BENCH_ARGS)
+bench: install-dev $(MAR)
+	$(PY) -m scripts.bench.main $(BENCH_ARGS)
 
 clean:
-	rm -rf build run model_store/*.mar
+	rm -rf build run photos model_store/*.mar

@@ -1,14 +1,12 @@
-"""The state of one TorchServe batch as it moves through the handler's stages.
-
-Kept out of handler.py: TorchServe requires the handler module to define exactly one class.
-"""
+"""The state of one TorchServe batch as it moves through the handler's stages."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import torch
-from preprocessing import InputError
+
+from handler.errors import InputError
 
 
 @dataclass

@@ -13,7 +13,7 @@ import binascii
 import json
 import re
 
-from preprocessing import InputError
+from handler.errors import InputError
 
 JSON_IMAGE_KEYS = ("image", "b64", "data")
 # Field names tried first; a multipart upload under another name is still found.

@@ -10,12 +10,15 @@ import io
 import json
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+
+from handler.errors import InputError
+from handler.settings import ConfigError, check_keys
 
 logger = logging.getLogger(__name__)
 
@@ -39,19 +42,6 @@ SIGNATURES = {
 }
 
 
-class InputError(ValueError):
-    """A client error: the request cannot be turned into an image tensor."""
-
-    def __init__(self, status: int, error_type: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.error_type = error_type
-        self.message = message
-
-    def to_json(self) -> dict:
-        return {"code": self.status, "type": self.error_type, "message": self.message}
-
-
 @dataclass(frozen=True)
 class PreprocessConfig:
     input_size: int
@@ -71,25 +61,41 @@ class PreprocessConfig:
     formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
 
     @classmethod
-    def from_dict(cls, raw: dict) -> PreprocessConfig:
+    def from_dict(cls, raw: dict, where: str = "preprocess config") -> PreprocessConfig:
+        """Build from a parsed preprocess.json; an unknown key (top level or under "limits") is a
+        ConfigError naming it, so a misspelt `interpolaton` cannot fall back to a default."""
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{where}: expected a JSON object, got {type(raw).__name__}")
+        check_keys(raw, TOP_LEVEL_KEYS, where)
         limits = raw.get("limits", {})
-        cfg = cls(
-            input_size=int(raw["input_size"]),
-            resize_size=int(raw["resize_size"]),
-            interpolation=raw.get("interpolation", "bilinear"),
-            mean=tuple(float(v) for v in raw["mean"]),
-            std=tuple(float(v) for v in raw["std"]),
-            channel_order=raw.get("channel_order", "RGB").upper(),
-            background_rgb=tuple(int(v) for v in raw.get("background_rgb", (255, 255, 255))),
-            fast_jpeg_draft=bool(raw.get("fast_jpeg_draft", True)),
-            **{k: _limit(k, v) for k, v in limits.items()},
-        )
-        cfg.validate()
+        check_keys(limits, LIMIT_CASTS, f"{where} (limits)")
+        missing = [k for k in REQUIRED_KEYS if k not in raw]
+        if missing:
+            raise ConfigError(f"{where}: missing key {missing[0]!r}")
+        try:
+            cfg = cls(
+                input_size=int(raw["input_size"]),
+                resize_size=int(raw["resize_size"]),
+                interpolation=raw.get("interpolation", "bilinear"),
+                mean=tuple(float(v) for v in raw["mean"]),
+                std=tuple(float(v) for v in raw["std"]),
+                channel_order=raw.get("channel_order", "RGB").upper(),
+                background_rgb=tuple(int(v) for v in raw.get("background_rgb", (255, 255, 255))),
+                fast_jpeg_draft=bool(raw.get("fast_jpeg_draft", True)),
+                **{k: LIMIT_CASTS[k](v) for k, v in limits.items()},
+            )
+            cfg.validate()
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{where}: {exc}") from exc
         return cfg
 
     @classmethod
     def load(cls, path: str | Path) -> PreprocessConfig:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        try:
+            raw = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"Cannot read {path}: {exc}") from exc
+        return cls.from_dict(raw, str(path))
 
     def validate(self) -> None:
         if self.interpolation not in INTERPOLATIONS:
@@ -111,13 +117,9 @@ LIMIT_CASTS = {
     "max_aspect_ratio": float,
     "formats": lambda v: tuple(str(f).upper() for f in v),
 }
-
-
-def _limit(name: str, value):
-    """Cast one entry of preprocess.json "limits"; a misspelt key fails loudly at load."""
-    if name not in LIMIT_CASTS:
-        raise ValueError(f"unknown limit {name!r}; known: {sorted(LIMIT_CASTS)}")
-    return LIMIT_CASTS[name](value)
+REQUIRED_KEYS = ("input_size", "resize_size", "mean", "std")
+# Every field of PreprocessConfig but the limits, which sit in their own "limits" object.
+TOP_LEVEL_KEYS = frozenset({f.name for f in fields(PreprocessConfig)} - set(LIMIT_CASTS) | {"limits"})
 
 
 def _accepted(cfg: PreprocessConfig) -> str:
@@ -253,6 +255,15 @@ def to_tensor(img: Image.Image, cfg: PreprocessConfig) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
+def preprocess_image(data: bytes, cfg: PreprocessConfig) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Encoded image bytes -> (model input tensor, the image's declared width x height), or
+    InputError for a client mistake. The size is the header's, read before any decoding."""
+    img = open_image(data, cfg)
+    size = img.size
+    return to_tensor(decode_rgb(img, cfg), cfg), size
+
+
 def preprocess_bytes(data: bytes, cfg: PreprocessConfig) -> torch.Tensor:
-    """Encoded image bytes -> model input tensor, or InputError for a client mistake."""
-    return to_tensor(decode_rgb(open_image(data, cfg), cfg), cfg)
+    """Encoded image bytes -> model input tensor: the one transform export validates with and
+    the handler serves with."""
+    return preprocess_image(data, cfg)[0]

@@ -1,9 +1,11 @@
 """Integrity check at load: the files a worker serves must be the files that were validated.
 
-`scripts/package.py` writes `provenance.json` into the archive with the SHA-256 of every
-bundled file and the library versions used at export. A worker compares both before loading:
-a changed, missing or unlisted file, or another torch/torchvision major.minor, is named in the
-log and the worker refuses to load (or, with on_integrity_mismatch=warn, loads anyway).
+The build writes `provenance.json` into the archive with the SHA-256 of every bundled file
+(paths relative to the archive root, `handler/preprocessing.py` included) and the library
+versions used at export. A worker compares both before loading: a changed, missing or unlisted
+file, or another torch/torchvision major.minor, is named in the log and the worker refuses to
+load (or, with on_integrity_mismatch=warn, loads anyway). It also hashes the `handler` modules
+this process actually imported: code from anywhere but the archive is refused the same way.
 """
 
 from __future__ import annotations
@@ -11,30 +13,47 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
+
+from handler import layout
 
 logger = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 CHECKED_VERSIONS = ("torch", "torchvision")
 ON_MISMATCH = ("refuse", "warn")
+PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 class IntegrityError(RuntimeError):
     """The model directory does not match its manifest."""
 
 
-def sha256_file(path: str | Path, on_progress=None) -> str:
-    """Hex SHA-256 of a file, read in chunks; `on_progress(done_bytes)` after each chunk."""
-    digest = hashlib.sha256()
-    done = 0
+def sha256_stream(fh: BinaryIO, on_progress: Callable[[int], None] | None = None) -> tuple[str, int]:
+    """(hex SHA-256, bytes) of an open binary stream, read in chunks; `on_progress(done)` after each."""
+    digest, done = hashlib.sha256(), 0
+    for chunk in iter(lambda: fh.read(CHUNK), b""):
+        digest.update(chunk)
+        done += len(chunk)
+        if on_progress:
+            on_progress(done)
+    return digest.hexdigest(), done
+
+
+def sha256_file(path: str | Path, on_progress: Callable[[int], None] | None = None) -> str:
+    """Hex SHA-256 of a file, streamed."""
     with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(CHUNK), b""):
-            digest.update(chunk)
-            done += len(chunk)
-            if on_progress:
-                on_progress(done)
-    return digest.hexdigest()
+        return sha256_stream(fh, on_progress)[0]
+
+
+def built_files(root: Path) -> Iterator[str]:
+    """Relative POSIX paths of the files a build put in `root` (not MAR-INF, not __pycache__)."""
+    for path in sorted(Path(root).rglob("*")):
+        rel = path.relative_to(root)
+        if path.is_file() and not set(rel.parts[:-1]) & set(layout.UNHASHED_DIRS):
+            yield rel.as_posix()
 
 
 def _major_minor(version: str) -> str:
@@ -48,22 +67,24 @@ def running_versions() -> dict[str, str]:
     return {"torch": torch.__version__, "torchvision": torchvision.__version__}
 
 
-def find_mismatches(model_dir: Path, manifest: dict, manifest_name: str = "provenance.json") -> list[str]:
+def find_mismatches(model_dir: Path, manifest: dict, manifest_name: str = layout.MANIFEST) -> list[str]:
     """Every way the directory differs from the manifest, one readable line each."""
+    model_dir = Path(model_dir)
     problems = []
     listed = manifest.get("files", {})
     if not listed:
         problems.append("the manifest lists no files")
     # A file slipped into the archive after the build (say, a module shadowing one of ours).
-    for path in sorted(p for p in Path(model_dir).iterdir() if p.is_file()):
-        if path.name != manifest_name and path.name not in listed:
-            problems.append(f"file {path.name} is in the model directory but not in the manifest")
+    for name in built_files(model_dir):
+        if name != manifest_name and name not in listed:
+            problems.append(f"file {name} is in the model directory but not in the manifest")
     for name, entry in listed.items():
         path = model_dir / name
         if not path.is_file():
             problems.append(f"file {name} is listed in the manifest but missing")
         elif (actual := sha256_file(path)) != entry["sha256"]:
             problems.append(f"file {name} sha256 {actual[:16]}... != manifest {entry['sha256'][:16]}...")
+    problems += _imported_code_mismatches(listed)
     running = running_versions()
     for lib in CHECKED_VERSIONS:
         built = manifest.get("versions", {}).get(lib)
@@ -72,7 +93,21 @@ def find_mismatches(model_dir: Path, manifest: dict, manifest_name: str = "prove
     return problems
 
 
-def verify_model_dir(model_dir: Path, manifest_name: str, on_mismatch: str = "refuse") -> dict | None:
+def _imported_code_mismatches(listed: dict) -> list[str]:
+    """The `handler` modules this process runs must be the archive's: a copy of the package
+    elsewhere on sys.path (an old install, say) would otherwise serve unvalidated code."""
+    prefix = layout.PACKAGE + "/"
+    problems = []
+    for name, entry in listed.items():
+        if name.startswith(prefix):
+            path = PACKAGE_DIR / name.removeprefix(prefix)
+            if not path.is_file() or sha256_file(path) != entry["sha256"]:
+                problems.append(f"module {name} imported from {PACKAGE_DIR} differs from the archive's")
+    return problems
+
+
+def verify_model_dir(model_dir: Path, manifest_name: str = layout.MANIFEST,
+                     on_mismatch: str = "refuse") -> dict | None:
     """Check hashes and versions; raise IntegrityError (refuse) or log a warning (warn)."""
     if on_mismatch not in ON_MISMATCH:
         raise ValueError(f"on_integrity_mismatch must be one of {ON_MISMATCH}, not {on_mismatch!r}")

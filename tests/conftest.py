@@ -1,25 +1,17 @@
-"""Shared fixtures: sample photos, the built default .mar, and a real TorchServe on loopback."""
+"""Shared fixtures: sample photos, the built default .mar, the default archive unpacked for
+in-process handler tests, and a real TorchServe on loopback."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-for sub in ("scripts", "handler"):
-    if str(ROOT / sub) not in sys.path:
-        sys.path.insert(0, str(ROOT / sub))
-
-import paths  # noqa: E402
-import serve  # noqa: E402
-from sample_images import write_photos  # noqa: E402
-
-MODEL = paths.DEFAULT_MODEL
-
-
-free_ports = serve.free_ports
+from scripts import repo
+from scripts.build.sample_photos import write_photos
+from scripts.ops import serve
+from tests.support.context import unpack
+from tests.support.servers import MODEL, start_server
 
 
 @pytest.fixture(scope="session")
@@ -31,25 +23,18 @@ def photos(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def default_mar() -> Path:
-    mar = paths.MODEL_STORE / f"{MODEL}.mar"
+    mar = repo.MODEL_STORE / f"{MODEL}.mar"
     if not mar.is_file():
-        import package
+        from scripts.build import package
 
         package.package()
     return mar
 
 
-def start_server(workdir: Path, models: str, model_store: Path, overrides: dict | None = None,
-                 min_ready: int = 1, model: str = MODEL, timeout: float = 180.0) -> serve.Server:
-    """Start TorchServe on free loopback ports and wait for READY workers; stops it on failure."""
-    server = serve.start(workdir, models=models, ports=free_ports(), model_store=model_store,
-                         overrides=overrides)
-    try:
-        serve.wait_ready(server, model, min_ready=min_ready, timeout=timeout, progress=False)
-    except BaseException:
-        serve.stop(workdir, grace=5)
-        raise
-    return server
+@pytest.fixture(scope="session")
+def default_model_dir(tmp_path_factory, default_mar) -> Path:
+    """The default archive unpacked as TorchServe unpacks it (read-only use: copy to change it)."""
+    return unpack(default_mar, tmp_path_factory.mktemp("model_dir"))
 
 
 @pytest.fixture(scope="session")

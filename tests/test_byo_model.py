@@ -1,5 +1,5 @@
 """Bring your own model: a random-init torchvision ResNet-18 with 10 classes, its own labels and
-its own preprocessing (160 px, bilinear, other mean/std, BGR), packaged with scripts/package.py
+its own preprocessing (160 px, bilinear, other mean/std, BGR), packaged with scripts.build.package
 and served by a real TorchServe over HTTP. The served prediction must equal the eager model's
 on the same bytes through the same preprocessing config."""
 
@@ -9,15 +9,16 @@ import json
 import shutil
 import zipfile
 
-import package
-import paths
 import pytest
-import serve
 import torch
 import torchvision
 import yaml
-from conftest import free_ports
-from preprocessing import PreprocessConfig, preprocess_bytes
+
+from handler.preprocessing import PreprocessConfig, preprocess_bytes
+from scripts import repo
+from scripts.build import package
+from scripts.ops import serve
+from tests.support.servers import free_ports
 
 pytestmark = pytest.mark.e2e
 
@@ -43,7 +44,7 @@ def byo(tmp_path_factory) -> dict:
     torch.save(state, tmp / "resnet18_10.pth")
     (tmp / "labels.json").write_text(json.dumps(LABELS))
     (tmp / "preprocess.json").write_text(json.dumps(PREPROCESS))
-    config = yaml.safe_load((paths.CONFIG_DIR / paths.DEFAULT_MODEL / "model-config.yaml").read_text())
+    config = yaml.safe_load((repo.CONFIG_DIR / repo.DEFAULT_MODEL / "model-config.yaml").read_text())
     config.update(minWorkers=1, maxWorkers=1)
     (tmp / "model-config.yaml").write_text(yaml.safe_dump(config))
     try:
@@ -53,7 +54,7 @@ def byo(tmp_path_factory) -> dict:
                              "--model-config", str(tmp / "model-config.yaml"),
                              "--model-name", NAME, "--version", "2.1", "--export-path", str(tmp / "store")])
     finally:
-        shutil.rmtree(paths.BUILD_DIR / NAME, ignore_errors=True)
+        shutil.rmtree(repo.BUILD_DIR / NAME, ignore_errors=True)
     assert code == 0
     return {"tmp": tmp, "mar": tmp / "store" / f"{NAME}.mar", "state": state}
 
@@ -107,7 +108,7 @@ def test_served_prediction_equals_eager_model(byo, byo_server, photos, image):
     # The model's own config is what makes them equal: RGB order or the default model's
     # preprocessing would give other probabilities.
     for other in (PreprocessConfig.from_dict({**PREPROCESS, "channel_order": "RGB"}),
-                  PreprocessConfig.load(paths.CONFIG_DIR / paths.DEFAULT_MODEL / "preprocess.json")):
+                  PreprocessConfig.load(repo.CONFIG_DIR / repo.DEFAULT_MODEL / "preprocess.json")):
         with torch.inference_mode():
             wrong = torch.softmax(eager_model(byo["state"])(preprocess_bytes(body, other)[None]), 1)[0]
         assert max(abs(served[i] - wrong[i].item()) for i in served) > 1e-3

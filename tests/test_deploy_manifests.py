@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import fnmatch
+import importlib.util
 import json
 import re
 import shlex
@@ -13,22 +14,22 @@ import subprocess
 import sys
 import time
 
-import serve
 import yaml
-from conftest import MODEL, ROOT
 
-sys.path.insert(0, str(ROOT / "deploy" / "kserve"))
-import stage_storage  # noqa: E402
+from scripts.build import kserve_storage
+from scripts.ops import serve
+from scripts.ops.server_config import read_properties
+from tests.support.servers import MODEL, ROOT
 
-PROPS = serve.read_properties(ROOT / "config.properties")
-KSERVE_PROPS = serve.read_properties(ROOT / "config" / "kserve" / "config.properties")
+PROPS = read_properties(ROOT / "config.properties")
+KSERVE_PROPS = read_properties(ROOT / "config" / "kserve" / "config.properties")
 MODEL_CONFIG = yaml.safe_load((ROOT / "config" / MODEL / "model-config.yaml").read_text())
 PORTS = {name: int(PROPS[f"{name}_address"].rsplit(":", 1)[1])
          for name in ("inference", "management", "metrics")}
 # Measured (tests/test_manage_scale.py, README "Operating it"): Java ~250 MB, worker ~550 MB PSS.
 MIN_MEMORY_MI = 250 + 550 * MODEL_CONFIG["minWorkers"]
-READY_PROBE = ["python", "scripts/healthcheck.py", "ready", "--workdir", "run"]
-LIVE_PROBE = ["python", "scripts/healthcheck.py", "live", "--workdir", "run"]
+READY_PROBE = ["python", "-m", "scripts.ops.healthcheck", "ready", "--workdir", "run"]
+LIVE_PROBE = ["python", "-m", "scripts.ops.healthcheck", "live", "--workdir", "run"]
 
 
 def manifests() -> dict[tuple[str, str], dict]:
@@ -106,9 +107,9 @@ def test_entrypoint_is_make_serve_in_the_foreground():
     recipe = (ROOT / "Makefile").read_text().split("\nserve:", 1)[1].split("\n")[1].split()
     assert recipe[0] == "$(PY)" and entry[0] == "python"
     make_args = [MODEL if a == "$(MODEL)" else a for a in recipe[1:]]
-    assert entry[1:1 + len(make_args)] == make_args  # scripts/serve.py start --model efficientnet_lite0
+    assert entry[1:1 + len(make_args)] == make_args  # -m scripts.ops.serve start --model efficientnet_lite0
     assert entry[1 + len(make_args):] == ["--host", "0.0.0.0", "--foreground"]
-    usage = subprocess.run([sys.executable, str(ROOT / "scripts" / "serve.py"), "--help"],
+    usage = subprocess.run([sys.executable, "-m", "scripts.ops.serve", "--help"],
                            capture_output=True, text=True, timeout=60).stdout
     assert "--host" in usage and "--foreground" in usage
 
@@ -116,7 +117,7 @@ def test_entrypoint_is_make_serve_in_the_foreground():
 def test_healthcheck_is_the_readiness_probe():
     check = instructions("HEALTHCHECK")[0]
     assert json.loads(check.split("CMD", 1)[1].strip()) == READY_PROBE
-    assert (ROOT / READY_PROBE[1]).is_file()
+    assert importlib.util.find_spec(READY_PROBE[2]) is not None
 
 
 def test_kubernetes_deployment_service_hpa():
@@ -164,10 +165,10 @@ def test_kserve_inference_service_and_storage_layout(tmp_path):
     assert KSERVE_PROPS["enable_envvars_config"] == "true"
     mar = tmp_path / f"{MODEL}.mar"
     mar.write_bytes(b"archive")
-    out = stage_storage.stage(tmp_path / "storage", mar)
+    out = kserve_storage.stage(tmp_path / "storage", mar)
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == [
         "config/config.properties", f"model-store/{MODEL}.mar"]
-    staged = serve.read_properties(out / "config" / "config.properties")
+    staged = read_properties(out / "config" / "config.properties")
     assert staged == KSERVE_PROPS
 
 
@@ -179,11 +180,8 @@ def test_deployment_runs_the_image_the_dockerfile_builds():
 
 FOREGROUND = """
 import sys
-import time
-sys.path[:0] = [{scripts!r}, {tests!r}]
-import pytest
-import serve
-from conftest import start_server
+from scripts.ops import serve
+from tests.support.servers import start_server
 server = start_server({workdir!r}, "{model}={model}.mar", {store!r}, min_ready=1)
 print("READY", flush=True)
 sys.exit(serve.run_foreground(server))
@@ -193,9 +191,9 @@ sys.exit(serve.run_foreground(server))
 def test_foreground_entrypoint_drains_on_sigterm(tmp_path, default_mar, photos):
     """The container's PID 1 (serve.py --foreground) on `docker stop`: in-flight requests finish,
     then it exits 0 and TorchServe is gone."""
-    code = FOREGROUND.format(scripts=str(ROOT / "scripts"), tests=str(ROOT / "tests"),
-                             workdir=str(tmp_path), model=MODEL, store=str(default_mar.parent))
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    code = FOREGROUND.format(workdir=str(tmp_path), model=MODEL, store=str(default_mar.parent))
+    # From the repository root, where `tests` is importable as a package.
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         assert proc.stdout.readline().strip() == "READY"
         client = serve.TorchServeClient.from_workdir(tmp_path, timeout=60)

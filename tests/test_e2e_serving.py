@@ -4,8 +4,9 @@ import json
 
 import pytest
 import requests
-from conftest import MODEL
-from sample_images import EXPECTED_TOP1
+
+from scripts.build.sample_photos import EXPECTED_TOP1
+from tests.support.servers import MODEL
 
 pytestmark = pytest.mark.e2e
 

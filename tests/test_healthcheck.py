@@ -1,4 +1,4 @@
-"""scripts/healthcheck.py: ready only with READY workers and a working prediction; exit codes for
+"""scripts.ops.healthcheck: ready only with READY workers and a working prediction; exit codes for
 container and Kubernetes probes."""
 
 from __future__ import annotations
@@ -10,14 +10,15 @@ import time
 import zipfile
 
 import pytest
-import serve
-from conftest import MODEL, ROOT, free_ports
+
+from scripts.ops import serve
+from tests.support.servers import MODEL, free_ports
 
 pytestmark = pytest.mark.e2e
 
 
 def probe(workdir, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / "healthcheck.py"), *args,
+    return subprocess.run([sys.executable, "-m", "scripts.ops.healthcheck", *args,
                            "--workdir", str(workdir)], capture_output=True, text=True, timeout=60)
 
 

@@ -13,15 +13,16 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import paths
 import pytest
 import requests
-import serve
 import yaml
-from conftest import MODEL, free_ports
 from PIL import Image
-from sample_images import EXPECTED_TOP1, load_photos
-from test_preprocessing import (
+
+from scripts import repo
+from scripts.build.sample_photos import EXPECTED_TOP1, load_photos
+from scripts.ops import serve
+from scripts.ops.server_config import read_properties
+from tests.support.images import (
     HOSTILE,
     accepted_variants,
     ascii_bmp,
@@ -30,10 +31,11 @@ from test_preprocessing import (
     png_declaring,
     with_orientation,
 )
+from tests.support.servers import MODEL, free_ports
 
 pytestmark = pytest.mark.e2e
 
-MAX_REQUEST_SIZE = int(serve.read_properties(paths.ROOT / "config.properties")["max_request_size"])
+MAX_REQUEST_SIZE = int(read_properties(repo.ROOT / "config.properties")["max_request_size"])
 ERROR_KEYS = {"code", "type", "message"}
 
 
@@ -250,16 +252,16 @@ def batch8_server(tmp_path_factory):
     """One worker, batchSize 8 and a long maxBatchDelay, so 8 concurrent requests form one batch."""
     name = f"{MODEL}_batch8"
     tmp = tmp_path_factory.mktemp("batch8")
-    config = yaml.safe_load((paths.CONFIG_DIR / MODEL / "model-config.yaml").read_text())
+    config = yaml.safe_load((repo.CONFIG_DIR / MODEL / "model-config.yaml").read_text())
     config.update(batchSize=8, maxBatchDelay=3000, minWorkers=1, maxWorkers=1)
     (tmp / "model-config.yaml").write_text(yaml.safe_dump(config))
-    import package
+    from scripts.build import package
 
     try:
         package.package(MODEL, model_name=name, model_config=tmp / "model-config.yaml",
                         export_dir=tmp / "store")
     finally:
-        shutil.rmtree(paths.BUILD_DIR / name, ignore_errors=True)
+        shutil.rmtree(repo.BUILD_DIR / name, ignore_errors=True)
     workdir = tmp / "server"
     srv = serve.start(workdir, models=f"{name}={name}.mar", ports=free_ports(), model_store=tmp / "store")
     try:

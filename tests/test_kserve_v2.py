@@ -7,13 +7,15 @@ import base64
 import concurrent.futures
 import json
 
-import package
 import pytest
 import requests
-import serve
 import yaml
-from conftest import MODEL, ROOT, free_ports, start_server
-from sample_images import EXPECTED_TOP1
+
+from scripts.build import package
+from scripts.build.sample_photos import EXPECTED_TOP1
+from scripts.ops import serve
+from scripts.ops.server_config import read_properties
+from tests.support.servers import MODEL, ROOT, free_ports, start_server
 
 pytestmark = pytest.mark.e2e
 
@@ -27,7 +29,7 @@ LOCAL_KEYS = ("inference_address", "management_address", "metrics_address", "grp
 def v2_server(tmp_path_factory):
     store = tmp_path_factory.mktemp("kserve_store")
     package.package(model_config=KSERVE / "model-config.yaml", export_dir=store)
-    props = {k: v for k, v in serve.read_properties(KSERVE / "config.properties").items()
+    props = {k: v for k, v in read_properties(KSERVE / "config.properties").items()
              if k not in LOCAL_KEYS}
     grpc = free_ports(2)
     props.update(grpc_inference_port=str(grpc[0]), grpc_management_port=str(grpc[1]))

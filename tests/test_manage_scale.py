@@ -1,4 +1,4 @@
-"""scripts/manage.py against a real TorchServe: status, describe, and scaling 1 -> 3 -> 1 workers
+"""scripts.ops.manage against a real TorchServe: status, describe, and scaling 1 -> 3 -> 1 workers
 while traffic flows, every request answered 200."""
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ import time
 
 import pytest
 import requests
-import serve
-from conftest import MODEL, ROOT, start_server
-from ts_client import worker_died
+
+from scripts.ops import serve
+from scripts.ops.client import worker_died
+from tests.support.servers import MODEL, start_server
 
 pytestmark = pytest.mark.e2e
 
@@ -27,7 +28,7 @@ def srv(tmp_path_factory, default_mar):
 
 
 def manage(srv, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / "manage.py"), *args,
+    return subprocess.run([sys.executable, "-m", "scripts.ops.manage", *args,
                            "--workdir", str(srv.workdir)], capture_output=True, text=True, timeout=180)
 
 

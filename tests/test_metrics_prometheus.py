@@ -12,8 +12,9 @@ import time
 import pytest
 import requests
 import yaml
-from conftest import MODEL, ROOT, free_ports
 from PIL import Image
+
+from tests.support.servers import MODEL, ROOT, free_ports
 
 pytestmark = pytest.mark.e2e
 

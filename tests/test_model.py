@@ -1,18 +1,25 @@
 """The architecture loads the packaged ImageNet weights and classifies real photos correctly."""
 
-import paths
 import pytest
 import torch
-from export import build_model, default_checkpoint, load_checkpoint, to_torchscript, validation_batch
-from preprocessing import PreprocessConfig
-from sample_images import EXPECTED_TOP1
 
-CFG = PreprocessConfig.load(paths.CONFIG_DIR / paths.DEFAULT_MODEL / "preprocess.json")
+from handler.preprocessing import PreprocessConfig
+from scripts import repo
+from scripts.build.export import (
+    build_model,
+    default_checkpoint,
+    load_checkpoint,
+    to_torchscript,
+    validation_batch,
+)
+from scripts.build.sample_photos import EXPECTED_TOP1
+
+CFG = PreprocessConfig.load(repo.CONFIG_DIR / repo.DEFAULT_MODEL / "preprocess.json")
 
 
 @pytest.fixture(scope="module")
 def eager():
-    model = build_model(paths.DEFAULT_MODEL, 1000)
+    model = build_model(repo.DEFAULT_MODEL, 1000)
     load_checkpoint(model, default_checkpoint())  # strict: raises on any key or shape mismatch
     return model.eval()
 

@@ -15,11 +15,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import serve
 import torch
-from conftest import MODEL, ROOT, start_server
-from export import build_model, default_checkpoint, load_checkpoint
-from preprocessing import PreprocessConfig, preprocess_bytes
+
+from handler.preprocessing import PreprocessConfig, preprocess_bytes
+from scripts.build.export import build_model, default_checkpoint, load_checkpoint
+from scripts.ops import serve
+from tests.support.servers import MODEL, ROOT, start_server
 
 pytestmark = pytest.mark.e2e
 
@@ -29,7 +30,7 @@ ONNX_LOGIT_TOLERANCE = 1e-3  # what export.py enforces for ONNX; measured far be
 
 def test_export_cli_onnx_is_checked_with_onnxruntime(tmp_path):
     out, report = tmp_path / "model.onnx", tmp_path / "report.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "export.py"), "--format", "onnx",
+    proc = subprocess.run([sys.executable, "-m", "scripts.build.export", "--format", "onnx",
                            "--out", str(out), "--report", str(report)],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -45,7 +46,7 @@ def test_export_cli_onnx_is_checked_with_onnxruntime(tmp_path):
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory) -> Path:
     """A model store holding the default model built both ways (ONNX ships by default)."""
-    import package
+    from scripts.build import package
 
     store = tmp_path_factory.mktemp("parity_store")
     for fmt in ("torchscript", "onnx"):
@@ -121,7 +122,7 @@ def test_each_archive_runs_its_own_backend(both_served):
 
 def test_default_archive_is_onnx_as_its_model_config_says(default_mar):
     """config/efficientnet_lite0/model-config.yaml export.format decides what `make package` ships."""
-    import package
+    from scripts.build import package
 
     assert package.export_format(ROOT / "config" / MODEL / "model-config.yaml") == "onnx"
     with zipfile.ZipFile(default_mar) as zf:
@@ -132,8 +133,8 @@ def test_default_archive_is_onnx_as_its_model_config_says(default_mar):
 
 
 def test_export_format_errors_are_clear(tmp_path):
-    import package
-    from export import ExportError
+    from scripts.build import package
+    from scripts.build.export import ExportError
 
     config = tmp_path / "model-config.yaml"
     config.write_text("minWorkers: 1\n")
@@ -146,7 +147,7 @@ def test_export_format_errors_are_clear(tmp_path):
 def test_onnx_runner_pins_torch_threads(stores, tmp_path):
     """The handler's own torch ops run beside ONNX Runtime: torch's pool must shrink too, or its
     idle OpenMP threads spin on the other workers' cores."""
-    from runner import load_runner
+    from handler.runner import load_runner
 
     with zipfile.ZipFile(stores / "onnx.mar") as zf:
         zf.extract("model.onnx", tmp_path)

@@ -1,4 +1,4 @@
-"""Bad inputs to scripts/package.py and scripts/export.py are clean CLI errors: exit code 2, one
+"""Bad inputs to scripts.build.package and scripts.build.export are clean CLI errors: exit code 2, one
 message naming the mismatch, no traceback, no archive written."""
 
 from __future__ import annotations
@@ -9,10 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import paths
 import pytest
 import torch
 import torchvision
+
+from scripts import repo
 
 NAME = "byo_errors_test"
 
@@ -27,16 +28,16 @@ def files(tmp_path_factory) -> dict:
     (tmp / "bad_preprocess.json").write_text(json.dumps({"input_size": 224, "resize_size": 200,
                                                          "mean": [0.5] * 3, "std": [0.5] * 3}))
     yield tmp
-    shutil.rmtree(paths.BUILD_DIR / NAME, ignore_errors=True)
+    shutil.rmtree(repo.BUILD_DIR / NAME, ignore_errors=True)
 
 
-def run_cli(script: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(paths.ROOT / "scripts" / script), *args],
+def run_cli(module: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", f"scripts.build.{module}", *args],
                           capture_output=True, text=True, timeout=300)
 
 
 def package_cli(files, *args: str) -> subprocess.CompletedProcess:
-    return run_cli("package.py", "--model-name", NAME, "--export-path", str(files / "store"), *args)
+    return run_cli("package", "--model-name", NAME, "--export-path", str(files / "store"), *args)
 
 
 def assert_clean_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
@@ -84,7 +85,7 @@ def test_invalid_preprocessing_config(files):
 
 
 def test_export_cli_names_the_mismatch(files):
-    proc = run_cli("export.py", "--arch", "resnet18", "--checkpoint", str(files / "resnet18_10.pth"),
+    proc = run_cli("export", "--arch", "resnet18", "--checkpoint", str(files / "resnet18_10.pth"),
                    "--num-classes", "1000", "--out", str(files / "out" / "model.pt"))
     assert_clean_error(proc, "fc.weight: checkpoint (10, 512) vs model (1000, 512)")
     assert not (files / "out" / "model.pt").exists()
@@ -94,7 +95,7 @@ def test_export_path_that_is_the_archivers_scratch_folder(files):
     # torch-model-archiver stages into $TMPDIR/NAME: exporting there would zip the archive into itself.
     import tempfile
 
-    proc = run_cli("package.py", "--model-name", NAME, "--arch", "resnet18", "--checkpoint", "none",
+    proc = run_cli("package", "--model-name", NAME, "--arch", "resnet18", "--checkpoint", "none",
                    "--labels", str(files / "labels10.json"),
                    "--export-path", str(Path(tempfile.gettempdir()) / NAME))
     assert_clean_error(proc, "scratch folder")

@@ -13,16 +13,16 @@ import zipfile
 from dataclasses import replace
 from pathlib import Path
 
-import inspect_mar
-import provenance
 import pytest
 import requests
-import serve
 import yaml
-from conftest import start_server
-from provenance import IntegrityError, find_mismatches, verify_model_dir
 
-MANIFEST = "provenance.json"
+from handler import layout, provenance
+from handler.provenance import IntegrityError, find_mismatches, verify_model_dir
+from scripts.ops import inspect_mar, serve
+from tests.support.servers import start_server
+
+MANIFEST = layout.MANIFEST
 TAMPERED_INDEX = "282"  # tiger cat: in the cat photo's top 5
 REFUSAL_WAIT_S = 120.0
 
@@ -48,7 +48,7 @@ def tampered_labels(mar: Path) -> bytes:
 @pytest.fixture(scope="module")
 def fresh_mar(tmp_path_factory) -> Path:
     """An archive built by the code under test (not a possibly older model_store/ build)."""
-    import package
+    from scripts.build import package
 
     return package.package(model_name="lite0_prov", export_dir=tmp_path_factory.mktemp("prov_store"))
 
@@ -67,21 +67,25 @@ def flip_first_byte(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+def write_bytecode(package: Path) -> None:
+    (package / "__pycache__").mkdir()
+    (package / "__pycache__" / "runner.cpython-311.pyc").write_bytes(b"\0" * 16)
+
+
 def manifest_of(model_dir: Path) -> dict:
     return json.loads((model_dir / MANIFEST).read_text())
 
 
 def serialized_model(model_dir: Path) -> str:
     """model.onnx or model.pt, whichever format the archive was built in."""
-    import package
-
-    return package.ARTIFACT_NAME[manifest_of(model_dir)["model"]["format"]]
+    return layout.SERIALIZED_FILE[manifest_of(model_dir)["model"]["format"]]
 
 
 def test_untouched_archive_has_no_mismatch(model_dir):
     manifest = manifest_of(model_dir)
-    assert {serialized_model(model_dir), "handler.py", "preprocess.json", "index_to_name.json",
-            "model-config.yaml", "model.py"} <= set(manifest["files"])
+    assert {serialized_model(model_dir), layout.ENTRY_MODULE, "handler/classifier.py",
+            "handler/preprocessing.py", "handler/model.py", "preprocess.json", "index_to_name.json",
+            "model-config.yaml"} <= set(manifest["files"])
     assert find_mismatches(model_dir, manifest) == []
     assert verify_model_dir(model_dir, MANIFEST) == manifest
 
@@ -91,11 +95,25 @@ def test_untouched_archive_has_no_mismatch(model_dir):
     (lambda d: (d / "preprocess.json").unlink(), "file preprocess.json is listed in the manifest but"),
     (lambda d: flip_first_byte(d / serialized_model(d)), "file model."),
     (lambda d: (d / "torch.py").write_text("raise SystemExit"), "file torch.py is in the model directory"),
+    (lambda d: (d / "handler" / "extra.py").write_text(""), "file handler/extra.py is in the model"),
+    (lambda d: write_bytecode(d / "handler"), None),  # written by Python at import: not listed
 ])
 def test_each_kind_of_tampering_is_named(model_dir, change, expected):
     change(model_dir)
     problems = find_mismatches(model_dir, manifest_of(model_dir))
-    assert len(problems) == 1 and problems[0].startswith(expected), problems
+    if expected is None:
+        assert problems == []
+    else:
+        assert len(problems) == 1 and problems[0].startswith(expected), problems
+
+
+def test_handler_code_imported_from_elsewhere_is_named(model_dir):
+    # The worker must run the archive's modules: an entry whose hash the imported module does not
+    # match (as if an older copy of the package shadowed the archive's) is a mismatch.
+    manifest = manifest_of(model_dir)
+    manifest["files"]["handler/runner.py"]["sha256"] = "0" * 64
+    problems = find_mismatches(model_dir, manifest)
+    assert any(p.startswith("module handler/runner.py imported from") for p in problems), problems
 
 
 def test_other_torch_minor_version_is_named(model_dir, monkeypatch):
@@ -112,12 +130,12 @@ def test_other_torch_minor_version_is_named(model_dir, monkeypatch):
 
 def test_refuse_raises_and_warn_loads(model_dir, caplog):
     (model_dir / "index_to_name.json").write_text("{}")
-    with caplog.at_level(logging.WARNING, logger="provenance"), \
+    with caplog.at_level(logging.WARNING, logger="handler.provenance"), \
             pytest.raises(IntegrityError, match="index_to_name.json"):
         verify_model_dir(model_dir, MANIFEST)
     assert "on_integrity_mismatch=refuse" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="provenance"):
+    with caplog.at_level(logging.WARNING, logger="handler.provenance"):
         assert verify_model_dir(model_dir, MANIFEST, "warn")["model"]["name"] == "lite0_prov"
     assert "index_to_name.json" in caplog.text and "loading anyway" in caplog.text
     with pytest.raises(ValueError, match="on_integrity_mismatch"):

@@ -2,7 +2,7 @@
 
 - kill -9 one worker under steady load: TorchServe restarts it; every request gets an explicit
   status (none hangs or vanishes); we measure failures and the time until READY again.
-- `scripts/serve.py stop` (what `make stop` runs) lets in-flight requests finish.
+- `python -m scripts.ops.serve stop` (what `make stop` runs) lets in-flight requests finish.
 Figures are printed (pytest -s) and reported in README "Operating it".
 """
 
@@ -17,12 +17,12 @@ import sys
 import threading
 import time
 
-import manage
 import pytest
 import requests
-import serve
-from conftest import MODEL, ROOT, start_server
-from ts_client import worker_died
+
+from scripts.ops import manage, serve
+from scripts.ops.client import worker_died
+from tests.support.servers import MODEL, start_server
 
 pytestmark = pytest.mark.e2e
 
@@ -122,7 +122,7 @@ def test_graceful_stop_lets_in_flight_requests_finish(srv, photos):
     time.sleep(2)
     stopping.set()  # no new requests from here on; those on the wire must still be answered
     t_stop = time.monotonic()
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "serve.py"), "stop",  # = make stop
+    done = subprocess.run([sys.executable, "-m", "scripts.ops.serve", "stop",  # = make stop
                            "--workdir", str(srv.workdir)], capture_output=True, text=True, timeout=90)
     assert done.returncode == 0 and "TorchServe stopped." in done.stdout, done.stdout + done.stderr
     took = time.monotonic() - t_stop

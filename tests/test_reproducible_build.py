@@ -9,10 +9,17 @@ import sys
 import zipfile
 from pathlib import Path
 
-import manifest
 import pytest
-from conftest import ROOT
-from reproducible import ARCHIVER_TIME_FORMAT, MAR_MANIFEST, ZIP_EPOCH, fixed_time, make_reproducible
+
+from scripts.build import manifest
+from scripts.build.reproducible import (
+    ARCHIVER_TIME_FORMAT,
+    MAR_MANIFEST,
+    ZIP_EPOCH,
+    fixed_time,
+    make_reproducible,
+)
+from tests.support.servers import ROOT
 
 BUILT_AT = "2026-03-01T12:34:56+02:00"
 
@@ -77,7 +84,7 @@ def test_build_time_is_source_date_epoch_else_the_commit_time(monkeypatch):
 
 def build(export_dir: Path) -> Path:
     """One packaging run in its own process, as `make package` does it."""
-    cmd = [sys.executable, str(ROOT / "scripts" / "package.py"), "--model-name", "lite0_repro",
+    cmd = [sys.executable, "-m", "scripts.build.package", "--model-name", "lite0_repro",
            "--export-path", str(export_dir)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -95,7 +102,7 @@ def test_two_builds_of_the_same_inputs_are_byte_identical(tmp_path):
                     if (x.filename, x.date_time, x.CRC) != (y.filename, y.date_time, y.CRC)]
         pytest.fail(f"builds differ: {hashlib.sha256(a).hexdigest()[:16]} vs "
                     f"{hashlib.sha256(b).hexdigest()[:16]}; differing entries {diff}")
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "inspect_mar.py"), str(first),
+    proc = subprocess.run([sys.executable, "-m", "scripts.ops.inspect_mar", str(first),
                            "--json"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout)

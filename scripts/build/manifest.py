@@ -11,10 +11,10 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
-import paths
-from provenance import sha256_file  # handler/, via paths
+from handler import layout
+from handler.provenance import built_files, sha256_file
+from scripts import repo
 
-MANIFEST_NAME = "provenance.json"
 # Timings vary run to run; they would make two builds of the same inputs differ.
 VOLATILE_VALIDATION_KEYS = ("export_seconds",)
 PROGRESS_MIN_BYTES = 64 << 20  # show a progress bar for files above this size
@@ -58,7 +58,7 @@ def library_versions() -> dict[str, str]:
 def git_commit() -> tuple[str, str]:
     """(commit, ISO time of commit); 'unknown' outside a git checkout. `-dirty` if changed."""
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=paths.ROOT, capture_output=True, text=True,
+        return subprocess.run(["git", *args], cwd=repo.ROOT, capture_output=True, text=True,
                               check=True).stdout.strip()
     try:
         commit = git("rev-parse", "HEAD")
@@ -85,15 +85,16 @@ def build_manifest(stage: Path, model_name: str, version: str, arch: str, fmt: s
     import json
 
     files = {}
-    for path in sorted(p for p in stage.iterdir() if p.is_file() and p.name != MANIFEST_NAME):
-        files[path.name] = {"sha256": hash_file(path), "bytes": path.stat().st_size}
+    for name in built_files(stage):
+        if name != layout.MANIFEST:
+            files[name] = {"sha256": hash_file(stage / name), "bytes": (stage / name).stat().st_size}
     commit, commit_time = git_commit()
     return {
         "model": {"name": model_name, "version": version, "arch": arch, "format": fmt},
         "checkpoint": {"name": checkpoint.name, "sha256": hash_file(checkpoint)}
         if checkpoint else {"name": None, "sha256": None, "note": "random initialisation"},
         "files": files,
-        "preprocessing": json.loads((stage / "preprocess.json").read_text()),
+        "preprocessing": json.loads((stage / layout.PREPROCESS_CONFIG).read_text()),
         "versions": library_versions(),
         "validation": {k: v for k, v in validation.items() if k not in VOLATILE_VALIDATION_KEYS},
         "build": {"git_commit": commit, "built_at": build_time(commit_time)},

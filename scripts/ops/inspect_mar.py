@@ -4,14 +4,13 @@ Reads the provenance manifest (provenance.json) and the archiver's MAR-INF/MANIF
 every file in the archive and compares it with the manifest. Exit status 0 when every hash
 matches and nothing unlisted is in the archive, 1 otherwise, 2 when the archive is unreadable.
 
-    python scripts/inspect_mar.py model_store/efficientnet_lite0.mar
-    python scripts/inspect_mar.py model_store/efficientnet_lite0.mar --json
+    python -m scripts.ops.inspect_mar model_store/efficientnet_lite0.mar
+    python -m scripts.ops.inspect_mar model_store/efficientnet_lite0.mar --json
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import zipfile
@@ -19,9 +18,9 @@ from pathlib import Path
 
 import yaml
 
-MANIFEST_NAME = "provenance.json"
-MAR_INF = "MAR-INF/"
-CHUNK = 1 << 20
+from handler import layout
+from handler.provenance import built_files, sha256_stream
+from handler.settings import HANDLER_DEFAULTS
 
 
 class Archive:
@@ -32,9 +31,11 @@ class Archive:
         self.zip = None if self.path.is_dir() else zipfile.ZipFile(self.path)
 
     def names(self) -> list[str]:
+        """Every file of the archive but the archiver's own MAR-INF/."""
         if self.zip:
-            return sorted(e.filename for e in self.zip.infolist() if not e.is_dir())
-        return sorted(p.relative_to(self.path).as_posix() for p in self.path.rglob("*") if p.is_file())
+            return sorted(e.filename for e in self.zip.infolist()
+                          if not e.is_dir() and not e.filename.startswith(layout.MAR_INF + "/"))
+        return list(built_files(self.path))
 
     def open(self, name: str):
         return self.zip.open(name) if self.zip else open(self.path / name, "rb")
@@ -44,27 +45,22 @@ class Archive:
             return fh.read()
 
     def sha256(self, name: str) -> tuple[str, int]:
-        digest, size = hashlib.sha256(), 0
         with self.open(name) as fh:
-            for chunk in iter(lambda: fh.read(CHUNK), b""):
-                digest.update(chunk)
-                size += len(chunk)
-        return digest.hexdigest(), size
+            return sha256_stream(fh)
 
 
 def inspect(path: Path) -> dict:
     """Everything the inspector knows about an archive, as a JSON-ready dict."""
     archive = Archive(path)
     names = archive.names()
-    if MANIFEST_NAME not in names:
-        raise ValueError(f"{path} holds no {MANIFEST_NAME}: it was not built by scripts/package.py")
-    manifest = json.loads(archive.read(MANIFEST_NAME))
-    archiver_name = MAR_INF + "MANIFEST.json"
-    mar_manifest = json.loads(archive.read(archiver_name)) if archiver_name in names else {}
+    if layout.MANIFEST not in names:
+        raise ValueError(f"{path} holds no {layout.MANIFEST}: it was not built by scripts.build.package")
+    manifest = json.loads(archive.read(layout.MANIFEST))
+    mar_manifest = _archiver_manifest(archive)
     listed = manifest.get("files", {})
     files, problems = [], []
     for name in names:
-        if name == MANIFEST_NAME or name.startswith(MAR_INF):
+        if name == layout.MANIFEST:
             continue
         actual, size = archive.sha256(name)
         expected = listed.get(name, {}).get("sha256")
@@ -74,9 +70,9 @@ def inspect(path: Path) -> dict:
         files.append({"name": name, "bytes": size, "sha256": actual, "status": status})
     problems += [f"{name}: missing" for name in sorted(set(listed) - set(names))]
     handler_cfg = {}
-    if "model-config.yaml" in names:
-        handler_cfg = (yaml.safe_load(archive.read("model-config.yaml")) or {}).get("handler", {}) or {}
-    labels_name = handler_cfg.get("labels", "index_to_name.json")
+    if layout.MODEL_CONFIG in names:
+        handler_cfg = (yaml.safe_load(archive.read(layout.MODEL_CONFIG)) or {}).get("handler", {}) or {}
+    labels_name = handler_cfg.get("labels", HANDLER_DEFAULTS["labels"])
     labels = json.loads(archive.read(labels_name)) if labels_name in names else {}
     return {
         "archive": str(path),
@@ -90,11 +86,19 @@ def inspect(path: Path) -> dict:
         "versions": manifest.get("versions", {}),
         "preprocessing": manifest.get("preprocessing", {}),
         "labels": {"file": labels_name, "count": len(labels)},
-        "on_integrity_mismatch": handler_cfg.get("on_integrity_mismatch", "refuse"),
+        "on_integrity_mismatch": handler_cfg.get("on_integrity_mismatch",
+                                                 HANDLER_DEFAULTS["on_integrity_mismatch"]),
         "validation": manifest.get("validation", {}),
         "files": files,
         "integrity": {"ok": not problems, "checked": len(files), "problems": problems},
     }
+
+
+def _archiver_manifest(archive: Archive) -> dict:
+    try:
+        return json.loads(archive.read(layout.ARCHIVER_MANIFEST))
+    except (KeyError, FileNotFoundError):
+        return {}
 
 
 def _size(n: int) -> str:

@@ -5,11 +5,11 @@ the request's *intended* send time, so a server (or a client) that falls behind 
 latency instead of being hidden by a slower send rate (the closed-loop mistake).
 
     # 50 rps for 60 s (after 5 s of warm-up) against the server started by `make serve`
-    python scripts/loadtest.py --workdir run --rate 50 --duration 60
+    python -m scripts.bench.loadtest --rate 50 --duration 60
     # sweep 10 -> 150 rps, find the highest rate whose p99 stays under 50 ms, plot it
-    python scripts/loadtest.py --workdir run --sweep 10:150:20 --slo-ms 50 --plot docs/latency_vs_rate.png
+    python -m scripts.bench.loadtest --sweep 10:150:20 --slo-ms 50 --plot docs/latency_vs_rate.png
     # saturated throughput: 8 clients sending back to back (closed loop, for throughput only)
-    python scripts/loadtest.py --workdir run --closed 8 --duration 20
+    python -m scripts.bench.loadtest --closed 8 --duration 20
 
 Sending: a scheduler thread hands each request at its intended time to a pool of sender threads
 (at most --concurrency in flight); each sender keeps one persistent HTTP/1.1 connection
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import sys
 import tempfile
 import threading
@@ -34,33 +33,11 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from scripts import repo
+from scripts.ops.server_config import KEY_FILE, KeyFile, addresses
+
 PERCENTILES = {"p50": 50, "p90": 90, "p99": 99, "p99.9": 99.9}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
-
-
-class KeyFile:
-    """The inference bearer key, re-read when TorchServe rewrites key_file.json (restart, expiry)."""
-
-    def __init__(self, path: Path | None) -> None:
-        self.path, self.stamp, self.header = path, None, {}
-        self.lock = threading.Lock()
-
-    def headers(self) -> dict[str, str]:
-        if self.path is None:
-            return {}
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return self.header
-        stamp = (st.st_mtime_ns, st.st_size)
-        if stamp != self.stamp:
-            with self.lock:
-                try:
-                    key = json.loads(Path(self.path).read_text())["inference"]["key"]
-                    self.header, self.stamp = {"Authorization": f"Bearer {key}"}, stamp
-                except (OSError, ValueError, KeyError):
-                    pass  # being rewritten: keep the previous key, retry on the next request
-        return self.header
 
 
 @dataclass
@@ -71,18 +48,16 @@ class Target:
     keys: KeyFile = field(init=False)
 
     def __post_init__(self) -> None:
-        self.keys = KeyFile(self.key_file)
+        self.keys = KeyFile(Path(self.key_file) if self.key_file else None)
         parts = urlsplit(self.url)
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
         self.path = parts.path or "/"
 
     @classmethod
     def from_workdir(cls, workdir: Path, model: str, timeout: float = 10.0) -> Target:
-        """The server scripts/serve.py started in `workdir` (its config.properties and key file)."""
-        props = dict(line.split("=", 1) for line in (Path(workdir) / "config.properties")
-                     .read_text().splitlines() if "=" in line and not line.startswith("#"))
-        base = props.get("inference_address", "http://127.0.0.1:8080").strip()
-        return cls(f"{base}/predictions/{model}", Path(workdir) / "key_file.json", timeout)
+        """The server scripts.ops.serve started in `workdir` (its config.properties and key file)."""
+        inference = addresses(workdir)[0]
+        return cls(f"{inference}/predictions/{model}", Path(workdir) / KEY_FILE, timeout)
 
 
 class Sender:
@@ -102,7 +77,7 @@ class Sender:
     def post(self, body: bytes) -> str:
         """Send one image; returns the HTTP status as text, or the exception's name."""
         # application/octet-stream: a raw body as form-urlencoded fails in TorchServe's frontend.
-        headers = {"Content-Type": "application/octet-stream", **self.target.keys.headers()}
+        headers = {"Content-Type": "application/octet-stream", **self.target.keys.headers("inference")}
         for attempt in (0, 1):
             conn = self._conn()
             try:
@@ -129,8 +104,7 @@ class Sender:
 def load_images(folder: Path | None) -> list[bytes]:
     """The photos of `folder`, or the repository's sample photos (JPEG) when none is given."""
     if folder is None:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from sample_images import write_photos
+        from scripts.build.sample_photos import write_photos
 
         folder = Path(tempfile.mkdtemp(prefix="loadtest-photos-"))
         write_photos(folder, ("jpg",))
@@ -337,10 +311,11 @@ def parse_rates(spec: str) -> list[float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    where = parser.add_mutually_exclusive_group(required=True)
+    where = parser.add_mutually_exclusive_group()
     where.add_argument("--url", help="prediction URL, e.g. http://127.0.0.1:8080/predictions/NAME")
-    where.add_argument("--workdir", type=Path, help="working dir of a server started by scripts/serve.py")
-    parser.add_argument("--model", default="efficientnet_lite0", help="model name (with --workdir)")
+    where.add_argument("--workdir", type=Path, default=repo.RUN_DIR,
+                       help="working dir of a server started by scripts.ops.serve (default: run/)")
+    parser.add_argument("--model", default=repo.DEFAULT_MODEL, help="model name (with --workdir)")
     parser.add_argument("--key-file", type=Path, help="TorchServe key_file.json (with --url)")
     parser.add_argument("--images", type=Path, help="folder of photos, cycled (default: sample photos)")
     parser.add_argument("--rate", type=float, default=50.0, help="requests per second (open loop)")
@@ -354,11 +329,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slo-ms", type=float, default=50.0, help="p99 latency objective (ms)")
     parser.add_argument("--plot", type=Path, help="PNG of the sweep's latency percentiles")
     parser.add_argument("--out", type=Path, help="write the report as JSON here")
+    parser.add_argument("--json", action="store_true", help="print the whole report as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
     args = parser.parse_args(argv)
 
-    target = (Target.from_workdir(args.workdir, args.model, args.timeout) if args.workdir
-              else Target(args.url, args.key_file, args.timeout))
+    try:
+        target = (Target(args.url, args.key_file, args.timeout) if args.url
+                  else Target.from_workdir(args.workdir, args.model, args.timeout))
+    except OSError as exc:
+        print(f"error: no server config: {exc}", file=sys.stderr)
+        return 2
     images = load_images(args.images)
     progress = not args.quiet
     if args.sweep:
@@ -372,12 +352,35 @@ def main(argv: list[str] | None = None) -> int:
         report = run_open(target, images, args.rate, args.duration, args.warmup, args.concurrency, progress)
         report["passes_slo"] = passes(report, args.slo_ms)
     report.update(url=target.url, images=len(images))
+    report["passed"] = verdict(report, args.slo_ms)
     text = json.dumps(report, indent=2)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n")
-    print(text)
-    return 0
+    print(text if args.json else headline(report, args.slo_ms))
+    return 0 if report["passed"] else 1
+
+
+def verdict(report: dict, slo_ms: float) -> bool:
+    """The run's pass/fail, the exit status: an open-loop run meets the SLO with zero errors; a
+    sweep meets it at one rate at least; a closed-loop (throughput) run has zero errors."""
+    if report["mode"] == "sweep":
+        return report["max_rps_under_slo"] is not None
+    if report["mode"] == "closed":
+        return report["errors"] == 0
+    return passes(report, slo_ms)
+
+
+def headline(report: dict, slo_ms: float) -> str:
+    """One human line per run (the JSON has everything: --json, --out)."""
+    status = "PASS" if report["passed"] else "FAIL"
+    if report["mode"] == "sweep":
+        return (f"{status}: highest rate with p99 < {slo_ms:g} ms and no errors: "
+                f"{report['max_rps_under_slo']} rps")
+    lat = report["latency_ms"]
+    return (f"{status}: {report['achieved_rps']} rps, p50 {lat['p50']} p90 {lat['p90']} p99 {lat['p99']} ms, "
+            f"{report['errors']} errors of {report['requests']} {report['errors_by_status'] or ''}"
+            + (f" (SLO p99 < {slo_ms:g} ms)" if report["mode"] == "open" else ""))
 
 
 if __name__ == "__main__":

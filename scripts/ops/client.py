@@ -1,26 +1,21 @@
 """A small token-aware client for TorchServe's inference and management APIs.
 
 TorchServe rewrites its bearer keys into `key_file.json` (in its working directory) at every
-start and they expire, so the keys are re-read from the file whenever they may have changed.
+start and when a key is renewed; server_config.KeyFile re-reads the file whenever it changes.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
 
+from scripts.ops.server_config import KEY_FILE, KeyFile, addresses
+
 # Raw image bodies must not go out as application/x-www-form-urlencoded (the default of many
 # clients): TorchServe's frontend fails those with HTTP 500 before any handler runs.
 IMAGE_HEADERS = {"Content-Type": "application/octet-stream"}
-
-
-def read_keys(key_file: str | Path) -> dict[str, str]:
-    """{'inference': ..., 'management': ...} from TorchServe's key_file.json."""
-    doc = json.loads(Path(key_file).read_text())
-    return {name: doc[name]["key"] for name in ("inference", "management") if name in doc}
 
 
 def worker_died(resp: requests.Response) -> bool:
@@ -34,14 +29,15 @@ class TorchServeClient:
     inference_url: str = "http://127.0.0.1:8080"
     management_url: str = "http://127.0.0.1:8081"
     metrics_url: str = "http://127.0.0.1:8082"
-    key_file: Path | None = Path("run/key_file.json")
+    key_file: Path | None = Path("run") / KEY_FILE
     timeout: float = 10.0
+    keys: KeyFile = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.keys = KeyFile(Path(self.key_file) if self.key_file else None)
 
     def auth_headers(self, api: str) -> dict[str, str]:
-        if not self.key_file or not Path(self.key_file).is_file():
-            return {}
-        key = read_keys(self.key_file).get(api)
-        return {"Authorization": f"Bearer {key}"} if key else {}
+        return self.keys.headers(api)
 
     def predict(self, model: str, body: bytes, headers: dict | None = None,
                 session: requests.Session | None = None, retries: int = 0) -> requests.Response:
@@ -95,14 +91,5 @@ class TorchServeClient:
     @classmethod
     def from_workdir(cls, workdir: str | Path, timeout: float = 10.0) -> TorchServeClient:
         """A client for the server whose config.properties and key_file.json are in `workdir`
-        (the working directory scripts/serve.py gives each server)."""
-        workdir = Path(workdir)
-        props = {}
-        for line in (workdir / "config.properties").read_text().splitlines():
-            key, sep, value = line.partition("=")
-            if sep and not key.strip().startswith("#"):
-                props[key.strip()] = value.strip()
-        return cls(props.get("inference_address", cls.inference_url),
-                   props.get("management_address", cls.management_url),
-                   props.get("metrics_address", cls.metrics_url),
-                   key_file=workdir / "key_file.json", timeout=timeout)
+        (the working directory scripts.ops.serve gives each server)."""
+        return cls(*addresses(workdir), key_file=Path(workdir) / KEY_FILE, timeout=timeout)

@@ -3,8 +3,8 @@
     OUT/config/config.properties          <- config/kserve/config.properties
     OUT/model-store/efficientnet_lite0.mar  <- packaged with config/kserve/model-config.yaml
 
-    python deploy/kserve/stage_storage.py build/kserve     # then copy OUT to the storageUri
-    python deploy/kserve/stage_storage.py build/kserve --mar path/to/efficientnet_lite0.mar
+    python -m scripts.build.kserve_storage build/kserve     # then copy OUT to the storageUri
+    python -m scripts.build.kserve_storage build/kserve --mar path/to/efficientnet_lite0.mar
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-KSERVE_CONFIG = ROOT / "config" / "kserve"
+from scripts import repo
+from scripts.build import package
+
+KSERVE_CONFIG = repo.CONFIG_DIR / "kserve"
 
 
 def stage(out: Path, mar: Path) -> Path:
@@ -37,9 +39,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.mar:
         stage(args.out, args.mar)
     else:
-        sys.path.insert(0, str(ROOT / "scripts"))
-        import package
-
         with tempfile.TemporaryDirectory() as tmp:
             stage(args.out, package.package(model_config=KSERVE_CONFIG / "model-config.yaml",
                                             export_dir=Path(tmp)))

@@ -1,11 +1,11 @@
 """Operate a running TorchServe through its management API (token-aware).
 
-    python scripts/manage.py status                   # workers: state, pid, memory; queue
-    python scripts/manage.py scale --min 3 --max 3    # returns when the workers are READY
-    python scripts/manage.py describe                 # the model's full description (JSON)
+    python -m scripts.ops.manage status                   # workers: state, pid, memory; queue
+    python -m scripts.ops.manage scale --min 3 --max 3    # returns when the workers are READY
+    python -m scripts.ops.manage describe                 # the model's full description (JSON)
 
 The server is found through its working directory (`--workdir`, default run/, as written by
-scripts/serve.py): its config.properties gives the addresses, its key_file.json the bearer key.
+scripts.ops.serve): its config.properties gives the addresses, its key_file.json the bearer key.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ import sys
 import time
 from pathlib import Path
 
-import paths
 import psutil
 import requests
-from ts_client import TorchServeClient
+
+from scripts import repo
+from scripts.ops.client import TorchServeClient
 
 
 def worker_memory_mb(worker: dict) -> float | None:
@@ -79,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=["status", "scale", "describe"])
-    parser.add_argument("--model", default=paths.DEFAULT_MODEL)
-    parser.add_argument("--workdir", type=Path, default=paths.ROOT / "run",
+    parser.add_argument("--model", default=repo.DEFAULT_MODEL)
+    parser.add_argument("--workdir", type=Path, default=repo.RUN_DIR,
                         help="server working directory (config.properties, key_file.json)")
     parser.add_argument("--min", type=int, dest="min_workers", help="scale: minimum workers")
     parser.add_argument("--max", type=int, dest="max_workers", help="scale: maximum workers")

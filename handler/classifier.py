@@ -10,28 +10,22 @@ import json
 import logging
 import os
 import time
-from http.client import responses as HTTP_PHRASES
 from pathlib import Path
 
 import torch
-from batch import Batch
-from handler_metrics import INFERENCE, POSTPROCESS, PREPROCESS, REQUEST, HandlerMetrics
-from payload import payload_to_bytes
-from preprocessing import InputError, PreprocessConfig, preprocess_bytes
-from provenance import verify_model_dir
-from runner import load_runner
 from ts.torch_handler.base_handler import BaseHandler
 
-logger = logging.getLogger(__name__)
+from handler import responses
+from handler.batch import Batch
+from handler.errors import InputError, internal_error
+from handler.metrics import INFERENCE, POSTPROCESS, PREPROCESS, REQUEST, HandlerMetrics
+from handler.payload import payload_to_bytes
+from handler.preprocessing import PreprocessConfig, preprocess_image
+from handler.provenance import PACKAGE_DIR, verify_model_dir
+from handler.runner import load_runner
+from handler.settings import model_config_blocks
 
-DEFAULTS = {
-    "threads": 1,
-    "top_k": 5,
-    "preprocess_config": "preprocess.json",
-    "labels": "index_to_name.json",
-    "manifest": "provenance.json",
-    "on_integrity_mismatch": "refuse",
-}
+logger = logging.getLogger(__name__)
 
 
 class ImageClassifierHandler(BaseHandler):
@@ -41,7 +35,8 @@ class ImageClassifierHandler(BaseHandler):
         self.context = context
         self.manifest = context.manifest
         model_dir = Path(context.system_properties["model_dir"])
-        settings = {**DEFAULTS, **(getattr(context, "model_yaml_config", None) or {}).get("handler", {})}
+        # Strict: a misspelt key in model-config.yaml fails the load instead of being ignored.
+        settings = model_config_blocks(getattr(context, "model_yaml_config", None))["handler"]
         self.settings = settings
         verify_model_dir(model_dir, settings["manifest"], settings["on_integrity_mismatch"])
         self.preprocess_config = PreprocessConfig.load(model_dir / settings["preprocess_config"])
@@ -55,8 +50,8 @@ class ImageClassifierHandler(BaseHandler):
         self.metrics = HandlerMetrics(context.metrics, self.model_name)
         self._warm_up()
         self.initialized = True
-        logger.info("Loaded %s v%s (%s, %d threads, %d labels)", self.model_name,
-                    self.model_version, self.runner.backend, threads, len(self.labels))
+        logger.info("Loaded %s v%s (%s, %d threads, %d labels; handler package %s)", self.model_name,
+                    self.model_version, self.runner.backend, threads, len(self.labels), PACKAGE_DIR)
 
     def _warm_up(self) -> None:
         # The first forward pass pays for graph optimisation; pay it before taking traffic.
@@ -70,19 +65,18 @@ class ImageClassifierHandler(BaseHandler):
         for idx, row in enumerate(data):
             try:
                 start = time.perf_counter()
-                body = payload_to_bytes(row)
-                tensors.append(preprocess_bytes(body, self.preprocess_config))
+                tensor, (width, height) = preprocess_image(payload_to_bytes(row), self.preprocess_config)
+                tensors.append(tensor)
                 self.metrics.observe(PREPROCESS, time.perf_counter() - start)
-                self.metrics.image(body)
+                self.metrics.image(width, height)
                 batch.indices.append(idx)
             except InputError as err:
                 batch.errors[idx] = err
                 self.metrics.input_error(err.error_type)
             except Exception:  # a bug hit by one request must not fail its neighbours
                 logger.exception("Unexpected preprocessing failure (request %d of %d)", idx, len(data))
-                batch.errors[idx] = InputError(500, "InternalServerError",
-                                               "The server failed on this image; the error is logged.")
-                self.metrics.input_error("InternalServerError")
+                batch.errors[idx] = internal_error()
+                self.metrics.input_error(batch.errors[idx].error_type)
         if tensors:
             batch.tensor = torch.stack(tensors)
         self.metrics.batch_size(len(data))
@@ -97,38 +91,26 @@ class ImageClassifierHandler(BaseHandler):
 
     def postprocess(self, batch: Batch) -> list:
         start = time.perf_counter()
-        responses: list = [None] * batch.size
+        answers: list = [None] * batch.size
         # TorchServe's KServe v2 envelope (service_envelope=kservev2) sets input_names and hands
         # us the inputs of ONE request as rows: that request gets one status, and each output is
         # a BYTES tensor, so each row's JSON goes out as a string.
         v2 = getattr(self.context, "input_names", None) is not None
         if batch.logits is not None:
-            probs = torch.softmax(batch.logits.float(), dim=1)
-            k = min(self.top_k, probs.shape[1])
-            top_p, top_i = probs.topk(k, dim=1)
+            probs, indices = responses.top_k(batch.logits, self.top_k)
             for row, idx in enumerate(batch.indices):
-                responses[idx] = self._prediction(top_p[row].tolist(), top_i[row].tolist())
+                answers[idx] = responses.prediction(probs[row], indices[row], self.labels,
+                                                    self.model_name, self.model_version)
         for idx in range(1 if v2 else batch.size):
             self.context.set_response_content_type(idx, "application/json")  # else text/plain
         for idx, err in batch.errors.items():
-            target = 0 if v2 else idx
-            # A fixed reason phrase in the status line; the details travel in the JSON body.
-            self.context.set_response_status(err.status, HTTP_PHRASES.get(err.status, "Error"), target)
-            responses[idx] = err.to_json()
+            self.context.set_response_status(err.status, responses.reason_phrase(err.status),
+                                             0 if v2 else idx)
+            answers[idx] = err.to_json()
         if v2:
-            responses = [json.dumps(r) for r in responses]
+            answers = [json.dumps(a) for a in answers]
         end = time.perf_counter()
         self.metrics.observe(POSTPROCESS, end - start)
         # Every request of the batch spent the whole batch's handler time.
         self.metrics.observe(REQUEST, end - getattr(self, "_batch_start", start), times=batch.size)
-        return responses
-
-    def _prediction(self, probs: list[float], indices: list[int]) -> dict:
-        return {
-            "model": self.model_name,
-            "version": self.model_version,
-            "predictions": [
-                {"index": i, "label": self.labels.get(str(i), str(i)), "probability": round(p, 6)}
-                for p, i in zip(probs, indices)
-            ],
-        }
+        return answers

@@ -4,8 +4,8 @@ state dict -> eager model -> TorchScript (.pt) or ONNX (.onnx) -> outputs compar
 eager model on real photos, through the same preprocessing the handler uses.
 
 Example:
-    python scripts/export.py --arch efficientnet_lite0 --out build/efficientnet_lite0/model.pt
-    python scripts/export.py --arch resnet50 --checkpoint my_resnet.pth --num-classes 10 \\
+    python -m scripts.build.export --arch efficientnet_lite0 --out build/efficientnet_lite0/model.pt
+    python -m scripts.build.export --arch resnet50 --checkpoint my_resnet.pth --num-classes 10 \\
         --preprocess my_preprocess.json --format onnx --out build/my_resnet/model.onnx
 """
 
@@ -22,11 +22,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import paths
 import torch
-from preprocessing import PreprocessConfig, to_tensor  # noqa: E402  (handler/, via paths)
-from sample_images import load_photos
 from torch import nn
+
+from handler.preprocessing import PreprocessConfig, to_tensor
+from handler.runner import load_runner
+from handler.settings import ConfigError
+from scripts import repo
+from scripts.build.sample_photos import load_photos
 
 TOLERANCE = {"torchscript": 1e-4, "onnx": 1e-3}
 # A head width no real layer has: built with it, the classifier head's keys are the ones that show it.
@@ -72,15 +75,15 @@ def torchvision_classifiers() -> list[str]:
 
 def build_model(arch: str, num_classes: int) -> nn.Module:
     """Our EfficientNet-Lite0, or any torchvision classification architecture by name."""
-    if arch == paths.DEFAULT_MODEL:
-        from model import EfficientNetLite0
+    if arch == repo.DEFAULT_MODEL:
+        from handler.model import EfficientNetLite0
 
         return EfficientNetLite0(num_classes=num_classes)
     import torchvision
 
     names = torchvision_classifiers()
     if arch not in names:
-        raise ExportError(f"Unknown architecture {arch!r}. Use {paths.DEFAULT_MODEL} or a "
+        raise ExportError(f"Unknown architecture {arch!r}. Use {repo.DEFAULT_MODEL} or a "
                           f"torchvision classifier, e.g. resnet50, vit_l_16 ({len(names)} known).")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # googlenet/inception init notices
@@ -190,8 +193,6 @@ def validation_batch(cfg: PreprocessConfig) -> tuple[list[str], torch.Tensor]:
 
 def validate(model: nn.Module, artifact: Path, cfg: PreprocessConfig, fmt: str) -> dict:
     """Compare the artifact's logits with the eager model's on real photos."""
-    from runner import load_runner
-
     names, batch = validation_batch(cfg)
     with torch.inference_mode():
         eager = model.eval()(batch)
@@ -213,8 +214,8 @@ def load_preprocess(path: Path) -> PreprocessConfig:
     """The model's preprocessing config; a missing or invalid file is an ExportError."""
     try:
         return PreprocessConfig.load(path)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ExportError(f"Invalid preprocessing config {path}: {type(exc).__name__}: {exc}") from exc
+    except ConfigError as exc:
+        raise ExportError(f"Invalid preprocessing config: {exc}") from exc
 
 
 def resolve_num_classes(arch: str, checkpoint: Path | None, num_classes: int | None,
@@ -264,7 +265,7 @@ def export_and_validate(arch: str, checkpoint: Path | None, preprocess: Path, ou
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", default=paths.DEFAULT_MODEL,
+    parser.add_argument("--arch", default=repo.DEFAULT_MODEL,
                         help="efficientnet_lite0 or a torchvision classifier name (resnet50, vit_l_16, ...)")
     parser.add_argument("--checkpoint", default="default",
                         help="state-dict file; 'default' = the packaged EfficientNet-Lite0 ImageNet "
@@ -272,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-classes", type=int,
                         help="outputs of the classifier head (default: the checkpoint's, else 1000)")
     parser.add_argument("--preprocess", type=Path,
-                        default=paths.CONFIG_DIR / paths.DEFAULT_MODEL / "preprocess.json",
+                        default=repo.CONFIG_DIR / repo.DEFAULT_MODEL / "preprocess.json",
                         help="preprocessing config used for validation")
     parser.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript")
     parser.add_argument("--out", type=Path, required=True, help="artifact path (.pt or .onnx)")
@@ -294,7 +295,7 @@ def resolve_checkpoint(value: str | None, arch: str) -> Path | None:
     if value in (None, "none"):
         return None
     if value == "default":
-        if arch != paths.DEFAULT_MODEL:
+        if arch != repo.DEFAULT_MODEL:
             raise ExportError(f"No default checkpoint for {arch}: pass --checkpoint FILE or 'none'")
         return default_checkpoint()
     path = Path(value)

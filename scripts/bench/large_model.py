@@ -1,7 +1,7 @@
 """Measure the large-model case (default ViT-L/16, about 1.2 GB of fp32 weights) on this machine.
 
 1. Save a seeded random state dict (so the --checkpoint path is the one measured).
-2. scripts/package.py: export + validate + hash + archive (wall time, peak memory, .mar size).
+2. scripts.build.package: export + validate + hash + archive (wall time, peak memory, .mar size).
 3. Pack the same staged files as each --archive-format (time, size).
 4. Per format: start TorchServe with one worker, time to READY, worker memory (RSS/USS/PSS),
    first-request and steady latency at batch 1, then stop it.
@@ -9,7 +9,7 @@
    torch.jit.load of the extracted file (what the handler does), of the bytes in memory, and the
    eager model with an mmap'd state dict.
 
-    python scripts/bench_large_model.py --out build/bench_large_model.json
+    python -m scripts.bench.large_model --out build/bench_large_model.json
 """
 
 from __future__ import annotations
@@ -28,10 +28,13 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-import paths
 import psutil
-import serve
-from sample_images import write_photos
+
+from handler import layout
+from scripts import repo
+from scripts.build import package
+from scripts.build.sample_photos import write_photos
+from scripts.ops import serve
 
 FORMATS = ("default", "no-archive", "tgz")
 # name -> (loader, environment): the handler's torch.jit.load of the file; the same with glibc
@@ -63,18 +66,18 @@ def write_inputs(work: Path, arch: str, seed: int, threads: int) -> dict[str, Pa
     pre = work / "preprocess.json"
     pre.write_text(json.dumps({"input_size": 224, "resize_size": 242, "interpolation": "bilinear",
                                "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}))
-    config = yaml.safe_load((paths.CONFIG_DIR / paths.DEFAULT_MODEL / "model-config.yaml").read_text())
+    config = yaml.safe_load((repo.CONFIG_DIR / repo.DEFAULT_MODEL / "model-config.yaml").read_text())
     config.update(minWorkers=1, maxWorkers=1, batchSize=1, maxBatchDelay=5, responseTimeout=300)
     config["handler"]["threads"] = threads
     (work / "model-config.yaml").write_text(yaml.safe_dump(config))
-    labels = paths.CONFIG_DIR / paths.DEFAULT_MODEL / "index_to_name.json"
+    labels = repo.CONFIG_DIR / repo.DEFAULT_MODEL / "index_to_name.json"
     return {"checkpoint": ckpt, "preprocess": pre, "model_config": work / "model-config.yaml",
             "labels": labels}
 
 
 def run_package(arch: str, name: str, inputs: dict[str, Path], store: Path) -> dict:
-    """scripts/package.py as a user runs it; peak RSS of that child process tree."""
-    cmd = [sys.executable, str(paths.ROOT / "scripts" / "package.py"), "--arch", arch,
+    """scripts.build.package as a user runs it; peak RSS of that child process tree."""
+    cmd = [sys.executable, "-m", "scripts.build.package", "--arch", arch,
            "--format", "torchscript", "--checkpoint", str(inputs["checkpoint"]), "--model-name", name,
            "--labels", str(inputs["labels"]), "--preprocess", str(inputs["preprocess"]),
            "--model-config", str(inputs["model_config"]), "--export-path", str(store)]
@@ -91,7 +94,7 @@ def run_package(arch: str, name: str, inputs: dict[str, Path], store: Path) -> d
     if proc.returncode != 0:
         raise RuntimeError(f"package.py failed with exit code {proc.returncode}")
     wall = time.perf_counter() - t0
-    manifest = json.loads((paths.BUILD_DIR / name / "provenance.json").read_text())
+    manifest = json.loads((repo.BUILD_DIR / name / layout.MANIFEST).read_text())
     return {"command": " ".join(cmd[1:]), "package_seconds": round(wall, 1), "steps_s": steps,
             "packed": packed,
             "model_pt_mb": round(manifest["files"]["model.pt"]["bytes"] / MB, 1),
@@ -106,9 +109,7 @@ def size_of(path: Path) -> int:
 
 def pack(name: str, fmt: str, store: Path) -> dict:
     """Archive the staged build/NAME files in one format; returns time and size."""
-    import package
-
-    stage = paths.BUILD_DIR / name
+    stage = repo.BUILD_DIR / name
     store.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     out = package.run_archiver(stage, name, "1.0", "model.pt", store, fmt)
@@ -211,8 +212,8 @@ def load_strategies(model_pt: Path, checkpoint: Path, arch: str, processes: int,
     """Each strategy in `processes` concurrent children, measured while all are loaded."""
     results = {}
     for strategy in STRATEGIES:
-        cmd = [sys.executable, __file__, "--probe-load", strategy, "--model-pt", str(model_pt),
-               "--checkpoint", str(checkpoint), "--arch", arch]
+        cmd = [sys.executable, "-m", "scripts.bench.large_model", "--probe-load", strategy,
+               "--model-pt", str(model_pt), "--checkpoint", str(checkpoint), "--arch", arch]
         t0 = time.perf_counter()
         env = {**os.environ, **STRATEGIES[strategy][1]}
         children = [subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
@@ -248,7 +249,7 @@ def run(arch: str, work: Path, formats: list[str], steady: int, processes: int, 
                     "cores": psutil.cpu_count(), "memory_total_gib": round(
                         psutil.virtual_memory().total / 2**30, 1)}
     mar = work / "store-default" / f"{name}.mar"
-    if reuse and mar.is_file() and (paths.BUILD_DIR / name / "model.pt").is_file():
+    if reuse and mar.is_file() and (repo.BUILD_DIR / name / "model.pt").is_file():
         report["package"] = {"reused": str(mar), "packed": {
             "format": "default", "path": str(mar), "size_mb": round(mar.stat().st_size / MB, 1),
             "pack_seconds": None}}
@@ -272,7 +273,7 @@ def run(arch: str, work: Path, formats: list[str], steady: int, processes: int, 
         report["formats"][label] = {**packed, **served}
         print(f"[bench] {label}: {json.dumps(report['formats'][label])}", flush=True)
     if processes:
-        report["load_strategies"] = load_strategies(paths.BUILD_DIR / name / "model.pt",
+        report["load_strategies"] = load_strategies(repo.BUILD_DIR / name / "model.pt",
                                                     inputs["checkpoint"], arch, processes, timeout)
     return report
 
@@ -306,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="vit_l_16", help="torchvision classifier to measure")
-    parser.add_argument("--work", type=Path, default=paths.BUILD_DIR / "bench_large_model",
+    parser.add_argument("--work", type=Path, default=repo.BUILD_DIR / "bench_large_model",
                         help="checkpoint, archives and server dirs (several GB)")
     parser.add_argument("--formats", default=",".join(FORMATS), help="archive formats to serve")
     parser.add_argument("--steady", type=int, default=5, help="requests after the first one")

@@ -1,7 +1,7 @@
 """Container / Kubernetes probe for the TorchServe service.
 
-    python scripts/healthcheck.py ready [--min-workers N]   # readiness
-    python scripts/healthcheck.py live                      # liveness
+    python -m scripts.ops.healthcheck ready [--min-workers N]   # readiness
+    python -m scripts.ops.healthcheck live                      # liveness
 
 ready: the model has at least N READY workers (default: its minWorkers) AND a tiny prediction
        answers 200 with predictions. `GET /ping` alone is not enough: it says "Healthy" while
@@ -20,10 +20,11 @@ import io
 import sys
 from pathlib import Path
 
-import paths
 import requests
 from PIL import Image
-from ts_client import TorchServeClient
+
+from scripts import repo
+from scripts.ops.client import TorchServeClient
 
 OK, NOT_READY, UNREACHABLE = 0, 1, 2
 
@@ -69,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("probe", choices=["ready", "live"])
-    parser.add_argument("--model", default=paths.DEFAULT_MODEL)
-    parser.add_argument("--workdir", type=Path, default=paths.ROOT / "run",
+    parser.add_argument("--model", default=repo.DEFAULT_MODEL)
+    parser.add_argument("--workdir", type=Path, default=repo.RUN_DIR,
                         help="server working directory (config.properties, key_file.json)")
     parser.add_argument("--min-workers", type=int, help="default: the model's minWorkers")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds per HTTP call")

@@ -1,6 +1,11 @@
 """Real photos shipped inside scikit-image and scikit-learn, written as JPEG/PNG files.
 
-Nothing is downloaded: these arrays are part of the installed packages.
+They are the export's validation set (export.validate), the benchmarks' load and the tests'
+photos; to get some to send to a running server:
+
+    python -m scripts.build.sample_photos photos/
+
+Nothing is downloaded: these arrays are part of the installed packages (build requirements).
 """
 
 from __future__ import annotations

@@ -1,13 +1,14 @@
 """Package a checkpoint into a TorchServe model archive (.mar) with a provenance manifest.
 
-Steps: export + validate (scripts/export.py) -> stage handler modules, architecture file,
-preprocessing config, labels, model config -> write provenance.json (SHA-256 of every file,
-versions, validation) -> torch-model-archiver -> model_store/NAME.mar
+Steps: export + validate (export.py) -> stage the archive's files in build/NAME/ (the layout
+handler/layout.py names: the entry module, the `handler` package, preprocessing config, labels,
+model config) -> write provenance.json (SHA-256 of every file, versions, validation) ->
+torch-model-archiver -> make the archive byte-reproducible -> model_store/NAME.mar
 
 Example (the default model):
-    python scripts/package.py
+    python -m scripts.build.package
 Your own checkpoint:
-    python scripts/package.py --arch resnet50 --checkpoint resnet50_cats.pth \\
+    python -m scripts.build.package --arch resnet50 --checkpoint resnet50_cats.pth \\
         --model-name cats --labels cats_labels.json --preprocess cats_preprocess.json
 """
 
@@ -22,15 +23,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import paths
-from export import ExportError, export_and_validate, resolve_checkpoint, resolve_num_classes
-from manifest import PROGRESS_MIN_BYTES, build_manifest, hash_file
-from reproducible import make_reproducible
+from handler import layout
+from handler.settings import ConfigError, load_model_config, model_config_blocks
+from scripts import repo
+from scripts.build.export import ExportError, export_and_validate, resolve_checkpoint, resolve_num_classes
+from scripts.build.manifest import PROGRESS_MIN_BYTES, build_manifest, hash_file
+from scripts.build.reproducible import make_reproducible
 
-HANDLER_MODULES = ["batch.py", "preprocessing.py", "payload.py", "runner.py", "provenance.py",
-                   "handler_metrics.py"]
-ARTIFACT_NAME = {"torchscript": "model.pt", "onnx": "model.onnx"}
-ARCHITECTURE_FILE = "architecture.json"
 ARCHIVE_SUFFIX = {"default": ".mar", "tgz": ".tar.gz", "no-archive": ""}
 
 
@@ -64,42 +63,40 @@ def architecture_record(arch: str, num_classes: int, fmt: str) -> dict:
     need no model code, so without this the artifact would not say what it holds)."""
     from importlib import metadata
 
-    if arch == paths.DEFAULT_MODEL:
-        source = {"source": "model.py", "class": "EfficientNetLite0"}
+    if arch == repo.DEFAULT_MODEL:
+        source = {"source": f"{layout.PACKAGE}/model.py", "class": "EfficientNetLite0"}
     else:
         source = {"source": "torchvision", "torchvision_version": metadata.version("torchvision"),
                   "builder": f"torchvision.models.get_model({arch!r}, weights=None, "
                              f"num_classes={num_classes})"}
     return {"arch": arch, "num_classes": num_classes, "format": fmt,
-            "serialized_file": ARTIFACT_NAME[fmt], **source}
+            "serialized_file": layout.SERIALIZED_FILE[fmt], **source}
 
 
-def stage_files(stage: Path, arch: str, preprocess: Path, labels: dict, model_config: Path,
+def stage_files(stage: Path, preprocess: Path, labels: dict, model_config: Path,
                 architecture: dict | None = None) -> None:
-    """Copy what the worker needs beside the serialized model."""
-    for name in HANDLER_MODULES:
-        shutil.copy2(paths.HANDLER_DIR / name, stage / name)
-    shutil.copy2(paths.HANDLER_DIR / "handler.py", stage / "handler.py")
-    if arch == paths.DEFAULT_MODEL:
-        shutil.copy2(paths.HANDLER_DIR / "model.py", stage / "model.py")  # the architecture file
-    shutil.copy2(preprocess, stage / "preprocess.json")
-    (stage / "index_to_name.json").write_text(json.dumps(labels, indent=1, sort_keys=True))
-    shutil.copy2(model_config, stage / "model-config.yaml")
+    """Copy what the worker needs beside the serialized model: the entry module at the root,
+    the whole `handler` package as a package, the model's configs and labels."""
+    shutil.copy2(repo.HANDLER_DIR / layout.ENTRY_MODULE, stage / layout.ENTRY_MODULE)
+    shutil.copytree(repo.HANDLER_DIR, stage / layout.PACKAGE,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", layout.ENTRY_MODULE))
+    shutil.copy2(preprocess, stage / layout.PREPROCESS_CONFIG)
+    (stage / layout.LABELS).write_text(json.dumps(labels, indent=1, sort_keys=True))
+    shutil.copy2(model_config, stage / layout.MODEL_CONFIG)
     if architecture:
-        (stage / ARCHITECTURE_FILE).write_text(json.dumps(architecture, indent=2, sort_keys=True))
+        (stage / layout.ARCHITECTURE).write_text(json.dumps(architecture, indent=2, sort_keys=True))
 
 
 def export_format(model_config: Path) -> str:
-    """The model config's `export.format` (how this model is served fastest), else TorchScript."""
-    import yaml
-
+    """The model config's `export.format` (how this model is served fastest), else TorchScript.
+    The whole config is checked first: a misspelt key is an error, not a silent default."""
     try:
-        fmt = (yaml.safe_load(Path(model_config).read_text()) or {}).get("export", {}).get("format")
-    except (OSError, yaml.YAMLError, AttributeError) as exc:
-        raise ExportError(f"Cannot read export.format from {model_config}: {exc}") from exc
-    fmt = fmt or "torchscript"
-    if fmt not in ARTIFACT_NAME:
-        raise ExportError(f"{model_config}: export.format {fmt!r} is not one of {sorted(ARTIFACT_NAME)}")
+        fmt = model_config_blocks(load_model_config(model_config), model_config)["export"]["format"]
+    except ConfigError as exc:
+        raise ExportError(str(exc)) from exc
+    if fmt not in layout.SERIALIZED_FILE:
+        raise ExportError(f"{model_config}: export.format {fmt!r} is not one of "
+                          f"{sorted(layout.SERIALIZED_FILE)}")
     return fmt
 
 
@@ -114,18 +111,18 @@ def check_export_dir(export_dir: Path, model_name: str) -> None:
 def run_archiver(stage: Path, model_name: str, version: str, artifact: str, export_dir: Path,
                  archive_format: str = "default") -> Path:
     """Call torch-model-archiver on the staged files; returns the archive path."""
-    extra = sorted(p.name for p in stage.iterdir()
-                   if p.name not in (artifact, "handler.py", "model-config.yaml"))
     check_export_dir(export_dir, model_name)
     export_dir.mkdir(parents=True, exist_ok=True)
+    # --extra-files with a folder copies the folder's entries into the archive root, its
+    # subfolders as subfolders: the stage folder itself keeps `handler/` a package.
     cmd = [str(Path(sys.executable).parent / "torch-model-archiver"),
            "--model-name", model_name, "--version", version,
-           "--serialized-file", str(stage / artifact), "--handler", str(stage / "handler.py"),
-           "--extra-files", ",".join(str(stage / name) for name in extra),
-           "--config-file", str(stage / "model-config.yaml"),
+           "--serialized-file", str(stage / artifact), "--handler", str(stage / layout.ENTRY_MODULE),
+           "--extra-files", str(stage),
+           "--config-file", str(stage / layout.MODEL_CONFIG),
            "--export-path", str(export_dir), "--archive-format", archive_format, "--force"]
     out = export_dir / f"{model_name}{ARCHIVE_SUFFIX[archive_format]}"
-    total = sum(p.stat().st_size for p in stage.iterdir() if p.is_file())
+    total = _size(stage)
     proc = subprocess.Popen(cmd)
     show = total >= PROGRESS_MIN_BYTES
     start = time.perf_counter()
@@ -157,20 +154,23 @@ def _archive_progress(out: Path, total: int, elapsed: float) -> None:
           flush=True)
 
 
-def package(arch: str = paths.DEFAULT_MODEL, checkpoint: str = "default",
+def package(arch: str = repo.DEFAULT_MODEL, checkpoint: str = "default",
             model_name: str | None = None, version: str = "1.0", num_classes: int | None = None,
             preprocess: Path | None = None, labels: Path | None = None,
             model_config: Path | None = None, fmt: str | None = None,
-            export_dir: Path = paths.MODEL_STORE, archive_format: str = "default") -> Path:
+            export_dir: Path = repo.MODEL_STORE, archive_format: str = "default") -> Path:
     """Export, validate, stage, write the manifest and archive; returns the .mar path."""
     model_name = model_name or arch
-    config_dir = paths.CONFIG_DIR / model_name
+    config_dir = repo.CONFIG_DIR / model_name
     if not config_dir.is_dir():
-        config_dir = paths.CONFIG_DIR / paths.DEFAULT_MODEL
-    preprocess = Path(preprocess or config_dir / "preprocess.json")
-    model_config = Path(model_config or config_dir / "model-config.yaml")
-    labels_path = Path(labels or config_dir / "index_to_name.json")
-    fmt = fmt or export_format(model_config)
+        config_dir = repo.CONFIG_DIR / repo.DEFAULT_MODEL
+    preprocess = Path(preprocess or config_dir / layout.PREPROCESS_CONFIG)
+    model_config = Path(model_config or config_dir / layout.MODEL_CONFIG)
+    labels_path = Path(labels or config_dir / layout.LABELS)
+    config_format = export_format(model_config)  # checks every key of the model config first
+    fmt = fmt or config_format
+    if fmt not in layout.SERIALIZED_FILE:
+        raise ExportError(f"format {fmt!r} is not one of {sorted(layout.SERIALIZED_FILE)}")
     check_export_dir(Path(export_dir), model_name)
     checkpoint_path = resolve_checkpoint(checkpoint, arch)
     # The model's outputs: --num-classes, else the checkpoint's head, else (random init) the labels.
@@ -178,17 +178,17 @@ def package(arch: str = paths.DEFAULT_MODEL, checkpoint: str = "default",
                                       fallback=len(read_labels(labels_path)))
     label_map = load_labels(labels_path, num_classes)
 
-    stage = paths.BUILD_DIR / model_name
+    stage = repo.BUILD_DIR / model_name
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir(parents=True)
-    artifact = ARTIFACT_NAME[fmt]
+    artifact = layout.SERIALIZED_FILE[fmt]
     validation = export_and_validate(arch, checkpoint_path, preprocess, stage / artifact, fmt,
                                      num_classes)
-    stage_files(stage, arch, preprocess, label_map, model_config,
+    stage_files(stage, preprocess, label_map, model_config,
                 architecture_record(arch, num_classes, fmt))
     manifest = build_manifest(stage, model_name=model_name, version=version, arch=arch,
                               fmt=fmt, checkpoint=checkpoint_path, validation=validation)
-    (stage / "provenance.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    (stage / layout.MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
     print(f"[package] archiving {model_name} v{version} ({archive_format})", flush=True)
     t0 = time.perf_counter()
     mar = run_archiver(stage, model_name, version, artifact, Path(export_dir), archive_format)
@@ -202,7 +202,7 @@ def package(arch: str = paths.DEFAULT_MODEL, checkpoint: str = "default",
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", default=paths.DEFAULT_MODEL,
+    parser.add_argument("--arch", default=repo.DEFAULT_MODEL,
                         help="efficientnet_lite0 or a torchvision classifier name")
     parser.add_argument("--checkpoint", default="default",
                         help="state-dict file, 'default' (packaged Lite0 weights) or 'none' (random)")
@@ -214,10 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preprocess", type=Path, help="preprocess.json (default: config/NAME/)")
     parser.add_argument("--labels", type=Path, help="index_to_name.json (default: config/NAME/)")
     parser.add_argument("--model-config", type=Path, help="model-config.yaml (default: config/NAME/)")
-    parser.add_argument("--format", choices=sorted(ARTIFACT_NAME),
+    parser.add_argument("--format", choices=sorted(layout.SERIALIZED_FILE),
                         help="serialized model (default: export.format in the model config, else "
                              "torchscript; the default model ships onnx, see BENCHMARKS.md)")
-    parser.add_argument("--export-path", type=Path, default=paths.MODEL_STORE)
+    parser.add_argument("--export-path", type=Path, default=repo.MODEL_STORE)
     parser.add_argument("--archive-format", choices=["default", "tgz", "no-archive"],
                         default="default")
     args = parser.parse_args(argv)

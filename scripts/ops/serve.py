@@ -4,8 +4,8 @@ Each server gets its own working directory (key file, logs, pid file, worker soc
 config), and a server on other than the default ports gets free gRPC ports too, so a development
 server and test servers can run side by side.
 
-    python scripts/serve.py start            # serve model_store/efficientnet_lite0.mar
-    python scripts/serve.py stop
+    python -m scripts.ops.serve start        # serve model_store/efficientnet_lite0.mar (make serve)
+    python -m scripts.ops.serve stop         # (make stop)
 """
 
 from __future__ import annotations
@@ -21,17 +21,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import paths
 import psutil
 import requests
-from ts_client import TorchServeClient
+
+from scripts import repo
+from scripts.ops.client import TorchServeClient
+from scripts.ops.server_config import ADDRESS_KEYS, CONFIG_FILE, KEY_FILE, read_properties
 
 PATH_KEYS = ("model_store", "metrics_config", "workflow_store")
 DEFAULT_PORTS = (8080, 8081, 8082)
 GRPC_KEYS = ("grpc_inference_port", "grpc_management_port")
 STARTUP_LABELS = {"UNLOADING": "LOADING"}
 # One line per request in the access log, no per-request chatter elsewhere (see the file).
-LOG_CONFIG = paths.ROOT / "config" / "log4j2.xml"
+LOG_CONFIG = repo.CONFIG_DIR / "log4j2.xml"
 
 
 @dataclass
@@ -60,26 +62,16 @@ def free_ports(n: int = 3) -> tuple[int, ...]:
     return ports
 
 
-def read_properties(path: Path) -> dict[str, str]:
-    props = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#") and "=" in line:
-            key, value = line.split("=", 1)
-            props[key.strip()] = value.strip()
-    return props
-
-
 def derive_config(workdir: Path, ports: tuple[int, int, int], models: str,
-                  base: Path = paths.ROOT / "config.properties",
-                  model_store: Path = paths.MODEL_STORE, overrides: dict | None = None) -> Path:
+                  base: Path = repo.SERVER_CONFIG,
+                  model_store: Path = repo.MODEL_STORE, overrides: dict | None = None) -> Path:
     """Copy config.properties with absolute paths, our ports and models into workdir."""
     props = read_properties(base)
     for key in PATH_KEYS:
         if key in props and not Path(props[key]).is_absolute():
             props[key] = str((base.parent / props[key]).resolve())
     props["model_store"] = str(Path(model_store).resolve())
-    for key, port in zip(("inference_address", "management_address", "metrics_address"), ports):
+    for key, port in zip(ADDRESS_KEYS, ports):
         props[key] = f"http://127.0.0.1:{port}"
     props["load_models"] = models
     if tuple(ports) != DEFAULT_PORTS:
@@ -87,19 +79,19 @@ def derive_config(workdir: Path, ports: tuple[int, int, int], models: str,
         # ports would fail to bind those, so it gets free ones too.
         props.update(zip(GRPC_KEYS, map(str, free_ports(2))))
     props.update(overrides or {})
-    out = workdir / "config.properties"
+    out = workdir / CONFIG_FILE
     out.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
     return out
 
 
-def start(workdir: Path = paths.ROOT / "run", models: str = "efficientnet_lite0=efficientnet_lite0.mar",
-          ports: tuple[int, int, int] = DEFAULT_PORTS, model_store: Path = paths.MODEL_STORE,
+def start(workdir: Path = repo.RUN_DIR, models: str = f"{repo.DEFAULT_MODEL}={repo.DEFAULT_MODEL}.mar",
+          ports: tuple[int, int, int] = DEFAULT_PORTS, model_store: Path = repo.MODEL_STORE,
           overrides: dict | None = None, env: dict | None = None,
           log_config: Path | None = LOG_CONFIG) -> Server:
     """Launch TorchServe in its own process group; returns at once (see wait_ready)."""
     workdir = Path(workdir).resolve()
     (workdir / "tmp").mkdir(parents=True, exist_ok=True)
-    (workdir / "key_file.json").unlink(missing_ok=True)
+    (workdir / KEY_FILE).unlink(missing_ok=True)
     config = derive_config(workdir, ports, models, model_store=model_store, overrides=overrides)
     run_env = {**os.environ, **(env or {}),
                # TorchServe keeps one global pid file in the temp dir (TMPDIR) and its worker sockets
@@ -117,7 +109,7 @@ def start(workdir: Path = paths.ROOT / "run", models: str = "efficientnet_lite0=
                             start_new_session=True)
     (workdir / "torchserve.pid").write_text(str(proc.pid))
     client = TorchServeClient(*(f"http://127.0.0.1:{p}" for p in ports),
-                              key_file=workdir / "key_file.json")
+                              key_file=workdir / KEY_FILE)
     return Server(workdir, proc.pid, client, proc)
 
 
@@ -165,7 +157,7 @@ def drain(workdir: Path, timeout: float, stall: float = 2.0) -> None:
     `stall` s (a request refused before the handler, or lost with a crashed worker, never
     balances the counts).
     """
-    url = read_properties(Path(workdir) / "config.properties").get("metrics_address")
+    url = read_properties(Path(workdir) / CONFIG_FILE).get("metrics_address")
     deadline, last, since = time.monotonic() + timeout, None, time.monotonic()
     while url and time.monotonic() < deadline:
         try:
@@ -194,7 +186,7 @@ def _group(pgid: int, name: str | None = None) -> list[int]:
     return pids
 
 
-def stop(workdir: Path = paths.ROOT / "run", grace: float = 30.0, drain_timeout: float = 20.0) -> bool:
+def stop(workdir: Path = repo.RUN_DIR, grace: float = 30.0, drain_timeout: float = 20.0) -> bool:
     """Stop gracefully: drain in-flight requests, SIGTERM the Java frontend (it stops listening and
     unloads the workers), wait up to `grace` s for the process group, then SIGKILL what is left.
 
@@ -220,7 +212,7 @@ def stop(workdir: Path = paths.ROOT / "run", grace: float = 30.0, drain_timeout:
                 time.sleep(0.2)
             deadline = time.monotonic() + 5
     pid_file.unlink(missing_ok=True)
-    (Path(workdir) / "key_file.json").unlink(missing_ok=True)
+    (Path(workdir) / KEY_FILE).unlink(missing_ok=True)
     return True
 
 
@@ -228,8 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=["start", "stop"])
-    parser.add_argument("--model", default=paths.DEFAULT_MODEL, help="model name (NAME.mar)")
-    parser.add_argument("--workdir", type=Path, default=paths.ROOT / "run",
+    parser.add_argument("--model", default=repo.DEFAULT_MODEL, help="model name (NAME.mar)")
+    parser.add_argument("--workdir", type=Path, default=repo.RUN_DIR,
                         help="holds key_file.json, logs/ and the pid file")
     parser.add_argument("--timeout", type=float, default=180, help="seconds to wait for READY")
     parser.add_argument("--host", default="127.0.0.1",
@@ -244,8 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     if (args.workdir / "torchserve.pid").is_file():
         stop(args.workdir)
     ports = (8080, 8081, 8082)
-    listen = {key: f"http://{args.host}:{port}" for key, port in
-              zip(("inference_address", "management_address", "metrics_address"), ports)}
+    listen = {key: f"http://{args.host}:{port}" for key, port in zip(ADDRESS_KEYS, ports)}
     server = start(args.workdir, models=f"{args.model}={args.model}.mar", ports=ports,
                    overrides=listen if args.host != "127.0.0.1" else None)
     try:
@@ -260,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
           f"  inference:  {c.inference_url}/predictions/{args.model}\n"
           f"  management: {c.management_url}/models/{args.model}\n"
           f"  metrics:    {c.metrics_url}/metrics\n"
-          f"  key file:   {args.workdir / 'key_file.json'}\n"
+          f"  key file:   {args.workdir / KEY_FILE}\n"
           f"Try it:\n  curl -H 'Authorization: Bearer {key}' -T cat.jpg "
           f"{c.inference_url}/predictions/{args.model}\n"
           f"Stop it: make stop", flush=True)

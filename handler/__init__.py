@@ -1,0 +1,18 @@
+"""The worker side of the service: what runs inside TorchServe, shipped in every .mar as `handler/`.
+
+One request's way through it, one module per step:
+
+    payload.py        request row (raw body, multipart field, JSON base64) -> image bytes
+    preprocessing.py  image bytes -> checked, decoded, resized, normalized CHW tensor
+    runner.py         batch tensor -> logits (ONNX Runtime or TorchScript)
+    responses.py      logits -> top-k JSON rows; client errors -> their own 4xx JSON
+
+    classifier.py     the BaseHandler subclass that strings those together per batch
+    torchserve_entry.py  the archive's --handler file: TorchServe's one class, nothing else
+
+Beside them: errors.py (client errors), settings.py (strict config keys, handler defaults),
+layout.py (the archive's file names), provenance.py (integrity check at load), metrics.py
+(handler metrics), batch.py (a batch's state), model.py (the EfficientNet-Lite0 architecture).
+
+This package imports torch, numpy, Pillow, onnxruntime and TorchServe's `ts`, never `scripts`.
+"""

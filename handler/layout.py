@@ -1,0 +1,30 @@
+"""The archive's layout: the one place that names the files of a model archive.
+
+A .mar (and the build folder it is zipped from) holds, at its root:
+
+    torchserve_entry.py   TorchServe's --handler (ENTRY_MODULE)
+    handler/              this package, imported in the worker as `handler.*` (PACKAGE)
+    model.onnx|model.pt   the serialized model (SERIALIZED_FILE by export format)
+    preprocess.json       the validated preprocessing (PREPROCESS_CONFIG)
+    index_to_name.json    class index -> label (LABELS)
+    model-config.yaml     TorchServe's model settings and our `handler:` block (MODEL_CONFIG)
+    architecture.json     what the serialized model is (ARCHITECTURE)
+    provenance.json       sha256 of every other file, versions, validation (MANIFEST)
+    MAR-INF/MANIFEST.json written by torch-model-archiver
+"""
+
+from __future__ import annotations
+
+PACKAGE = "handler"
+ENTRY_MODULE = "torchserve_entry.py"
+SERIALIZED_FILE = {"torchscript": "model.pt", "onnx": "model.onnx"}
+PREPROCESS_CONFIG = "preprocess.json"
+LABELS = "index_to_name.json"
+MODEL_CONFIG = "model-config.yaml"
+ARCHITECTURE = "architecture.json"
+MANIFEST = "provenance.json"
+MAR_INF = "MAR-INF"
+ARCHIVER_MANIFEST = f"{MAR_INF}/MANIFEST.json"
+# Folders in a model directory that are not part of what was built: the archiver's own
+# manifest, and the bytecode Python writes beside our modules when the worker imports them.
+UNHASHED_DIRS = (MAR_INF, "__pycache__")

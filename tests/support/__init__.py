@@ -1,0 +1,1 @@
+"""Helpers shared by the tests: image builders (images) and TorchServe servers (servers)."""

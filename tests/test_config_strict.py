@@ -1,0 +1,80 @@
+"""Every configuration file is read strictly: an unknown or misspelt key is an error that names
+the key and the file, never a silent default. Every config file in the repository passes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from handler.preprocessing import PreprocessConfig
+from handler.settings import ConfigError, load_model_config, model_config_blocks
+from scripts import repo
+from scripts.ops.server_config import read_properties
+
+
+def test_every_config_file_in_the_repository_is_valid():
+    for path in [repo.SERVER_CONFIG, *repo.CONFIG_DIR.rglob("config.properties")]:
+        assert read_properties(path)["inference_address"], path
+    model_configs = list(repo.CONFIG_DIR.rglob("model-config.yaml"))
+    assert len(model_configs) >= 2
+    for path in model_configs:
+        load_model_config(path)
+    for path in repo.CONFIG_DIR.rglob("preprocess.json"):
+        PreprocessConfig.load(path)
+
+
+def test_misspelt_preprocess_key_names_key_and_file(tmp_path):
+    raw = json.loads((repo.CONFIG_DIR / repo.DEFAULT_MODEL / "preprocess.json").read_text())
+    raw["interpolaton"] = raw.pop("interpolation")
+    path = tmp_path / "preprocess.json"
+    path.write_text(json.dumps(raw))
+    with pytest.raises(ConfigError) as info:
+        PreprocessConfig.load(path)
+    message = str(info.value)
+    assert str(path) in message and "'interpolaton'" in message and "did you mean 'interpolation'" in message
+
+
+def test_missing_required_preprocess_key():
+    with pytest.raises(ConfigError, match="missing key 'mean'"):
+        PreprocessConfig.from_dict({"input_size": 224, "resize_size": 256, "std": [1, 1, 1]})
+
+
+@pytest.mark.parametrize("doc, key", [
+    ({"minWorker": 2}, "minWorker"),
+    ({"handler": {"threds": 1}}, "threds"),
+    ({"export": {"fromat": "onnx"}}, "fromat"),
+])
+def test_misspelt_model_config_key(doc, key):
+    with pytest.raises(ConfigError, match=f"model-config.yaml.*unknown key '{key}'"):
+        model_config_blocks(doc, "config/x/model-config.yaml")
+
+
+def test_model_config_defaults_fill_what_is_not_given():
+    blocks = model_config_blocks({"minWorkers": 1, "handler": {"top_k": 3}})
+    assert blocks["handler"]["top_k"] == 3 and blocks["handler"]["threads"] == 1
+    assert blocks["export"]["format"] == "torchscript"
+
+
+def test_misspelt_server_config_key(tmp_path):
+    path = tmp_path / "config.properties"
+    path.write_text("# comment\ninference_address=http://127.0.0.1:8080\njob_queue_sise=100\n")
+    with pytest.raises(ConfigError, match=f"{path}: unknown key 'job_queue_sise'.*'job_queue_size'"):
+        read_properties(path)
+    assert read_properties(path, strict=False)["job_queue_sise"] == "100"
+
+
+def test_package_refuses_a_misspelt_model_config(tmp_path):
+    doc = yaml.safe_load((repo.CONFIG_DIR / repo.DEFAULT_MODEL / "model-config.yaml").read_text())
+    doc["maxBatchDelya"] = doc.pop("maxBatchDelay")
+    path = tmp_path / "model-config.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    proc = subprocess.run([sys.executable, "-m", "scripts.build.package", "--model-name", "strict_test",
+                           "--model-config", str(path), "--export-path", str(tmp_path / "store")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "unknown key 'maxBatchDelya'" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "store").exists()

@@ -1,0 +1,88 @@
+"""The handler in-process, as TorchServe's own handler unit tests run theirs: the real
+`initialize` on an unpacked archive with a TorchServe Context, then `handle` on batches.
+
+One request's failure stays that request's: its own status and JSON error, neighbours answered.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from ts.utils.util import list_classes_from_module
+
+from handler import classifier, torchserve_entry
+from handler.settings import ConfigError
+from scripts.build.sample_photos import EXPECTED_TOP1
+from tests.support.context import make_context, new_batch, statuses
+from tests.support.images import encode, gradient
+
+
+@pytest.fixture(scope="module")
+def handler(default_model_dir):
+    h = torchserve_entry.ImageClassifierHandler()
+    h.initialize(make_context(default_model_dir))
+    return h
+
+
+def handle(h, rows: list[dict]) -> list:
+    new_batch(h.context, len(rows))
+    return h.handle(rows, h.context)
+
+
+def test_entry_module_defines_the_one_class_torchserve_looks_for():
+    # TorchServe's loader instantiates the single class defined in the --handler module.
+    (cls,) = list_classes_from_module(torchserve_entry)
+    assert issubclass(cls, classifier.ImageClassifierHandler)
+
+
+def test_initialize_loads_the_archive(handler, default_model_dir):
+    assert handler.initialized and handler.runner.backend == "onnx"
+    assert handler.model_name == "efficientnet_lite0" and len(handler.labels) == 1000
+    assert handler.preprocess_config.input_size == 224
+
+
+def test_handle_classifies_real_photos(handler, photos):
+    rows = [{"body": photos["cat.jpg"].read_bytes()}, {"data": photos["coffee.png"].read_bytes()}]
+    out = handle(handler, rows)
+    assert out[0]["predictions"][0]["index"] in EXPECTED_TOP1["cat"]
+    assert out[1]["predictions"][0]["index"] in EXPECTED_TOP1["coffee"]
+    assert len(out[0]["predictions"]) == handler.top_k and statuses(handler.context) == {}
+    names = handler.context.metrics.names()
+    assert {"handler_preprocess_seconds", "handler_image_megapixels", "handler_request_seconds"} <= names
+
+
+def test_batch_errors_are_per_request(handler, monkeypatch):
+    real = classifier.preprocess_image
+
+    def with_a_bug(data: bytes, cfg):
+        if data == b"trigger a bug":
+            raise RuntimeError("an unexpected failure, not the client's fault")
+        return real(data, cfg)
+
+    monkeypatch.setattr(classifier, "preprocess_image", with_a_bug)
+    good = encode(gradient(), "PNG")
+    out = handle(handler, [{"body": good}, {"body": b"trigger a bug"}, {"body": b"garbage"},
+                           {"data": good}, {}])
+    assert len(out) == 5
+    assert out[0]["predictions"] and out[0]["predictions"] == out[3]["predictions"]
+    assert statuses(handler.context) == {1: (500, "Internal Server Error"),
+                                         2: (415, "Unsupported Media Type"), 4: (400, "Bad Request")}
+    assert out[1]["type"] == "InternalServerError" and "logged" in out[1]["message"]
+    assert out[2]["code"] == 415 and out[4]["type"] == "EmptyInput"
+    types = {i: handler.context.get_response_content_type(i) for i in range(5)}
+    assert types == dict.fromkeys(range(5), "application/json")  # answers and errors alike
+
+
+@pytest.mark.parametrize("block, key", [(None, "batchsize"), ("handler", "top-k")])
+def test_a_misspelt_model_config_key_fails_initialize(default_model_dir, tmp_path, block, key):
+    model_dir = shutil.copytree(default_model_dir, tmp_path / "model")
+    ctx = make_context(model_dir)
+    doc = dict(ctx.model_yaml_config)
+    if block:
+        doc[block] = {**doc[block], key: 3}
+    else:
+        doc[key] = 3
+    ctx.model_yaml_config = doc
+    with pytest.raises(ConfigError, match=f"unknown key '{key}'"):
+        torchserve_entry.ImageClassifierHandler().initialize(ctx)
