@@ -17,4 +17,5 @@ class Batch:
     tensor: torch.Tensor | None = None
     indices: list[int] = field(default_factory=list)
     errors: dict[int, InputError] = field(default_factory=dict)
+    described: dict[int, dict] = field(default_factory=dict)  # describe requests: their answer
     logits: torch.Tensor | None = None

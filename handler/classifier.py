@@ -2,6 +2,7 @@
 
 Each request of a batch succeeds or fails on its own: a bad image gets its own 4xx JSON error
 (`context.set_response_status(code, message, idx)`) and its neighbours still get predictions.
+No request header changes what happens to another request (see `handle`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from ts.torch_handler.base_handler import BaseHandler
 
 from handler import responses
 from handler.batch import Batch
-from handler.errors import InputError, internal_error
+from handler.errors import InputError, internal_error, not_served
 from handler.metrics import INFERENCE, POSTPROCESS, PREPROCESS, REQUEST, HandlerMetrics
 from handler.payload import payload_to_bytes
 from handler.preprocessing import PreprocessConfig, preprocess_image
@@ -53,6 +54,31 @@ class ImageClassifierHandler(BaseHandler):
         logger.info("Loaded %s v%s (%s, %d threads, %d labels; handler package %s)", self.model_name,
                     self.model_version, self.runner.backend, threads, len(self.labels), PACKAGE_DIR)
 
+    def handle(self, data: list[dict], context) -> list:
+        """Every request of the batch goes preprocess -> inference -> postprocess.
+
+        BaseHandler's `handle` sends the WHOLE batch down another path when its first request
+        carries an `explain` header (what TorchServe sets for /explanations/NAME) or a `describe`
+        header: one client could fail everyone batched with it. Here those are per request:
+        an explanation is refused with its own 501 (`preprocess`), a describe request gets the
+        model's description, and the other requests of the batch are answered as usual."""
+        start = time.perf_counter()
+        self.context = context
+        answers = self.postprocess(self.inference(self.preprocess(data)))
+        context.metrics.add_time("HandlerTime", round((time.perf_counter() - start) * 1000, 2), None, "ms")
+        return answers
+
+    def _header(self, idx: int, name: str) -> str | None:
+        try:
+            return self.context.get_request_header(idx, name)
+        except (AttributeError, IndexError, TypeError):  # no per-request headers (in-process use)
+            return None
+
+    def describe_handle(self) -> dict:
+        """What `GET /models/NAME?customized=true` adds to the management API's description."""
+        return {"model": self.model_name, "version": self.model_version,
+                "backend": self.runner.backend, "top_k": self.top_k}
+
     def _warm_up(self) -> None:
         # The first forward pass pays for graph optimisation; pay it before taking traffic.
         size = self.preprocess_config.input_size
@@ -63,7 +89,12 @@ class ImageClassifierHandler(BaseHandler):
         batch = Batch(size=len(data))
         tensors = []
         for idx, row in enumerate(data):
+            if self._header(idx, "describe") == "True":
+                batch.described[idx] = self.describe_handle()
+                continue
             try:
+                if self._header(idx, "explain") == "True":
+                    raise not_served("explanations")
                 start = time.perf_counter()
                 tensor, (width, height) = preprocess_image(payload_to_bytes(row), self.preprocess_config)
                 tensors.append(tensor)
@@ -101,6 +132,8 @@ class ImageClassifierHandler(BaseHandler):
             for row, idx in enumerate(batch.indices):
                 answers[idx] = responses.prediction(probs[row], indices[row], self.labels,
                                                     self.model_name, self.model_version)
+        for idx, description in batch.described.items():
+            answers[idx] = description
         for idx in range(1 if v2 else batch.size):
             self.context.set_response_content_type(idx, "application/json")  # else text/plain
         for idx, err in batch.errors.items():

@@ -20,3 +20,9 @@ class InputError(ValueError):
 def internal_error() -> InputError:
     """What the client of a request that hit a server-side bug gets (the details are logged)."""
     return InputError(500, "InternalServerError", "The server failed on this image; the error is logged.")
+
+
+def not_served(route: str) -> InputError:
+    """A request for an endpoint this service does not implement (e.g. /explanations)."""
+    return InputError(501, "NotImplemented",
+                      f"This model does not serve {route}; POST the image to /predictions/NAME.")

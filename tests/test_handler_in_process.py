@@ -86,3 +86,16 @@ def test_a_misspelt_model_config_key_fails_initialize(default_model_dir, tmp_pat
     ctx.model_yaml_config = doc
     with pytest.raises(ConfigError, match=f"unknown key '{key}'"):
         torchserve_entry.ImageClassifierHandler().initialize(ctx)
+
+
+def test_header_driven_routes_stay_with_their_own_request(handler):
+    # BaseHandler would route the whole batch by the first request's `explain`/`describe` header.
+    good = encode(gradient(), "PNG")
+    rows = [{"body": good}, {"body": good}, {"body": good}, {"body": good}]
+    headers = [{"explain": "True"}, {}, {"describe": "True"}, {}]
+    new_batch(handler.context, len(rows), headers)
+    out = handler.handle(rows, handler.context)
+    assert statuses(handler.context) == {0: (501, "Not Implemented")}
+    assert out[0]["type"] == "NotImplemented" and "/predictions/" in out[0]["message"]
+    assert out[1]["predictions"] and out[3]["predictions"] == out[1]["predictions"]
+    assert out[2] == handler.describe_handle() and out[2]["model"] == "efficientnet_lite0"

@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from scripts import repo
-from scripts.ops.server_config import KEY_FILE, KeyFile, addresses
+from scripts.ops.server_config import KEY_FILE, KEY_RENEWAL_WAIT_S, KeyFile, addresses, auth_refused
 
 PERCENTILES = {"p50": 50, "p90": 90, "p99": 99, "p99.9": 99.9}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
@@ -75,7 +75,15 @@ class Sender:
         return conn
 
     def post(self, body: bytes) -> str:
-        """Send one image; returns the HTTP status as text, or the exception's name."""
+        """Send one image; returns the HTTP status as text, or the exception's name. A request
+        whose key was renewed under it is resent once with the new key, as clients should."""
+        status, text = self._post_once(body)
+        if auth_refused(int(status) if status.isdigit() else 0, text):
+            time.sleep(KEY_RENEWAL_WAIT_S)
+            status, _ = self._post_once(body)
+        return status
+
+    def _post_once(self, body: bytes) -> tuple[str, str]:
         # application/octet-stream: a raw body as form-urlencoded fails in TorchServe's frontend.
         headers = {"Content-Type": "application/octet-stream", **self.target.keys.headers("inference")}
         for attempt in (0, 1):
@@ -83,22 +91,22 @@ class Sender:
             try:
                 conn.request("POST", self.target.path, body=body, headers=headers)
                 resp = conn.getresponse()
-                resp.read()
+                data = resp.read()
                 if resp.getheader("Connection", "").lower() == "close":
                     conn.close()
                     self.local.conn = None
-                return str(resp.status)
+                return str(resp.status), data[:200].decode("utf-8", "replace")
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
                 conn.close()
                 self.local.conn = None
                 # A kept-alive connection the server closed while idle: retry once on a new one.
                 if attempt == 1 or not isinstance(exc, http.client.RemoteDisconnected):
-                    return type(exc).__name__
+                    return type(exc).__name__, ""
             except Exception as exc:  # timeouts, refused connections: an error, not a crash
                 conn.close()
                 self.local.conn = None
-                return type(exc).__name__
-        return "unreachable"
+                return type(exc).__name__, ""
+        return "unreachable", ""
 
 
 def load_images(folder: Path | None) -> list[bytes]:

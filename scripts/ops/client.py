@@ -6,12 +6,13 @@ start and when a key is renewed; server_config.KeyFile re-reads the file wheneve
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
 
-from scripts.ops.server_config import KEY_FILE, KeyFile, addresses
+from scripts.ops.server_config import KEY_FILE, KEY_RENEWAL_WAIT_S, KeyFile, addresses, auth_refused
 
 # Raw image bodies must not go out as application/x-www-form-urlencoded (the default of many
 # clients): TorchServe's frontend fails those with HTTP 500 before any handler runs.
@@ -39,27 +40,36 @@ class TorchServeClient:
     def auth_headers(self, api: str) -> dict[str, str]:
         return self.keys.headers(api)
 
+    def _send(self, method: str, url: str, api: str, session=None, headers: dict | None = None,
+              **kwargs) -> requests.Response:
+        """One call with the current key of `api`; resent once with the renewed key when the
+        key it carried was renewed under it (scripts.ops.keys)."""
+        kwargs.setdefault("timeout", self.timeout)
+        for attempt in (0, 1):
+            resp = (session or requests).request(method, url, headers={
+                **self.auth_headers(api), **(headers or {})}, **kwargs)
+            if attempt or not auth_refused(resp.status_code, resp.text):
+                return resp
+            time.sleep(KEY_RENEWAL_WAIT_S)
+        return resp
+
     def predict(self, model: str, body: bytes, headers: dict | None = None,
                 session: requests.Session | None = None, retries: int = 0) -> requests.Response:
         """POST one raw image; returns the response (any status). `retries`: how many times to
         resend a request whose worker died under it (see worker_died)."""
-        sender = session or requests
-        all_headers = {**IMAGE_HEADERS, **self.auth_headers("inference"), **(headers or {})}
         for _ in range(retries + 1):
-            resp = sender.post(f"{self.inference_url}/predictions/{model}", data=body,
-                               headers=all_headers, timeout=self.timeout)
+            resp = self._send("POST", f"{self.inference_url}/predictions/{model}", "inference",
+                              session, {**IMAGE_HEADERS, **(headers or {})}, data=body)
             if not worker_died(resp):
                 break
         return resp
 
     def ping(self) -> requests.Response:
-        return requests.get(f"{self.inference_url}/ping", headers=self.auth_headers("inference"),
-                            timeout=self.timeout)
+        return self._send("GET", f"{self.inference_url}/ping", "inference")
 
     def describe(self, model: str) -> list[dict]:
         """GET /models/NAME: one entry per version, each with its workers."""
-        resp = requests.get(f"{self.management_url}/models/{model}",
-                            headers=self.auth_headers("management"), timeout=self.timeout)
+        resp = self._send("GET", f"{self.management_url}/models/{model}", "management")
         resp.raise_for_status()
         return resp.json()
 
@@ -73,8 +83,8 @@ class TorchServeClient:
               timeout: float = 120.0) -> requests.Response:
         params = {"min_worker": min_workers, "max_worker": max_workers or min_workers,
                   "synchronous": "true", "timeout": int(timeout)}
-        return requests.put(f"{self.management_url}/models/{model}", params=params,
-                            headers=self.auth_headers("management"), timeout=timeout + 10)
+        return self._send("PUT", f"{self.management_url}/models/{model}", "management",
+                          params=params, timeout=timeout + 10)
 
     def metrics(self) -> str:
         resp = requests.get(f"{self.metrics_url}/metrics", timeout=self.timeout)
@@ -83,8 +93,7 @@ class TorchServeClient:
 
     def models(self) -> list[str]:
         """Names of the registered models (GET /models)."""
-        resp = requests.get(f"{self.management_url}/models", headers=self.auth_headers("management"),
-                            timeout=self.timeout)
+        resp = self._send("GET", f"{self.management_url}/models", "management")
         resp.raise_for_status()
         return [m["modelName"] for m in resp.json().get("models", [])]
 

@@ -32,6 +32,7 @@ PATH_KEYS = ("model_store", "metrics_config", "workflow_store")
 DEFAULT_PORTS = (8080, 8081, 8082)
 GRPC_KEYS = ("grpc_inference_port", "grpc_management_port")
 STARTUP_LABELS = {"UNLOADING": "LOADING"}
+KEY_RENEWER_PID = "key_renewer.pid"
 # One line per request in the access log, no per-request chatter elsewhere (see the file).
 LOG_CONFIG = repo.CONFIG_DIR / "log4j2.xml"
 
@@ -92,6 +93,7 @@ def start(workdir: Path = repo.RUN_DIR, models: str = f"{repo.DEFAULT_MODEL}={re
     workdir = Path(workdir).resolve()
     (workdir / "tmp").mkdir(parents=True, exist_ok=True)
     (workdir / KEY_FILE).unlink(missing_ok=True)
+    _stop_key_renewer(workdir)  # one left by a server that died without stop()
     config = derive_config(workdir, ports, models, model_store=model_store, overrides=overrides)
     run_env = {**os.environ, **(env or {}),
                # TorchServe keeps one global pid file in the temp dir (TMPDIR) and its worker sockets
@@ -108,9 +110,21 @@ def start(workdir: Path = repo.RUN_DIR, models: str = f"{repo.DEFAULT_MODEL}={re
     proc = subprocess.Popen(cmd, cwd=workdir, env=run_env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     (workdir / "torchserve.pid").write_text(str(proc.pid))
+    if read_properties(config).get("disable_token_authorization", "false") != "true":
+        start_key_renewer(workdir)
     client = TorchServeClient(*(f"http://127.0.0.1:{p}" for p in ports),
                               key_file=workdir / KEY_FILE)
     return Server(workdir, proc.pid, client, proc)
+
+
+def start_key_renewer(workdir: Path) -> int:
+    """A process that renews the server's bearer keys before they expire (scripts.ops.keys); it
+    ends by itself when the server's pid file goes, and stop() ends it at once."""
+    out = open(workdir / "key_renewer.out", "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "scripts.ops.keys", "renew", "--workdir", str(workdir)],
+                            cwd=repo.ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    (workdir / KEY_RENEWER_PID).write_text(str(proc.pid))
+    return proc.pid
 
 
 def wait_ready(server: Server, model: str, min_ready: int = 1, timeout: float = 180.0,
@@ -212,8 +226,16 @@ def stop(workdir: Path = repo.RUN_DIR, grace: float = 30.0, drain_timeout: float
                 time.sleep(0.2)
             deadline = time.monotonic() + 5
     pid_file.unlink(missing_ok=True)
+    _stop_key_renewer(Path(workdir))
     (Path(workdir) / KEY_FILE).unlink(missing_ok=True)
     return True
+
+
+def _stop_key_renewer(workdir: Path) -> None:
+    pid_file = workdir / KEY_RENEWER_PID
+    with contextlib.suppress(OSError, ValueError):
+        os.kill(int(pid_file.read_text()), signal.SIGTERM)
+    pid_file.unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -245,14 +267,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nerror: {exc}", file=sys.stderr)
         stop(args.workdir)
         return 1
-    key = server.client.auth_headers("inference")["Authorization"].split()[1]
     c = server.client
+    key_file = args.workdir / KEY_FILE
+    # The key itself is never printed (a container's stdout is its log): read it from the file,
+    # which the key renewer keeps current.
     print(f"TorchServe is serving {args.model} ({took:.1f} s to READY)\n"
           f"  inference:  {c.inference_url}/predictions/{args.model}\n"
           f"  management: {c.management_url}/models/{args.model}\n"
           f"  metrics:    {c.metrics_url}/metrics\n"
-          f"  key file:   {args.workdir / KEY_FILE}\n"
-          f"Try it:\n  curl -H 'Authorization: Bearer {key}' -T cat.jpg "
+          f"  key file:   {key_file} (renewed before it expires; re-read it)\n"
+          f"Try it (make photos writes photos/cat.jpg):\n"
+          f"  KEY=$(python3 -c \"import json;print(json.load(open('{key_file}'))['inference']['key'])\")\n"
+          f"  curl -H \"Authorization: Bearer $KEY\" -T photos/cat.jpg "
           f"{c.inference_url}/predictions/{args.model}\n"
           f"Stop it: make stop", flush=True)
     return run_foreground(server) if args.foreground else 0

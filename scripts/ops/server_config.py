@@ -39,6 +39,11 @@ TORCHSERVE_KEYS = frozenset({
     "ts_header_key_sequence_end", "use_native_io", "io_ratio", "prefer_direct_buffer",
     "cpp_log_config", "torchelastic_ts", "vmargs", "plugins_path",
 })
+# TorchServe's answer to a missing, wrong or expired bearer key (HTTP 400 in 0.12).
+AUTH_REFUSED = "Token Authorization failed"
+# How long a client waits before resending a request whose key was just renewed: TorchServe
+# drops the old key before it rewrites key_file.json.
+KEY_RENEWAL_WAIT_S = 0.2
 ADDRESS_KEYS = ("inference_address", "management_address", "metrics_address")
 DEFAULT_ADDRESSES = ("http://127.0.0.1:8080", "http://127.0.0.1:8081", "http://127.0.0.1:8082")
 
@@ -67,6 +72,11 @@ def read_keys(key_file: str | Path) -> dict[str, str]:
     """{'inference': ..., 'management': ..., 'API': ...} from TorchServe's key_file.json."""
     doc = json.loads(Path(key_file).read_text())
     return {name: entry["key"] for name, entry in doc.items() if isinstance(entry, dict) and "key" in entry}
+
+
+def auth_refused(status: int, body: str) -> bool:
+    """Whether a response is TorchServe refusing the bearer key: re-read the key file, resend."""
+    return status in (400, 401) and AUTH_REFUSED in body
 
 
 @dataclass

@@ -1,0 +1,76 @@
+"""Bearer keys outlive their expiry: with token_expiration_min=1 the key renewer replaces both
+keys every 30 s, and the documented client path (re-read run/key_file.json), the client, the
+load generator, manage and both probes keep working past the first expiry."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+
+from scripts.ops import serve
+from scripts.ops.server_config import KEY_FILE, auth_refused, read_keys
+from tests.support.servers import MODEL, start_server
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+EXPIRY_MIN = 1
+PAST_EXPIRY_S = 75  # the first keys expire 60 s after start
+
+
+@pytest.fixture(scope="module")
+def short_keys_server(tmp_path_factory, default_mar):
+    workdir = tmp_path_factory.mktemp("short_keys")
+    srv = start_server(workdir, f"{MODEL}={MODEL}.mar", default_mar.parent,
+                       overrides={"token_expiration_min": str(EXPIRY_MIN)})
+    yield srv
+    serve.stop(workdir, grace=10)
+
+
+def run_cli(module: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_every_client_path_works_past_key_expiry(short_keys_server, photos, tmp_path):
+    srv, workdir = short_keys_server, short_keys_server.workdir
+    first = read_keys(workdir / KEY_FILE)
+    started = time.monotonic()
+    report = tmp_path / "load.json"
+    # 3 rps across the first expiry and several renewals, measured from the start.
+    load = subprocess.Popen([sys.executable, "-m", "scripts.bench.loadtest", "--workdir", str(workdir),
+                             "--rate", "3", "--duration", str(PAST_EXPIRY_S), "--warmup", "0",
+                             "--slo-ms", "60000", "--quiet", "--images", str(photos["cat.jpg"].parent),
+                             "--out", str(report)], stdout=subprocess.DEVNULL)
+    assert load.wait(PAST_EXPIRY_S + 60) == 0, report.read_text() if report.exists() else "no report"
+    assert time.monotonic() - started >= 60
+    rep = json.loads(report.read_text())
+    assert rep["errors"] == 0 and rep["ok"] >= 3 * PAST_EXPIRY_S - 3, rep
+
+    now = read_keys(workdir / KEY_FILE)
+    assert now["inference"] != first["inference"] and now["management"] != first["management"]
+    assert now["API"] == first["API"]  # the key that renews the others does not change
+    # The first inference key is dead: without renewal, every client would be refused now.
+    stale = requests.post(f"{srv.client.inference_url}/predictions/{MODEL}", timeout=30,
+                          data=photos["cat.jpg"].read_bytes(),
+                          headers={"Authorization": f"Bearer {first['inference']}",
+                                   "Content-Type": "image/jpeg"})
+    assert auth_refused(stale.status_code, stale.text), (stale.status_code, stale.text)
+
+    # The documented path: read the key from the file, send it.
+    key = json.loads((workdir / KEY_FILE).read_text())["inference"]["key"]
+    fresh = requests.post(f"{srv.client.inference_url}/predictions/{MODEL}", timeout=30,
+                          data=photos["cat.jpg"].read_bytes(),
+                          headers={"Authorization": f"Bearer {key}", "Content-Type": "image/jpeg"})
+    assert fresh.status_code == 200, fresh.text
+    assert srv.client.predict(MODEL, photos["cat.jpg"].read_bytes()).status_code == 200
+    for probe in ("ready", "live"):
+        proc = run_cli("scripts.ops.healthcheck", probe, "--workdir", str(workdir))
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = run_cli("scripts.ops.manage", "status", "--workdir", str(workdir), "--json")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["ready"] >= 1, proc.stderr
+    renewals = (workdir / "key_renewer.out").read_text().count("renewed at")
+    assert renewals >= 2, (workdir / "key_renewer.out").read_text()
