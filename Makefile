@@ -13,7 +13,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BUILD_STAMP := $(VENV)/.build-installed
 DEV_STAMP := $(VENV)/.dev-installed
 
-.PHONY: help install install-dev java prometheus serve stop package photos test lint clean bench
+.PHONY: help install install-dev java prometheus haproxy serve stop package photos test lint clean bench
 
 help:
 	@echo "make serve    install (into .venv), build $(MAR) if stale, start TorchServe, wait for READY"
@@ -35,6 +35,13 @@ prometheus:
 		echo "[make] installing prometheus"; \
 		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q prometheus; }
 
+# HAProxy (Debian's package), the load balancer of config/haproxy.cfg, for tests/test_balancer.py.
+# Debian puts it in /usr/sbin, which is not on a non-root user's PATH.
+haproxy:
+	@command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || { \
+		echo "[make] installing haproxy"; \
+		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q haproxy; }
+
 $(PY):
 	@echo "[make] creating $(VENV)"
 	$(PYTHON) -m venv $(VENV)
@@ -55,7 +62,7 @@ $(DEV_STAMP): $(BUILD_STAMP) requirements-dev.txt
 
 install: java $(BUILD_STAMP)
 
-install-dev: install $(DEV_STAMP)
+install-dev: install haproxy $(DEV_STAMP)
 
 $(MAR): $(BUILD_STAMP) $(MAR_INPUTS)
 	$(PY) -m scripts.build.package --arch $(MODEL)

@@ -7,6 +7,7 @@ No request header changes what happens to another request (see `handle`).
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 
 import torch
+from PIL import Image
 from ts.torch_handler.base_handler import BaseHandler
 
 from handler import responses
@@ -80,9 +82,18 @@ class ImageClassifierHandler(BaseHandler):
                 "backend": self.runner.backend, "top_k": self.top_k}
 
     def _warm_up(self) -> None:
-        # The first forward pass pays for graph optimisation; pay it before taking traffic.
-        size = self.preprocess_config.input_size
-        self.runner(torch.zeros(1, 3, size, size))
+        """Run the whole path (decode, resize, normalize, forward, top-k) before taking traffic,
+        at batch 1 and at the largest batch TorchServe may form: the first call of each pays for
+        graph optimisation, allocator growth and lazy imports, which a first client would see."""
+        size = self.preprocess_config.resize_size * 2
+        image = Image.linear_gradient("L").resize((size, size)).convert("RGB")
+        buf = io.BytesIO()
+        image.save(buf, "JPEG", quality=90)
+        tensor = preprocess_image(buf.getvalue(), self.preprocess_config)[0]
+        largest = int(self.context.system_properties.get("batch_size") or 1)
+        for batch in sorted({1, largest}):
+            for _ in range(2):
+                responses.top_k(self.runner(tensor.expand(batch, -1, -1, -1).contiguous()), self.top_k)
 
     def preprocess(self, data: list[dict]) -> Batch:
         self._batch_start = time.perf_counter()

@@ -174,10 +174,11 @@ class Progress:
 
 
 def run_open(target: Target, images: list[bytes], rate: float, duration: float, warmup: float = 5.0,
-             concurrency: int = 64, progress: bool = True) -> dict:
-    """Send at `rate` rps for warmup + duration seconds; statistics over the last `duration` s."""
+             concurrency: int = 64, progress: bool = True, records: list | None = None) -> dict:
+    """Send at `rate` rps for warmup + duration seconds; statistics over the last `duration` s.
+    `records`, when given, receives every (intended, start, end, status) for windowed analysis."""
     sender = Sender(target)
-    records: list[tuple[float, float, float, str]] = []
+    records = [] if records is None else records
     total = warmup + duration
     count = int(round(total * rate))
     show = Progress(progress, f"{rate:g} rps")

@@ -129,16 +129,16 @@ def save(res: dict) -> None:
     (BENCH / "results.json").write_text(json.dumps(res, indent=1, default=str))
 
 
-def write_section(marker: str, text: str) -> None:
-    """Replace the text between <!-- bench:MARKER:start/end --> in BENCHMARKS.md (append if absent)."""
+def write_section(marker: str, text: str, doc: Path = DOC) -> None:
+    """Replace the text between <!-- bench:MARKER:start/end --> in `doc` (append if absent)."""
     start, end = f"<!-- bench:{marker}:start -->", f"<!-- bench:{marker}:end -->"
-    doc = DOC.read_text() if DOC.is_file() else "# Benchmarks\n"
+    body = doc.read_text() if doc.is_file() else f"# {doc.stem.title()}\n"
     block = f"{start}\n{text}\n{end}"
-    if start in doc and end in doc:
-        doc = doc[:doc.index(start)] + block + doc[doc.index(end) + len(end):]
+    if start in body and end in body:
+        body = body[:body.index(start)] + block + body[body.index(end) + len(end):]
     else:
-        doc = doc.rstrip() + "\n\n" + block + "\n"
-    DOC.write_text(doc)
+        body = body.rstrip() + "\n\n" + block + "\n"
+    doc.write_text(body)
 
 
 def report(res: dict, plot: Path | None) -> None:

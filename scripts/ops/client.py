@@ -6,17 +6,28 @@ start and when a key is renewed; server_config.KeyFile re-reads the file wheneve
 
 from __future__ import annotations
 
+import io
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
+from PIL import Image
 
 from scripts.ops.server_config import KEY_FILE, KEY_RENEWAL_WAIT_S, KeyFile, addresses, auth_refused
 
 # Raw image bodies must not go out as application/x-www-form-urlencoded (the default of many
 # clients): TorchServe's frontend fails those with HTTP 500 before any handler runs.
 IMAGE_HEADERS = {"Content-Type": "application/octet-stream"}
+
+
+def sample_jpeg(size: int = 64) -> bytes:
+    """A small valid photo-like JPEG (a gradient): cheap to classify, passes every input check.
+    For probes and warm-up, which must not depend on the build's sample photos."""
+    img = Image.radial_gradient("L").resize((size, size)).convert("RGB")
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=85)
+    return buf.getvalue()
 
 
 def worker_died(resp: requests.Response) -> bool:

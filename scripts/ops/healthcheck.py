@@ -16,25 +16,15 @@ The server is found through its working directory (config.properties + key_file.
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 from pathlib import Path
 
 import requests
-from PIL import Image
 
 from scripts import repo
-from scripts.ops.client import TorchServeClient
+from scripts.ops.client import TorchServeClient, sample_jpeg
 
 OK, NOT_READY, UNREACHABLE = 0, 1, 2
-
-
-def tiny_jpeg(size: int = 64) -> bytes:
-    """A small valid photo-like JPEG (a gradient): cheap to classify, passes every input check."""
-    img = Image.radial_gradient("L").resize((size, size)).convert("RGB")
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=85)
-    return buf.getvalue()
 
 
 def check_ready(client: TorchServeClient, model: str, min_workers: int | None = None) -> tuple[int, str]:
@@ -50,7 +40,7 @@ def check_ready(client: TorchServeClient, model: str, min_workers: int | None = 
     if ready < max(need, 1):
         return NOT_READY, f"{ready} READY workers of {need} required ({', '.join(states) or 'none'})"
     try:
-        resp = client.predict(model, tiny_jpeg())
+        resp = client.predict(model, sample_jpeg())
     except (OSError, requests.RequestException) as exc:
         return UNREACHABLE, f"inference API unreachable: {exc}"
     if resp.status_code != 200 or "predictions" not in resp.text:

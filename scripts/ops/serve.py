@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import psutil
 import requests
 
 from scripts import repo
-from scripts.ops.client import TorchServeClient
+from scripts.ops.client import TorchServeClient, sample_jpeg
 from scripts.ops.server_config import ADDRESS_KEYS, CONFIG_FILE, KEY_FILE, read_properties
 
 PATH_KEYS = ("model_store", "metrics_config", "workflow_store")
@@ -33,6 +34,8 @@ DEFAULT_PORTS = (8080, 8081, 8082)
 GRPC_KEYS = ("grpc_inference_port", "grpc_management_port")
 STARTUP_LABELS = {"UNLOADING": "LOADING"}
 KEY_RENEWER_PID = "key_renewer.pid"
+WARM_UP_S = 5.0
+WARM_UP_CONCURRENCY = 4
 # One line per request in the access log, no per-request chatter elsewhere (see the file).
 LOG_CONFIG = repo.CONFIG_DIR / "log4j2.xml"
 
@@ -128,8 +131,10 @@ def start_key_renewer(workdir: Path) -> int:
 
 
 def wait_ready(server: Server, model: str, min_ready: int = 1, timeout: float = 180.0,
-               progress: bool = True) -> float:
-    """Poll the management API until `min_ready` workers are READY; returns seconds waited."""
+               progress: bool = True, warm: bool = False) -> float:
+    """Poll the management API until `min_ready` workers are READY, then (warm) send warm-up
+    predictions through the frontend; returns seconds waited. The warm-up is off by default:
+    measured side by side it did not lower the first 20 s p99 (RELIABILITY.md, "ready")."""
     t0 = time.monotonic()
     last = ""
     while time.monotonic() - t0 < timeout:
@@ -144,6 +149,8 @@ def wait_ready(server: Server, model: str, min_ready: int = 1, timeout: float = 
             if states.count("READY") >= min_ready:
                 if progress:
                     print(f"\r[serve] {status} after {time.monotonic() - t0:.1f} s   ", flush=True)
+                if warm:
+                    warm_up(server, model, progress=progress)
                 return time.monotonic() - t0
         except Exception as exc:  # frontend not listening yet, key file not written yet
             status = f"waiting for the frontend ({type(exc).__name__})"
@@ -153,6 +160,22 @@ def wait_ready(server: Server, model: str, min_ready: int = 1, timeout: float = 
         time.sleep(0.5)
     raise TimeoutError(f"{model}: fewer than {min_ready} READY workers after {timeout:.0f} s; "
                        f"see {server.workdir / 'logs' / 'model_log.log'}")
+
+
+def warm_up(server: Server, model: str, seconds: float = WARM_UP_S, progress: bool = True) -> int:
+    """Real predictions through the frontend, a few at a time, for `seconds` before the server is
+    announced: a lever against the slow first seconds of a fresh server (the workers warm their
+    whole path in initialize). Kept for `scripts.bench.reliability ready`, which A/Bs it."""
+    image = sample_jpeg(256)
+    deadline = time.monotonic() + seconds
+    sent = 0
+    with ThreadPoolExecutor(WARM_UP_CONCURRENCY) as pool:
+        while time.monotonic() < deadline:
+            list(pool.map(lambda _: server.client.predict(model, image), range(WARM_UP_CONCURRENCY)))
+            sent += WARM_UP_CONCURRENCY
+    if progress:
+        print(f"[serve] warmed up with {sent} requests in {seconds:g} s", flush=True)
+    return sent
 
 
 def in_flight(metrics_text: str) -> tuple[float, float]:

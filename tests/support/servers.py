@@ -13,12 +13,13 @@ free_ports = serve.free_ports
 
 
 def start_server(workdir: Path, models: str, model_store: Path, overrides: dict | None = None,
-                 min_ready: int = 1, model: str = MODEL, timeout: float = 180.0) -> serve.Server:
+                 min_ready: int = 1, model: str = MODEL, timeout: float = 180.0,
+                 warm: bool = False) -> serve.Server:
     """Start TorchServe on free loopback ports and wait for READY workers; stops it on failure."""
     server = serve.start(workdir, models=models, ports=free_ports(), model_store=model_store,
                          overrides=overrides)
     try:
-        serve.wait_ready(server, model, min_ready=min_ready, timeout=timeout, progress=False)
+        serve.wait_ready(server, model, min_ready=min_ready, timeout=timeout, progress=False, warm=warm)
     except BaseException:
         serve.stop(workdir, grace=5)
         raise
