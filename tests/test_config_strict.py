@@ -13,6 +13,7 @@ import yaml
 from handler.preprocessing import PreprocessConfig
 from handler.settings import ConfigError, load_model_config, model_config_blocks
 from scripts import repo
+from scripts.ops import serve
 from scripts.ops.server_config import read_properties
 
 
@@ -65,6 +66,14 @@ def test_misspelt_server_config_key(tmp_path):
     with pytest.raises(ConfigError, match=f"{path}: unknown key 'job_queue_sise'.*'job_queue_size'"):
         read_properties(path)
     assert read_properties(path, strict=False)["job_queue_sise"] == "100"
+
+
+def test_misspelt_server_config_override(tmp_path):
+    with pytest.raises(ConfigError, match="overrides: unknown key 'token_expiry_min'"):
+        serve.derive_config(tmp_path, (8080, 8081, 8082), "m=m.mar", overrides={"token_expiry_min": "1"})
+    written = serve.derive_config(tmp_path, (8080, 8081, 8082), "m=m.mar",
+                                  overrides={"token_expiration_min": "1"})
+    assert read_properties(written)["token_expiration_min"] == "1"
 
 
 def test_package_refuses_a_misspelt_model_config(tmp_path):

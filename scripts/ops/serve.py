@@ -25,9 +25,10 @@ from pathlib import Path
 import psutil
 import requests
 
+from handler.settings import check_keys
 from scripts import repo
 from scripts.ops.client import TorchServeClient, sample_jpeg
-from scripts.ops.server_config import ADDRESS_KEYS, CONFIG_FILE, KEY_FILE, read_properties
+from scripts.ops.server_config import ADDRESS_KEYS, CONFIG_FILE, KEY_FILE, TORCHSERVE_KEYS, read_properties
 
 PATH_KEYS = ("model_store", "metrics_config", "workflow_store")
 DEFAULT_PORTS = (8080, 8081, 8082)
@@ -69,7 +70,9 @@ def free_ports(n: int = 3) -> tuple[int, ...]:
 def derive_config(workdir: Path, ports: tuple[int, int, int], models: str,
                   base: Path = repo.SERVER_CONFIG,
                   model_store: Path = repo.MODEL_STORE, overrides: dict | None = None) -> Path:
-    """Copy config.properties with absolute paths, our ports and models into workdir."""
+    """Copy config.properties with absolute paths, our ports and models into workdir. Overrides
+    are checked like the file: a misspelt one would otherwise be ignored by TorchServe."""
+    check_keys(overrides or {}, TORCHSERVE_KEYS, "config.properties overrides")
     props = read_properties(base)
     for key in PATH_KEYS:
         if key in props and not Path(props[key]).is_absolute():
