@@ -13,7 +13,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BUILD_STAMP := $(VENV)/.build-installed
 DEV_STAMP := $(VENV)/.dev-installed
 
-.PHONY: help install install-dev java prometheus haproxy serve stop package photos test lint clean bench
+.PHONY: help install install-dev java prometheus haproxy serve stop package photos test lint clean bench gpu-kit
 
 help:
 	@echo "make serve    install (into .venv), build $(MAR) if stale, start TorchServe, wait for READY"
@@ -22,6 +22,7 @@ help:
 	@echo "make package  export, validate and archive the default model into $(MAR)"
 	@echo "make test     install and run the test suite (unit + end-to-end on loopback)"
 	@echo "make lint     ruff"
+	@echo "make gpu-kit  what the GPU benchmark needs on a machine without TorchServe (BENCHMARKS.md)"
 	@echo "make bench    load benchmark, ours vs stock TorchServe (about 20 min; BENCH_ARGS=--quick)"
 
 # TorchServe's frontend needs Java 17+.
@@ -89,6 +90,16 @@ lint: install-dev
 # Writes BENCHMARKS.md and docs/latency_vs_rate.png; raw results in build/bench/.
 bench: install-dev $(MAR)
 	$(PY) -m scripts.bench.main $(BENCH_ARGS)
+
+# The GPU benchmark (scripts/bench/gpu.py) on a GPU machine that has torch but not TorchServe:
+# TorchServe's Python package without its Java frontend (about 1 MB) in build/gpu-kit. Copy the
+# repository with build/gpu-kit there and run, from its root:
+#   PYTHONPATH=build/gpu-kit python3 -m scripts.bench.gpu --out build/gpu-bench
+gpu-kit: install
+	rm -rf build/gpu-kit && mkdir -p build/gpu-kit
+	$(PY) -c "import pathlib, shutil, ts; shutil.copytree(pathlib.Path(ts.__file__).parent, \
+		'build/gpu-kit/ts', ignore=shutil.ignore_patterns('frontend', '__pycache__'))"
+	@du -sh build/gpu-kit
 
 clean:
 	rm -rf build run photos model_store/*.mar

@@ -20,12 +20,13 @@ from ts.torch_handler.base_handler import BaseHandler
 
 from handler import responses
 from handler.batch import Batch
+from handler.device import place
 from handler.errors import InputError, internal_error, not_served
 from handler.metrics import INFERENCE, POSTPROCESS, PREPROCESS, REQUEST, HandlerMetrics
 from handler.payload import payload_to_bytes
 from handler.preprocessing import PreprocessConfig, preprocess_image
 from handler.provenance import PACKAGE_DIR, verify_model_dir
-from handler.runner import load_runner
+from handler.runner import backend_of, load_runner
 from handler.settings import model_config_blocks
 
 logger = logging.getLogger(__name__)
@@ -41,12 +42,15 @@ class ImageClassifierHandler(BaseHandler):
         # Strict: a misspelt key in model-config.yaml fails the load instead of being ignored.
         settings = model_config_blocks(getattr(context, "model_yaml_config", None))["handler"]
         self.settings = settings
-        verify_model_dir(model_dir, settings["manifest"], settings["on_integrity_mismatch"])
+        provenance = verify_model_dir(model_dir, settings["manifest"], settings["on_integrity_mismatch"])
         self.preprocess_config = PreprocessConfig.load(model_dir / settings["preprocess_config"])
         self.labels = json.loads((model_dir / settings["labels"]).read_text())
         threads = int(os.environ.get("HANDLER_THREADS", settings["threads"]))
         serialized = self.manifest["model"]["serializedFile"]
-        self.runner = load_runner(model_dir / serialized, threads=threads)
+        self.placement = place(context.system_properties, backend_of(serialized),
+                               settings["precision"], (provenance or {}).get("validation"))
+        logger.info("Running on %s", self.placement.describe())
+        self.runner = load_runner(model_dir / serialized, threads=threads, placement=self.placement)
         self.top_k = int(settings["top_k"])
         self.model_name = self.manifest["model"].get("modelName", "model")
         self.model_version = self.manifest["model"].get("modelVersion", "1.0")
@@ -79,7 +83,8 @@ class ImageClassifierHandler(BaseHandler):
     def describe_handle(self) -> dict:
         """What `GET /models/NAME?customized=true` adds to the management API's description."""
         return {"model": self.model_name, "version": self.model_version,
-                "backend": self.runner.backend, "top_k": self.top_k}
+                "backend": self.runner.backend, "top_k": self.top_k,
+                "device": self.placement.device, "precision": self.placement.dtype}
 
     def _warm_up(self) -> None:
         """Run the whole path (decode, resize, normalize, forward, top-k) before taking traffic,

@@ -2,7 +2,9 @@
 
 The backend follows the artifact: `.pt`/`.ts` is TorchScript (torch.jit.load), `.onnx` runs
 on ONNX Runtime. Both are pinned to `threads` intra-op threads so that workers x threads
-never exceeds the cores.
+never exceeds the cores. The device and dtype come from a `Placement` (handler/device.py):
+the CPU in FP32 unless TorchServe assigned this worker a GPU. Inputs arrive and logits
+leave as FP32 CPU tensors whatever the placement, so the rest of the handler never changes.
 """
 
 from __future__ import annotations
@@ -13,30 +15,44 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from handler.device import ON_CPU, Placement
+
+BACKENDS = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".pth": "torchscript"}
+
 
 class TorchScriptRunner:
     backend = "torchscript"
 
-    def __init__(self, path: str | Path, threads: int) -> None:
+    def __init__(self, path: str | Path, threads: int, placement: Placement = ON_CPU) -> None:
+        self.device = torch.device(placement.device)
+        # Reduced precision through autocast, as the export validated it (scripts/build/precision.py):
+        # the frozen graph's weights stay FP32 constants; matmuls and convolutions run in the
+        # lower precision, softmax and normalisations in FP32.
+        self.autocast = placement.dtype != "float32"
+        self.dtype = getattr(torch, placement.dtype)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, still supported
-            self.model = torch.jit.load(str(path), map_location="cpu").eval()
+            self.model = torch.jit.load(str(path), map_location=self.device).eval()
 
     @torch.inference_mode()
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        return self.model(batch)
+        if self.device.type == "cuda":  # pinned host memory: the copy to the GPU can overlap
+            batch = batch.pin_memory().to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.autocast):
+            logits = self.model(batch)
+        return logits.float().cpu() if self.autocast or self.device.type != "cpu" else logits
 
 
 class OnnxRunner:
     backend = "onnx"
 
-    def __init__(self, path: str | Path, threads: int) -> None:
+    def __init__(self, path: str | Path, threads: int, placement: Placement = ON_CPU) -> None:
         import onnxruntime as ort  # only needed when the artifact is ONNX
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(path), opts, providers=list(placement.providers))
         self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
@@ -44,14 +60,19 @@ class OnnxRunner:
         return torch.from_numpy(logits)
 
 
-def load_runner(path: str | Path, threads: int = 1) -> TorchScriptRunner | OnnxRunner:
-    """Pick the backend from the artifact's file extension."""
+def backend_of(path: str | Path) -> str:
+    """'onnx' or 'torchscript', from the artifact's file extension."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in BACKENDS:
+        raise ValueError(f"Unknown model artifact type {suffix!r}: expected .pt (TorchScript) or .onnx")
+    return BACKENDS[suffix]
+
+
+def load_runner(path: str | Path, threads: int = 1,
+                placement: Placement = ON_CPU) -> TorchScriptRunner | OnnxRunner:
+    """The runner for the artifact's backend, on the placement's device and dtype."""
     # torch runs the handler's own tensor ops (stack, softmax) with either backend: left at its
     # default, its OpenMP threads spin on the cores the other workers need.
     torch.set_num_threads(threads)
-    suffix = Path(path).suffix.lower()
-    if suffix == ".onnx":
-        return OnnxRunner(path, threads)
-    if suffix in (".pt", ".ts", ".pth"):
-        return TorchScriptRunner(path, threads)
-    raise ValueError(f"Unknown model artifact type {suffix!r}: expected .pt (TorchScript) or .onnx")
+    runner = OnnxRunner if backend_of(path) == "onnx" else TorchScriptRunner
+    return runner(path, threads, placement)

@@ -29,6 +29,8 @@ HANDLER_DEFAULTS = {
     "labels": layout.LABELS,
     "manifest": layout.MANIFEST,
     "on_integrity_mismatch": "refuse",
+    # auto: on a GPU, the reduced precision the export validated (handler/device.py); float32 forces FP32
+    "precision": "auto",
 }
 EXPORT_DEFAULTS = {"format": "torchscript"}
 

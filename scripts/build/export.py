@@ -29,6 +29,7 @@ from handler.preprocessing import PreprocessConfig, to_tensor
 from handler.runner import load_runner
 from handler.settings import ConfigError
 from scripts import repo
+from scripts.build import precision
 from scripts.build.sample_photos import load_photos
 
 TOLERANCE = {"torchscript": 1e-4, "onnx": 1e-3}
@@ -252,6 +253,14 @@ def export_and_validate(arch: str, checkpoint: Path | None, preprocess: Path, ou
         detail = (str(exc).strip().splitlines() or [""])[-1]
         raise ExportError(f"{arch} failed on {cfg.input_size}x{cfg.input_size} inputs from "
                           f"{preprocess}: {type(exc).__name__}: {detail}") from exc
+    if fmt == "torchscript":  # what lets a GPU worker run it in reduced precision (handler/device.py)
+        with step("checking reduced precision against FP32 on real photos"):
+            reduced = precision.select(model, validation_batch(cfg)[1])
+        report["reduced_precision"] = reduced
+        tried = ", ".join(f"{dtype} max |prob diff| {r['max_abs_prob_diff']:.4f}"
+                          for dtype, r in reduced["candidates"].items())
+        print(f"[export] reduced precision on a GPU: {reduced['dtype'] or 'none (FP32 only)'} "
+              f"({tried})", flush=True)
     report["num_classes"] = num_classes
     report["export_seconds"] = round(time.perf_counter() - t0, 2)
     print(f"[export] top-1 agreement {report['top1_agreement']:.3f}, max |logit diff| "

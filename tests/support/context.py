@@ -1,33 +1,16 @@
-"""A TorchServe context for running the handler in-process, in the style of TorchServe's own
-handler unit tests (ts/torch_handler/unit_tests): the real `ts.context.Context` over an
-unpacked model archive, with metrics recorded instead of sent."""
+"""Running the handler in-process: the mock TorchServe context (scripts/bench/mock_context.py,
+shared with the GPU benchmark) over an unpacked archive, and what the tests read back."""
 
 from __future__ import annotations
 
-import json
 import zipfile
 from pathlib import Path
 
-import yaml
-from ts.context import Context, RequestProcessor
+from ts.context import Context
 
-from handler import layout
+from scripts.bench.mock_context import RecordingMetrics, make_context, new_batch
 
-
-class RecordingMetrics:
-    """Stands in for TorchServe's metrics cache: keeps every metric the handler emits."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, float]] = []
-
-    def add_metric(self, name: str, value: float, unit: str, dimensions=None, metric_type=None) -> None:
-        self.calls.append((name, value))
-
-    def add_time(self, name: str, value: float, idx=None, unit: str = "ms") -> None:
-        self.calls.append((name, value))
-
-    def names(self) -> set[str]:
-        return {name for name, _ in self.calls}
+__all__ = ["RecordingMetrics", "make_context", "new_batch", "statuses", "unpack"]
 
 
 def unpack(mar: Path, out: Path) -> Path:
@@ -35,23 +18,6 @@ def unpack(mar: Path, out: Path) -> Path:
     with zipfile.ZipFile(mar) as zf:
         zf.extractall(out)
     return out
-
-
-def make_context(model_dir: Path, batch_size: int = 4) -> Context:
-    """The context TorchServe's worker would hand `initialize` for this model directory."""
-    manifest = json.loads((model_dir / layout.ARCHIVER_MANIFEST).read_text())
-    model_yaml = yaml.safe_load((model_dir / layout.MODEL_CONFIG).read_text())
-    ctx = Context(manifest["model"]["modelName"], str(model_dir), manifest, batch_size, None,
-                  "0.12.0", metrics=RecordingMetrics(), model_yaml_config=model_yaml)
-    new_batch(ctx, batch_size)
-    return ctx
-
-
-def new_batch(ctx: Context, size: int, headers: list[dict] | None = None) -> Context:
-    """Fresh per-request state (status, response headers) for a batch of `size` requests, as
-    TorchServe's worker sets before each call of handle()."""
-    ctx.request_processor = [RequestProcessor((headers or [{}] * size)[i]) for i in range(size)]
-    return ctx
 
 
 def statuses(ctx: Context) -> dict[int, tuple[int, str]]:
