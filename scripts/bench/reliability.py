@@ -5,8 +5,9 @@
     python -m scripts.bench.reliability soak --minutes 30 --key-minutes 5
 
 ready     p99 of the first 20 s at 50 rps right after the server reports READY (what `make
-          serve` waits for), over N fresh starts; and of the 20 s at 50 rps right after a
-          worker killed with SIGKILL under that load is READY again, over N restarts.
+          serve` waits for), over N fresh starts as shipped and N with a lever (--lever); and
+          of the 20 s at 50 rps right after a worker killed with SIGKILL under that load is
+          READY again, over N restarts.
 overload  the saturated rate (closed loop), then 2x that rate open loop for 60 s: every request
           answered (200, or a fast 503 with a JSON body once the queue is full), no worker
           lost, and the p99 of each 5 s window at 20 rps after the load drops.
@@ -38,6 +39,7 @@ from scripts.bench.loadtest import Sender, Target, load_images, run_closed, run_
 from scripts.bench.report import write_section
 from scripts.bench.workspace import BENCH, log, photos
 from scripts.ops import serve
+from scripts.ops.server_config import read_properties
 
 DOC = repo.ROOT / "RELIABILITY.md"
 PLOT = repo.ROOT / "docs" / "soak.png"
@@ -73,21 +75,63 @@ def window(records: list, t0: float, lo: float, hi: float, rate: float | None) -
 
 # ---------------------------------------------------------------- ready
 
-def fresh_starts(n: int, seconds: float, images: list[bytes]) -> list[dict]:
-    """n fresh starts as shipped (announced when the workers are READY) and n with 5 s of HTTP
-    warm-up before the announcement (serve.warm_up, a lever), interleaved so machine noise hits
-    both alike."""
+# The JVM's optimising compiler (C2) compiles the frontend's hot paths in the first minute and
+# takes CPU from the workers on a small machine; C1 alone compiles cheaply (measured per thread
+# by `jvm_cpu`). Added to whatever vmargs config.properties ships.
+C1_ONLY = "-XX:TieredStopAtLevel=1"
+LEVERS = {
+    "c1": "C1 JIT only (vmargs " + C1_ONLY + ")",
+    "warm-up": "READY + 5 s HTTP warm-up",
+}
+
+
+def lever_start(label: str, lever: str | None) -> serve.Server:
+    """A fresh server as shipped (lever None) or with the lever applied."""
+    if lever == "c1":
+        shipped = read_properties(repo.SERVER_CONFIG).get("vmargs", "")
+        return start(label, overrides={"vmargs": f"{shipped} {C1_ONLY}".strip()}, warm=False)
+    return start(label, warm=lever == "warm-up")
+
+
+def jvm_cpu(workdir: Path) -> dict[str, float]:
+    """CPU seconds so far of the frontend's JVM, by thread kind (JIT compilers, Netty, ...)."""
+    java = next((p for p in psutil.process_iter(["name", "cmdline"]) if p.info["name"] == "java"
+                 and str(workdir) in " ".join(p.info["cmdline"] or [])), None)
+    out: dict[str, float] = {}
+    if java is None:
+        return out
+    tick = os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{java.pid}/task").iterdir():
+        try:
+            kind = (task / "comm").read_text().strip().rstrip("0123456789#").strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        out[kind] = out.get(kind, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def fresh_starts(n: int, seconds: float, images: list[bytes], lever: str) -> list[dict]:
+    """n fresh starts as shipped (announced when the workers are READY) and n with the lever,
+    interleaved so machine noise hits both alike; with the JVM's CPU (JIT compilers apart)
+    during each window."""
     out = []
     for i in range(2 * n):
-        warm = i % 2 == 0
-        server = start(f"start{i}", warm=warm)
+        applied = lever if i % 2 == 0 else None
+        server = lever_start(f"start{i}", applied)
         try:  # no pause: the load starts the moment the server is announced
+            before = jvm_cpu(server.workdir)
             rep = run_open(target(server), images, 50, seconds, warmup=0, progress=False)
+            after = jvm_cpu(server.workdir)
         finally:
             serve.stop(server.workdir, grace=10)
-        rep["warm_up"] = warm
-        log(f"fresh start {i + 1}/{2 * n} (warm-up {'on' if warm else 'off'}): "
-            f"p99 {rep['latency_ms']['p99']} ms, errors {rep['errors']}")
+        spent = {k: after[k] - before.get(k, 0.0) for k in after}
+        rep["lever"] = applied
+        rep["jvm_cpu_s"] = round(sum(spent.values()), 2)
+        rep["jit_cpu_s"] = round(sum(v for k, v in spent.items() if "Compiler" in k), 2)
+        log(f"fresh start {i + 1}/{2 * n} ({LEVERS[applied] if applied else 'shipped'}): "
+            f"p99 {rep['latency_ms']['p99']} ms, errors {rep['errors']}, JVM CPU {rep['jvm_cpu_s']} s "
+            f"(JIT {rep['jit_cpu_s']} s)")
         out.append(rep)
     return out
 
@@ -140,26 +184,33 @@ def wait_replaced(server: serve.Server, victim: int, timeout: float) -> float:
 
 def ready_markdown(starts: list[dict], restarts: list[dict], seconds: float) -> str:
     lines = [f"p99 of the first {seconds:g} s at 50 rps (open loop, load from the same 2 cores), "
-             "from the moment the server is announced ready, or a killed worker is READY again.", "",
-             "| Run | Ready when | p99 (ms) | p50 (ms) | errors | failed while restarting |",
-             "|---|---|---|---|---|---|"]
+             "from the moment the server is announced ready, or a killed worker is READY again; "
+             "the frontend JVM's CPU in that window, its JIT compilers apart.", "",
+             "| Run | Ready when | p99 (ms) | p50 (ms) | errors | JVM CPU s (JIT) "
+             "| failed while restarting |",
+             "|---|---|---|---|---|---|---|"]
     for i, rep in enumerate(starts, 1):
         lat = rep["latency_ms"]
-        when = "READY + 5 s HTTP warm-up" if rep["warm_up"] else "workers READY (shipped)"
-        lines.append(f"| start {i} | {when} | {lat['p99']} | {lat['p50']} | {rep['errors']} | |")
+        when = LEVERS[rep["lever"]] if rep["lever"] else "workers READY (shipped)"
+        lines.append(f"| start {i} | {when} | {lat['p99']} | {lat['p50']} | {rep['errors']} | "
+                     f"{rep['jvm_cpu_s']} ({rep['jit_cpu_s']}) | |")
     for i, r in enumerate(restarts, 1):
         lat = r["window"]["latency_ms"]
         lines.append(f"| worker restart {i} | killed worker READY again ({r['ready_after_kill_s']} s) | "
-                     f"{lat['p99']} | {lat['p50']} | {r['window']['errors']} | "
+                     f"{lat['p99']} | {lat['p50']} | {r['window']['errors']} | | "
                      f"{r['failed_during_restart']} {' '.join(r['failed_statuses'])} |")
     lines.append("")
-    for label, group in (("fresh starts as shipped", [s for s in starts if not s["warm_up"]]),
-                         ("fresh starts with 5 s HTTP warm-up", [s for s in starts if s["warm_up"]]),
-                         ("worker restarts", [r["window"] for r in restarts])):
+    groups = [("fresh starts as shipped", [s for s in starts if not s["lever"]])]
+    groups += [(f"fresh starts with {LEVERS[lever]}", [s for s in starts if s["lever"] == lever])
+               for lever in LEVERS]
+    groups.append(("worker restarts", [r["window"] for r in restarts]))
+    for label, group in groups:
         p99s = [g["latency_ms"]["p99"] for g in group]
         if p99s:
+            jit = [g["jit_cpu_s"] for g in group if "jit_cpu_s" in g]
             lines.append(f"- {label}: median p99 {statistics.median(p99s):.1f} ms, worst {max(p99s):.1f} ms "
-                         f"({sum(p < SLO_MS for p in p99s)} of {len(p99s)} under {SLO_MS:g} ms)")
+                         f"({sum(p < SLO_MS for p in p99s)} of {len(p99s)} under {SLO_MS:g} ms)"
+                         + (f"; JIT CPU median {statistics.median(jit):.2f} s" if jit else ""))
     return "\n".join(lines)
 
 
@@ -341,6 +392,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--starts", type=int, default=5, help="ready: fresh starts")
     parser.add_argument("--restarts", type=int, default=5, help="ready: worker restarts")
     parser.add_argument("--window", type=float, default=20.0, help="ready: seconds measured after READY")
+    parser.add_argument("--lever", choices=sorted(LEVERS), default="c1",
+                        help="ready: what the fresh starts are A/B'd against (c1: the JVM's C1 "
+                             "compiler only; warm-up: 5 s of HTTP predictions before READY)")
     parser.add_argument("--seconds", type=float, default=60.0, help="overload: seconds at 2x saturation")
     parser.add_argument("--minutes", type=float, default=30.0, help="soak: duration")
     parser.add_argument("--key-minutes", type=float, default=5.0, help="soak: token_expiration_min")
@@ -354,11 +408,11 @@ def main(argv: list[str] | None = None) -> int:
     stamp = (f"Run {time.strftime('%Y-%m-%d %H:%M')}, command "
              f"`python -m scripts.bench.reliability {' '.join(argv if argv is not None else sys.argv[1:])}`.")
     if args.run == "ready":
-        starts = fresh_starts(args.starts, args.window, images)
+        starts = fresh_starts(args.starts, args.window, images, args.lever)
         restarts = worker_restarts(args.restarts, args.window, images)
         res = {"starts": starts, "restarts": restarts}
         text = ready_markdown(starts, restarts, args.window)
-        shipped = [s for s in starts if not s["warm_up"]] + [r["window"] for r in restarts]
+        shipped = [s for s in starts if not s["lever"]] + [r["window"] for r in restarts]
         ok = all(s["latency_ms"]["p99"] < SLO_MS and s["errors"] == 0 for s in shipped)
     elif args.run == "overload":
         res = overload(args.seconds, images)
