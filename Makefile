@@ -6,6 +6,9 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --progress-bar on
 MODEL := efficientnet_lite0
 MAR := model_store/$(MODEL).mar
+# The container image `make image` builds; deploy/overlays/* run it (tag: the project's version).
+IMAGE := image-classifier-service
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 # What the default archive is built from: a change to any of these rebuilds it.
 MAR_INPUTS := $(wildcard handler/*.py) $(wildcard config/$(MODEL)/*) $(wildcard scripts/build/*.py)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)

@@ -4,40 +4,57 @@ ports, probe commands, entrypoint, storage layout, resources) agrees with the re
 from __future__ import annotations
 
 import concurrent.futures
+import copy
 import fnmatch
 import importlib.util
 import json
+import os
 import re
 import shlex
 import signal
 import subprocess
 import sys
 import time
+import tomllib
+from pathlib import Path
 
+import pytest
 import yaml
 
+from scripts import repo
 from scripts.build import kserve_storage
+from scripts.deploy import validate
 from scripts.ops import serve
 from scripts.ops.server_config import read_properties
 from tests.support.servers import MODEL, ROOT
 
 PROPS = read_properties(ROOT / "config.properties")
+IMAGE = "image-classifier-service"
+VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+# Requests per second per pod the autoscalers aim at: two thirds of one 2-core pod's measured
+# capacity at p99 < 50 ms (60 rps, BENCHMARKS.md).
+PER_POD_RPS = 40
 KSERVE_PROPS = read_properties(ROOT / "config" / "kserve" / "config.properties")
 MODEL_CONFIG = yaml.safe_load((ROOT / "config" / MODEL / "model-config.yaml").read_text())
 PORTS = {name: int(PROPS[f"{name}_address"].rsplit(":", 1)[1])
          for name in ("inference", "management", "metrics")}
 # Measured (tests/test_manage_scale.py, README "Operating it"): Java ~250 MB, worker ~550 MB PSS.
 MIN_MEMORY_MI = 250 + 550 * MODEL_CONFIG["minWorkers"]
+APP = "/home/model-server/app"  # the image's WORKDIR
+K8S_CONFIG = ROOT / "deploy" / "overlays" / "kubernetes" / "config.properties"
 READY_PROBE = ["python", "-m", "scripts.ops.healthcheck", "ready", "--workdir", "run"]
 LIVE_PROBE = ["python", "-m", "scripts.ops.healthcheck", "live", "--workdir", "run"]
 
 
 def manifests() -> dict[tuple[str, str], dict]:
+    """Every overlay as kustomize renders it, by (kind, name); generated names lose their hash."""
     docs = {}
-    for path in sorted((ROOT / "deploy").rglob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text()):
-            assert doc["apiVersion"] and doc["metadata"]["name"], path
-            docs[(doc["kind"], doc["metadata"]["name"])] = doc
+    for overlay in validate.overlays():
+        for doc in validate.render(overlay):
+            name = doc["metadata"]["name"]
+            if doc["kind"] == "ConfigMap":
+                name = name.rsplit("-", 1)[0]  # configMapGenerator's content hash
+            docs[(doc["kind"], name)] = doc
     return docs
 
 
@@ -72,7 +89,71 @@ def check_resources(resources: dict) -> None:
 def test_every_manifest_parses_and_is_known():
     assert set(DOCS) == {("Deployment", "image-classifier"), ("Service", "image-classifier"),
                          ("HorizontalPodAutoscaler", "image-classifier"),
+                         ("PodDisruptionBudget", "image-classifier"),
+                         ("NetworkPolicy", "image-classifier"),
+                         ("ConfigMap", "image-classifier-config"),
                          ("InferenceService", "image-classifier")}
+
+
+@pytest.mark.parametrize("overlay", validate.overlays())
+def test_every_overlay_renders_and_validates_strictly(overlay):
+    docs = validate.render(overlay)
+    assert docs and [line for doc in docs for line in validate.errors(doc)] == []
+
+
+@pytest.mark.parametrize("kind,path", [
+    ("Deployment", ("spec", "template", "spec", "containers", 0)),
+    ("NetworkPolicy", ("spec",)),
+    ("InferenceService", ("spec", "predictor")),
+    ("InferenceService", ("spec", "predictor", "containers", 0)),
+])
+def test_a_misspelt_field_fails_validation(kind, path):
+    doc = copy.deepcopy(next(d for d in DOCS.values() if d["kind"] == kind))
+    node = doc
+    for step in path:
+        node = node[step]
+    node["resourcez"] = {}
+    (error,) = validate.errors(doc)
+    assert "resourcez" in error and kind in error
+
+
+def test_validate_cli_exits_nonzero_on_an_invalid_overlay(tmp_path):
+    assert validate.main([]) == 0
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "kustomization.yaml").write_text("resources: [pdb.yaml]\n")
+    (bad / "pdb.yaml").write_text("apiVersion: policy/v1\nkind: PodDisruptionBudget\n"
+                                  "metadata: {name: x}\nspec: {maxUnavailabel: 1}\n")
+    assert validate.main([str(bad)]) == 1
+
+
+def pod_hardening(pod_spec: dict, container: dict) -> None:
+    sec, csec = pod_spec["securityContext"], container["securityContext"]
+    assert sec["runAsNonRoot"] is True and sec["runAsUser"] != 0
+    assert sec["seccompProfile"]["type"] == "RuntimeDefault"
+    assert csec["allowPrivilegeEscalation"] is False and csec["readOnlyRootFilesystem"] is True
+    assert csec["capabilities"]["drop"] == ["ALL"]
+    assert pod_spec["automountServiceAccountToken"] is False
+    # Writable only where TorchServe writes (run/: working files, logs; /tmp), as volumes.
+    mounts = {m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")}
+    assert mounts == {f"{APP}/run", "/tmp"}
+    # Drain (serve.stop: up to 20 s) plus the preStop pause fit in the grace period.
+    assert pod_spec["terminationGracePeriodSeconds"] >= 20 + 5 + 10
+
+
+def test_pdb_and_network_policy_select_the_pods_of_both_overlays():
+    pdb = DOCS[("PodDisruptionBudget", "image-classifier")]
+    policy = DOCS[("NetworkPolicy", "image-classifier")]
+    labels = [DOCS[("Deployment", "image-classifier")]["spec"]["template"]["metadata"]["labels"],
+              DOCS[("InferenceService", "image-classifier")]["spec"]["predictor"]["labels"]]
+    for pod_labels in labels:
+        assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+        assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert pdb["spec"]["maxUnavailable"] == 1
+    # Only inference and metrics are reachable, each from one namespace; management from none.
+    ports = sorted(p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"])
+    assert ports == [PORTS["inference"], PORTS["metrics"]]
+    assert all(rule["from"] for rule in policy["spec"]["ingress"])
 
 
 def test_dockerfile_base_user_ports_and_copies():
@@ -120,20 +201,34 @@ def test_healthcheck_is_the_readiness_probe():
     assert importlib.util.find_spec(READY_PROBE[2]) is not None
 
 
+def image_path(path: str) -> Path:
+    """Where a path inside the image comes from in the repository (the image's WORKDIR = ROOT)."""
+    return ROOT / Path(path).relative_to(APP)
+
+
 def test_kubernetes_deployment_service_hpa():
     dep = DOCS[("Deployment", "image-classifier")]
     pod = dep["spec"]["template"]
     assert dep["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
     (container,) = pod["spec"]["containers"]
-    assert "command" not in container and "args" not in container  # the image's entrypoint
+    assert "command" not in container  # the image's entrypoint, with the cluster's config
+    config_arg = container["args"][container["args"].index("--config") + 1]
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "config")
+    assert Path(config_arg).parent == Path(mount["mountPath"])
+    config_map = next(v for v in pod["spec"]["volumes"] if v["name"] == "config")["configMap"]["name"]
+    rendered = DOCS[("ConfigMap", "image-classifier-config")]
+    assert rendered["metadata"]["name"] == config_map
+    assert rendered["data"][Path(config_arg).name] == K8S_CONFIG.read_text()
+    props = read_properties(K8S_CONFIG)
+    for key in ("metrics_config", "workflow_store"):  # paths in the image exist in the repository
+        assert image_path(props[key]).exists(), key
+    assert image_path(props["model_store"]) == repo.MODEL_STORE
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == PORTS
+    assert ports == {"inference": PORTS["inference"], "metrics": PORTS["metrics"]}
     assert container["startupProbe"]["exec"]["command"] == READY_PROBE
     assert container["readinessProbe"]["exec"]["command"] == READY_PROBE
     assert container["livenessProbe"]["exec"]["command"] == LIVE_PROBE
-    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
-    # Drain (serve.stop: up to 20 s) plus the preStop pause fit in the grace period.
-    assert pod["spec"]["terminationGracePeriodSeconds"] >= 20 + 5 + 10
+    pod_hardening(pod["spec"], container)
     assert int(pod["metadata"]["annotations"]["prometheus.io/port"]) == PORTS["metrics"]
     check_resources(container["resources"])
     svc = DOCS[("Service", "image-classifier")]
@@ -143,39 +238,56 @@ def test_kubernetes_deployment_service_hpa():
     hpa = DOCS[("HorizontalPodAutoscaler", "image-classifier")]
     target = hpa["spec"]["scaleTargetRef"]
     assert (target["kind"], target["name"]) == ("Deployment", "image-classifier")
-    assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+    assert 2 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["pods"]["metric"]["name"] == "ts_inference_requests_per_second"
+    assert float(metric["pods"]["target"]["averageValue"]) == PER_POD_RPS
+    rules = yaml.safe_load((ROOT / "deploy" / "overlays" / "kubernetes" / "prometheus-adapter-rules.yaml")
+                           .read_text())["rules"]
+    assert any(r["name"]["as"] == "ts_inference_requests_per_second"
+               and "ts_inference_requests_total" in r["seriesQuery"] for r in rules)
 
 
 def test_kserve_inference_service_and_storage_layout(tmp_path):
     isvc = DOCS[("InferenceService", "image-classifier")]
     assert isvc["apiVersion"] == "serving.kserve.io/v1beta1"
     pred = isvc["spec"]["predictor"]
-    assert pred["model"]["modelFormat"]["name"] == "pytorch"
-    assert pred["model"]["protocolVersion"] == "v2"
-    assert re.match(r"(gs|s3|pvc|https?)://", pred["model"]["storageUri"])
-    assert pred["scaleMetric"] == "concurrency" and pred["scaleTarget"] >= 1
-    assert pred["minReplicas"] <= pred["maxReplicas"]
-    check_resources(pred["model"]["resources"])
+    assert "model" not in pred  # our image, not KServe's TorchServe runtime
+    (container,) = pred["containers"]
+    assert container["name"] == "kserve-container"
+    assert container["image"].rsplit("/", 1)[-1] == f"{IMAGE}:{VERSION}"
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert re.match(r"(gs|s3|pvc|https?)://", env["STORAGE_URI"])
+    assert container["args"] == ["--config", "/mnt/models/config/config.properties"]
+    assert container["ports"][0]["containerPort"] == PORTS["inference"]
+    assert int(KSERVE_PROPS["inference_address"].rsplit(":", 1)[1]) == PORTS["inference"]
+    assert container["readinessProbe"]["exec"]["command"] == READY_PROBE
+    pod_hardening(pred, container)
+    check_resources(container["resources"])
+    assert pred["scaleMetric"] == "rps" and pred["scaleTarget"] == PER_POD_RPS
+    assert 2 <= pred["minReplicas"] <= pred["maxReplicas"]
     assert int(isvc["metadata"]["annotations"]["prometheus.kserve.io/port"]) == int(
         KSERVE_PROPS["metrics_address"].rsplit(":", 1)[1])
-    # KServe mounts the storage at /mnt/models: config/config.properties + model-store/NAME.mar.
     assert KSERVE_PROPS["model_store"] == "/mnt/models/model-store"
     assert KSERVE_PROPS["load_models"] == f"{MODEL}={MODEL}.mar"
     assert KSERVE_PROPS["service_envelope"] == "kservev2"
-    assert KSERVE_PROPS["enable_envvars_config"] == "true"
+    assert image_path(KSERVE_PROPS["workflow_store"]).is_dir()
     mar = tmp_path / f"{MODEL}.mar"
     mar.write_bytes(b"archive")
     out = kserve_storage.stage(tmp_path / "storage", mar)
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == [
-        "config/config.properties", f"model-store/{MODEL}.mar"]
+        "config/config.properties", "config/metrics.yaml", f"model-store/{MODEL}.mar"]
+    # Every path the config names under the mount exists in the laid-out storage.
+    for key in ("metrics_config", "model_store"):
+        assert (out / KSERVE_PROPS[key].removeprefix("/mnt/models/")).exists(), key
     staged = read_properties(out / "config" / "config.properties")
     assert staged == KSERVE_PROPS
 
 
-def test_deployment_runs_the_image_the_dockerfile_builds():
-    (container,) = DOCS[("Deployment", "image-classifier")]["spec"]["template"]["spec"]["containers"]
-    name = container["image"].split(":")[0]
-    assert f"docker build -t {name} ." in (ROOT / "Dockerfile").read_text()
+def test_overlays_run_the_image_make_image_builds():
+    dep_image = DOCS[("Deployment", "image-classifier")]["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert dep_image.rsplit("/", 1)[-1] == f"{IMAGE}:{VERSION}"
+    assert f"IMAGE := {IMAGE}" in (ROOT / "Makefile").read_text()
 
 
 FOREGROUND = """
@@ -207,6 +319,26 @@ def test_foreground_entrypoint_drains_on_sigterm(tmp_path, default_mar, photos):
         assert proc.wait(60) == 0
         assert statuses == [200] * 6
         assert not serve._group(pgid)  # no live process of the server is left
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        serve.stop(tmp_path, grace=5)
+
+
+def test_foreground_entrypoint_fails_when_the_frontend_dies(tmp_path, default_mar):
+    """`torchserve --foreground` exits 0 when its Java frontend dies; the entrypoint exits 1, so a
+    restart policy of on-failure restarts the container, and leaves no worker behind."""
+    code = FOREGROUND.format(workdir=str(tmp_path), model=MODEL, store=str(default_mar.parent))
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert proc.stdout.readline().strip() == "READY"
+        pgid = int((tmp_path / "torchserve.pid").read_text())
+        (java,) = serve._group(pgid, "java")
+        os.kill(java, signal.SIGKILL)
+        assert proc.wait(60) == 1
+        assert "frontend is gone" in proc.stderr.read()
+        assert not serve._group(pgid)
     finally:
         if proc.poll() is None:
             proc.kill()

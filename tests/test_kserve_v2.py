@@ -11,7 +11,7 @@ import pytest
 import requests
 import yaml
 
-from scripts.build import package
+from scripts.build import kserve_storage, package
 from scripts.build.sample_photos import EXPECTED_TOP1
 from scripts.ops import serve
 from scripts.ops.server_config import read_properties
@@ -20,6 +20,7 @@ from tests.support.servers import MODEL, ROOT, free_ports, start_server
 pytestmark = pytest.mark.e2e
 
 KSERVE = ROOT / "config" / "kserve"
+MOUNT = "/mnt/models"  # where KServe mounts the storage
 # Addresses and paths are KServe's (0.0.0.0, /mnt/models); the test server gets loopback ones.
 LOCAL_KEYS = ("inference_address", "management_address", "metrics_address", "grpc_inference_port",
               "grpc_management_port", "model_store", "load_models")
@@ -27,16 +28,29 @@ LOCAL_KEYS = ("inference_address", "management_address", "metrics_address", "grp
 
 @pytest.fixture(scope="module")
 def v2_server(tmp_path_factory):
-    store = tmp_path_factory.mktemp("kserve_store")
-    package.package(model_config=KSERVE / "model-config.yaml", export_dir=store)
-    props = {k: v for k, v in read_properties(KSERVE / "config.properties").items()
-             if k not in LOCAL_KEYS}
+    """The storage laid out as KServe mounts it (kserve_storage), /mnt/models mapped onto it."""
+    archives = tmp_path_factory.mktemp("kserve_archive")
+    mar = package.package(model_config=KSERVE / "model-config.yaml", export_dir=archives)
+    storage = kserve_storage.stage(tmp_path_factory.mktemp("kserve_storage"), mar)
+    props = {k: v.replace(MOUNT, str(storage))
+             for k, v in read_properties(KSERVE / "config.properties").items() if k not in LOCAL_KEYS}
+    props["workflow_store"] = str(tmp_path_factory.mktemp("empty_workflow_store"))  # the image's
     grpc = free_ports(2)
     props.update(grpc_inference_port=str(grpc[0]), grpc_management_port=str(grpc[1]))
     workdir = tmp_path_factory.mktemp("kserve_ts")
-    srv = start_server(workdir, f"{MODEL}={MODEL}.mar", store, overrides=props, min_ready=2)
+    srv = start_server(workdir, f"{MODEL}={MODEL}.mar", storage / "model-store", overrides=props,
+                       min_ready=2)
     yield srv
     serve.stop(workdir, grace=10)
+
+
+def test_variant_serves_its_handler_metrics_from_the_mounted_metrics_config(v2_server, photos):
+    """metrics_config points into the mounted storage: the handler's histograms reach /metrics
+    (without it, every handler_* metric and alert would go dark under KServe)."""
+    check_v2(post(v2_server, v2_body(photos, "cat", request_id="m-1"), f"/v2/models/{MODEL}/infer"),
+             "m-1", ["cat"])
+    text = requests.get(f"{v2_server.client.metrics_url}/metrics", timeout=10).text
+    assert "handler_request_seconds_bucket" in text and "handler_batch_size" in text, text[:500]
 
 
 def v2_body(photos, *names: str, request_id: str = "req-1") -> dict:

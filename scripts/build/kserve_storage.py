@@ -1,6 +1,7 @@
-"""Lay out the KServe model storage for deploy/kserve/inferenceservice.yaml:
+"""Lay out the KServe model storage for deploy/overlays/kserve/inferenceservice.yaml:
 
     OUT/config/config.properties          <- config/kserve/config.properties
+    OUT/config/metrics.yaml               <- config/metrics.yaml (metrics_config)
     OUT/model-store/efficientnet_lite0.mar  <- packaged with config/kserve/model-config.yaml
 
     python -m scripts.build.kserve_storage build/kserve     # then copy OUT to the storageUri
@@ -22,10 +23,12 @@ KSERVE_CONFIG = repo.CONFIG_DIR / "kserve"
 
 
 def stage(out: Path, mar: Path) -> Path:
-    """Copy the variant's config.properties and the archive into KServe's layout under `out`."""
+    """Copy the variant's config.properties, the metrics declarations and the archive into
+    KServe's layout under `out`."""
     (out / "config").mkdir(parents=True, exist_ok=True)
     (out / "model-store").mkdir(parents=True, exist_ok=True)
     shutil.copy2(KSERVE_CONFIG / "config.properties", out / "config" / "config.properties")
+    shutil.copy2(repo.CONFIG_DIR / "metrics.yaml", out / "config" / "metrics.yaml")
     shutil.copy2(mar, out / "model-store" / mar.name)
     return out
 

@@ -94,13 +94,14 @@ def derive_config(workdir: Path, ports: tuple[int, int, int], models: str,
 def start(workdir: Path = repo.RUN_DIR, models: str = f"{repo.DEFAULT_MODEL}={repo.DEFAULT_MODEL}.mar",
           ports: tuple[int, int, int] = DEFAULT_PORTS, model_store: Path = repo.MODEL_STORE,
           overrides: dict | None = None, env: dict | None = None,
-          log_config: Path | None = LOG_CONFIG) -> Server:
+          log_config: Path | None = LOG_CONFIG, config: Path = repo.SERVER_CONFIG) -> Server:
     """Launch TorchServe in its own process group; returns at once (see wait_ready)."""
     workdir = Path(workdir).resolve()
     (workdir / "tmp").mkdir(parents=True, exist_ok=True)
     (workdir / KEY_FILE).unlink(missing_ok=True)
     _stop_key_renewer(workdir)  # one left by a server that died without stop()
-    config = derive_config(workdir, ports, models, model_store=model_store, overrides=overrides)
+    config = derive_config(workdir, ports, models, base=Path(config), model_store=model_store,
+                           overrides=overrides)
     run_env = {**os.environ, **(env or {}),
                # TorchServe keeps one global pid file in the temp dir (TMPDIR) and its worker sockets
                # in TEMP (/tmp/.ts.sock.9000, ...): give each server its own of both.
@@ -273,7 +274,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="holds key_file.json, logs/ and the pid file")
     parser.add_argument("--timeout", type=float, default=180, help="seconds to wait for READY")
     parser.add_argument("--host", default="127.0.0.1",
-                        help="address TorchServe listens on (0.0.0.0 inside a container)")
+                        help="address the inference and metrics APIs listen on (0.0.0.0 inside a "
+                             "container); the management API always stays on loopback")
+    parser.add_argument("--config", type=Path, default=repo.SERVER_CONFIG,
+                        help="TorchServe settings to start from (default: config.properties; "
+                             "KServe: the mounted storage's config/config.properties)")
+    parser.add_argument("--model-store", type=Path,
+                        help="folder holding NAME.mar (default: the config's model_store)")
     parser.add_argument("--foreground", action="store_true",
                         help="stay attached until TorchServe exits; SIGTERM stops it gracefully "
                              "(the container entrypoint)")
@@ -283,10 +290,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if (args.workdir / "torchserve.pid").is_file():
         stop(args.workdir)
-    ports = (8080, 8081, 8082)
-    listen = {key: f"http://{args.host}:{port}" for key, port in zip(ADDRESS_KEYS, ports)}
+    ports = DEFAULT_PORTS
+    store = args.model_store or Path(read_properties(args.config).get("model_store", repo.MODEL_STORE))
+    if not store.is_absolute():
+        store = args.config.resolve().parent / store
     server = start(args.workdir, models=f"{args.model}={args.model}.mar", ports=ports,
-                   overrides=listen if args.host != "127.0.0.1" else None)
+                   model_store=store, overrides=listen_overrides(args.host, ports), config=args.config)
     try:
         took = wait_ready(server, args.model, timeout=args.timeout)
     except (RuntimeError, TimeoutError) as exc:
@@ -310,15 +319,35 @@ def main(argv: list[str] | None = None) -> int:
     return run_foreground(server) if args.foreground else 0
 
 
+def listen_overrides(host: str, ports: tuple[int, int, int]) -> dict | None:
+    """Addresses for `--host`: inference and metrics on it, management ALWAYS on loopback.
+    The management API registers models and scales workers; reachable from outside, it is a
+    remote code execution and denial-of-service surface (see SECURITY.md). Operators scale from
+    inside the container or pod (`python -m scripts.ops.manage`)."""
+    if host == "127.0.0.1":
+        return None
+    inference, management, metrics = ports
+    return {"inference_address": f"http://{host}:{inference}",
+            "management_address": f"http://127.0.0.1:{management}",
+            "metrics_address": f"http://{host}:{metrics}"}
+
+
 def run_foreground(server: Server) -> int:
-    """Wait for TorchServe; SIGTERM or SIGINT (docker stop, Kubernetes) stops it gracefully."""
+    """Wait for TorchServe; SIGTERM or SIGINT (docker stop, Kubernetes) stops it gracefully and
+    returns 0. TorchServe ending on its own (its Java frontend died: `torchserve --foreground`
+    then exits 0) is a failure: exit 1, so a restart policy of on-failure restarts it."""
     def graceful(signum: int, frame) -> None:
         stop(server.workdir)
         sys.exit(0)
 
     signal.signal(signal.SIGTERM, graceful)
     signal.signal(signal.SIGINT, graceful)
-    return server.process.wait() if server.process else 0
+    status = server.process.wait() if server.process else 0
+    print(f"error: TorchServe exited on its own (status {status}): its frontend is gone",
+          file=sys.stderr, flush=True)
+    _stop_key_renewer(server.workdir)
+    stop(server.workdir, grace=5)  # workers the frontend left behind
+    return 1
 
 
 if __name__ == "__main__":

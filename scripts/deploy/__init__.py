@@ -1,0 +1,1 @@
+"""Deployment manifests: render (kustomize) and validate offline."""

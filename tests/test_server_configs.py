@@ -1,0 +1,93 @@
+"""Every config.properties in the repository, and every address the serve CLI derives, keeps
+TorchServe's dangerous surfaces closed: the management API (registers models whose handler code
+then runs, scales workers to zero) and gRPC on loopback, model and workflow registration unable
+to fetch anything remote, handler metrics declared. A new or edited config that opens one of
+them fails here."""
+
+from __future__ import annotations
+
+import subprocess
+from urllib.parse import urlparse
+
+import psutil
+import pytest
+
+from scripts.ops import serve
+from scripts.ops.server_config import read_properties
+from tests.support.servers import ROOT
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
+CONFIGS = sorted(ROOT / p for p in subprocess.run(
+    ["git", "ls-files", "*config.properties"], cwd=ROOT, capture_output=True, text=True,
+    check=True).stdout.split())
+
+
+def host(address: str) -> str:
+    return urlparse(address).hostname if "://" in address else address
+
+
+def insecure(props: dict[str, str]) -> list[str]:
+    """What in a TorchServe config opens a surface; empty when it holds to the rules."""
+    problems = []
+    if host(props.get("management_address", "http://127.0.0.1:8081")) not in LOOPBACK:
+        problems.append("management_address is not loopback")
+    for key in ("grpc_management_address", "grpc_inference_address"):
+        if host(props.get(key, "127.0.0.1")) not in LOOPBACK:
+            problems.append(f"{key} is not loopback")
+    urls = props.get("allowed_urls")
+    if not urls or any(not pattern.startswith("file://") for pattern in urls.split(",")):
+        problems.append(f"allowed_urls must be set and file:// only, not {urls!r}")
+    if props.get("use_env_allowed_urls", "false") == "true":
+        problems.append("use_env_allowed_urls lets the environment widen allowed_urls")
+    store, workflows = props.get("model_store"), props.get("workflow_store")
+    if not workflows or workflows == store:
+        problems.append("workflow_store must be its own (empty) folder, not the model store")
+    if props.get("enable_model_api", "false") != "false":
+        problems.append("enable_model_api must stay false")
+    if not props.get("metrics_config"):
+        problems.append("metrics_config is missing: every handler_* metric and alert would go dark")
+    return problems
+
+
+def test_the_repository_has_the_configs_this_test_expects():
+    assert {p.relative_to(ROOT).as_posix() for p in CONFIGS} >= {
+        "config.properties", "config/kserve/config.properties"}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_every_config_keeps_management_local_and_registration_closed(path):
+    assert insecure(read_properties(path)) == []
+
+
+def test_the_rules_catch_each_opening():
+    good = read_properties(ROOT / "config" / "kserve" / "config.properties")
+    assert insecure(good) == []
+    for change in ({"management_address": "http://0.0.0.0:8081"},
+                   {"grpc_management_address": "0.0.0.0"},
+                   {"allowed_urls": "file://.*,http(s)?://.*"},
+                   {"use_env_allowed_urls": "true"},
+                   {"workflow_store": good["model_store"]},
+                   {"enable_model_api": "true"},
+                   {"metrics_config": ""}):
+        assert insecure({**good, **change}), change
+    assert insecure({k: v for k, v in good.items() if k != "allowed_urls"})
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0", "10.1.2.3"])
+def test_serve_host_opens_inference_and_metrics_but_never_management(tmp_path, listen):
+    """`serve start --host 0.0.0.0` (the container's entrypoint) derives a config that passes too."""
+    overrides = serve.listen_overrides(listen, serve.DEFAULT_PORTS)
+    config = serve.derive_config(tmp_path, serve.DEFAULT_PORTS, "m=m.mar", overrides=overrides)
+    props = read_properties(config)
+    assert host(props["inference_address"]) == host(props["metrics_address"]) == listen
+    assert host(props["management_address"]) == "127.0.0.1"
+    assert insecure(props) == []
+    assert serve.listen_overrides("127.0.0.1", serve.DEFAULT_PORTS) is None
+
+
+def test_the_served_jvm_runs_the_shipped_vmargs(server):
+    """config.properties' vmargs reach the frontend's java command line (C1 JIT only, see there)."""
+    vmargs = read_properties(ROOT / "config.properties")["vmargs"].split()
+    (java,) = serve._group(server.pgid, "java")
+    cmdline = psutil.Process(java).cmdline()
+    assert vmargs and all(arg in cmdline for arg in vmargs), cmdline
