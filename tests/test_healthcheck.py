@@ -80,3 +80,28 @@ def test_crash_looping_model_is_not_ready_although_ping_is_healthy(crash_looping
     done = probe(crash_looping.workdir, "ready")
     assert done.returncode == 1 and "0 READY workers" in done.stderr, done.stdout + done.stderr
     assert probe(crash_looping.workdir, "live").returncode == 0  # the frontend itself is up
+
+
+def test_under_traffic_readiness_comes_from_the_counters_not_a_queued_prediction(server, photos):
+    """Requests answered since the previous probe prove the model answers: the probe does not
+    queue its own prediction behind the traffic it is judging."""
+    probe(server.workdir, "ready")  # sets the baseline
+    image = photos["cat.jpg"].read_bytes()
+    for _ in range(3):
+        assert server.client.predict(MODEL, image).status_code == 200
+    deadline = time.monotonic() + 10  # the frontend's counters follow the worker's metric log
+    while True:
+        done = probe(server.workdir, "ready")
+        if "answered since the last probe" in done.stdout or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert done.returncode == 0 and "answered since the last probe" in done.stdout, done.stdout
+
+
+def test_requests_received_and_none_answered_is_not_ready(server):
+    received, answered = serve.in_flight(server.client.metrics())
+    state = server.workdir / "health_state.json"
+    state.write_text(json.dumps({"received": received - 5, "answered": answered}))
+    done = probe(server.workdir, "ready")
+    assert done.returncode == 1 and "none answered" in done.stderr, (done.stdout, done.stderr)
+    state.unlink()

@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import json
+import subprocess
+import sys
 
 import pytest
 import requests
@@ -113,3 +115,12 @@ def test_variant_differs_from_default_only_in_batch_size(v2_server):
     default.pop("batchSize")
     assert variant == default
     assert v2_server.client.describe(MODEL)[0]["batchSize"] == 1
+
+
+def test_probes_need_no_key_where_token_authorization_is_off(v2_server):
+    """The cluster configs turn token auth off: no key_file.json, and the probes still work."""
+    assert not (v2_server.workdir / "key_file.json").exists()
+    for check in ("ready", "live"):
+        done = subprocess.run([sys.executable, "-m", "scripts.ops.healthcheck", check, "--workdir",
+                               str(v2_server.workdir)], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr

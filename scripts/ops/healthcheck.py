@@ -3,19 +3,28 @@
     python -m scripts.ops.healthcheck ready [--min-workers N]   # readiness
     python -m scripts.ops.healthcheck live                      # liveness
 
-ready: the model has at least N READY workers (default: its minWorkers) AND a tiny prediction
-       answers 200 with predictions. `GET /ping` alone is not enough: it says "Healthy" while
-       every worker of the only model crash-loops.
+ready: the model has at least N READY workers (default: its minWorkers; the management API,
+       which does not queue behind predictions) AND the model answers. `GET /ping` alone is not
+       enough: it says "Healthy" while every worker of the only model crash-loops. "Answers" is
+       read first from the frontend's Prometheus counters, which do not queue either: requests
+       answered since the previous probe (kept in WORKDIR/health_state.json) prove it under
+       traffic; requests received with none answered is not ready. Only when no traffic arrived
+       since the previous probe (the queue is then empty) does the probe send its own tiny
+       prediction. So under overload the probe does not wait in the queue it is judging, and
+       every replica does not go unready at once.
 live:  the frontend answers /ping (restarting the container will not fix a model that fails to
-       load, so liveness does not look at workers).
+       load, so liveness does not look at workers); a dead frontend fails it.
 
 Exit codes: 0 ok, 1 not ready (workers or prediction), 2 server unreachable or no key.
-The server is found through its working directory (config.properties + key_file.json).
+The server is found through its working directory (config.properties + key_file.json; no key
+file is needed where the config turns token authorization off).
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import json
 import sys
 from pathlib import Path
 
@@ -23,11 +32,27 @@ import requests
 
 from scripts import repo
 from scripts.ops.client import TorchServeClient, sample_jpeg
+from scripts.ops.serve import in_flight
+from scripts.ops.server_config import CONFIG_FILE, read_properties
+
+STATE_FILE = "health_state.json"
 
 OK, NOT_READY, UNREACHABLE = 0, 1, 2
 
 
-def check_ready(client: TorchServeClient, model: str, min_workers: int | None = None) -> tuple[int, str]:
+def probe_request(envelope: str | None) -> tuple[bytes, dict]:
+    """The probe's tiny prediction, in the protocol the server speaks: a raw JPEG, or under
+    TorchServe's KServe v2 envelope (config/kserve) the same JPEG as a v2 BYTES input."""
+    image = sample_jpeg()
+    if envelope != "kservev2":
+        return image, {}
+    body = {"id": "healthcheck", "inputs": [{"name": "input-0", "shape": [1], "datatype": "BYTES",
+                                             "data": [base64.b64encode(image).decode()]}]}
+    return json.dumps(body).encode(), {"Content-Type": "application/json"}
+
+
+def check_ready(client: TorchServeClient, model: str, min_workers: int | None = None,
+                state: Path | None = None, envelope: str | None = None) -> tuple[int, str]:
     try:
         version = client.describe(model)[0]
     except requests.HTTPError as exc:
@@ -39,13 +64,46 @@ def check_ready(client: TorchServeClient, model: str, min_workers: int | None = 
     ready = states.count("READY")
     if ready < max(need, 1):
         return NOT_READY, f"{ready} READY workers of {need} required ({', '.join(states) or 'none'})"
+    verdict = traffic_verdict(client, state)
+    if verdict is not None:
+        code, how = verdict
+        return code, f"{'ready' if code == OK else 'not ready'}: {ready} READY workers, {how}"
     try:
-        resp = client.predict(model, sample_jpeg())
+        body, headers = probe_request(envelope)
+        resp = client.predict(model, body, headers=headers)
     except (OSError, requests.RequestException) as exc:
         return UNREACHABLE, f"inference API unreachable: {exc}"
     if resp.status_code != 200 or "predictions" not in resp.text:
         return NOT_READY, f"prediction answered HTTP {resp.status_code}: {resp.text[:200]}"
     return OK, f"ready: {ready} READY workers, prediction ok"
+
+
+def traffic_verdict(client: TorchServeClient, state: Path | None) -> tuple[int, str] | None:
+    """From the frontend's counters since the previous probe: OK when requests were answered,
+    NOT_READY when requests arrived and none was answered, None (send a prediction) when there
+    was no traffic or nothing to compare with."""
+    if state is None:
+        return None
+    try:
+        received, answered = in_flight(client.metrics())
+    except (OSError, requests.RequestException, ValueError, IndexError):
+        return None
+    try:
+        before = json.loads(state.read_text())
+    except (OSError, ValueError):
+        before = None
+    try:
+        state.write_text(json.dumps({"received": received, "answered": answered}))
+    except OSError:
+        return None
+    if not before or answered < before["answered"]:  # first probe, or the server restarted
+        return None
+    if answered > before["answered"]:
+        return OK, f"{answered - before['answered']:.0f} requests answered since the last probe"
+    if received > before["received"]:
+        return NOT_READY, (f"{received - before['received']:.0f} requests received since the last "
+                           "probe and none answered")
+    return None
 
 
 def check_live(client: TorchServeClient) -> tuple[int, str]:
@@ -68,13 +126,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         client = TorchServeClient.from_workdir(args.workdir, timeout=args.timeout)
-        if not Path(client.key_file).is_file():
+        props = read_properties(args.workdir / CONFIG_FILE)
+        auth_off = props.get("disable_token_authorization") == "true"
+        if not auth_off and not Path(client.key_file).is_file():
             raise FileNotFoundError(f"no key file at {client.key_file} (server not started?)")
     except OSError as exc:
         print(f"unreachable: {exc}", file=sys.stderr)
         return UNREACHABLE
-    code, message = (check_ready(client, args.model, args.min_workers) if args.probe == "ready"
-                     else check_live(client))
+    code, message = (check_ready(client, args.model, args.min_workers, args.workdir / STATE_FILE,
+                                 props.get("service_envelope"))
+                     if args.probe == "ready" else check_live(client))
     print(message, file=sys.stdout if code == OK else sys.stderr)
     return code
 
