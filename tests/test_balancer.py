@@ -13,6 +13,7 @@ import concurrent.futures
 import os
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import threading
@@ -86,6 +87,19 @@ def test_key_checked_at_the_edge(cluster, photos):
             assert resp.status_code == 200 and resp.json()["predictions"][0]["label"]
             served_by.add(resp.headers["X-Served-By"])
     assert served_by == {"replica1", "replica2"}
+
+
+def test_oversized_body_refused_at_the_edge_from_its_header(cluster):
+    """A declared body over TorchServe's max_request_size gets 413 JSON from the edge at once:
+    HAProxy answers from the Content-Length before the body is sent on (or even sent)."""
+    _, balancer = cluster
+    host, port = balancer.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=TIMEOUT) as sock:
+        key = balancer.headers()["Authorization"]
+        sock.sendall(f"POST /predictions/{MODEL} HTTP/1.1\r\nHost: x\r\nAuthorization: {key}\r\n"
+                     "Content-Type: image/jpeg\r\nContent-Length: 7000000\r\n\r\n".encode())
+        reply = sock.recv(65536).decode(errors="replace")  # nothing of the body was sent
+    assert reply.startswith("HTTP/1.1 413") and "PayloadTooLarge" in reply, reply[:300]
 
 
 class Monitor(threading.Thread):
