@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 CHUNK = 1 << 20
 # Libraries whose major.minor must match the export's, per archive format (see the docstring).
 CHECKED_VERSIONS = {"torchscript": ("torch", "torchvision"), "onnx": ()}
+# The libraries a worker's description reports (GET /models/NAME?customized=true).
+DESCRIBED_VERSIONS = ("torch", "torchvision", "onnxruntime", "torchserve", "numpy", "pillow")
 ON_MISMATCH = ("refuse", "warn")
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -69,10 +71,15 @@ def _major_minor(version: str) -> str:
 def running_versions() -> dict[str, str]:
     """Installed versions of the checked libraries; one not installed is left out. Read from the
     package metadata, not by importing: torchvision beside another torch fails to import."""
+    return installed_versions(tuple(sorted({lib for libs in CHECKED_VERSIONS.values() for lib in libs})))
+
+
+def installed_versions(libs: tuple[str, ...] = DESCRIBED_VERSIONS) -> dict[str, str]:
+    """Installed versions of `libs` (package metadata); one not installed is left out."""
     from importlib import metadata
 
     found = {}
-    for lib in {lib for libs in CHECKED_VERSIONS.values() for lib in libs}:
+    for lib in libs:
         try:
             found[lib] = metadata.version(lib)
         except metadata.PackageNotFoundError:
