@@ -1,49 +1,109 @@
-# TorchServe image-classification service: the built archive and our server settings baked in.
-# Build after `make package` (the .mar is a build output, not in git):
-#   make package && docker build -t image-classifier .
-#   docker run -p 8080:8080 -p 8081:8081 -p 8082:8082 image-classifier
-# Token authorization stays on: read the keys with
-#   docker exec CONTAINER cat /home/model-server/app/run/key_file.json
-FROM python:3.11-slim-bookworm
+# TorchServe image-classification service: a lean CPU runtime image with the built archive.
+#
+# `make image` builds it (podman or docker, whichever is installed) from the archive `make package`
+# built, and tags it localhost/image-classifier-service:<version in pyproject.toml>. What it runs:
+#   podman build --format docker --network host \
+#     --build-arg BASE=localhost/image-classifier-base:bookworm \   # only where no registry is reachable
+#     --build-arg MAR_SHA256=$(sha256sum model_store/efficientnet_lite0.mar | cut -c1-64) \
+#     --build-arg VERSION=... --build-arg GIT_COMMIT=... \
+#     --build-context wheels=build/image/wheels \    # local wheels (optional; then TORCH_INDEX=)
+#     --secret id=ca,src=/etc/ssl/certs/ca-certificates.crt \  # a private CA (optional)
+#     -t localhost/image-classifier-service:VERSION .
+# Run it (README, "Container"): root filesystem read-only, writable tmpfs for run/ and /tmp only,
+# ports published on loopback:
+#   podman run -d --read-only --tmpfs /home/model-server/app/run --tmpfs /tmp \
+#     -p 127.0.0.1:8080:8080 -p 127.0.0.1:8081:8081 -p 127.0.0.1:8082:8082 IMAGE
+# The bearer keys are made at start and renewed before they expire: read them with
+#   podman exec CONTAINER cat /home/model-server/app/run/key_file.json
+# (podman here also needs --runtime runc and explicit --ulimit values; the Makefile passes them.)
+# deploy/kubernetes/deployment.yaml runs it by another name: push it to the cluster's registry as
+#   podman tag localhost/image-classifier-service:VERSION image-classifier:1.0
 
-# TorchServe's frontend is Java (17+).
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends openjdk-17-jre-headless \
-    && rm -rf /var/lib/apt/lists/*
+# The base: Debian 12 with python3 (3.11) and Java 17. Default: the public image, completed below;
+# `make image-base` builds one from Debian's packages (mmdebstrap) where no registry is reachable.
+ARG BASE=docker.io/library/debian:bookworm-slim
 
+# Local wheels (say, a CPU-only torch on local disk): a directory given as an extra build context,
+# `--build-context wheels=DIR`. By default none, and torch comes from TORCH_INDEX.
+FROM scratch AS wheels
+
+FROM ${BASE} AS base
+# Installed only where the base lacks them (the mmdebstrap base has them already).
+RUN if ! command -v java >/dev/null || ! python3 -c "import ensurepip" 2>/dev/null; then \
+        apt-get update && apt-get install -y --no-install-recommends \
+            python3 python3-venv openjdk-17-jre-headless ca-certificates \
+        && rm -rf /var/lib/apt/lists/*; \
+    fi
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
+# The runtime requirements in a venv (copied whole into the runtime stage). A private CA comes as
+# the build secret `ca` and is used by pip only: it is never in a layer.
+FROM base AS deps
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+COPY requirements-serve.txt requirements-image.txt /tmp/req/
+RUN --mount=type=secret,id=ca --mount=type=bind,from=wheels,target=/wheels \
+    python3 -m venv /opt/venv \
+    && if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
+    && /opt/venv/bin/pip install --progress-bar off --find-links /wheels \
+        ${TORCH_INDEX:+--extra-index-url $TORCH_INDEX} -r /tmp/req/requirements-image.txt \
+    # Not needed at run time (about 200 MB): pip, torch's C++ headers, test data and test
+    # binaries (torch_shm_manager, which torch's multiprocessing may start, stays).
+    && /opt/venv/bin/python -m pip uninstall -y -q pip \
+    && cd /opt/venv/lib/python3.*/site-packages/torch \
+    && rm -rf include test && find bin -type f ! -name torch_shm_manager -delete
+
+# The archive `make package` built, checked against the sha256 given as a build argument.
+FROM base AS archive
+ARG MAR_SHA256
+COPY model_store/efficientnet_lite0.mar /model_store/
+RUN test -n "${MAR_SHA256}" || { echo "build argument MAR_SHA256 is required" >&2; exit 1; }; \
+    echo "${MAR_SHA256}  /model_store/efficientnet_lite0.mar" | sha256sum -c - \
+    # readable by the server's user (the build may write it owner-only)
+    && chmod 0644 /model_store/efficientnet_lite0.mar
+
+FROM base AS runtime
 RUN useradd --create-home --uid 1000 --shell /usr/sbin/nologin model-server
+COPY --from=deps /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /home/model-server/app
-
-# The runtime requirements only (requirements.txt: no build, test or lint packages).
-COPY requirements.txt ./
-RUN pip install -r requirements.txt
-
 # Server settings, metrics declarations, the ops package that starts, probes and manages it (and
-# the handler package it reads the archive layout from), the archive.
+# the handler package it reads the archive layout from), the archive. Owned by root: read-only
+# to the server.
 COPY config.properties ./
 COPY config/metrics.yaml config/log4j2.xml config/
 COPY handler handler
 COPY scripts/__init__.py scripts/repo.py scripts/
 COPY scripts/ops scripts/ops
-COPY model_store/efficientnet_lite0.mar model_store/
+COPY --from=archive /model_store/efficientnet_lite0.mar model_store/
 # `python -m scripts.ops...` run from this WORKDIR finds the packages (the repository's layout).
 # No PYTHONPATH: TorchServe puts it ahead of the model directory in the worker, where the
-# archive's own `handler` package must win.
-RUN mkdir -p run workflow_store && chown -R model-server:model-server run workflow_store
+# archive's own `handler` package must win. run/ (keys, logs, worker sockets) is the one writable
+# folder besides /tmp (where TorchServe unpacks the archive): tmpfs or volumes at run time.
+RUN mkdir -p run workflow_store && chown model-server:model-server run
 
 USER model-server
 # inference, management, metrics (Prometheus)
 EXPOSE 8080 8081 8082
 
-# Ready = READY workers and a tiny prediction succeeds (/ping alone says Healthy while workers crash-loop).
+# Ready = READY workers and a tiny prediction succeeds (/ping alone says Healthy while workers
+# crash-loop). It reads the current key from run/key_file.json, which the key renewer started by
+# serve keeps current: the check survives key expiry.
 HEALTHCHECK --interval=30s --timeout=15s --start-period=120s --retries=3 \
     CMD ["python", "-m", "scripts.ops.healthcheck", "ready", "--workdir", "run"]
 
 # The same command as `make serve`, listening on all interfaces and staying in the foreground:
-# `docker stop` (SIGTERM) drains in-flight requests before TorchServe stops.
+# `podman stop` / `docker stop` (SIGTERM) drains in-flight requests before TorchServe stops.
 ENTRYPOINT ["python", "-m", "scripts.ops.serve", "start", "--model", "efficientnet_lite0", "--host", "0.0.0.0", "--foreground"]
+
+# Last, so that a new commit changes metadata only.
+ARG VERSION=unknown
+ARG GIT_COMMIT=unknown
+ARG MAR_SHA256
+LABEL org.opencontainers.image.title="image-classifier-service" \
+      org.opencontainers.image.description="EfficientNet-Lite0 image classifier on TorchServe 0.12 (ONNX Runtime, CPU)" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${GIT_COMMIT}" \
+      io.image-classifier.archive.sha256="${MAR_SHA256}"
