@@ -9,9 +9,9 @@
 #     --build-context wheels=build/image/wheels \    # local wheels (optional; then TORCH_INDEX=)
 #     --secret id=ca,src=/etc/ssl/certs/ca-certificates.crt \  # a private CA (optional)
 #     -t localhost/image-classifier-service:VERSION .
-# Run it (README, "Container"): root filesystem read-only, writable tmpfs for run/ and /tmp only,
-# ports published on loopback:
-#   podman run -d --read-only --tmpfs /home/model-server/app/run --tmpfs /tmp \
+# Run it (README, "Container"): root filesystem read-only, a writable tmpfs for /tmp (run/ links
+# there) only, ports published on loopback:
+#   podman run -d --read-only --tmpfs /tmp \
 #     -p 127.0.0.1:8080:8080 -p 127.0.0.1:8081:8081 -p 127.0.0.1:8082:8082 IMAGE
 # The bearer keys are made at start and renewed before they expire: read them with
 #   podman exec CONTAINER cat /home/model-server/app/run/key_file.json
@@ -80,9 +80,11 @@ COPY scripts/ops scripts/ops
 COPY --from=archive /model_store/efficientnet_lite0.mar model_store/
 # `python -m scripts.ops...` run from this WORKDIR finds the packages (the repository's layout).
 # No PYTHONPATH: TorchServe puts it ahead of the model directory in the worker, where the
-# archive's own `handler` package must win. run/ (keys, logs, worker sockets) is the one writable
-# folder besides /tmp (where TorchServe unpacks the archive): tmpfs or volumes at run time.
-RUN mkdir -p run workflow_store && chown model-server:model-server run
+# archive's own `handler` package must win. The root filesystem is read-only at run time; the
+# one writable folder is /tmp (a tmpfs or volume), where TorchServe unpacks the archive, and run/
+# (keys, logs, worker sockets, derived config) is a link into it: one mount, owned by whoever runs
+# the server (podman 4.3 mounts a tmpfs elsewhere root-owned, 0755, whatever mode it is given).
+RUN mkdir -p workflow_store && ln -s /tmp/run run
 
 USER model-server
 # inference, management, metrics (Prometheus)
