@@ -93,6 +93,10 @@ def test_healthcheck_ready(container: Container):
     assert engine_run("healthcheck", "run", container.name, check=False).returncode == 0
     out = container.exec("python", "-m", "scripts.ops.healthcheck", "ready", "--workdir", "run")
     assert out.returncode == 0 and "ready: 2 READY workers" in out.stdout, out.stdout + out.stderr
+    # The check reads run/key_file.json: it survives key expiry because the key renewer, started
+    # by serve, keeps that file current. It runs in the container:
+    procs = container.exec("sh", "-c", "cat /proc/[0-9]*/cmdline | tr '\\0' ' '").stdout
+    assert "scripts.ops.keys renew" in procs, procs[:2000]
 
 
 def test_running_container_matches_the_archive(container: Container):
