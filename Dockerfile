@@ -2,20 +2,27 @@
 #
 # `make image` builds it (podman or docker, whichever is installed) from the archive `make package`
 # built, and tags it localhost/image-classifier-service:<version in pyproject.toml>. What it runs:
-#   podman build --format docker --network host \
-#     --build-arg BASE=localhost/image-classifier-base:bookworm \   # only where no registry is reachable
+#   podman --runtime runc build --format docker --network host \
+#     --ulimit nofile=20000:20000 --ulimit nproc=4096:4096 \
+#     --build-arg BASE=localhost/image-classifier-base:bookworm \
 #     --build-arg MAR_SHA256=$(sha256sum model_store/efficientnet_lite0.mar | cut -c1-64) \
-#     --build-arg VERSION=... --build-arg GIT_COMMIT=... \
-#     --build-context wheels=build/image/wheels \    # local wheels (optional; then TORCH_INDEX=)
-#     --secret id=ca,src=/etc/ssl/certs/ca-certificates.crt \  # a private CA (optional)
-#     -t localhost/image-classifier-service:VERSION .
+#     --build-arg VERSION=1.0.0 --build-arg GIT_COMMIT=$(git rev-parse HEAD) \
+#     --build-context wheels=build/image/wheels --build-arg TORCH_INDEX= \
+#     --secret id=ca,src=/etc/ssl/certs/ca-certificates.crt \
+#     -t localhost/image-classifier-service:1.0.0 .
+# BASE: only where no registry is reachable (make image-base). wheels + TORCH_INDEX=: a torch wheel
+# the host's pip found on local disk (without them torch comes from PyTorch's CPU index). The
+# secret: a private CA for pip (a TLS-intercepting proxy), never in a layer. --format docker keeps
+# the HEALTHCHECK (podman's OCI format drops it).
 # Run it (README, "Container"): root filesystem read-only, a writable tmpfs for /tmp (run/ links
 # there) only, ports published on loopback:
-#   podman run -d --read-only --tmpfs /tmp \
+#   podman --runtime runc run -d --read-only --tmpfs /tmp \
+#     --ulimit nofile=20000:20000 --ulimit nproc=4096:4096 \
 #     -p 127.0.0.1:8080:8080 -p 127.0.0.1:8081:8081 -p 127.0.0.1:8082:8082 IMAGE
 # The bearer keys are made at start and renewed before they expire: read them with
 #   podman exec CONTAINER cat /home/model-server/app/run/key_file.json
-# (podman here also needs --runtime runc and explicit --ulimit values; the Makefile passes them.)
+# (runc: crun refuses this machine's hybrid cgroup layout; the ulimits: podman's defaults fail with
+# "setrlimit RLIMIT_NPROC". The Makefile and tests/support/container.py pass them.)
 # deploy/kubernetes/deployment.yaml runs it by another name: push it to the cluster's registry as
 #   podman tag localhost/image-classifier-service:VERSION image-classifier:1.0
 

@@ -132,7 +132,8 @@ engine:
 		echo "[make] installing podman (no container engine found)"; \
 		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q podman runc; }
 
-# Debian 12 with python3 and Java 17 from Debian's packages (about 1.5 min), imported once.
+# Debian 12 with python3 and Java 17 from Debian's packages (about 1.5 min), imported once; docs
+# and locales left out (not man pages: openjdk's postinst links one into /usr/share/man).
 image-base: engine
 	@if [ "$(BASE_IMAGE)" = local ] && ! $(ENGINE_CMD) image inspect $(LOCAL_BASE) >/dev/null 2>&1; then \
 		command -v mmdebstrap >/dev/null 2>&1 || $(SUDO) apt-get install -y -q mmdebstrap; \
