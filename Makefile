@@ -6,24 +6,24 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --progress-bar on
 MODEL := efficientnet_lite0
 MAR := model_store/$(MODEL).mar
-# The container image `make image` builds; deploy/overlays/* run it (tag: the project's version).
-IMAGE := image-classifier-service
-VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 # What the default archive is built from: a change to any of these rebuilds it.
 MAR_INPUTS := $(wildcard handler/*.py) $(wildcard config/$(MODEL)/*) $(wildcard scripts/build/*.py)
+, := ,
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # One stamp per requirements set: runtime < build < dev (each file includes the one before).
 BUILD_STAMP := $(VENV)/.build-installed
 DEV_STAMP := $(VENV)/.dev-installed
 
-.PHONY: help install install-dev java prometheus haproxy serve stop package photos test lint clean bench gpu-kit
+.PHONY: help install install-dev java prometheus haproxy serve stop package photos test lint clean bench gpu-kit \
+	engine image-base image
 
 help:
 	@echo "make serve    install (into .venv), build $(MAR) if stale, start TorchServe, wait for READY"
 	@echo "make photos   write sample photos to photos/ (something to send to the server)"
 	@echo "make stop     stop the server started by make serve (in-flight requests finish first)"
 	@echo "make package  export, validate and archive the default model into $(MAR)"
-	@echo "make test     install and run the test suite (unit + end-to-end on loopback)"
+	@echo "make image    build the runtime image $(IMAGE) (podman or docker; installs podman if neither)"
+	@echo "make test     install and run the test suite (unit + end-to-end on loopback, the image included)"
 	@echo "make lint     ruff"
 	@echo "make gpu-kit  what the GPU benchmark needs on a machine without TorchServe (BENCHMARKS.md)"
 	@echo "make bench    load benchmark, ours vs stock TorchServe (about 20 min; BENCH_ARGS=--quick)"
@@ -53,7 +53,7 @@ $(PY):
 
 # The build set (runtime + export/package) and this project's packages (handler, scripts).
 # First time: torch and its CUDA libraries are about 5.6 GB, a few minutes.
-$(BUILD_STAMP): requirements.txt requirements-build.txt pyproject.toml | $(PY)
+$(BUILD_STAMP): requirements.txt requirements-serve.txt requirements-build.txt pyproject.toml | $(PY)
 	@echo "[make] installing requirements-build.txt (runtime + build) into $(VENV)"
 	$(PIP) -r requirements-build.txt
 	$(PIP) --no-deps --no-build-isolation -q -e .
@@ -83,7 +83,7 @@ photos: install
 stop:
 	@if [ -x $(PY) ]; then $(PY) -m scripts.ops.serve stop; else echo "nothing to stop"; fi
 
-test: install-dev $(MAR)
+test: install-dev $(MAR) image
 	$(PY) -m ruff check .
 	$(PY) -m pytest -v
 
@@ -106,3 +106,58 @@ gpu-kit: install
 
 clean:
 	rm -rf build run photos model_store/*.mar
+
+# ---- The container image (README, "Container") ----
+IMAGE_NAME := localhost/image-classifier-service
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE := $(IMAGE_NAME):$(VERSION)
+# The base: local = built from Debian's packages by mmdebstrap (no registry needed); or a public
+# image, e.g. make image BASE_IMAGE=docker.io/library/debian:bookworm-slim
+BASE_IMAGE ?= local
+LOCAL_BASE := localhost/image-classifier-base:bookworm
+BASE_PACKAGES := python3,python3-venv,openjdk-17-jre-headless,ca-certificates
+# The CA bundle pip uses inside the build (a build secret, never a layer); empty: none.
+CA_BUNDLE ?= $(firstword $(wildcard $(PIP_CERT) /etc/ssl/certs/ca-certificates.crt))
+TORCH_PIN := $(shell grep -o '^torch==[^ ]*' requirements-image.txt)
+WHEELS := build/image/wheels
+# podman, else a docker whose daemon answers (evaluated when a recipe runs, after `engine`).
+ENGINE = $(shell command -v podman >/dev/null 2>&1 && echo podman || { docker info >/dev/null 2>&1 && echo docker; })
+# podman on this kind of host: runc (crun refuses hybrid cgroup v1 layouts) and explicit ulimits
+# (its defaults fail with "setrlimit RLIMIT_NPROC"). --format docker keeps the HEALTHCHECK.
+ENGINE_CMD = $(if $(filter podman,$(ENGINE)),podman --runtime runc,DOCKER_BUILDKIT=1 docker)
+ENGINE_BUILD_FLAGS = $(if $(filter podman,$(ENGINE)),--format docker --ulimit nofile=20000:20000 --ulimit nproc=4096:4096)
+
+engine:
+	@command -v podman >/dev/null 2>&1 || docker info >/dev/null 2>&1 || { \
+		echo "[make] installing podman (no container engine found)"; \
+		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q podman runc; }
+
+# Debian 12 with python3 and Java 17 from Debian's packages (about 1.5 min), imported once; docs
+# and locales left out (not man pages: openjdk's postinst links one into /usr/share/man).
+image-base: engine
+	@if [ "$(BASE_IMAGE)" = local ] && ! $(ENGINE_CMD) image inspect $(LOCAL_BASE) >/dev/null 2>&1; then \
+		command -v mmdebstrap >/dev/null 2>&1 || $(SUDO) apt-get install -y -q mmdebstrap; \
+		mkdir -p build/image; \
+		echo "[make] building the base $(LOCAL_BASE) with mmdebstrap"; \
+		mmdebstrap --variant=minbase --include=$(BASE_PACKAGES) \
+			--dpkgopt='path-exclude=/usr/share/doc/*' \
+			--dpkgopt='path-exclude=/usr/share/locale/*' bookworm build/image/base.tar \
+		&& $(ENGINE_CMD) import build/image/base.tar $(LOCAL_BASE) && rm build/image/base.tar; \
+	fi
+
+# The runtime image from the archive `make package` built (checked by its sha256 in the build).
+# A torch wheel the host's pip finds locally goes in as the `wheels` build context; else the
+# build fetches it from PyTorch's CPU index.
+image: engine image-base $(MAR)
+	@rm -rf $(WHEELS) && mkdir -p $(WHEELS)
+	@$(PY) -m pip download -q --no-deps --only-binary :all: -d $(WHEELS) "$(TORCH_PIN)" >/dev/null 2>&1 \
+		&& echo "[make] $(TORCH_PIN) from the host's pip: $$(ls $(WHEELS))" || rm -f $(WHEELS)/*
+	@echo "[make] building $(IMAGE) with $(ENGINE)"
+	time $(ENGINE_CMD) build $(ENGINE_BUILD_FLAGS) --network host \
+		$(if $(filter local,$(BASE_IMAGE)),--build-arg BASE=$(LOCAL_BASE),--build-arg BASE=$(BASE_IMAGE)) \
+		--build-arg MAR_SHA256=$$(sha256sum $(MAR) | cut -c1-64) \
+		--build-arg VERSION=$(VERSION) --build-arg GIT_COMMIT=$$(git rev-parse HEAD 2>/dev/null || echo unknown) \
+		--build-context wheels=$(WHEELS) $$([ -n "$$(ls $(WHEELS))" ] && echo --build-arg TORCH_INDEX=) \
+		$(if $(CA_BUNDLE),--secret id=ca$(,)src=$(CA_BUNDLE)) \
+		-t $(IMAGE) .
+	@$(ENGINE_CMD) image inspect $(IMAGE) --format '[make] $(IMAGE): {{.Size}} bytes'

@@ -25,11 +25,22 @@ from handler.errors import InputError, internal_error, not_served
 from handler.metrics import INFERENCE, POSTPROCESS, PREPROCESS, REQUEST, HandlerMetrics
 from handler.payload import payload_to_bytes
 from handler.preprocessing import PreprocessConfig, preprocess_image
-from handler.provenance import PACKAGE_DIR, verify_model_dir
+from handler.provenance import PACKAGE_DIR, installed_versions, sha256_file, verify_model_dir
 from handler.runner import backend_of, load_runner
 from handler.settings import model_config_blocks
 
 logger = logging.getLogger(__name__)
+
+
+def loaded_description(manifest_path: Path, provenance: dict) -> dict:
+    """What this worker loaded, as checked at load: the manifest's sha256 (it holds every other
+    file's), the files' sha256, the export's and the running library versions, the validation
+    result and the preprocessing. `scripts.ops.inspect_mar --server` compares it with an archive."""
+    return {"manifest_sha256": sha256_file(manifest_path) if manifest_path.is_file() else None,
+            "files": {name: entry.get("sha256") for name, entry in provenance.get("files", {}).items()},
+            "versions": {"exported": provenance.get("versions", {}), "running": installed_versions()},
+            "validation": provenance.get("validation", {}),
+            "preprocessing": provenance.get("preprocessing", {})}
 
 
 class ImageClassifierHandler(BaseHandler):
@@ -43,6 +54,7 @@ class ImageClassifierHandler(BaseHandler):
         settings = model_config_blocks(getattr(context, "model_yaml_config", None))["handler"]
         self.settings = settings
         provenance = verify_model_dir(model_dir, settings["manifest"], settings["on_integrity_mismatch"])
+        self.loaded = loaded_description(model_dir / settings["manifest"], provenance or {})
         self.preprocess_config = PreprocessConfig.load(model_dir / settings["preprocess_config"])
         self.labels = json.loads((model_dir / settings["labels"]).read_text())
         threads = int(os.environ.get("HANDLER_THREADS", settings["threads"]))
@@ -84,7 +96,7 @@ class ImageClassifierHandler(BaseHandler):
         """What `GET /models/NAME?customized=true` adds to the management API's description."""
         return {"model": self.model_name, "version": self.model_version,
                 "backend": self.runner.backend, "top_k": self.top_k,
-                "device": self.placement.device, "precision": self.placement.dtype}
+                "device": self.placement.device, "precision": self.placement.dtype, **self.loaded}
 
     def _warm_up(self) -> None:
         """Run the whole path (decode, resize, normalize, forward, top-k) before taking traffic,

@@ -3,9 +3,14 @@
 The build writes `provenance.json` into the archive with the SHA-256 of every bundled file
 (paths relative to the archive root, `handler/preprocessing.py` included) and the library
 versions used at export. A worker compares both before loading: a changed, missing or unlisted
-file, or another torch/torchvision major.minor, is named in the log and the worker refuses to
-load (or, with on_integrity_mismatch=warn, loads anyway). It also hashes the `handler` modules
-this process actually imported: code from anywhere but the archive is refused the same way.
+file, or (for a TorchScript archive) another torch major.minor, is named in the log and the worker
+refuses to load (or, with on_integrity_mismatch=warn, loads anyway). It also hashes the `handler`
+modules this process actually imported: code from anywhere but the archive is refused the same way.
+
+The version rule follows what runs the graph. A TorchScript archive is run by torch, so the running
+torch must be the exporting one's major.minor (torchvision too, where it is installed: the runtime
+image has none). An ONNX archive is run by ONNX Runtime; torch is imported only because
+TorchServe's worker imports it, so a CPU-only runtime with another torch serves it.
 """
 
 from __future__ import annotations
@@ -22,7 +27,10 @@ from handler import layout
 logger = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
-CHECKED_VERSIONS = ("torch", "torchvision")
+# Libraries whose major.minor must match the export's, per archive format (see the docstring).
+CHECKED_VERSIONS = {"torchscript": ("torch", "torchvision"), "onnx": ()}
+# The libraries a worker's description reports (GET /models/NAME?customized=true).
+DESCRIBED_VERSIONS = ("torch", "torchvision", "onnxruntime", "torchserve", "numpy", "pillow")
 ON_MISMATCH = ("refuse", "warn")
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -61,10 +69,46 @@ def _major_minor(version: str) -> str:
 
 
 def running_versions() -> dict[str, str]:
-    import torch
-    import torchvision
+    """Installed versions of the checked libraries; one not installed is left out. Read from the
+    package metadata, not by importing: torchvision beside another torch fails to import."""
+    return installed_versions(tuple(sorted({lib for libs in CHECKED_VERSIONS.values() for lib in libs})))
 
-    return {"torch": torch.__version__, "torchvision": torchvision.__version__}
+
+def installed_versions(libs: tuple[str, ...] = DESCRIBED_VERSIONS) -> dict[str, str]:
+    """Installed versions of `libs` (package metadata); one not installed is left out."""
+    from importlib import metadata
+
+    found = {}
+    for lib in libs:
+        try:
+            found[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def archive_format(manifest: dict) -> str:
+    """'onnx' or 'torchscript' as the manifest records it (older manifests: torchscript, the strict rule)."""
+    return (manifest.get("model", {}).get("format") or manifest.get("validation", {}).get("format")
+            or "torchscript")
+
+
+def version_mismatches(manifest: dict, running: dict[str, str]) -> list[str]:
+    """The checked libraries whose running major.minor differs from the export's, one line each."""
+    fmt = archive_format(manifest)
+    problems = []
+    for lib in CHECKED_VERSIONS.get(fmt, CHECKED_VERSIONS["torchscript"]):
+        built = manifest.get("versions", {}).get(lib)
+        if not built:
+            continue
+        if lib not in running:
+            if lib == "torch":  # the worker cannot run a TorchScript file without it
+                problems.append(f"torch not installed, {fmt} archive exported with torch {built}")
+            continue
+        if _major_minor(built) != _major_minor(running[lib]):
+            problems.append(f"{lib} {running[lib]} running, {fmt} archive exported with {built}: "
+                            f"a {fmt} archive is served only by the {lib} major.minor it was exported with")
+    return problems
 
 
 def find_mismatches(model_dir: Path, manifest: dict, manifest_name: str = layout.MANIFEST) -> list[str]:
@@ -85,11 +129,7 @@ def find_mismatches(model_dir: Path, manifest: dict, manifest_name: str = layout
         elif (actual := sha256_file(path)) != entry["sha256"]:
             problems.append(f"file {name} sha256 {actual[:16]}... != manifest {entry['sha256'][:16]}...")
     problems += _imported_code_mismatches(listed)
-    running = running_versions()
-    for lib in CHECKED_VERSIONS:
-        built = manifest.get("versions", {}).get(lib)
-        if built and _major_minor(built) != _major_minor(running[lib]):
-            problems.append(f"{lib} {running[lib]} running, artifact exported with {built}")
+    problems += version_mismatches(manifest, running_versions())
     return problems
 
 

@@ -157,15 +157,21 @@ def test_pdb_and_network_policy_select_the_pods_of_both_overlays():
 
 
 def test_dockerfile_base_user_ports_and_copies():
-    assert re.match(r"python:3\.11-slim", instructions("FROM")[0])
+    # The base is a build argument: the public Debian 12 image by default (python3 is 3.11),
+    # Java 17 and python3 installed where the base lacks them.
+    assert re.fullmatch(r"BASE=docker\.io/library/debian:bookworm-slim", instructions("ARG")[0])
     assert any("openjdk-17-jre-headless" in run for run in instructions("RUN"))
     user = instructions("USER")[-1]
     assert user not in ("root", "0") and any("useradd" in r and user in r for r in instructions("RUN"))
     assert {int(p) for p in " ".join(instructions("EXPOSE")).split()} == set(PORTS.values())
     ignored = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
                if line.strip() and not line.startswith("#")]
-    copied = [src for args in instructions("COPY") for src in shlex.split(args)[:-1]]
+    # From the build context only (COPY --from=STAGE copies between stages).
+    copied = [src for args in instructions("COPY") if not args.startswith("--from=")
+              for src in shlex.split(args)[:-1]]
     assert f"model_store/{MODEL}.mar" in copied and "config.properties" in copied
+    assert f"COPY --from=archive /model_store/{MODEL}.mar model_store/" in " ".join(
+        f"{ins} {args}" for ins, args in dockerfile() if ins == "COPY")
     for src in copied:
         excluded = False
         for pattern in ignored:  # Docker's rule: the last matching line wins
@@ -287,7 +293,8 @@ def test_kserve_inference_service_and_storage_layout(tmp_path):
 def test_overlays_run_the_image_make_image_builds():
     dep_image = DOCS[("Deployment", "image-classifier")]["spec"]["template"]["spec"]["containers"][0]["image"]
     assert dep_image.rsplit("/", 1)[-1] == f"{IMAGE}:{VERSION}"
-    assert f"IMAGE := {IMAGE}" in (ROOT / "Makefile").read_text()
+    assert f"IMAGE_NAME := localhost/{IMAGE}" in (ROOT / "Makefile").read_text()
+    assert f"registry.example.com/{IMAGE}:VERSION" in (ROOT / "Dockerfile").read_text()
 
 
 FOREGROUND = """

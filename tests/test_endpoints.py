@@ -3,11 +3,13 @@ request gets its own answer, and the predictions batched with it are unaffected.
 
 from __future__ import annotations
 
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 
+from scripts.ops import inspect_mar
 from tests.support.servers import MODEL
 
 pytestmark = pytest.mark.e2e
@@ -65,3 +67,26 @@ def test_customized_description_from_the_management_api(server):
     assert resp.status_code == 200, resp.text
     custom = resp.json()[0]["customizedMetadata"]
     assert custom["model"] == MODEL and custom["backend"] == "onnx"
+    # what the worker loaded, as verified at load
+    assert len(custom["manifest_sha256"]) == 64 and "model.onnx" in custom["files"]
+    assert custom["validation"]["passed"] and custom["preprocessing"]["input_size"] == 224
+    assert custom["versions"]["exported"]["torch"] and custom["versions"]["running"]["onnxruntime"]
+
+
+def test_inspect_mar_compares_a_running_server_with_an_archive(server, default_mar, tmp_path, capsys):
+    """Same archive: exit 0. A copy with one changed file: exit 1, the file named."""
+    key = server.client.keys.key("management")
+    url = server.client.management_url
+    assert inspect_mar.main([str(default_mar), "--server", url, "--key", key]) == 0
+    assert "SAME" in capsys.readouterr().out
+    changed = tmp_path / default_mar.name
+    with zipfile.ZipFile(default_mar) as zin, zipfile.ZipFile(changed, "w") as zout:
+        for entry in zin.infolist():
+            data = zin.read(entry)
+            zout.writestr(entry, data + b" " if entry.filename == "index_to_name.json" else data)
+    problems = inspect_mar.compare_running(url, MODEL, inspect_mar.inspect(changed), key)
+    assert len(problems) == 1 and problems[0].startswith("index_to_name.json: server "), problems
+    assert inspect_mar.main([str(changed), "--server", url, "--key", key]) == 1
+    out = capsys.readouterr().out
+    assert "DIFFERENT" in out and "index_to_name.json" in out and "model.onnx" not in out
+    assert inspect_mar.main([str(default_mar), "--server", url, "--key", "wrong"]) == 2

@@ -116,16 +116,52 @@ def test_handler_code_imported_from_elsewhere_is_named(model_dir):
     assert any(p.startswith("module handler/runner.py imported from") for p in problems), problems
 
 
-def test_other_torch_minor_version_is_named(model_dir, monkeypatch):
-    built = manifest_of(model_dir)["versions"]
+def as_torchscript(manifest: dict) -> dict:
+    manifest["model"]["format"] = "torchscript"
+    return manifest
+
+
+def test_other_torch_minor_version_is_named_for_torchscript(model_dir, monkeypatch):
+    manifest = as_torchscript(manifest_of(model_dir))
+    built = manifest["versions"]
     monkeypatch.setattr(provenance, "running_versions",
                         lambda: {"torch": "2.9.0", "torchvision": built["torchvision"]})
-    assert find_mismatches(model_dir, manifest_of(model_dir)) == [
-        f"torch 2.9.0 running, artifact exported with {built['torch']}"]
+    assert find_mismatches(model_dir, manifest) == [
+        f"torch 2.9.0 running, torchscript archive exported with {built['torch']}: a torchscript "
+        "archive is served only by the torch major.minor it was exported with"]
     monkeypatch.setattr(provenance, "running_versions",  # a patch release is the same build
                         lambda: {"torch": built["torch"].split("+")[0] + "+cpu",
                                  "torchvision": built["torchvision"]})
-    assert find_mismatches(model_dir, manifest_of(model_dir)) == []
+    assert find_mismatches(model_dir, manifest) == []
+
+
+def test_runtime_image_versions_serve_onnx_and_refuse_torchscript(model_dir, monkeypatch):
+    # The runtime image: a CPU-only torch of another minor, no torchvision at all.
+    monkeypatch.setattr(provenance, "running_versions", lambda: {"torch": "2.13.0+cpu"})
+    assert find_mismatches(model_dir, manifest_of(model_dir)) == []  # the default archive is ONNX
+    problems = find_mismatches(model_dir, as_torchscript(manifest_of(model_dir)))
+    assert len(problems) == 1 and problems[0].startswith("torch 2.13.0+cpu running, torchscript archive"), \
+        problems
+    monkeypatch.setattr(provenance, "running_versions", dict)
+    assert find_mismatches(model_dir, as_torchscript(manifest_of(model_dir)))[0].startswith(
+        "torch not installed")
+
+
+def test_running_versions_leave_out_what_is_not_installed(monkeypatch):
+    from importlib import metadata
+
+    real = metadata.version
+    monkeypatch.setattr(metadata, "version", lambda lib: real("torch") if lib == "torch"
+                        else (_ for _ in ()).throw(metadata.PackageNotFoundError(lib)))
+    assert set(provenance.running_versions()) == {"torch"}
+
+
+def test_refusal_message_says_torch_version(model_dir, monkeypatch):
+    monkeypatch.setattr(provenance, "running_versions", lambda: {"torch": "2.13.0+cpu"})
+    path = model_dir / MANIFEST
+    path.write_text(json.dumps(as_torchscript(json.loads(path.read_text()))))
+    with pytest.raises(IntegrityError, match="torch 2.13.0.cpu running, torchscript archive exported"):
+        verify_model_dir(model_dir, MANIFEST)
 
 
 def test_refuse_raises_and_warn_loads(model_dir, caplog):

@@ -74,15 +74,28 @@ def test_the_rules_catch_each_opening():
 
 
 @pytest.mark.parametrize("listen", ["0.0.0.0", "10.1.2.3"])
-def test_serve_host_opens_inference_and_metrics_but_never_management(tmp_path, listen):
-    """`serve start --host 0.0.0.0` (the container's entrypoint) derives a config that passes too."""
-    overrides = serve.listen_overrides(listen, serve.DEFAULT_PORTS)
-    config = serve.derive_config(tmp_path, serve.DEFAULT_PORTS, "m=m.mar", overrides=overrides)
-    props = read_properties(config)
+@pytest.mark.parametrize("config", ["config/kserve/config.properties",
+                                    "deploy/overlays/kubernetes/config.properties"])
+def test_serve_host_never_opens_an_unauthenticated_management_api(tmp_path, listen, config):
+    """`serve start --host 0.0.0.0 --config X` (the pods' entrypoint) with token auth off: the
+    derived config opens inference and metrics, and still passes every rule."""
+    base = ROOT / config
+    assert read_properties(base)["disable_token_authorization"] == "true"
+    overrides = serve.listen_overrides(listen, serve.DEFAULT_PORTS, token_auth=False)
+    props = read_properties(serve.derive_config(tmp_path, serve.DEFAULT_PORTS, "m=m.mar", base=base,
+                                                overrides=overrides))
     assert host(props["inference_address"]) == host(props["metrics_address"]) == listen
     assert host(props["management_address"]) == "127.0.0.1"
     assert insecure(props) == []
     assert serve.listen_overrides("127.0.0.1", serve.DEFAULT_PORTS) is None
+
+
+def test_with_token_auth_the_container_publishes_management_too():
+    """The image's own config keeps token auth on: management follows --host inside the
+    container (published on the host's loopback only, README "Container"), keyed."""
+    assert read_properties(ROOT / "config.properties")["disable_token_authorization"] == "false"
+    overrides = serve.listen_overrides("0.0.0.0", serve.DEFAULT_PORTS, token_auth=True)
+    assert host(overrides["management_address"]) == "0.0.0.0"
 
 
 def test_the_served_jvm_runs_the_shipped_vmargs(server):

@@ -4,8 +4,15 @@ Reads the provenance manifest (provenance.json) and the archiver's MAR-INF/MANIF
 every file in the archive and compares it with the manifest. Exit status 0 when every hash
 matches and nothing unlisted is in the archive, 1 otherwise, 2 when the archive is unreadable.
 
+With --server, it also compares the archive with what a running server's worker loaded (a bare
+process or a container): `GET /models/NAME?customized=true` on the management API answers the
+sha256 of the manifest and of every file as verified at load. Exit status 0 when they are the
+same, 1 when they differ, 2 when the server cannot be asked.
+
     python -m scripts.ops.inspect_mar model_store/efficientnet_lite0.mar
     python -m scripts.ops.inspect_mar model_store/efficientnet_lite0.mar --json
+    python -m scripts.ops.inspect_mar model_store/efficientnet_lite0.mar \\
+        --server http://127.0.0.1:8081 --key-file run/key_file.json
 """
 
 from __future__ import annotations
@@ -16,11 +23,13 @@ import sys
 import zipfile
 from pathlib import Path
 
+import requests
 import yaml
 
 from handler import layout
 from handler.provenance import built_files, sha256_stream
 from handler.settings import HANDLER_DEFAULTS
+from scripts import repo
 
 
 class Archive:
@@ -89,9 +98,50 @@ def inspect(path: Path) -> dict:
         "on_integrity_mismatch": handler_cfg.get("on_integrity_mismatch",
                                                  HANDLER_DEFAULTS["on_integrity_mismatch"]),
         "validation": manifest.get("validation", {}),
+        "manifest_sha256": archive.sha256(layout.MANIFEST)[0],
         "files": files,
         "integrity": {"ok": not problems, "checked": len(files), "problems": problems},
     }
+
+
+def running_description(management_url: str, model: str, key: str | None = None,
+                        timeout: float = 30.0) -> dict:
+    """The worker's description of what it loaded (handler.classifier.loaded_description)."""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    resp = requests.get(f"{management_url.rstrip('/')}/models/{model}", params={"customized": "true"},
+                        headers=headers, timeout=timeout)
+    resp.raise_for_status()
+    custom = resp.json()[0].get("customizedMetadata") or {}
+    return json.loads(custom) if isinstance(custom, str) else custom
+
+
+def compare_running(management_url: str, model: str, info: dict, key: str | None = None) -> list[str]:
+    """How the running server's loaded model differs from the inspected archive; [] = the same."""
+    running = running_description(management_url, model, key)
+    if "manifest_sha256" not in running:
+        return [f"the server's description of {model} carries no hashes (not this project's handler?)"]
+    problems = []
+    if running["manifest_sha256"] != info["manifest_sha256"]:
+        problems.append(f"{layout.MANIFEST}: server {str(running['manifest_sha256'])[:16]}..., "
+                        f"archive {info['manifest_sha256'][:16]}...")
+    archive_files = {f["name"]: f["sha256"] for f in info["files"]}
+    loaded = running.get("files", {})
+    for name in sorted(set(archive_files) | set(loaded)):
+        if name not in loaded:
+            problems.append(f"{name}: in the archive, not loaded by the server")
+        elif name not in archive_files:
+            problems.append(f"{name}: loaded by the server, not in the archive")
+        elif loaded[name] != archive_files[name]:
+            problems.append(f"{name}: server {loaded[name][:16]}..., archive {archive_files[name][:16]}...")
+    return problems
+
+
+def _server_key(args: argparse.Namespace) -> str | None:
+    if args.key:
+        return args.key
+    if args.key_file:
+        return json.loads(args.key_file.read_text())["management"]["key"]
+    return None
 
 
 def _archiver_manifest(archive: Archive) -> dict:
@@ -145,14 +195,37 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("archive", type=Path, help=".mar file or unpacked model directory")
     parser.add_argument("--json", action="store_true", help="print JSON for machines")
+    parser.add_argument("--server", metavar="URL",
+                        help="management API of a running server to compare with the archive")
+    parser.add_argument("--model", default=repo.DEFAULT_MODEL, help="model name on that server")
+    parser.add_argument("--key", help="the management key (token authorization on)")
+    parser.add_argument("--key-file", type=Path, help="the server's key_file.json (instead of --key)")
     args = parser.parse_args(argv)
     try:
         info = inspect(args.archive)
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
         print(f"error: cannot inspect {args.archive}: {exc}", file=sys.stderr)
         return 2
+    if args.server:
+        return _compare_main(args, info)
     print(json.dumps(info, indent=2) if args.json else render(info))
     return 0 if info["integrity"]["ok"] else 1
+
+
+def _compare_main(args: argparse.Namespace, info: dict) -> int:
+    try:
+        problems = compare_running(args.server, args.model, info, _server_key(args))
+    except (OSError, ValueError, KeyError, IndexError, requests.RequestException) as exc:
+        print(f"error: cannot ask {args.server} about {args.model}: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"same": not problems, "differences": problems}, indent=2))
+    elif problems:
+        print(f"DIFFERENT: {args.server} {args.model} is not {args.archive}:\n  " + "\n  ".join(problems))
+    else:
+        print(f"SAME: {args.server} {args.model} loaded {args.archive} "
+              f"({len(info['files'])} files and {layout.MANIFEST} match)")
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

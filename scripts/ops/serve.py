@@ -274,8 +274,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="holds key_file.json, logs/ and the pid file")
     parser.add_argument("--timeout", type=float, default=180, help="seconds to wait for READY")
     parser.add_argument("--host", default="127.0.0.1",
-                        help="address the inference and metrics APIs listen on (0.0.0.0 inside a "
-                             "container); the management API always stays on loopback")
+                        help="address the APIs listen on (0.0.0.0 inside a container); the "
+                             "management API stays on loopback where token authorization is off")
     parser.add_argument("--config", type=Path, default=repo.SERVER_CONFIG,
                         help="TorchServe settings to start from (default: config.properties; "
                              "KServe: the mounted storage's config/config.properties)")
@@ -294,8 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     store = args.model_store or Path(read_properties(args.config).get("model_store", repo.MODEL_STORE))
     if not store.is_absolute():
         store = args.config.resolve().parent / store
-    server = start(args.workdir, models=f"{args.model}={args.model}.mar", ports=ports,
-                   model_store=store, overrides=listen_overrides(args.host, ports), config=args.config)
+    token_auth = read_properties(args.config).get("disable_token_authorization", "false") != "true"
+    server = start(args.workdir, models=f"{args.model}={args.model}.mar", ports=ports, model_store=store,
+                   overrides=listen_overrides(args.host, ports, token_auth), config=args.config)
     try:
         took = wait_ready(server, args.model, timeout=args.timeout)
     except (RuntimeError, TimeoutError) as exc:
@@ -319,16 +320,17 @@ def main(argv: list[str] | None = None) -> int:
     return run_foreground(server) if args.foreground else 0
 
 
-def listen_overrides(host: str, ports: tuple[int, int, int]) -> dict | None:
-    """Addresses for `--host`: inference and metrics on it, management ALWAYS on loopback.
-    The management API registers models and scales workers; reachable from outside, it is a
-    remote code execution and denial-of-service surface (see SECURITY.md). Operators scale from
-    inside the container or pod (`python -m scripts.ops.manage`)."""
+def listen_overrides(host: str, ports: tuple[int, int, int], token_auth: bool = True) -> dict | None:
+    """Addresses for `--host`: inference and metrics on it; the management API too only while
+    token authorization guards it (a container, published on the host's loopback). With token
+    authorization off (the cluster configs), management stays on 127.0.0.1 whatever `--host`
+    says: an unauthenticated management API registers models and scales workers to zero
+    (SECURITY.md). Operators then scale from inside the pod (`python -m scripts.ops.manage`)."""
     if host == "127.0.0.1":
         return None
     inference, management, metrics = ports
     return {"inference_address": f"http://{host}:{inference}",
-            "management_address": f"http://127.0.0.1:{management}",
+            "management_address": f"http://{host if token_auth else '127.0.0.1'}:{management}",
             "metrics_address": f"http://{host}:{metrics}"}
 
 
