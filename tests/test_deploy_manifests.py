@@ -134,9 +134,10 @@ def pod_hardening(pod_spec: dict, container: dict) -> None:
     assert csec["allowPrivilegeEscalation"] is False and csec["readOnlyRootFilesystem"] is True
     assert csec["capabilities"]["drop"] == ["ALL"]
     assert pod_spec["automountServiceAccountToken"] is False
-    # Writable only where TorchServe writes (run/: working files, logs; /tmp), as volumes.
+    # Writable only /tmp, as a volume: the image's run/ (working files, logs) links there.
     mounts = {m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")}
-    assert mounts == {f"{APP}/run", "/tmp"}
+    assert mounts == {"/tmp"}
+    assert "ln -s /tmp/run run" in (ROOT / "Dockerfile").read_text()
     # Drain (serve.stop: up to 20 s) plus the preStop pause fit in the grace period.
     assert pod_spec["terminationGracePeriodSeconds"] >= 20 + 5 + 10
 
