@@ -63,7 +63,8 @@ def documented_5xx(req: dict, resp: requests.Response) -> bool:
     body, and our 501 for explanations (not served, per request)."""
     if resp.status_code == 500 and req["content_type"] == "application/x-www-form-urlencoded":
         return req["body"] != b""
-    return resp.status_code == 501 and "/explanations/" in req["route"] and "NotImplemented" in resp.text
+    return (resp.status_code == 501 and "/explanations/" in req["route"]
+            and (req["method"] == "HEAD" or "NotImplemented" in resp.text))  # HEAD: no body
 
 
 def send(server, req: dict) -> requests.Response:
