@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import io
 import json
 
 import numpy as np
@@ -292,3 +293,22 @@ def test_mutated_bytes_give_a_tensor_or_an_input_error(data):
         assert json.dumps(err.to_json())
         return
     check_tensor(tensor)
+
+
+def test_per_format_pixel_budget_from_the_header():
+    """Non-JPEG formats and progressive JPEGs decode in full: their pixel caps are lower than a
+    baseline JPEG's, which decodes reduced (preprocess.json limits.max_pixels_by_format)."""
+    caps = dict(CFG.max_pixels_by_format)
+    assert caps["PNG"] < CFG.max_pixels and caps["JPEG_PROGRESSIVE"] < CFG.max_pixels
+    tight = dataclasses.replace(CFG, max_pixels_by_format=(("PNG", 64 * 48 - 1),
+                                                           ("JPEG_PROGRESSIVE", 64 * 48 - 1)))
+    png, jpeg, prog = io.BytesIO(), io.BytesIO(), io.BytesIO()
+    img = Image.new("RGB", (64, 48), (200, 10, 10))
+    img.save(png, "PNG")
+    img.save(jpeg, "JPEG")
+    img.save(prog, "JPEG", progressive=True)
+    assert error_of(png.getvalue(), tight).error_type == "ImageTooLarge"
+    assert error_of(prog.getvalue(), tight).error_type == "ImageTooLarge"
+    assert preprocess_bytes(jpeg.getvalue(), tight).shape[-1] == CFG.input_size  # baseline: no cap
+    at_cap = dataclasses.replace(tight, max_pixels_by_format=(("PNG", 64 * 48),))
+    assert preprocess_bytes(png.getvalue(), at_cap).shape[-1] == CFG.input_size
