@@ -259,6 +259,7 @@ def export_int8(model: nn.Module, out: Path, cfg: PreprocessConfig, guard: dict 
         with step(f"calibrating on {settings['calibration_views_per_photo']} views per photo"):
             calibration = quantize.calibration_batch(cfg, settings["calibration_views_per_photo"])
         with step("quantizing to INT8 (QDQ, per-channel int8 weights, uint8 activations)"):
+            out.parent.mkdir(parents=True, exist_ok=True)
             quantize.quantize(fp32, out, calibration)
         with step("INT8 accuracy guard on photos disjoint from the calibration set"):
             figures = quantize.evaluate(fp32, out, cfg, settings)
