@@ -56,6 +56,8 @@ def _conv_bn(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1)
 class EfficientNetLite0(nn.Module):
     """EfficientNet-Lite0 classifier; input is a normalized NCHW float tensor (224x224)."""
 
+    _fixed_pads: list[list[int]]  # declared here: TorchScript cannot type an empty list in __init__
+
     def __init__(self, num_classes: int = NUM_CLASSES, dropout: float = 0.2) -> None:
         super().__init__()
         self._conv_stem, self._bn0 = _conv_bn(3, 32, 3, stride=2)
@@ -65,7 +67,7 @@ class EfficientNetLite0(nn.Module):
         self._strides = []
         self._residual = []
         # Pads per padded layer (stem first), frozen by fix_input_size; empty = computed per input.
-        self._fixed_pads: list[list[int]] = [[] for _ in range(1 + sum(r for *_, r in STAGES))]
+        self._fixed_pads = [[] for _ in range(1 + sum(r for *_, r in STAGES))]
         cin = 32
         for kernel, stride, expand, cout, repeats in STAGES:
             for i in range(repeats):

@@ -74,3 +74,16 @@ def test_fixed_pads_equal_the_computed_ones(eager, batch):
     assert sum(p != [] for p in fixed._fixed_pads) == len(fixed._blocks) + 1
     with torch.inference_mode():
         assert torch.equal(fixed(images), eager(images))
+
+
+def test_model_scripts_without_falling_back_to_tracing(eager, batch):
+    """to_torchscript traces when scripting fails, which would hide a model TorchScript cannot
+    compile (a trace freezes the pads of one input size): script it directly."""
+    import warnings
+
+    _, images = batch
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        scripted = torch.jit.script(eager)
+    with torch.inference_mode():
+        assert (scripted(images) - eager(images)).abs().max().item() < 1e-4
