@@ -53,9 +53,10 @@ $(PY):
 
 # The build set (runtime + export/package) and this project's packages (handler, scripts).
 # First time: torch and its CUDA libraries are about 5.6 GB, a few minutes.
-$(BUILD_STAMP): requirements.txt requirements-serve.txt requirements-build.txt pyproject.toml | $(PY)
+$(BUILD_STAMP): requirements.txt requirements-serve.txt requirements-build.txt requirements-data.txt pyproject.toml | $(PY)
 	@echo "[make] installing requirements-build.txt (runtime + build) into $(VENV)"
 	$(PIP) -r requirements-build.txt
+	$(PIP) --no-deps -r requirements-data.txt
 	$(PIP) --no-deps --no-build-isolation -q -e .
 	touch $@
 

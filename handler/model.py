@@ -3,7 +3,9 @@
 State-dict keys follow the `_conv_stem` / `_blocks.N` / `_fc` naming. Lite variants drop
 squeeze-and-excitation, use ReLU6, and keep the stem (32) and head (1280) widths fixed.
 TensorFlow's "SAME" padding is asymmetric for strided convolutions, so it is computed at run
-time from the input size; batch-norm epsilon is TensorFlow's 1e-3.
+time from the input size, unless `fix_input_size` froze it for one size (the ONNX export does:
+constant pads are what lets ONNX Runtime fuse each Pad into its convolution); batch-norm
+epsilon is TensorFlow's 1e-3.
 
 This file defines exactly one class, as TorchServe's `--model-file` expects.
 """
@@ -29,15 +31,21 @@ STAGES = [
 ]
 
 
-def _same_pad(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
-    """Pad like TensorFlow's SAME: extra pixel goes to the bottom/right."""
+def same_pads(h: int, w: int, kernel: int, stride: int) -> list[int]:
+    """TensorFlow's SAME padding as F.pad's [left, right, top, bottom]: extra pixel bottom/right."""
     if stride == 1:
         p = (kernel - 1) // 2
-        return F.pad(x, [p, p, p, p])
-    h, w = x.shape[-2], x.shape[-1]
+        return [p, p, p, p]
     pad_h = max((int(math.ceil(h / stride)) - 1) * stride + kernel - h, 0)
     pad_w = max((int(math.ceil(w / stride)) - 1) * stride + kernel - w, 0)
-    return F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
+    return [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2]
+
+
+def _same_pad(x: torch.Tensor, kernel: int, stride: int, fixed: list[int]) -> torch.Tensor:
+    """Pad like TensorFlow's SAME; `fixed` (non-empty) is the precomputed answer for one size."""
+    if len(fixed) > 0:
+        return F.pad(x, fixed)
+    return F.pad(x, same_pads(x.shape[-2], x.shape[-1], kernel, stride))
 
 
 def _conv_bn(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1):
@@ -48,6 +56,8 @@ def _conv_bn(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1)
 class EfficientNetLite0(nn.Module):
     """EfficientNet-Lite0 classifier; input is a normalized NCHW float tensor (224x224)."""
 
+    _fixed_pads: list[list[int]]  # declared here: TorchScript cannot type an empty list in __init__
+
     def __init__(self, num_classes: int = NUM_CLASSES, dropout: float = 0.2) -> None:
         super().__init__()
         self._conv_stem, self._bn0 = _conv_bn(3, 32, 3, stride=2)
@@ -56,6 +66,8 @@ class EfficientNetLite0(nn.Module):
         self._kernels = []
         self._strides = []
         self._residual = []
+        # Pads per padded layer (stem first), frozen by fix_input_size; empty = computed per input.
+        self._fixed_pads = [[] for _ in range(1 + sum(r for *_, r in STAGES))]
         cin = 32
         for kernel, stride, expand, cout, repeats in STAGES:
             for i in range(repeats):
@@ -83,11 +95,22 @@ class EfficientNetLite0(nn.Module):
         block["_project_conv"], block["_bn2"] = _conv_bn(mid, cout, 1)
         return block
 
+    def fix_input_size(self, size: int) -> None:
+        """Freeze every SAME pad for size x size inputs: the pads become constants in an exported
+        graph instead of arithmetic on the input's shape. Other sizes then pad wrongly."""
+        side = size
+        pads = [same_pads(side, side, 3, 2)]
+        side = math.ceil(side / 2)
+        for kernel, stride in zip(self._kernels, self._strides, strict=True):
+            pads.append(same_pads(side, side, kernel, stride))
+            side = math.ceil(side / stride)
+        self._fixed_pads = pads
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu6(self._bn0(self._conv_stem(_same_pad(x, 3, 2))))
+        x = F.relu6(self._bn0(self._conv_stem(_same_pad(x, 3, 2, self._fixed_pads[0]))))
         for i, block in enumerate(self._blocks):
             out = F.relu6(block["_bn0"](block["_expand_conv"](x)))
-            out = _same_pad(out, self._kernels[i], self._strides[i])
+            out = _same_pad(out, self._kernels[i], self._strides[i], self._fixed_pads[i + 1])
             out = F.relu6(block["_bn1"](block["_depthwise_conv"](out)))
             out = block["_bn2"](block["_project_conv"](out))
             x = out + x if self._residual[i] else out

@@ -32,7 +32,8 @@ HANDLER_DEFAULTS = {
     # auto: on a GPU, the reduced precision the export validated (handler/device.py); float32 forces FP32
     "precision": "auto",
 }
-EXPORT_DEFAULTS = {"format": "torchscript"}
+# int8_guard: the INT8 accuracy guard's thresholds (scripts/build/quantize.py checks its keys).
+EXPORT_DEFAULTS = {"format": "torchscript", "int8_guard": {}}
 
 
 class ConfigError(ValueError):

@@ -58,3 +58,32 @@ def test_cat_top5_is_all_cats_mostly(eager, batch):
     with torch.inference_mode():
         top3 = eager(images[names.index("cat")][None]).topk(3).indices[0].tolist()
     assert set(top3) <= EXPECTED_TOP1["cat"]
+
+
+def test_fixed_pads_equal_the_computed_ones(eager, batch):
+    """fix_input_size (what the ONNX export uses) pads exactly as the per-input computation, and
+    every frozen pad is TensorFlow's SAME for that layer's input size."""
+    import copy
+
+    from handler.model import same_pads
+
+    _, images = batch
+    fixed = copy.deepcopy(eager)
+    fixed.fix_input_size(CFG.input_size)
+    assert fixed._fixed_pads[0] == same_pads(224, 224, 3, 2) == [0, 1, 0, 1]
+    assert sum(p != [] for p in fixed._fixed_pads) == len(fixed._blocks) + 1
+    with torch.inference_mode():
+        assert torch.equal(fixed(images), eager(images))
+
+
+def test_model_scripts_without_falling_back_to_tracing(eager, batch):
+    """to_torchscript traces when scripting fails, which would hide a model TorchScript cannot
+    compile (a trace freezes the pads of one input size): script it directly."""
+    import warnings
+
+    _, images = batch
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        scripted = torch.jit.script(eager)
+    with torch.inference_mode():
+        assert (scripted(images) - eager(images)).abs().max().item() < 1e-4

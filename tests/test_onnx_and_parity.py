@@ -41,6 +41,30 @@ def test_export_cli_onnx_is_checked_with_onnxruntime(tmp_path):
 
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["input"]
+    # The batch axis stays dynamic: one graph serves every batch size TorchServe forms.
+    (logits,) = session.run(None, {"input": torch.zeros(3, 3, 224, 224).numpy()})
+    assert logits.shape == (3, 1000)
+
+
+def test_exported_onnx_is_fusable(tmp_path):
+    """Constant pads and no empty Pad inputs: ORT folds every Pad into its convolution, so the
+    graph it runs holds no Pad (the unfused export kept 17, each with layout reorders)."""
+    from scripts.build.export import export
+    from scripts.build.onnx_graph import op_counts
+
+    model = build_model("efficientnet_lite0", 1000).eval()
+    fused = export(model, tmp_path / "fused.onnx", "onnx", 224)
+    before = export(model, tmp_path / "before.onnx", "onnx", 224, fusable=False)
+    assert op_counts(fused)["Pad"] == 17 and all("" not in n.input for n in _nodes(fused, "Pad"))
+    ran = op_counts(fused, optimized=True)
+    assert ran["Pad"] == 0 and ran["Conv"] == 49
+    assert op_counts(before, optimized=True)["Pad"] == 17
+
+
+def _nodes(path: Path, op: str) -> list:
+    import onnx
+
+    return [n for n in onnx.load(str(path)).graph.node if n.op_type == op]
 
 
 @pytest.fixture(scope="module")

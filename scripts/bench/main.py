@@ -11,6 +11,8 @@ One run measures, interleaved A/B/B/A so machine noise hits all alike:
   ours    our .mar (our handler, tuned model-config.yaml) behind TorchServe;
   stock   TorchServe's `image_classifier` handler serving the same scripted model with
           TorchServe's default model settings (no config file);
+  peer    what a user might write instead: FastAPI + uvicorn, 2 processes x 1 ORT thread, the
+          same model.onnx, preprocessing and JSON as ours, no batching (scripts/bench/peer.py);
 then ResNet-50 (random weights) saturated throughput, ours vs stock. Load comes from
 scripts.bench.loadtest in its own process, on the same 2 cores as the server.
 
@@ -29,7 +31,7 @@ import sys
 import time
 
 from scripts import repo
-from scripts.bench.artifacts import ours_mar, scripted, stock_mar
+from scripts.bench.artifacts import ours_mar, scripted, stock_mar, unpack
 from scripts.bench.inproc import inproc, machine_gflops, model_gflop
 from scripts.bench.levers import levers, levers_markdown, micro
 from scripts.bench.report import PLOT, machine, report, save, summarize, table, write_section
@@ -43,15 +45,16 @@ def run(profile: Profile, slo: float, resnet: bool) -> dict:
     ours = Service("ours", repo.DEFAULT_MODEL, ours_mar())
     stock = Service("stock", "efficientnet_lite0_stock",
                     stock_mar(scripted(repo.DEFAULT_MODEL, "default"), "efficientnet_lite0_stock"))
+    peer = Service("peer", repo.DEFAULT_MODEL, ours.mar, peer_dir=unpack(ours.mar))
     res = {"machine": machine(), "profile": profile.__dict__, "slo_ms": slo, "rounds": []}
     res["gflop_per_image"] = {"efficientnet_lite0": model_gflop(repo.DEFAULT_MODEL)}
     res["machine_gflops"] = {"1 thread": machine_gflops(1), f"{os.cpu_count()} threads":
                              machine_gflops(os.cpu_count() or 1)}
     try:
-        for svc in (ours, stock):
+        for svc in (ours, stock, peer):
             start(svc)
         for r in range(profile.repeats):
-            order = [ours, stock] if r % 2 == 0 else [stock, ours]
+            order = [ours, stock, peer] if r % 2 == 0 else [peer, stock, ours]
             rnd = {"inproc": inproc(ours.mar, 10 if profile.repeats > 1 else 6)}
             for svc in order:
                 rnd[f"{svc.label}_10"] = at_rate(svc, 10, profile.low, "10rps")
@@ -59,10 +62,12 @@ def run(profile: Profile, slo: float, resnet: bool) -> dict:
                 rnd[f"{svc.label}_50"] = at_rate(svc, 50, profile.target, "50rps")
             for svc in order:
                 rnd[f"{svc.label}_sweep"] = sweep(svc, profile.sweep, profile.step, slo)
+            for svc in (o for o in order if o is not stock):  # stock saturates at a few rps
+                rnd[f"{svc.label}_sat"] = saturate(svc, profile.sat, clients=8)
             res["rounds"].append(rnd)
             save(res)
     finally:
-        stop([ours, stock])
+        stop([ours, stock, peer])
     if resnet:
         res["resnet50"] = run_resnet(profile)
     res["summary"] = summarize(res)

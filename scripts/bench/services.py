@@ -24,6 +24,10 @@ class Service:
     env: dict = field(default_factory=dict)
     overrides: dict = field(default_factory=dict)
     server: serve.Server | None = None
+    # The FastAPI peer (scripts/bench/peer.py): the unpacked archive it serves, its process, URL.
+    peer_dir: Path | None = None
+    proc: subprocess.Popen | None = None
+    url: str | None = None
 
     @property
     def workdir(self) -> Path:
@@ -32,6 +36,14 @@ class Service:
 
 def start(svc: Service, workers: int = 2) -> None:
     shutil.rmtree(svc.workdir, ignore_errors=True)
+    if svc.peer_dir is not None:
+        from scripts.bench import peer
+
+        port = serve.free_ports()[0]
+        svc.proc = peer.start(svc.peer_dir, port, workers)
+        svc.url = f"http://127.0.0.1:{port}/predictions/{svc.model}"
+        log(f"{svc.label}: FastAPI + uvicorn READY ({workers} processes)")
+        return
     overrides = dict(svc.overrides)
     log_config = overrides.pop("_log_config", serve.LOG_CONFIG)
     svc.server = serve.start(svc.workdir, models=f"{svc.model}={svc.mar.name}", ports=serve.free_ports(),
@@ -47,6 +59,11 @@ def start(svc: Service, workers: int = 2) -> None:
 
 def stop(services: list[Service]) -> None:
     for svc in services:
+        if svc.proc is not None:
+            from scripts.bench import peer
+
+            peer.stop(svc.proc)
+            svc.proc = None
         if svc.server is not None:
             serve.stop(svc.workdir, grace=10, drain_timeout=5)
             svc.server = None
@@ -55,8 +72,9 @@ def stop(services: list[Service]) -> None:
 def load(svc: Service, *args: str, tag: str) -> dict:
     """One loadtest.py run in its own process; returns its JSON report."""
     out = BENCH / "runs" / f"{svc.label}-{tag}-{time.time_ns()}.json"
-    cmd = [sys.executable, "-m", "scripts.bench.loadtest", "--workdir", str(svc.workdir),
-           "--model", svc.model, "--images", str(photos()), "--out", str(out), *args]
+    where = ["--url", svc.url] if svc.url else ["--workdir", str(svc.workdir), "--model", svc.model]
+    cmd = [sys.executable, "-m", "scripts.bench.loadtest", *where, "--images", str(photos()),
+           "--out", str(out), *args]
     # Exit 1 means a missed target (the stock handler misses most): the figures are the result.
     proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, timeout=1800)
     if proc.returncode not in (0, 1) or not out.is_file():
@@ -76,7 +94,8 @@ def settle(svc: Service, timeout: float = 120.0) -> None:
     """Wait out the backlog an overload left behind: client timeouts do not cancel queued jobs,
     and a server still working through them would steal the cores from the next measurement.
     TorchServe's queue is FIFO, so a probe request answers once what was ahead of it is done."""
-    target = Target.from_workdir(svc.workdir, svc.model, timeout)
+    target = (Target(svc.url, None, timeout) if svc.url
+              else Target.from_workdir(svc.workdir, svc.model, timeout))
     t0 = time.monotonic()
     status = Sender(target).post(next(photos().iterdir()).read_bytes())
     if time.monotonic() - t0 > 1:

@@ -12,8 +12,10 @@ Example:
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -29,7 +31,7 @@ from handler.preprocessing import PreprocessConfig, to_tensor
 from handler.runner import load_runner
 from handler.settings import ConfigError
 from scripts import repo
-from scripts.build import precision
+from scripts.build import onnx_graph, precision
 from scripts.build.sample_photos import load_photos
 
 TOLERANCE = {"torchscript": 1e-4, "onnx": 1e-3}
@@ -160,8 +162,9 @@ def to_torchscript(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptM
             return torch.jit.freeze(scripted.eval())
 
 
-def export(model: nn.Module, out: Path, fmt: str, input_size: int) -> Path:
-    """Write the artifact; returns its path."""
+def export(model: nn.Module, out: Path, fmt: str, input_size: int, fusable: bool = True) -> Path:
+    """Write the artifact; returns its path. `fusable=False` writes the ONNX graph as torch
+    emits it (pads from the input's shape, empty Pad inputs): the benchmark's "before"."""
     model.eval()
     example = torch.zeros(1, 3, input_size, input_size)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -173,11 +176,19 @@ def export(model: nn.Module, out: Path, fmt: str, input_size: int) -> Path:
                 torch.jit.save(scripted, str(out))
         print(f"[export] {out} is {out.stat().st_size / 1e6:,.1f} MB", flush=True)
     elif fmt == "onnx":
+        if fusable and hasattr(model, "fix_input_size"):  # constant pads, on a copy: the eager
+            # model the validation compares against keeps computing its pads per input
+            model = copy.deepcopy(model)
+            model.fix_input_size(input_size)
         with step("exporting ONNX"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(model, (example,), str(out), input_names=["input"],
                               output_names=["logits"], dynamo=False, opset_version=17,
                               dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+        if fusable:
+            dropped = onnx_graph.drop_empty_trailing_inputs(out)
+            print(f"[export] dropped {dropped} empty optional inputs (lets ORT fuse Pad into Conv)",
+                  flush=True)
     else:
         raise ExportError(f"Unknown format {fmt!r}: torchscript or onnx")
     return out
@@ -230,9 +241,47 @@ def resolve_num_classes(arch: str, checkpoint: Path | None, num_classes: int | N
     return found or fallback
 
 
+def export_int8(model: nn.Module, out: Path, cfg: PreprocessConfig, guard: dict | None) -> dict:
+    """FP32 fused ONNX (validated against the eager model) -> INT8 QDQ at `out` -> accuracy
+    guard; the report holds both. Raises ExportError when either fails: no archive then."""
+    from scripts.build import quantize
+
+    try:
+        settings = quantize.guard_settings(guard)
+    except quantize.GuardError as exc:
+        raise ExportError(str(exc)) from exc
+    with tempfile.TemporaryDirectory() as tmp:  # the FP32 graph must not land in the archive
+        fp32 = export(model, Path(tmp) / "fp32.onnx", "onnx", cfg.input_size)
+        with step("validating the FP32 graph against the eager model on real photos"):
+            report = validate(model, fp32, cfg, "onnx")
+        if not report["passed"]:
+            raise ExportError(f"Exported FP32 graph disagrees with the eager model: {report}")
+        with step(f"calibrating on {settings['calibration_views_per_photo']} views per photo"):
+            calibration = quantize.calibration_batch(cfg, settings["calibration_views_per_photo"])
+        with step("quantizing to INT8 (QDQ, per-channel int8 weights, uint8 activations)"):
+            out.parent.mkdir(parents=True, exist_ok=True)
+            quantize.quantize(fp32, out, calibration)
+        with step("INT8 accuracy guard on photos disjoint from the calibration set"):
+            figures = quantize.evaluate(fp32, out, cfg, settings)
+    labelled = figures["labelled"]
+    print(f"[export] INT8 guard: top-1 agreement {figures['top1_agreement']:.4f} (min "
+          f"{settings['min_top1_agreement']}), top-5 overlap {figures['top5_overlap']:.4f} (min "
+          f"{settings['min_top5_overlap']}) on {figures['eval_images']} images of "
+          f"{figures['eval_source_photos']} photos; labelled top-1 FP32 {labelled['fp32_top1']} "
+          f"INT8 {labelled['int8_top1']} (n={labelled['n']})", flush=True)
+    try:
+        report["int8_guard"] = quantize.judge(figures, settings)
+    except quantize.GuardError as exc:
+        raise ExportError(f"{exc}; refusing to package the INT8 model") from exc
+    report["format"] = "onnx-int8"
+    return report
+
+
 def export_and_validate(arch: str, checkpoint: Path | None, preprocess: Path, out: Path,
-                        fmt: str = "torchscript", num_classes: int | None = None) -> dict:
-    """The whole export step; raises ExportError when validation fails."""
+                        fmt: str = "torchscript", num_classes: int | None = None,
+                        int8_guard: dict | None = None) -> dict:
+    """The whole export step; raises ExportError when validation fails. `int8_guard`: the
+    thresholds of the INT8 accuracy guard (fmt onnx-int8), else quantize.GUARD_DEFAULTS."""
     cfg = load_preprocess(preprocess)
     num_classes = resolve_num_classes(arch, checkpoint, num_classes)
     t0 = time.perf_counter()
@@ -244,9 +293,12 @@ def export_and_validate(arch: str, checkpoint: Path | None, preprocess: Path, ou
     model.eval()
     print(f"[export] exporting {fmt} -> {out}", flush=True)
     try:
-        export(model, out, fmt, cfg.input_size)
-        with step("validating against the eager model on real photos"):
-            report = validate(model, out, cfg, fmt)
+        if fmt == "onnx-int8":
+            report = export_int8(model, out, cfg, int8_guard)
+        else:
+            export(model, out, fmt, cfg.input_size)
+            with step("validating against the eager model on real photos"):
+                report = validate(model, out, cfg, fmt)
     except ExportError:
         raise
     except Exception as exc:  # e.g. an input size the architecture does not accept (ViT: 224)
@@ -284,7 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preprocess", type=Path,
                         default=repo.CONFIG_DIR / repo.DEFAULT_MODEL / "preprocess.json",
                         help="preprocessing config used for validation")
-    parser.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript")
+    parser.add_argument("--format", choices=["torchscript", "onnx", "onnx-int8"], default="torchscript",
+                        help="onnx-int8: the fused ONNX graph quantized to INT8, refused unless "
+                             "its accuracy guard passes (scripts/build/quantize.py)")
     parser.add_argument("--out", type=Path, required=True, help="artifact path (.pt or .onnx)")
     parser.add_argument("--report", type=Path, help="write the validation report (JSON) here")
     args = parser.parse_args(argv)

@@ -168,6 +168,7 @@ def package(arch: str = repo.DEFAULT_MODEL, checkpoint: str = "default",
     model_config = Path(model_config or config_dir / layout.MODEL_CONFIG)
     labels_path = Path(labels or config_dir / layout.LABELS)
     config_format = export_format(model_config)  # checks every key of the model config first
+    int8_guard = model_config_blocks(load_model_config(model_config), model_config)["export"]["int8_guard"]
     fmt = fmt or config_format
     if fmt not in layout.SERIALIZED_FILE:
         raise ExportError(f"format {fmt!r} is not one of {sorted(layout.SERIALIZED_FILE)}")
@@ -183,7 +184,7 @@ def package(arch: str = repo.DEFAULT_MODEL, checkpoint: str = "default",
     stage.mkdir(parents=True)
     artifact = layout.SERIALIZED_FILE[fmt]
     validation = export_and_validate(arch, checkpoint_path, preprocess, stage / artifact, fmt,
-                                     num_classes)
+                                     num_classes, int8_guard)
     stage_files(stage, preprocess, label_map, model_config,
                 architecture_record(arch, num_classes, fmt))
     manifest = build_manifest(stage, model_name=model_name, version=version, arch=arch,
@@ -216,7 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-config", type=Path, help="model-config.yaml (default: config/NAME/)")
     parser.add_argument("--format", choices=sorted(layout.SERIALIZED_FILE),
                         help="serialized model (default: export.format in the model config, else "
-                             "torchscript; the default model ships onnx, see BENCHMARKS.md)")
+                             "torchscript; the default model ships onnx, see BENCHMARKS.md); "
+                             "onnx-int8 quantizes and refuses to package unless the accuracy guard "
+                             "(export: int8_guard: in the model config) passes")
     parser.add_argument("--export-path", type=Path, default=repo.MODEL_STORE)
     parser.add_argument("--archive-format", choices=["default", "tgz", "no-archive"],
                         default="default")
