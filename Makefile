@@ -102,7 +102,7 @@ bench: install-dev $(MAR)
 gpu-kit: install
 	rm -rf build/gpu-kit && mkdir -p build/gpu-kit
 	$(PY) -c "import pathlib, shutil, ts; shutil.copytree(pathlib.Path(ts.__file__).parent, \
-		'build/gpu-kit/ts', ignore=shutil.ignore_patterns('frontend', '__pycache__'))"
+		'build/gpu-kit/ts', ignore=shutil.ignore_patterns('frontend', 'unit_tests', '__pycache__'))"
 	@du -sh build/gpu-kit
 
 clean:

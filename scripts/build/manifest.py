@@ -8,11 +8,10 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 
 from handler import layout
-from handler.provenance import built_files, sha256_file
+from handler.provenance import built_files, installed_versions, sha256_file
 from scripts import repo
 
 # Timings vary run to run; they would make two builds of the same inputs differ.
@@ -46,13 +45,7 @@ def hash_file(path: Path) -> str:
 
 
 def library_versions() -> dict[str, str]:
-    found = {"python": platform.python_version()}
-    for name in VERSIONED:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return found
+    return {"python": platform.python_version(), **installed_versions(tuple(VERSIONED))}
 
 
 def git_commit() -> tuple[str, str]:
