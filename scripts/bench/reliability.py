@@ -93,15 +93,14 @@ def lever_start(label: str, lever: str | None) -> serve.Server:
     return start(label, warm=lever == "warm-up")
 
 
-def jvm_cpu(workdir: Path) -> dict[str, float]:
+def jvm_cpu(server: serve.Server) -> dict[str, float]:
     """CPU seconds so far of the frontend's JVM, by thread kind (JIT compilers, Netty, ...)."""
-    java = next((p for p in psutil.process_iter(["name", "cmdline"]) if p.info["name"] == "java"
-                 and str(workdir) in " ".join(p.info["cmdline"] or [])), None)
+    java = serve._group(server.pgid, "java")
     out: dict[str, float] = {}
-    if java is None:
+    if not java:
         return out
     tick = os.sysconf("SC_CLK_TCK")
-    for task in Path(f"/proc/{java.pid}/task").iterdir():
+    for task in Path(f"/proc/{java[0]}/task").iterdir():
         try:
             kind = (task / "comm").read_text().strip().rstrip("0123456789#").strip()
             fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
@@ -120,9 +119,9 @@ def fresh_starts(n: int, seconds: float, images: list[bytes], lever: str) -> lis
         applied = lever if i % 2 == 0 else None
         server = lever_start(f"start{i}", applied)
         try:  # no pause: the load starts the moment the server is announced
-            before = jvm_cpu(server.workdir)
+            before = jvm_cpu(server)
             rep = run_open(target(server), images, 50, seconds, warmup=0, progress=False)
-            after = jvm_cpu(server.workdir)
+            after = jvm_cpu(server)
         finally:
             serve.stop(server.workdir, grace=10)
         spent = {k: after[k] - before.get(k, 0.0) for k in after}
