@@ -64,6 +64,14 @@ class PreprocessConfig:
     # full (a 16-bit PNG at 9 MP: about 180 MiB and 0.27 s of CPU). Key JPEG_PROGRESSIVE for
     # progressive JPEGs; a format not listed has max_pixels only.
     max_pixels_by_format: tuple[tuple[str, int], ...] = ()
+    # Bytes per kind where the decoder's work grows with the body, not the pixels: Pillow
+    # decodes RLE BMP (kind BMP_RLE) in Python, one loop turn per 2-byte code.
+    max_bytes_by_format: tuple[tuple[str, int], ...] = ()
+    # libjpeg walks every block of the image once per scan; an encoder writes about 10, an
+    # attacker thousands of a few bytes each. Both bounds are checked from a count of the SOS
+    # markers: the scans, and the scans times the pixels (about 12 scans at 20 MP).
+    max_jpeg_scans: int = 100
+    max_jpeg_scan_pixels: int = 240_000_000
 
     @classmethod
     def from_dict(cls, raw: dict, where: str = "preprocess config") -> PreprocessConfig:
@@ -111,7 +119,9 @@ class PreprocessConfig:
             raise ValueError("resize_size must be >= input_size")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ValueError("mean and std need three values, std > 0")
-        if min(self.max_bytes, self.max_pixels, self.min_side) < 1 or self.max_aspect_ratio < 1:
+        if min(self.max_bytes, self.max_pixels, self.min_side, self.max_jpeg_scans,
+               self.max_jpeg_scan_pixels) < 1 \
+                or self.max_aspect_ratio < 1:
             raise ValueError("limits must be positive and max_aspect_ratio >= 1")
 
 
@@ -122,6 +132,9 @@ LIMIT_CASTS = {
     "max_aspect_ratio": float,
     "formats": lambda v: tuple(str(f).upper() for f in v),
     "max_pixels_by_format": lambda v: tuple((str(k).upper(), int(n)) for k, n in dict(v).items()),
+    "max_bytes_by_format": lambda v: tuple((str(k).upper(), int(n)) for k, n in dict(v).items()),
+    "max_jpeg_scans": int,
+    "max_jpeg_scan_pixels": int,
 }
 REQUIRED_KEYS = ("input_size", "resize_size", "mean", "std")
 # Every field of PreprocessConfig but the limits, which sit in their own "limits" object.
@@ -155,12 +168,18 @@ def open_image(data: bytes, cfg: PreprocessConfig) -> Image.Image:
     width, height = img.size
     if width * height > cfg.max_pixels:
         raise _too_many_pixels(cfg, f"{width}x{height}")
-    kind = "JPEG_PROGRESSIVE" if fmt == "JPEG" and img.info.get("progressive") else fmt
+    kind = image_kind(img, fmt)
     cap = dict(cfg.max_pixels_by_format).get(kind)
     if cap is not None and width * height > cap:
         raise InputError(413, "ImageTooLarge",
-                         f"A {kind.replace('_', ' ').lower()} image of {width}x{height} declares "
+                         f"A {_kind_name(kind)} image of {width}x{height} declares "
                          f"too many pixels; the limit for it is {cap}.")
+    cap = dict(cfg.max_bytes_by_format).get(kind)
+    if cap is not None and len(data) > cap:
+        raise InputError(413, "PayloadTooLarge",
+                         f"A {_kind_name(kind)} image of {len(data)} bytes; the limit for it is {cap} bytes.")
+    if fmt == "JPEG":
+        _check_scans(data, width * height, cfg)
     if min(width, height) < cfg.min_side:
         raise InputError(400, "ImageTooSmall",
                          f"Image is {width}x{height}; each side must be at least {cfg.min_side} px.")
@@ -169,6 +188,30 @@ def open_image(data: bytes, cfg: PreprocessConfig) -> Image.Image:
                          f"Image is {width}x{height}; the long side may be at most "
                          f"{cfg.max_aspect_ratio:g} times the short side.")
     return img
+
+
+def image_kind(img: Image.Image, fmt: str) -> str:
+    """The format, or the costlier variant of it that has limits of its own."""
+    if fmt == "JPEG" and img.info.get("progressive"):
+        return "JPEG_PROGRESSIVE"
+    if fmt == "BMP" and img.tile and img.tile[0][0] == "bmp_rle":
+        return "BMP_RLE"
+    return fmt
+
+
+def _kind_name(kind: str) -> str:
+    return {"BMP_RLE": "RLE-compressed BMP"}.get(kind, kind.replace("_", " ").lower())
+
+
+def _check_scans(data: bytes, pixels: int, cfg: PreprocessConfig) -> None:
+    # Entropy-coded data stuffs every 0xFF with 0x00, so FF DA appears only as a real marker
+    # (or inside an embedded thumbnail, which only makes the count cautious).
+    scans = data.count(b"\xff\xda")
+    if scans > cfg.max_jpeg_scans or scans * pixels > cfg.max_jpeg_scan_pixels:
+        raise InputError(413, "TooManyScans",
+                         f"The JPEG holds {scans} scans of {pixels} pixels; the limits are "
+                         f"{cfg.max_jpeg_scans} scans and {cfg.max_jpeg_scan_pixels} scans x pixels "
+                         "(an encoder writes about 10 scans).")
 
 
 def _pillow_formats(cfg: PreprocessConfig) -> tuple[str, ...]:
@@ -225,9 +268,12 @@ def _draft_for_resize(img: Image.Image, resize_size: int) -> None:
 
 def _to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit greyscale: scale to 8 bits instead of clipping at 255.
-        arr = np.asarray(img, dtype=np.int64) >> 8
-        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
+        # 16-bit greyscale: scale to 8 bits instead of clipping at 255. A PNG's samples arrive
+        # as uint16 and shift in place (2 bytes a pixel); only 32-bit "I" needs the clip.
+        arr = np.asarray(img) >> 8
+        if arr.dtype != np.uint16:
+            arr = np.clip(arr, 0, 255)
+        img = Image.fromarray(arr.astype(np.uint8), "L")
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):

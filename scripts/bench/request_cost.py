@@ -1,11 +1,14 @@
 """Worst CPU time and memory one accepted image costs the handler's preprocessing.
 
-    python -m scripts.bench.request_cost [--budget-mib 256] [--budget-ms 500]
+    python -m scripts.bench.request_cost [--budget-mib 256] [--budget-ms 500] [--corpus]
 
 For each costly kind (16-bit PNG, lossless WebP, BMP, progressive JPEG, baseline JPEG) it builds
 the largest image its per-format pixel cap in preprocess.json accepts (4:3), then measures
 `preprocess_bytes` on it in a fresh process (peak RSS over a warmed-up baseline, CPU time).
-Exit 1 when one exceeds the budget. Figures go into docs/inputs-and-errors.md.
+With --corpus it measures every crafted image of scripts/bench/crafted_images.py instead (just
+under and just over each limit), and checks that each is accepted or refused as it should be.
+Exit 1 when an accepted image exceeds the budget or a case gets the wrong answer. Figures go
+into docs/inputs-and-errors.md.
 """
 
 from __future__ import annotations
@@ -24,8 +27,10 @@ import numpy as np
 import psutil
 from PIL import Image
 
+from handler.errors import InputError
 from handler.preprocessing import PreprocessConfig, preprocess_bytes
 from scripts import repo
+from scripts.bench import crafted_images
 
 KINDS = {"png16": "PNG", "webp_lossless": "WEBP", "bmp": "BMP", "jpeg_progressive": "JPEG_PROGRESSIVE",
          "jpeg": "JPEG"}
@@ -72,20 +77,41 @@ def measure_file(path: Path) -> dict:
     sampler = threading.Thread(target=sample)
     sampler.start()
     t0 = time.process_time()
-    preprocess_bytes(data, cfg)
+    status = "200"
+    try:
+        preprocess_bytes(data, cfg)
+    except InputError as exc:
+        status = f"{exc.status} {exc.error_type}"
     cpu = time.process_time() - t0
     done.set()
     sampler.join()
-    return {"bytes": len(data), "cpu_ms": round(cpu * 1000), "rss_mib": round((peak[0] - rss0) / 2**20)}
+    return {"bytes": len(data), "cpu_ms": round(cpu * 1000), "rss_mib": round((peak[0] - rss0) / 2**20),
+            "status": status}
 
 
-def measure(kind: str) -> dict:
-    """Build the image here, measure it in a fresh process (RSS peaks are per process)."""
+def measure(kind: str, data: bytes | None = None) -> dict:
+    """Build the image here (or take `data`), measure it in a fresh process (RSS peaks are per
+    process)."""
     with tempfile.NamedTemporaryFile(suffix=".img") as tmp:
-        Path(tmp.name).write_bytes(largest(kind, config()))
+        Path(tmp.name).write_bytes(largest(kind, config()) if data is None else data)
         out = subprocess.run([sys.executable, "-m", "scripts.bench.request_cost", "--measure", tmp.name],
                              capture_output=True, text=True, timeout=300, check=True).stdout
     return {"kind": kind, **json.loads(out)}
+
+
+def measure_corpus(budget_mib: float, budget_ms: float) -> int:
+    """Every crafted case: its answer and cost; returns how many are wrong or over budget."""
+    bad = 0
+    for case in crafted_images.corpus(config()):
+        row = measure(case.name, case.data)
+        expected = "200" if case.status == 200 else f"{case.status} {case.error_type}"
+        ok = row["status"] == expected and (
+            case.status != 200 or (row["rss_mib"] <= budget_mib and row["cpu_ms"] <= budget_ms))
+        bad += not ok
+        print(f"{case.name:30s} {row['bytes']:>9d} B  {row['status']:24s} cpu {row['cpu_ms']:>5d} ms  "
+              f"rss +{row['rss_mib']:>4d} MiB  {'ok' if ok else 'WRONG (expected ' + expected + ')'}",
+              flush=True)
+    return bad
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,11 +119,15 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget-mib", type=float, default=256)
     parser.add_argument("--budget-ms", type=float, default=500)
+    parser.add_argument("--corpus", action="store_true",
+                        help="measure the crafted images of scripts/bench/crafted_images.py")
     parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.measure:
         print(json.dumps(measure_file(args.measure)))
         return 0
+    if args.corpus:
+        return 1 if measure_corpus(args.budget_mib, args.budget_ms) else 0
     over = 0
     for kind in KINDS:
         row = measure(kind)
