@@ -22,6 +22,7 @@ import time
 import pytest
 import requests
 
+from scripts.bench import slow_clients
 from scripts.ops import balancer as lb
 from scripts.ops import serve
 from tests.support.servers import MODEL, ROOT, start_server
@@ -33,6 +34,7 @@ KILL_AT = 5.0         # s into the load
 AFTER_REJOIN = 6.0    # s of load after the killed replica is UP again
 MAX_LOAD = 60.0       # s: the load stops by then whatever happens
 TIMEOUT = 30.0        # per request: no answer by then counts as hung
+SLO_MS = 50.0
 # Behind the balancer the replicas do not check keys: HAProxy does (see config/haproxy.cfg).
 AUTH_OFF = {"disable_token_authorization": "true"}
 MODELS = f"{MODEL}={MODEL}.mar"
@@ -100,6 +102,37 @@ def test_oversized_body_refused_at_the_edge_from_its_header(cluster):
                      "Content-Type: image/jpeg\r\nContent-Length: 7000000\r\n\r\n".encode())
         reply = sock.recv(65536).decode(errors="replace")  # nothing of the body was sent
     assert reply.startswith("HTTP/1.1 413") and "PayloadTooLarge" in reply, reply[:300]
+
+
+def test_slow_clients_and_large_uploads_leave_normal_traffic_alone(cluster, photos):
+    """300 connections from 5 loopback addresses sending a byte a second, 80 more from one
+    address (over its cap of 64), and 6 MB uploads posted 4 times a second, all at once, while
+    20 predictions a second go through the edge: the slow ones are answered 408 (or closed)
+    within HAProxy's request timeout, the extra ones from one address are closed at once, the
+    uploads are answered 4xx, memory stays bounded, and normal traffic keeps its latency."""
+    servers, balancer = cluster
+    java = {f"replica{i}_frontend": serve._group(s.pgid, "java")[0] for i, s in enumerate(servers, 1)}
+    figures = slow_clients.run(balancer.url, balancer.key, photos["cat.jpg"].read_bytes(),
+                               seconds=16, slow=300, pids={"haproxy": balancer.process.pid, **java})
+    print(f"\nslow-client figures: {figures}")
+    assert figures["traffic_failed"] == 0, figures
+    # Hundreds of slow connections held at the edge did not delay anyone else. Measured beside
+    # the same traffic without them (the machine's load moves both alike).
+    base, attacked = figures["baseline_ms"]["p99"], figures["attacked_ms"]["p99"]
+    assert attacked < max(SLO_MS, 2 * base), figures
+    slow = figures["slow_connections"]
+    assert slow["most_open_at_once"] >= 290, figures  # all held open, none refused...
+    assert slow["answered"].get("408", 0) >= 250, figures  # ...until the 10 s request timeout
+    crowd = figures["one_source_over_cap"]
+    assert crowd["most_open_at_once"] <= slow_clients.CAP_PER_SOURCE, figures
+    assert crowd["closed_at_once"] >= crowd["tried"] - slow_clients.CAP_PER_SOURCE, figures
+    uploads = figures["uploads"]
+    assert uploads["sent"] >= 40 and uploads["statuses"] == ["415"], figures  # not images: 415 JSON
+    grew = {name: r["peak"] - r["start"] for name, r in figures["rss_mib"].items()}
+    assert grew["haproxy"] < 128, figures  # a touched page or two per slow connection
+    # Each frontend holds at most 32 bodies in flight (HAProxy's maxconn per replica) inside a
+    # 1 GiB heap (-Xmx1g in config.properties).
+    assert all(r["peak"] < 1536 for n, r in figures["rss_mib"].items() if n != "haproxy"), figures
 
 
 class Monitor(threading.Thread):
