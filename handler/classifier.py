@@ -62,7 +62,8 @@ class ImageClassifierHandler(BaseHandler):
         self.placement = place(context.system_properties, backend_of(serialized),
                                settings["precision"], (provenance or {}).get("validation"))
         logger.info("Running on %s", self.placement.describe())
-        self.runner = load_runner(model_dir / serialized, threads=threads, placement=self.placement)
+        self.runner = load_runner(model_dir / serialized, threads=threads, placement=self.placement,
+                                  spinning=bool(settings["ort_spinning"]))
         self.top_k = int(settings["top_k"])
         self.model_name = self.manifest["model"].get("modelName", "model")
         self.model_version = self.manifest["model"].get("modelVersion", "1.0")

@@ -24,6 +24,7 @@ TORCHSERVE_MODEL_KEYS = frozenset({
 MODEL_CONFIG_BLOCKS = ("handler", "export")
 HANDLER_DEFAULTS = {
     "threads": 1,
+    "ort_spinning": True,
     "top_k": 5,
     "preprocess_config": layout.PREPROCESS_CONFIG,
     "labels": layout.LABELS,
@@ -33,7 +34,7 @@ HANDLER_DEFAULTS = {
     "precision": "auto",
 }
 # int8_guard: the INT8 accuracy guard's thresholds (scripts/build/quantize.py checks its keys).
-EXPORT_DEFAULTS = {"format": "torchscript", "int8_guard": {}}
+EXPORT_DEFAULTS = {"format": "torchscript", "int8_guard": {}, "fuse_pads": True}
 
 
 class ConfigError(ValueError):

@@ -27,6 +27,16 @@ def levers(profile: Profile, only: list[str] | None) -> dict:
     defs = {
         "workers_x_threads": [("1x2", {"minWorkers": 1, "maxWorkers": 1, "handler": {"threads": 2}}, {}, {}),
                               ("2x2", {"minWorkers": 2, "maxWorkers": 2, "handler": {"threads": 2}}, {}, {})],
+        # ONNX Runtime's idle intra-op threads sleep instead of spinning (matters with threads > 1).
+        "ort_threads": [("1x2_nospin", {"minWorkers": 1, "maxWorkers": 1,
+                                        "handler": {"threads": 2, "ort_spinning": False}}, {}, {}),
+                        ("2x2_nospin", {"minWorkers": 2, "maxWorkers": 2,
+                                        "handler": {"threads": 2, "ort_spinning": False}}, {}, {})],
+        # A third worker on 2 cores: spare capacity while one restarts (RELIABILITY.md).
+        "workers": [("3x1", {"minWorkers": 3, "maxWorkers": 3}, {}, {})],
+        # The ONNX graph as torch emits it (17 Pads ORT cannot fold into convolutions): the
+        # archive shipped before the fused export.
+        "graph": [("unfused_graph", {"export": {"fuse_pads": False}}, {}, {})],
         "batching": [("batch1", {"batchSize": 1, "maxBatchDelay": 0}, {}, {}),
                      ("batch4_delay5", {"batchSize": 4, "maxBatchDelay": 5}, {}, {}),
                      ("batch8_delay10", {"batchSize": 8, "maxBatchDelay": 10}, {}, {})],

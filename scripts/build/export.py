@@ -279,9 +279,10 @@ def export_int8(model: nn.Module, out: Path, cfg: PreprocessConfig, guard: dict 
 
 def export_and_validate(arch: str, checkpoint: Path | None, preprocess: Path, out: Path,
                         fmt: str = "torchscript", num_classes: int | None = None,
-                        int8_guard: dict | None = None) -> dict:
+                        int8_guard: dict | None = None, fuse_pads: bool = True) -> dict:
     """The whole export step; raises ExportError when validation fails. `int8_guard`: the
-    thresholds of the INT8 accuracy guard (fmt onnx-int8), else quantize.GUARD_DEFAULTS."""
+    thresholds of the INT8 accuracy guard (fmt onnx-int8), else quantize.GUARD_DEFAULTS.
+    `fuse_pads=False` writes the ONNX graph as torch emits it (the "before" of BENCHMARKS.md)."""
     cfg = load_preprocess(preprocess)
     num_classes = resolve_num_classes(arch, checkpoint, num_classes)
     t0 = time.perf_counter()
@@ -296,7 +297,7 @@ def export_and_validate(arch: str, checkpoint: Path | None, preprocess: Path, ou
         if fmt == "onnx-int8":
             report = export_int8(model, out, cfg, int8_guard)
         else:
-            export(model, out, fmt, cfg.input_size)
+            export(model, out, fmt, cfg.input_size, fusable=fuse_pads)
             with step("validating against the eager model on real photos"):
                 report = validate(model, out, cfg, fmt)
     except ExportError:

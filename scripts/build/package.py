@@ -168,7 +168,7 @@ def package(arch: str = repo.DEFAULT_MODEL, checkpoint: str = "default",
     model_config = Path(model_config or config_dir / layout.MODEL_CONFIG)
     labels_path = Path(labels or config_dir / layout.LABELS)
     config_format = export_format(model_config)  # checks every key of the model config first
-    int8_guard = model_config_blocks(load_model_config(model_config), model_config)["export"]["int8_guard"]
+    export_settings = model_config_blocks(load_model_config(model_config), model_config)["export"]
     fmt = fmt or config_format
     if fmt not in layout.SERIALIZED_FILE:
         raise ExportError(f"format {fmt!r} is not one of {sorted(layout.SERIALIZED_FILE)}")
@@ -184,7 +184,8 @@ def package(arch: str = repo.DEFAULT_MODEL, checkpoint: str = "default",
     stage.mkdir(parents=True)
     artifact = layout.SERIALIZED_FILE[fmt]
     validation = export_and_validate(arch, checkpoint_path, preprocess, stage / artifact, fmt,
-                                     num_classes, int8_guard)
+                                     num_classes, export_settings["int8_guard"],
+                                     bool(export_settings["fuse_pads"]))
     stage_files(stage, preprocess, label_map, model_config,
                 architecture_record(arch, num_classes, fmt))
     manifest = build_manifest(stage, model_name=model_name, version=version, arch=arch,
