@@ -28,6 +28,19 @@ def test_ready_and_live_on_a_serving_model(server):
     assert probe(server.workdir, "live").returncode == 0
 
 
+def test_not_ready_while_serve_warms_up(server):
+    """`serve start` keeps WORKDIR/warm_up.pending until its warm-up is done: a server whose
+    workers are READY is not ready yet while it is there."""
+    pending = server.workdir / serve.WARM_UP_PENDING
+    pending.touch()
+    try:
+        done = probe(server.workdir, "ready")
+        assert done.returncode == 1 and "warming up" in done.stderr, done.stderr
+    finally:
+        pending.unlink()
+    assert probe(server.workdir, "ready").returncode == 0
+
+
 def test_not_ready_below_the_required_workers(server):
     done = probe(server.workdir, "ready", "--min-workers", "3")
     assert done.returncode == 1 and "2 READY workers of 3" in done.stderr

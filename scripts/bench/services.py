@@ -50,7 +50,9 @@ def start(svc: Service, workers: int = 2) -> None:
                              model_store=svc.mar.parent, overrides=overrides, env=svc.env,
                              log_config=log_config)
     try:
-        serve.wait_ready(svc.server, svc.model, min_ready=workers, timeout=240, progress=False)
+        # Warmed up as `serve start` does, so the first measured window is not the frontend's
+        # cold start (RELIABILITY.md); the stock handler gets the same requests.
+        serve.wait_ready(svc.server, svc.model, min_ready=workers, timeout=240, progress=False, warm=True)
     except BaseException:
         serve.stop(svc.workdir, grace=5)
         raise

@@ -6,7 +6,9 @@ start and when a key is renewed; server_config.KeyFile re-reads the file wheneve
 
 from __future__ import annotations
 
+import base64
 import io
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +30,18 @@ def sample_jpeg(size: int = 64) -> bytes:
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=85)
     return buf.getvalue()
+
+
+def sample_request(envelope: str | None = None, size: int = 64) -> tuple[bytes, dict]:
+    """A tiny prediction in the protocol the server speaks (config.properties `service_envelope`):
+    a raw JPEG, or under TorchServe's KServe v2 envelope (config/kserve) the same JPEG as a v2
+    BYTES input. The readiness probe's, and the warm-up's."""
+    image = sample_jpeg(size)
+    if envelope != "kservev2":
+        return image, {}
+    body = {"id": "probe", "inputs": [{"name": "input-0", "shape": [1], "datatype": "BYTES",
+                                       "data": [base64.b64encode(image).decode()]}]}
+    return json.dumps(body).encode(), {"Content-Type": "application/json"}
 
 
 def worker_died(resp: requests.Response) -> bool:

@@ -3,8 +3,9 @@
     python -m scripts.ops.healthcheck ready [--min-workers N]   # readiness
     python -m scripts.ops.healthcheck live                      # liveness
 
-ready: the model has at least N READY workers (default: its minWorkers; the management API,
-       which does not queue behind predictions) AND the model answers. `GET /ping` alone is not
+ready: `serve start` has finished its warm-up (no WORKDIR/warm_up.pending), the model has at
+       least N READY workers (default: its minWorkers; the management API, which does not
+       queue behind predictions) AND the model answers. `GET /ping` alone is not
        enough: it says "Healthy" while every worker of the only model crash-loops. "Answers" is
        read first from the frontend's Prometheus counters, which do not queue either: requests
        answered since the previous probe (kept in WORKDIR/health_state.json) prove it under
@@ -23,7 +24,6 @@ file is needed where the config turns token authorization off).
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import sys
 from pathlib import Path
@@ -31,24 +31,13 @@ from pathlib import Path
 import requests
 
 from scripts import repo
-from scripts.ops.client import TorchServeClient, sample_jpeg
-from scripts.ops.serve import in_flight
+from scripts.ops.client import TorchServeClient, sample_request
+from scripts.ops.serve import WARM_UP_PENDING, in_flight
 from scripts.ops.server_config import CONFIG_FILE, read_properties
 
 STATE_FILE = "health_state.json"
 
 OK, NOT_READY, UNREACHABLE = 0, 1, 2
-
-
-def probe_request(envelope: str | None) -> tuple[bytes, dict]:
-    """The probe's tiny prediction, in the protocol the server speaks: a raw JPEG, or under
-    TorchServe's KServe v2 envelope (config/kserve) the same JPEG as a v2 BYTES input."""
-    image = sample_jpeg()
-    if envelope != "kservev2":
-        return image, {}
-    body = {"id": "healthcheck", "inputs": [{"name": "input-0", "shape": [1], "datatype": "BYTES",
-                                             "data": [base64.b64encode(image).decode()]}]}
-    return json.dumps(body).encode(), {"Content-Type": "application/json"}
 
 
 def check_ready(client: TorchServeClient, model: str, min_workers: int | None = None,
@@ -69,7 +58,7 @@ def check_ready(client: TorchServeClient, model: str, min_workers: int | None = 
         code, how = verdict
         return code, f"{'ready' if code == OK else 'not ready'}: {ready} READY workers, {how}"
     try:
-        body, headers = probe_request(envelope)
+        body, headers = sample_request(envelope)
         resp = client.predict(model, body, headers=headers)
     except (OSError, requests.RequestException) as exc:
         return UNREACHABLE, f"inference API unreachable: {exc}"
@@ -133,9 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"unreachable: {exc}", file=sys.stderr)
         return UNREACHABLE
-    code, message = (check_ready(client, args.model, args.min_workers, args.workdir / STATE_FILE,
-                                 props.get("service_envelope"))
-                     if args.probe == "ready" else check_live(client))
+    if args.probe == "ready" and (args.workdir / WARM_UP_PENDING).exists():
+        code, message = NOT_READY, "warming up (serve start sends predictions before it announces READY)"
+    else:
+        code, message = (check_ready(client, args.model, args.min_workers, args.workdir / STATE_FILE,
+                                     props.get("service_envelope"))
+                         if args.probe == "ready" else check_live(client))
     print(message, file=sys.stdout if code == OK else sys.stderr)
     return code
 
