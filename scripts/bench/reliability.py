@@ -3,6 +3,7 @@
     python -m scripts.bench.reliability ready --starts 5 --restarts 5   # about 8 min
     python -m scripts.bench.reliability overload                        # about 3 min
     python -m scripts.bench.reliability soak --minutes 30 --key-minutes 5
+    python -m scripts.bench.reliability stall                           # about 1 min
 
 ready     p99 of the first 20 s at 50 rps right after the server reports READY (what `make
           serve` waits for), over N fresh starts as shipped and N with a lever (--lever); and
@@ -13,6 +14,9 @@ overload  the saturated rate (closed loop), then 2x that rate open loop for 60 s
           lost, and the p99 of each 5 s window at 20 rps after the load drops.
 soak      a constant rate for many minutes with short-lived keys: per minute p99, errors, worker
           RSS, open file descriptors and threads, then the slopes of RSS and descriptors.
+stall     the server's descriptors and its clients' connections at 50 rps, before and after the
+          workers stall for 2 s (SIGSTOP, SIGCONT): what a latency spike does to the descriptor
+          count (the load generator starts a sender thread, and a connection, per request waiting).
 
 Each writes its table (and the soak its plot) into RELIABILITY.md, raw JSON into build/bench/.
 Exit status 1 when a target is missed (p99 >= SLO, an error, a lost worker), else 0.
@@ -73,15 +77,22 @@ def window(records: list, t0: float, lo: float, hi: float, rate: float | None) -
     return summarize(records, (t0 + lo, t0 + hi), rate)
 
 
+def p99_by_4s(records: list, t0: float, seconds: float) -> list[float]:
+    """p99 of each 4 s from t0 (at 50 rps): whether slow requests come first or all along."""
+    return [window(records, t0, k, k + 4, 50)["latency_ms"]["p99"] for k in range(0, int(seconds), 4)]
+
+
 # ---------------------------------------------------------------- ready
 
 # The JVM's optimising compiler (C2) compiles the frontend's hot paths in the first minute and
 # takes CPU from the workers on a small machine; config.properties therefore ships C1 alone
 # (`vmargs`). The lever `jvm-default` removes that flag: the JVM's default tiered compilation.
 C1_ONLY = "-XX:TieredStopAtLevel=1"
+# `serve start` announces the server after 5 s of predictions through the frontend (warm-up);
+# the lever `no-warm-up` announces it as soon as the workers are READY, as before.
 LEVERS = {
     "jvm-default": "JVM default JIT (C1 + C2)",
-    "warm-up": "READY + 5 s HTTP warm-up",
+    "no-warm-up": "workers READY, no warm-up",
 }
 
 
@@ -89,8 +100,8 @@ def lever_start(label: str, lever: str | None) -> serve.Server:
     """A fresh server as shipped (lever None) or with the lever applied."""
     if lever == "jvm-default":
         shipped = read_properties(repo.SERVER_CONFIG).get("vmargs", "")
-        return start(label, overrides={"vmargs": shipped.replace(C1_ONLY, "").strip()}, warm=False)
-    return start(label, warm=lever == "warm-up")
+        return start(label, overrides={"vmargs": shipped.replace(C1_ONLY, "").strip()})
+    return start(label, warm=lever != "no-warm-up")
 
 
 def jvm_cpu(server: serve.Server) -> dict[str, float]:
@@ -119,26 +130,38 @@ def fresh_starts(n: int, seconds: float, images: list[bytes], lever: str) -> lis
         applied = lever if i % 2 == 0 else None
         server = lever_start(f"start{i}", applied)
         try:  # no pause: the load starts the moment the server is announced
-            before = jvm_cpu(server)
-            rep = run_open(target(server), images, 50, seconds, warmup=0, progress=False)
+            before, records = jvm_cpu(server), []
+            t0 = time.perf_counter()
+            rep = run_open(target(server), images, 50, seconds, warmup=0, progress=False, records=records)
             after = jvm_cpu(server)
+            # The same server's next window: warm, as a paired control for the first one.
+            warm = run_open(target(server), images, 50, seconds, warmup=0, progress=False)
         finally:
             serve.stop(server.workdir, grace=10)
         spent = {k: after[k] - before.get(k, 0.0) for k in after}
         rep["lever"] = applied
+        rep["warm_p99_ms"] = warm["latency_ms"]["p99"]
+        # p99 per 4 s: whether the slow requests are the first ones or spread over the window
+        rep["p99_by_4s"] = p99_by_4s(records, t0, seconds)
         rep["jvm_cpu_s"] = round(sum(spent.values()), 2)
         rep["jit_cpu_s"] = round(sum(v for k, v in spent.items() if "Compiler" in k), 2)
         log(f"fresh start {i + 1}/{2 * n} ({LEVERS[applied] if applied else 'shipped'}): "
             f"p99 {rep['latency_ms']['p99']} ms, errors {rep['errors']}, JVM CPU {rep['jvm_cpu_s']} s "
-            f"(JIT {rep['jit_cpu_s']} s)")
+            f"(JIT {rep['jit_cpu_s']} s); p99 per 4 s {rep['p99_by_4s']}; next {seconds:g} s (warm) "
+            f"p99 {rep['warm_p99_ms']} ms")
         out.append(rep)
     return out
 
 
-def worker_restarts(n: int, seconds: float, images: list[bytes]) -> list[dict]:
+def worker_restarts(n: int, seconds: float, images: list[bytes], workers: int = 2) -> list[dict]:
+    """n times: 10 s at 50 rps, SIGKILL to one worker, then the window after its replacement is
+    READY. `workers` other than the shipped 2 are set through the management API (the spare
+    capacity lever: with 3, two still serve while one restarts)."""
     server = start("restarts")
     out = []
     try:
+        if workers != 2:
+            server.client.scale(MODEL, workers, workers)
         for i in range(n):
             records: list = []
             t0 = time.perf_counter() + 0.05
@@ -149,12 +172,14 @@ def worker_restarts(n: int, seconds: float, images: list[bytes]) -> list[dict]:
             time.sleep(10)
             victim = worker_pids(server)[0]
             os.kill(victim, signal.SIGKILL)
-            ready_at = wait_replaced(server, victim, timeout=60) - t0
+            ready_at = wait_replaced(server, victim, workers, timeout=60) - t0
             load.join()
             after = window(records, t0, ready_at, ready_at + seconds, 50)
             # Requests the killed worker held were sent up to a batch's time before the kill.
             lost = [r for r in records if r[3] != "200" and t0 + 9 <= r[0] < t0 + ready_at]
-            out.append({"ready_after_kill_s": round(ready_at - 10, 1), "window": after,
+            out.append({"ready_after_kill_s": round(ready_at - 10, 1), "window": after, "workers": workers,
+                        "before_kill_p99_ms": window(records, t0, 1, 9, 50)["latency_ms"]["p99"],
+                        "p99_by_4s": p99_by_4s(records, t0 + ready_at, seconds),
                         "failed_during_restart": len(lost),
                         "failed_statuses": sorted({r[3] for r in lost})})
             log(f"worker restart {i + 1}/{n}: READY {ready_at - 10:.1f} s after the kill; p99 of the "
@@ -166,38 +191,46 @@ def worker_restarts(n: int, seconds: float, images: list[bytes]) -> list[dict]:
     return out
 
 
-def wait_replaced(server: serve.Server, victim: int, timeout: float) -> float:
-    """perf_counter time at which 2 workers are READY again, none of them the killed one."""
+def wait_replaced(server: serve.Server, victim: int, expected: int, timeout: float) -> float:
+    """perf_counter time at which `expected` workers are READY again, none the killed one."""
     deadline = time.perf_counter() + timeout
+    workers: list = []
     while time.perf_counter() < deadline:
         try:
             workers = server.client.workers(MODEL)
             ready = [w for w in workers if w.get("status") == "READY" and int(w.get("pid") or 0) != victim]
-            if len(ready) >= 2:
+            if len(ready) >= expected:
                 return time.perf_counter()
         except Exception:  # the management API may be busy: poll again
             pass
         time.sleep(0.2)
-    raise TimeoutError(f"the killed worker was not replaced within {timeout:.0f} s")
+    states = [(w.get("id"), w.get("pid"), w.get("status")) for w in workers]
+    raise TimeoutError(f"the killed worker {victim} was not replaced within {timeout:.0f} s: {states}")
 
 
 def ready_markdown(starts: list[dict], restarts: list[dict], seconds: float) -> str:
     lines = [f"p99 of the first {seconds:g} s at 50 rps (open loop, load from the same 2 cores), "
              "from the moment the server is announced ready, or a killed worker is READY again; "
-             "the frontend JVM's CPU in that window, its JIT compilers apart.", "",
+             "the frontend JVM's CPU in that window, its JIT compilers apart. Control: the same "
+             f"server's next {seconds:g} s (warm) after a start; the 8 s before the kill for a "
+             "restart.", "",
              "| Run | Ready when | p99 (ms) | p50 (ms) | errors | JVM CPU s (JIT) "
-             "| failed while restarting |",
-             "|---|---|---|---|---|---|---|"]
+             "| failed while restarting | control p99 (ms) | p99 per 4 s (ms) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for i, rep in enumerate(starts, 1):
         lat = rep["latency_ms"]
-        when = LEVERS[rep["lever"]] if rep["lever"] else "workers READY (shipped)"
+        when = LEVERS.get(rep["lever"], rep["lever"]) if rep["lever"] else "READY after warm-up (shipped)"
         lines.append(f"| start {i} | {when} | {lat['p99']} | {lat['p50']} | {rep['errors']} | "
-                     f"{rep['jvm_cpu_s']} ({rep['jit_cpu_s']}) | |")
+                     f"{rep['jvm_cpu_s']} ({rep['jit_cpu_s']}) | | {rep.get('warm_p99_ms', '')} | "
+                     f"{', '.join(str(p) for p in rep.get('p99_by_4s', []))} |")
     for i, r in enumerate(restarts, 1):
         lat = r["window"]["latency_ms"]
-        lines.append(f"| worker restart {i} | killed worker READY again ({r['ready_after_kill_s']} s) | "
+        spare = f", {r['workers']} workers" if r.get("workers", 2) != 2 else ""
+        when = f"killed worker READY again ({r['ready_after_kill_s']} s{spare})"
+        lines.append(f"| worker restart {i} | {when} | "
                      f"{lat['p99']} | {lat['p50']} | {r['window']['errors']} | | "
-                     f"{r['failed_during_restart']} {' '.join(r['failed_statuses'])} |")
+                     f"{r['failed_during_restart']} {' '.join(r['failed_statuses'])} | "
+                     f"{r.get('before_kill_p99_ms', '')} | {', '.join(map(str, r.get('p99_by_4s', [])))} |")
     lines.append("")
     groups = [("fresh starts as shipped", [s for s in starts if not s["lever"]])]
     groups += [(f"fresh starts with {LEVERS[lever]}", [s for s in starts if s["lever"] == lever])
@@ -207,8 +240,11 @@ def ready_markdown(starts: list[dict], restarts: list[dict], seconds: float) -> 
         p99s = [g["latency_ms"]["p99"] for g in group]
         if p99s:
             jit = [g["jit_cpu_s"] for g in group if "jit_cpu_s" in g]
+            warm = [g["warm_p99_ms"] for g in group if "warm_p99_ms" in g]
             lines.append(f"- {label}: median p99 {statistics.median(p99s):.1f} ms, worst {max(p99s):.1f} ms "
                          f"({sum(p < SLO_MS for p in p99s)} of {len(p99s)} under {SLO_MS:g} ms)"
+                         + (f"; the next {seconds:g} s, warm: median p99 {statistics.median(warm):.1f} ms"
+                            if warm else "")
                          + (f"; JIT CPU median {statistics.median(jit):.2f} s" if jit else ""))
     return "\n".join(lines)
 
@@ -298,7 +334,8 @@ def soak(minutes: float, key_minutes: float, rate: float, images: list[bytes]) -
                             **_minute_stats(records, t0, minute, rate)})
             s = samples[-1]
             log(f"soak minute {minute}: p99 {s['p99_ms']} ms, errors {s['errors']}, worker RSS "
-                f"{s['worker_rss_mb']} MB, fds {s['fds']}, threads {s['threads']}")
+                f"{s['worker_rss_mb']} MB, fds {s['fds']} ({s['client_connections']} client connections), "
+                f"threads {s['threads']}")
         load.join(timeout=120)
     finally:
         serve.stop(server.workdir, grace=10)
@@ -312,18 +349,58 @@ def _minute_stats(records: list, t0: float, minute: int, rate: float) -> dict:
 
 
 def process_sample(server: serve.Server) -> dict:
-    """Worker RSS (sum), and open descriptors and threads of the whole server (Java + workers)."""
+    """Worker RSS (sum), open descriptors and threads of the whole server (Java + workers), and
+    how many of those descriptors are clients' connections to the inference port: the load
+    generator opens one per sender thread, and a latency spike makes it start more threads."""
     procs = [psutil.Process(pid) for pid in serve._group(server.pgid)]
     workers = [p for p in procs if p.pid in set(worker_pids(server))]
-    fds = threads = 0
+    port = int(target(server).port)
+    fds = threads = clients = 0
     for p in procs:
         try:
             fds += p.num_fds()
             threads += p.num_threads()
+            clients += sum(c.status == psutil.CONN_ESTABLISHED and c.laddr.port == port
+                           for c in p.net_connections(kind="tcp"))
         except psutil.Error:
             continue
     rss = sum(p.memory_info().rss for p in workers) / 2**20
-    return {"worker_rss_mb": round(rss, 1), "fds": fds, "threads": threads}
+    return {"worker_rss_mb": round(rss, 1), "fds": fds, "threads": threads, "client_connections": clients}
+
+
+def stall(images: list[bytes], seconds: float = 2.0) -> dict:
+    """Descriptors before a stall of every worker, and after the backlog it caused has drained."""
+    server = start("stall")
+    try:
+        load = threading.Thread(target=run_open, args=(target(server), images, 50, 40),
+                                kwargs={"warmup": 0, "progress": False})
+        load.start()
+        time.sleep(12)
+        before = process_sample(server)
+        pids = worker_pids(server)
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        time.sleep(seconds)
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+        time.sleep(12)
+        after = process_sample(server)
+        time.sleep(10)
+        later = process_sample(server)
+        load.join(timeout=60)
+    finally:
+        serve.stop(server.workdir, grace=10)
+    return {"stall_s": seconds, "before": before, "after": after, "ten_s_later": later}
+
+
+def stall_markdown(res: dict) -> str:
+    rows = ["| | server fds | of which client connections | threads |", "|---|---|---|---|"]
+    for label, key in (("before the stall", "before"), ("12 s after it", "after"),
+                       ("22 s after it", "ten_s_later")):
+        r = res[key]
+        rows.append(f"| {label} | {r['fds']} | {r['client_connections']} | {r['threads']} |")
+    return (f"50 rps open loop; every worker stopped for {res['stall_s']:g} s (SIGSTOP, then SIGCONT) "
+            "12 s into the load.\n\n" + "\n".join(rows))
 
 
 def slope(samples: list[dict], key: str) -> float:
@@ -341,14 +418,18 @@ def soak_markdown(res: dict, plot: Path | None) -> str:
     total = res["total"]
     lines = [f"{res['minutes']:g} min at {res['rate']:g} rps, keys expiring every {res['key_minutes']:g} min "
              f"(renewed by the server's key renewer); one row per minute.", "",
-             "| Minute | requests | errors | p99 (ms) | worker RSS (MB) | fds | threads |",
-             "|---|---|---|---|---|---|---|"]
+             "| Minute | requests | errors | p99 (ms) | worker RSS (MB) | fds | of which client connections "
+             "| threads |",
+             "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['minute']} | {r['requests']} | {r['errors']} | {r['p99_ms']} | {r['worker_rss_mb']} | "
-              f"{r['fds']} | {r['threads']} |" for r in s]
+              f"{r['fds']} | {r.get('client_connections', '')} | {r['threads']} |" for r in s]
+    others = ([{"fds": r["fds"] - r["client_connections"]} for r in s]
+              if all("client_connections" in r for r in s) else None)
     lines += ["", f"Verdict: {total['errors']} errors of {total['requests']}; p99 over the whole run "
               f"{total['latency_ms']['p99']} ms; slopes over the second half: worker RSS "
-              f"{slope(s, 'worker_rss_mb')} MB/min, fds {slope(s, 'fds')} /min, threads "
-              f"{slope(s, 'threads')} /min."]
+              f"{slope(s, 'worker_rss_mb')} MB/min, fds {slope(s, 'fds')} /min"
+              + (f" (fds other than client connections {slope(others, 'fds')} /min)" if others else "")
+              + f", threads {slope(s, 'threads')} /min."]
     if plot:
         lines += ["", f"![soak]({plot.relative_to(repo.ROOT)})"]
     return "\n".join(lines)
@@ -387,14 +468,16 @@ def plot_soak(res: dict, path: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run", choices=["ready", "overload", "soak"])
+    parser.add_argument("run", choices=["ready", "overload", "soak", "stall"])
     parser.add_argument("--starts", type=int, default=5, help="ready: fresh starts")
     parser.add_argument("--restarts", type=int, default=5, help="ready: worker restarts")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="ready: workers during the restarts (shipped: 2; 3 = one spare)")
     parser.add_argument("--window", type=float, default=20.0, help="ready: seconds measured after READY")
     parser.add_argument("--lever", choices=sorted(LEVERS), default="jvm-default",
                         help="ready: what the fresh starts are A/B'd against (jvm-default: the "
-                             "JVM's own tiered JIT instead of the shipped C1 only; warm-up: 5 s of "
-                             "HTTP predictions before READY)")
+                             "JVM's own tiered JIT instead of the shipped C1 only; no-warm-up: READY "
+                             "as soon as the workers are, without serve's 5 s of predictions)")
     parser.add_argument("--seconds", type=float, default=60.0, help="overload: seconds at 2x saturation")
     parser.add_argument("--minutes", type=float, default=30.0, help="soak: duration")
     parser.add_argument("--key-minutes", type=float, default=5.0, help="soak: token_expiration_min")
@@ -409,11 +492,16 @@ def main(argv: list[str] | None = None) -> int:
              f"`python -m scripts.bench.reliability {' '.join(argv if argv is not None else sys.argv[1:])}`.")
     if args.run == "ready":
         starts = fresh_starts(args.starts, args.window, images, args.lever)
-        restarts = worker_restarts(args.restarts, args.window, images)
+        restarts = worker_restarts(args.restarts, args.window, images, args.workers)
         res = {"starts": starts, "restarts": restarts}
         text = ready_markdown(starts, restarts, args.window)
         shipped = [s for s in starts if not s["lever"]] + [r["window"] for r in restarts]
         ok = all(s["latency_ms"]["p99"] < SLO_MS and s["errors"] == 0 for s in shipped)
+    elif args.run == "stall":
+        res = stall(images)
+        text = stall_markdown(res)
+        grew = res["after"]["fds"] - res["before"]["fds"]
+        ok = grew == res["after"]["client_connections"] - res["before"]["client_connections"]
     elif args.run == "overload":
         res = overload(args.seconds, images)
         text = overload_markdown(res)
