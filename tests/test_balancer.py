@@ -105,9 +105,9 @@ def test_oversized_body_refused_at_the_edge_from_its_header(cluster):
 
 
 def test_slow_clients_and_large_uploads_leave_normal_traffic_alone(cluster, photos):
-    """300 connections from 5 loopback addresses sending a byte a second, 80 more from one
-    address (over its cap of 64), and 6 MB uploads posted 4 times a second, all at once, while
-    20 predictions a second go through the edge: the slow ones are answered 408 (or closed)
+    """300 connections from 5 loopback addresses sending a byte a second and 80 more from one
+    address (over its cap of 64), then 6 MB uploads 4 times a second too, while 20 predictions a
+    second go through the edge: the slow ones are answered 408 (or closed)
     within HAProxy's request timeout, the extra ones from one address are closed at once, the
     uploads are answered 4xx, memory stays bounded, and normal traffic keeps its latency."""
     servers, balancer = cluster
@@ -116,10 +116,12 @@ def test_slow_clients_and_large_uploads_leave_normal_traffic_alone(cluster, phot
                                seconds=16, slow=300, pids={"haproxy": balancer.process.pid, **java})
     print(f"\nslow-client figures: {figures}")
     assert figures["traffic_failed"] == 0, figures
-    # Hundreds of slow connections held at the edge did not delay anyone else. Measured beside
-    # the same traffic without them (the machine's load moves both alike).
-    base, attacked = figures["baseline_ms"]["p99"], figures["attacked_ms"]["p99"]
-    assert attacked < max(SLO_MS, 2 * base), figures
+    # Hundreds of slow connections held at the edge did not delay anyone else; the uploads are
+    # real work for the replicas on the same cores. Measured beside the same traffic alone (the
+    # machine's load moves all alike).
+    base = figures["baseline_ms"]["p99"]
+    assert figures["slow_only_ms"]["p99"] < max(SLO_MS, 1.5 * base), figures
+    assert figures["slow_and_uploads_ms"]["p99"] < max(SLO_MS, 3 * base), figures
     slow = figures["slow_connections"]
     assert slow["most_open_at_once"] >= 290, figures  # all held open, none refused...
     assert slow["answered"].get("408", 0) >= 250, figures  # ...until the 10 s request timeout
@@ -127,7 +129,7 @@ def test_slow_clients_and_large_uploads_leave_normal_traffic_alone(cluster, phot
     assert crowd["most_open_at_once"] <= slow_clients.CAP_PER_SOURCE, figures
     assert crowd["closed_at_once"] >= crowd["tried"] - slow_clients.CAP_PER_SOURCE, figures
     uploads = figures["uploads"]
-    assert uploads["sent"] >= 40 and uploads["statuses"] == ["415"], figures  # not images: 415 JSON
+    assert uploads["sent"] >= 20 and uploads["statuses"] == ["415"], figures  # not images: 415 JSON
     grew = {name: r["peak"] - r["start"] for name, r in figures["rss_mib"].items()}
     assert grew["haproxy"] < 128, figures  # a touched page or two per slow connection
     # Each frontend holds at most 32 bodies in flight (HAProxy's maxconn per replica) inside a
