@@ -13,6 +13,8 @@ One run measures, interleaved A/B/B/A so machine noise hits all alike:
           TorchServe's default model settings (no config file);
   peer    what a user might write instead: FastAPI + uvicorn, 2 processes x 1 ORT thread, the
           same model.onnx, preprocessing and JSON as ours, no batching (scripts/bench/peer.py);
+  before  our archive with the ONNX graph as torch emits it (export.fuse_pads: false): what
+          shipped before the fused export;
 then ResNet-50 (random weights) saturated throughput, ours vs stock. Load comes from
 scripts.bench.loadtest in its own process, on the same 2 cores as the server.
 
@@ -31,7 +33,7 @@ import sys
 import time
 
 from scripts import repo
-from scripts.bench.artifacts import ours_mar, scripted, stock_mar, unpack
+from scripts.bench.artifacts import ours_mar, scripted, stock_mar, unpack, variant_mar
 from scripts.bench.inproc import inproc, machine_gflops, model_gflop
 from scripts.bench.levers import levers, levers_markdown, micro
 from scripts.bench.report import PLOT, machine, report, save, summarize, table, write_section
@@ -46,15 +48,19 @@ def run(profile: Profile, slo: float, resnet: bool) -> dict:
     stock = Service("stock", "efficientnet_lite0_stock",
                     stock_mar(scripted(repo.DEFAULT_MODEL, "default"), "efficientnet_lite0_stock"))
     peer = Service("peer", repo.DEFAULT_MODEL, ours.mar, peer_dir=unpack(ours.mar))
+    # Our archive as it was before the fused export (export.fuse_pads: false), same handler.
+    before = Service("before", "lite0_unfused_graph",
+                     variant_mar("lite0_unfused_graph", {"export": {"fuse_pads": False}}))
+    services = [ours, stock, peer, before]
     res = {"machine": machine(), "profile": profile.__dict__, "slo_ms": slo, "rounds": []}
     res["gflop_per_image"] = {"efficientnet_lite0": model_gflop(repo.DEFAULT_MODEL)}
     res["machine_gflops"] = {"1 thread": machine_gflops(1), f"{os.cpu_count()} threads":
                              machine_gflops(os.cpu_count() or 1)}
     try:
-        for svc in (ours, stock, peer):
+        for svc in services:
             start(svc)
         for r in range(profile.repeats):
-            order = [ours, stock, peer] if r % 2 == 0 else [peer, stock, ours]
+            order = services if r % 2 == 0 else services[::-1]
             rnd = {"inproc": inproc(ours.mar, 10 if profile.repeats > 1 else 6)}
             for svc in order:
                 rnd[f"{svc.label}_10"] = at_rate(svc, 10, profile.low, "10rps")
@@ -67,7 +73,7 @@ def run(profile: Profile, slo: float, resnet: bool) -> dict:
             res["rounds"].append(rnd)
             save(res)
     finally:
-        stop([ours, stock, peer])
+        stop(services)
     if resnet:
         res["resnet50"] = run_resnet(profile)
     res["summary"] = summarize(res)
