@@ -43,7 +43,7 @@ def container(tmp_path_factory):
     box = run_container(f"image-classifier-test-{os.getpid()}", key_dir)
     try:
         took = box.wait_ready(MODEL, WORKERS)
-        print(f"\ncontainer start to {WORKERS} READY workers: {took:.1f} s")
+        print(f"\ncontainer start to {WORKERS} READY workers and warmed up: {took:.1f} s")
         yield box
     finally:
         box.remove()
@@ -175,7 +175,7 @@ def test_sigterm_drains_in_flight_then_restarts_cleanly(container: Container, jp
 
     engine_run("start", container.name)
     took = container.wait_ready(MODEL, WORKERS)
-    print(f"\ncontainer restart to {WORKERS} READY workers: {took:.1f} s")
+    print(f"\ncontainer restart to {WORKERS} READY workers and warmed up: {took:.1f} s")
     assert (container.key_dir / "key_file.json").read_text() != old_keys  # a fresh tmpfs, new keys
     check_label(client.predict(MODEL, jpegs["cat"]), "cat")
     assert compare_with_archive(container) == []

@@ -16,7 +16,7 @@ import requests
 
 from scripts import repo
 from scripts.ops.client import TorchServeClient
-from scripts.ops.serve import free_ports
+from scripts.ops.serve import WARM_UP_PENDING, free_ports
 from scripts.ops.server_config import KEY_FILE
 
 IMAGE_NAME = "localhost/image-classifier-service"
@@ -82,14 +82,16 @@ class Container:
         return json.loads(engine_run("inspect", self.name).stdout)[0]["State"]
 
     def wait_ready(self, model: str, min_ready: int = 1, timeout: float = 240) -> float:
-        """Seconds until `min_ready` workers are READY (the keys copied out on the way)."""
+        """Seconds until `min_ready` workers are READY and the entrypoint's warm-up is over (what
+        the image's HEALTHCHECK waits for), the keys copied out on the way."""
         t0 = time.monotonic()
         while time.monotonic() - t0 < timeout:
             if not self.state().get("Running"):
                 raise RuntimeError(f"container {self.name} exited:\n{self.logs()}")
             try:
                 self.copy_keys()
-                if self.client.ready_workers(model) >= min_ready:
+                warmed = self.exec("test", "!", "-e", f"{APP_DIR}/run/{WARM_UP_PENDING}").returncode == 0
+                if self.client.ready_workers(model) >= min_ready and warmed:
                     return time.monotonic() - t0
             except (OSError, requests.RequestException, ValueError):
                 pass
