@@ -61,7 +61,7 @@ class PreprocessConfig:
     formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
     # The per-request cost budget: pixels per format, from the header. Only a baseline JPEG is
     # decoded reduced (draft); a progressive JPEG keeps every coefficient, the others decode in
-    # full (a 16-bit PNG at 9 MP: about 180 MiB and 0.27 s of CPU). Key JPEG_PROGRESSIVE for
+    # full (a lossless WebP at 12 MP: about 190 MiB and 0.32 s of CPU). Key JPEG_PROGRESSIVE for
     # progressive JPEGs; a format not listed has max_pixels only.
     max_pixels_by_format: tuple[tuple[str, int], ...] = ()
     # Bytes per kind where the decoder's work grows with the body, not the pixels: Pillow
@@ -119,10 +119,14 @@ class PreprocessConfig:
             raise ValueError("resize_size must be >= input_size")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ValueError("mean and std need three values, std > 0")
-        if min(self.max_bytes, self.max_pixels, self.min_side, self.max_jpeg_scans,
-               self.max_jpeg_scan_pixels) < 1 \
-                or self.max_aspect_ratio < 1:
+        counts = (self.max_bytes, self.max_pixels, self.min_side, self.max_jpeg_scans,
+                  self.max_jpeg_scan_pixels)
+        if min(counts) < 1 or self.max_aspect_ratio < 1:
             raise ValueError("limits must be positive and max_aspect_ratio >= 1")
+
+
+def _per_kind(value: dict) -> tuple[tuple[str, int], ...]:
+    return tuple((str(k).upper(), int(n)) for k, n in dict(value).items())
 
 
 LIMIT_CASTS = {
@@ -131,8 +135,8 @@ LIMIT_CASTS = {
     "min_side": int,
     "max_aspect_ratio": float,
     "formats": lambda v: tuple(str(f).upper() for f in v),
-    "max_pixels_by_format": lambda v: tuple((str(k).upper(), int(n)) for k, n in dict(v).items()),
-    "max_bytes_by_format": lambda v: tuple((str(k).upper(), int(n)) for k, n in dict(v).items()),
+    "max_pixels_by_format": _per_kind,
+    "max_bytes_by_format": _per_kind,
     "max_jpeg_scans": int,
     "max_jpeg_scan_pixels": int,
 }
@@ -177,7 +181,8 @@ def open_image(data: bytes, cfg: PreprocessConfig) -> Image.Image:
     cap = dict(cfg.max_bytes_by_format).get(kind)
     if cap is not None and len(data) > cap:
         raise InputError(413, "PayloadTooLarge",
-                         f"A {_kind_name(kind)} image of {len(data)} bytes; the limit for it is {cap} bytes.")
+                         f"The {_kind_name(kind)} image is {len(data)} bytes; the limit for it "
+                         f"is {cap} bytes.")
     if fmt == "JPEG":
         _check_scans(data, width * height, cfg)
     if min(width, height) < cfg.min_side:

@@ -151,7 +151,7 @@ def jpeg_huge_exif(size: tuple[int, int], body_bytes: int) -> bytes:
     data = jpeg(size, progressive=False)
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: rotate, so the EXIF is parsed and used
-    block = b"Exif\x00\x00" + exif.tobytes()[6:] if exif.tobytes().startswith(b"Exif") else exif.tobytes()
+    block = exif.tobytes()  # starts with the "Exif\0\0" header APP1 carries
     first = b"\xff\xe1" + struct.pack(">H", len(block) + 2) + block
     filler = b"\xff\xe1" + struct.pack(">H", 65535) + b"Exif\x00\x00" + bytes(65527)
     n = max((body_bytes - len(data)) // len(filler), 0)
