@@ -8,7 +8,8 @@ Three kinds of client at once, all on loopback:
 - slow: connections from several loopback source addresses (127.0.0.2, ...) that send their
   request a byte a second; each one the edge closes is opened again;
 - one address over its cap: more connections from one source than the edge allows (64);
-- uploads: 6,000,000-byte bodies (not images), 4 a second, in the second half;
+- uploads: 6,000,000-byte bodies (not images), 4 a second from 127.0.2.1, in the second half
+  (over the edge's 50 MB per 10 s per address: refused 429 once over);
 - traffic: real predictions at a constant rate from 127.0.0.1, whose latency is what counts.
 The edge must keep the traffic's p99 under the SLO with no failure, answer the slow ones 408,
 refuse connections over a source's cap at once, and keep its own and the replicas' memory
@@ -20,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import http.client
 import json
+import multiprocessing
 import os
 import socket
 import statistics
@@ -42,9 +45,11 @@ def _request_head(path: str, key: str, length: int) -> bytes:
             f"Content-Type: image/jpeg\r\nContent-Length: {length}\r\n\r\n").encode()
 
 
-class SlowConnections(threading.Thread):
+class SlowConnections(multiprocessing.Process):
     """`per_source` connections from each loopback source address, each sending one byte of a
-    request a second; closed ones are opened again until `seconds` have passed."""
+    request a second; closed ones are opened again until `seconds` have passed. A process of its
+    own, as attackers are: its loop over hundreds of sockets must not take the interpreter from
+    the threads that measure the normal traffic. `result()` returns its counts."""
 
     def __init__(self, address: tuple[str, int], sources: list[str], per_source: int, seconds: float,
                  payload: bytes) -> None:
@@ -55,6 +60,12 @@ class SlowConnections(threading.Thread):
         self.answered: dict[str, int] = {}  # status (or "closed") -> count
         self.closed_at_once = 0  # closed by the edge within a second and a half, nothing answered
         self.most_open = 0
+        self._out: multiprocessing.Queue = multiprocessing.Queue()
+
+    def result(self, timeout: float) -> dict:
+        counts = self._out.get(timeout=timeout)
+        self.join(timeout=5)
+        return counts
 
     def _open(self, source: str) -> dict | None:
         sock = socket.socket()
@@ -113,6 +124,8 @@ class SlowConnections(threading.Thread):
             self.most_open = max(self.most_open, still)
         for conn in conns:
             conn["sock"].close()
+        self._out.put({"opened": self.opened, "most_open_at_once": self.most_open,
+                       "answered": self.answered, "closed_at_once": self.closed_at_once})
 
 
 class Paced:
@@ -165,11 +178,44 @@ class PeakRss(threading.Thread):
 
 
 def percentiles_ms(latencies: list[float]) -> dict[str, float] | None:
+    """p50, p99 and max in milliseconds of latencies in seconds (None when there are none)."""
     if not latencies:
         return None
     ordered = sorted(latencies)
     pick = lambda q: round(1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)  # noqa: E731
     return {"p50": round(1000 * statistics.median(ordered), 1), "p99": pick(0.99), "max": pick(1.0)}
+
+
+def _upload_call(address: tuple[str, int], path: str, headers: dict, body: bytes, source: str):
+    """POSTs of `body` from the loopback address `source`, one connection per thread."""
+    local = threading.local()
+
+    def call() -> int | str:
+        conn = getattr(local, "conn", None) or http.client.HTTPConnection(
+            *address, timeout=30, source_address=(source, 0))
+        local.conn = conn
+        try:
+            conn.request("POST", path, body=body, headers=headers)
+            resp = conn.getresponse()
+            resp.read()
+            return resp.status
+        except (OSError, http.client.HTTPException) as exc:
+            # The edge answers a refusal from the headers and closes while the body is still
+            # being sent: its answer is then waiting in the socket.
+            early = _early_status(conn.sock)
+            local.conn = None
+            conn.close()
+            return early or type(exc).__name__
+    return call
+
+
+def _early_status(sock: socket.socket | None) -> str | None:
+    try:
+        sock.settimeout(1)
+        head = sock.recv(4096)
+    except (AttributeError, OSError):
+        return None
+    return head.split(b" ", 2)[1].decode() if head.startswith(b"HTTP/") else None
 
 
 def _session_call(url: str, headers: dict, body: bytes):
@@ -198,8 +244,8 @@ def run(url: str, key: str, image: bytes, seconds: float = 20.0, slow: int = 300
                                    slow // sources, seconds, head)
     crowd = SlowConnections(address, ["127.0.1.1"], over_cap, seconds, head)
     half = (seconds - 2) / 2
-    uploads = Paced(_session_call(predict, headers, os.urandom(upload_bytes)), uploads_per_s, half,
-                    threads=4)
+    uploads = Paced(_upload_call(address, f"/predictions/{MODEL}", headers, os.urandom(upload_bytes),
+                                 "127.0.2.1"), uploads_per_s, half, threads=4)
     memory = PeakRss(pids or {})
     for t in (memory, slow_clients, crowd):
         t.start()
@@ -209,8 +255,7 @@ def run(url: str, key: str, image: bytes, seconds: float = 20.0, slow: int = 300
     uploads_from = time.monotonic() + half
     attacked = Paced(traffic, rate, 2 * half).run()
     upload_thread.join(timeout=60)
-    slow_clients.join(timeout=seconds + 30)
-    crowd.join(timeout=seconds + 30)
+    slow_counts, crowd_counts = slow_clients.result(seconds + 30), crowd.result(seconds + 30)
     memory.stopping.set()
     memory.join()
     failed = [r for r in attacked + baseline if r[1] != 200]
@@ -222,14 +267,11 @@ def run(url: str, key: str, image: bytes, seconds: float = 20.0, slow: int = 300
         "traffic_sent": len(baseline) + len(attacked),
         "traffic_failed": len(failed),
         "traffic_failures": sorted({str(r[1]) for r in failed}),
-        "slow_connections": {"sources": sources, "opened": slow_clients.opened,
-                             "most_open_at_once": slow_clients.most_open,
-                             "answered": slow_clients.answered,
-                             "closed_at_once": slow_clients.closed_at_once},
-        "one_source_over_cap": {"tried": over_cap, "most_open_at_once": crowd.most_open,
-                                "closed_at_once": crowd.closed_at_once, "answered": crowd.answered},
+        "slow_connections": {"sources": sources, **slow_counts},
+        "one_source_over_cap": {"tried": over_cap, **crowd_counts},
         "uploads": {"bytes": upload_bytes, "sent": len(uploads.results),
-                    "statuses": sorted({str(r[1]) for r in uploads.results}),
+                    "statuses": {s: sum(str(r[1]) == s for r in uploads.results)
+                                 for s in sorted({str(r[1]) for r in uploads.results})},
                     "latency_ms": percentiles_ms([r[2] for r in uploads.results])},
         "rss_mib": {name: {"start": memory.start_mib[name], "peak": memory.peak_mib[name]}
                     for name in memory.procs},
