@@ -108,7 +108,8 @@ class SlowConnections(multiprocessing.Process):
                     gone = True
                 if not gone:
                     try:
-                        conn["sock"].send(self.payload[conn["sent"] % len(self.payload):][:1])
+                        at = conn["sent"] % len(self.payload)
+                        conn["sock"].send(self.payload[at:at + 1])
                         conn["sent"] += 1
                     except OSError:
                         gone = True
