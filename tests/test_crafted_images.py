@@ -4,8 +4,9 @@ thousand frames, progressive JPEG, thousands of JPEG scans, 6 MB of EXIF.
 
 In-process, each is accepted or refused with its own status and type. Sent to a real server one
 at a time, each accepted one costs the workers at most the budget of docs/inputs-and-errors.md
-(0.5 s of CPU, 256 MiB) with a margin for a busy machine, each refused one is answered 4xx
-JSON, and no worker dies; the two costliest sent at once stay within twice the budget."""
+(0.5 s of CPU, 256 MiB) with a margin for a busy machine (3x for CPU, 2x for memory), each
+refused one is answered 4xx JSON, and no worker dies; the two costliest sent at once stay
+within twice the memory budget."""
 
 from __future__ import annotations
 
@@ -25,7 +26,10 @@ from tests.support.servers import MODEL
 
 CFG = PreprocessConfig.load(repo.CONFIG_DIR / MODEL / "preprocess.json")
 BUDGET_CPU_S, BUDGET_MIB = 0.5, 256  # docs/inputs-and-errors.md, "Per-request cost budget"
-MARGIN = 2.0  # CPU time and RSS stretch on a machine busy with other work
+# On this shared machine a worker's CPU time for the same image moved up to 4x within a day
+# (lossless WebP 12 MP: 0.33 s, then 1.31 s); memory does not stretch like that. The exact
+# budget is held in a fresh process by `python -m scripts.bench.request_cost --corpus`.
+CPU_MARGIN, MEMORY_MARGIN = 3.0, 2.0
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +108,8 @@ def test_each_case_served_within_the_budget_and_no_worker_dies(server, cases):
         assert resp.status_code == case.status, (case.name, resp.text[:300])
         if case.status != 200:
             assert resp.json()["type"] == case.error_type, (case.name, resp.text[:300])
-        assert cost.cpu_s < MARGIN * BUDGET_CPU_S, rows[-1]
-        assert cost.grew_mib < MARGIN * BUDGET_MIB, rows[-1]
+        assert cost.cpu_s < CPU_MARGIN * BUDGET_CPU_S, rows[-1]
+        assert cost.grew_mib < MEMORY_MARGIN * BUDGET_MIB, rows[-1]
     print("\ncrafted images served (name, status, worker CPU s, peak RSS growth MiB):")
     for row in rows:
         print("  ", row)
@@ -124,5 +128,5 @@ def test_the_two_costliest_at_once_stay_within_twice_the_budget(server, cases):
     print(f"\ntwo at once: statuses {statuses}, worker CPU {cost.cpu_s:.2f} s, "
           f"peak RSS growth of one worker {cost.grew_mib:.0f} MiB")
     assert statuses == [200, 200]
-    assert cost.grew_mib < MARGIN * 2 * BUDGET_MIB
+    assert cost.grew_mib < MEMORY_MARGIN * 2 * BUDGET_MIB
     assert worker_pids(server) == pids
