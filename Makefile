@@ -7,7 +7,7 @@ PIP := $(PY) -m pip install --progress-bar on
 MODEL := efficientnet_lite0
 MAR := model_store/$(MODEL).mar
 # What the default archive is built from: a change to any of these rebuilds it.
-MAR_INPUTS := $(wildcard handler/*.py) $(wildcard config/$(MODEL)/*) $(wildcard scripts/build/*.py)
+MAR_INPUTS := $(wildcard handler/*.py) $(wildcard config/$(MODEL)/*) $(wildcard scripts/packaging/*.py)
 , := ,
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # One stamp per requirements set: runtime < build < dev (each file includes the one before).
@@ -70,16 +70,16 @@ install: java $(BUILD_STAMP)
 install-dev: install haproxy $(DEV_STAMP)
 
 $(MAR): $(BUILD_STAMP) $(MAR_INPUTS)
-	$(PY) -m scripts.build.package --arch $(MODEL)
+	$(PY) -m scripts.packaging.package --arch $(MODEL)
 
 package: install
-	$(PY) -m scripts.build.package --arch $(MODEL)
+	$(PY) -m scripts.packaging.package --arch $(MODEL)
 
 serve: install $(MAR)
 	$(PY) -m scripts.ops.serve start --model $(MODEL)
 
 photos: install
-	$(PY) -m scripts.build.sample_photos photos
+	$(PY) -m scripts.packaging.sample_photos photos
 
 stop:
 	@if [ -x $(PY) ]; then $(PY) -m scripts.ops.serve stop; else echo "nothing to stop"; fi
@@ -93,12 +93,12 @@ lint: install-dev
 
 # Writes BENCHMARKS.md and docs/latency_vs_rate.png; raw results in build/bench/.
 bench: install-dev $(MAR)
-	$(PY) -m scripts.bench.main $(BENCH_ARGS)
+	$(PY) -m scripts.bench.load.main $(BENCH_ARGS)
 
-# The GPU benchmark (scripts/bench/gpu.py) on a GPU machine that has torch but not TorchServe:
+# The GPU benchmark (scripts/bench/micro/gpu.py) on a GPU machine that has torch but not TorchServe:
 # TorchServe's Python package without its Java frontend (about 1 MB) in build/gpu-kit. Copy the
 # repository with build/gpu-kit there and run, from its root:
-#   PYTHONPATH=build/gpu-kit python3 -m scripts.bench.gpu --out build/gpu-bench
+#   PYTHONPATH=build/gpu-kit python3 -m scripts.bench.micro.gpu --out build/gpu-bench
 gpu-kit: install
 	rm -rf build/gpu-kit && mkdir -p build/gpu-kit
 	$(PY) -c "import pathlib, shutil, ts; shutil.copytree(pathlib.Path(ts.__file__).parent, \

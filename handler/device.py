@@ -7,7 +7,7 @@ falls back to the CPU with a reason, so one log line says what the worker does a
 
 Reduced precision (bfloat16/float16) is used only on a GPU, only for TorchScript, and only
 when the archive's manifest records that the export validated it against the FP32 model
-(`validation.reduced_precision`, scripts/build/precision.py): the manifest is the proof.
+(`validation.reduced_precision`, scripts/packaging/precision.py): the manifest is the proof.
 """
 
 from __future__ import annotations

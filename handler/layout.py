@@ -17,7 +17,7 @@ from __future__ import annotations
 
 PACKAGE = "handler"
 ENTRY_MODULE = "torchserve_entry.py"
-# onnx-int8: the same ONNX file name, holding the INT8 (QDQ) graph (scripts/build/quantize.py).
+# onnx-int8: the same ONNX file name, holding the INT8 (QDQ) graph (scripts/packaging/quantize.py).
 SERIALIZED_FILE = {"torchscript": "model.pt", "onnx": "model.onnx", "onnx-int8": "model.onnx"}
 PREPROCESS_CONFIG = "preprocess.json"
 LABELS = "index_to_name.json"

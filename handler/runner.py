@@ -25,7 +25,7 @@ class TorchScriptRunner:
 
     def __init__(self, path: str | Path, threads: int, placement: Placement = ON_CPU) -> None:
         self.device = torch.device(placement.device)
-        # Reduced precision through autocast, as the export validated it (scripts/build/precision.py):
+        # Reduced precision through autocast, as the export validated it (scripts/packaging/precision.py):
         # the frozen graph's weights stay FP32 constants; matmuls and convolutions run in the
         # lower precision, softmax and normalisations in FP32.
         self.autocast = placement.dtype != "float32"

@@ -33,7 +33,7 @@ HANDLER_DEFAULTS = {
     # auto: on a GPU, the reduced precision the export validated (handler/device.py); float32 forces FP32
     "precision": "auto",
 }
-# int8_guard: the INT8 accuracy guard's thresholds (scripts/build/quantize.py checks its keys).
+# int8_guard: the INT8 accuracy guard's thresholds (scripts/packaging/quantize.py checks its keys).
 EXPORT_DEFAULTS = {"format": "torchscript", "int8_guard": {}, "fuse_pads": True}
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from scripts import repo
-from scripts.build.sample_photos import write_photos
+from scripts.packaging.sample_photos import write_photos
 from scripts.ops import serve
 from tests.support.context import unpack
 from tests.support.servers import MODEL, start_server
@@ -25,7 +25,7 @@ def photos(tmp_path_factory) -> dict[str, Path]:
 def default_mar() -> Path:
     mar = repo.MODEL_STORE / f"{MODEL}.mar"
     if not mar.is_file():
-        from scripts.build import package
+        from scripts.packaging import package
 
         package.package()
     return mar

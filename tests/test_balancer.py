@@ -21,7 +21,7 @@ import time
 import pytest
 import requests
 
-from scripts.bench import slow_clients
+from scripts.bench.scenarios import slow_clients
 from scripts.ops import balancer as lb
 from scripts.ops import serve
 from tests.support.servers import MODEL, ROOT, start_server
@@ -119,7 +119,7 @@ def test_slow_clients_and_large_uploads_leave_normal_traffic_alone(cluster, phot
     # address's byte rate, did not delay anyone else: the median stays that of the same traffic
     # alone, and no request waited anywhere near the 10 s a slow connection is held (a p99 of
     # ~200 requests is too noisy on a shared machine to assert; the figures are printed, and
-    # `python -m scripts.bench.slow_clients` holds the p99 to the SLO on longer runs).
+    # `python -m scripts.bench.scenarios.slow_clients` holds the p99 to the SLO on longer runs).
     base = figures["baseline_ms"]["p50"]
     for phase in ("slow_only_ms", "slow_and_uploads_ms"):
         assert figures[phase]["p50"] < 1.5 * base + 10, (phase, figures)

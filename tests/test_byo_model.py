@@ -1,5 +1,5 @@
 """Bring your own model: a random-init torchvision ResNet-18 with 10 classes, its own labels and
-its own preprocessing (160 px, bilinear, other mean/std, BGR), packaged with scripts.build.package
+its own preprocessing (160 px, bilinear, other mean/std, BGR), packaged with scripts.packaging.package
 and served by a real TorchServe over HTTP. The served prediction must equal the eager model's
 on the same bytes through the same preprocessing config."""
 
@@ -16,7 +16,7 @@ import yaml
 
 from handler.preprocessing import PreprocessConfig, preprocess_bytes
 from scripts import repo
-from scripts.build import package
+from scripts.packaging import package
 from scripts.ops import serve
 from tests.support.servers import free_ports
 

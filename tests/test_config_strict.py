@@ -81,7 +81,7 @@ def test_package_refuses_a_misspelt_model_config(tmp_path):
     doc["maxBatchDelya"] = doc.pop("maxBatchDelay")
     path = tmp_path / "model-config.yaml"
     path.write_text(yaml.safe_dump(doc))
-    proc = subprocess.run([sys.executable, "-m", "scripts.build.package", "--model-name", "strict_test",
+    proc = subprocess.run([sys.executable, "-m", "scripts.packaging.package", "--model-name", "strict_test",
                            "--model-config", str(path), "--export-path", str(tmp_path / "store")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr

@@ -1,4 +1,4 @@
-"""Crafted images just under and just over every input limit (scripts/bench/crafted_images.py):
+"""Crafted images just under and just over every input limit (scripts/bench/micro/crafted_images.py):
 16-bit, palette and animated PNG, lossless and animated WebP, plain and RLE BMP, a GIF of a
 thousand frames, progressive JPEG, thousands of JPEG scans, 6 MB of EXIF.
 
@@ -21,14 +21,14 @@ import requests
 from handler.errors import InputError
 from handler.preprocessing import PreprocessConfig, preprocess_bytes
 from scripts import repo
-from scripts.bench import crafted_images
+from scripts.bench.micro import crafted_images
 from tests.support.servers import MODEL
 
 CFG = PreprocessConfig.load(repo.CONFIG_DIR / MODEL / "preprocess.json")
 BUDGET_CPU_S, BUDGET_MIB = 0.5, 256  # docs/inputs-and-errors.md, "Per-request cost budget"
 # On this shared machine a worker's CPU time for the same image moved up to 4x within a day
 # (lossless WebP 12 MP: 0.33 s, then 1.31 s); memory does not stretch like that. The exact
-# budget is held in a fresh process by `python -m scripts.bench.request_cost --corpus`.
+# budget is held in a fresh process by `python -m scripts.bench.micro.request_cost --corpus`.
 CPU_MARGIN, MEMORY_MARGIN = 3.0, 2.0
 
 

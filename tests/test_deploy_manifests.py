@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from scripts import repo
-from scripts.build import kserve_storage
+from scripts.packaging import kserve_storage
 from scripts.deploy import validate
 from scripts.ops import serve
 from scripts.ops.server_config import read_properties

@@ -18,7 +18,7 @@ from handler import device, torchserve_entry
 from handler.device import CPU_PROVIDER, CUDA_PROVIDER, Placement
 from handler.runner import backend_of, load_runner
 from handler.settings import ConfigError
-from scripts.build import precision
+from scripts.packaging import precision
 from tests.support.context import make_context, unpack
 
 VALIDATED = {"reduced_precision": {"dtype": "bfloat16", "passed": True}}
@@ -135,7 +135,7 @@ def test_precision_check_passes_for_a_faithful_model_and_fails_past_its_threshol
 
 @pytest.fixture(scope="module")
 def torchscript_model_dir(tmp_path_factory):
-    from scripts.build import package
+    from scripts.packaging import package
 
     store = tmp_path_factory.mktemp("device_store")
     mar = package.package(model_name="lite0_device", fmt="torchscript", export_dir=store)

@@ -5,7 +5,7 @@ import json
 import pytest
 import requests
 
-from scripts.build.sample_photos import EXPECTED_TOP1
+from scripts.packaging.sample_photos import EXPECTED_TOP1
 from tests.support.servers import MODEL
 
 pytestmark = pytest.mark.e2e

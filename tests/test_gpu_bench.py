@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from scripts.bench import gpu
+from scripts.bench.micro import gpu
 
 
 def test_capacity_derives_batch_delay_and_workers_from_measured_latency():

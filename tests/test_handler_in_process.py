@@ -13,7 +13,7 @@ from ts.utils.util import list_classes_from_module
 
 from handler import classifier, torchserve_entry
 from handler.settings import ConfigError
-from scripts.build.sample_photos import EXPECTED_TOP1
+from scripts.packaging.sample_photos import EXPECTED_TOP1
 from tests.support.context import make_context, new_batch, statuses
 from tests.support.images import encode, gradient
 

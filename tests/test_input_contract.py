@@ -19,7 +19,7 @@ import yaml
 from PIL import Image
 
 from scripts import repo
-from scripts.build.sample_photos import EXPECTED_TOP1, load_photos
+from scripts.packaging.sample_photos import EXPECTED_TOP1, load_photos
 from scripts.ops import serve
 from scripts.ops.server_config import read_properties
 from tests.support.images import (
@@ -255,7 +255,7 @@ def batch8_server(tmp_path_factory):
     config = yaml.safe_load((repo.CONFIG_DIR / MODEL / "model-config.yaml").read_text())
     config.update(batchSize=8, maxBatchDelay=3000, minWorkers=1, maxWorkers=1)
     (tmp / "model-config.yaml").write_text(yaml.safe_dump(config))
-    from scripts.build import package
+    from scripts.packaging import package
 
     try:
         package.package(MODEL, model_name=name, model_config=tmp / "model-config.yaml",

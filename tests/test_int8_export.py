@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 from scripts import repo
-from scripts.build import quantize
-from scripts.build.export import ExportError
-from scripts.build.package import package
+from scripts.packaging import quantize
+from scripts.packaging.export import ExportError
+from scripts.packaging.package import package
 
 SMALL = {"eval_views_per_photo": 1, "calibration_views_per_photo": 1, "min_eval_images": 21,
          "min_top1_agreement": 0.8, "min_top5_overlap": 0.6}

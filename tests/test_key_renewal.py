@@ -41,7 +41,7 @@ def test_every_client_path_works_past_key_expiry(short_keys_server, photos, tmp_
     started = time.monotonic()
     report = tmp_path / "load.json"
     # 3 rps across the first expiry and several renewals, measured from the start.
-    load = subprocess.Popen([sys.executable, "-m", "scripts.bench.loadtest", "--workdir", str(workdir),
+    load = subprocess.Popen([sys.executable, "-m", "scripts.bench.load.loadtest", "--workdir", str(workdir),
                              "--rate", "3", "--duration", str(PAST_EXPIRY_S), "--warmup", "0",
                              "--slo-ms", "60000", "--quiet", "--images", str(photos["cat.jpg"].parent),
                              "--out", str(report)], stdout=subprocess.DEVNULL)

@@ -1,4 +1,4 @@
-"""Smoke runs of scripts.bench.loadtest against the shared test server: report shape, no failures.
+"""Smoke runs of scripts.bench.load.loadtest against the shared test server: report shape, no failures.
 
 Latency figures are benchmark material (BENCHMARKS.md), not asserted here: the machine is shared.
 """
@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from scripts.bench.loadtest import parse_rates, summarize
+from scripts.bench.load.loadtest import parse_rates, summarize
 from tests.support.servers import MODEL
 
 pytestmark = pytest.mark.e2e
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.e2e
 
 def run_loadtest(server, tmp_path, *args: str, model: str = MODEL, exit_code: int = 0) -> dict:
     out = tmp_path / "report.json"
-    cmd = [sys.executable, "-m", "scripts.bench.loadtest", "--workdir", str(server.workdir),
+    cmd = [sys.executable, "-m", "scripts.bench.load.loadtest", "--workdir", str(server.workdir),
            "--model", model, "--out", str(out), "--quiet", *args]
     proc = subprocess.run(cmd, timeout=120, capture_output=True, text=True)
     assert proc.returncode == exit_code, proc.stdout + proc.stderr  # 1: a missed target gates CI

@@ -5,14 +5,14 @@ import torch
 
 from handler.preprocessing import PreprocessConfig
 from scripts import repo
-from scripts.build.export import (
+from scripts.packaging.export import (
     build_model,
     default_checkpoint,
     load_checkpoint,
     to_torchscript,
     validation_batch,
 )
-from scripts.build.sample_photos import EXPECTED_TOP1
+from scripts.packaging.sample_photos import EXPECTED_TOP1
 
 CFG = PreprocessConfig.load(repo.CONFIG_DIR / repo.DEFAULT_MODEL / "preprocess.json")
 
@@ -65,7 +65,7 @@ def test_fixed_pads_equal_the_computed_ones(eager, batch):
     every frozen pad is TensorFlow's SAME for that layer's input size."""
     import copy
 
-    from handler.model import same_pads
+    from scripts.packaging.architectures.efficientnet_lite0 import same_pads
 
     _, images = batch
     fixed = copy.deepcopy(eager)

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from handler.preprocessing import PreprocessConfig, preprocess_bytes
-from scripts.build.export import build_model, default_checkpoint, load_checkpoint
+from scripts.packaging.export import build_model, default_checkpoint, load_checkpoint
 from scripts.ops import serve
 from tests.support.servers import MODEL, ROOT, start_server
 
@@ -30,7 +30,7 @@ ONNX_LOGIT_TOLERANCE = 1e-3  # what export.py enforces for ONNX; measured far be
 
 def test_export_cli_onnx_is_checked_with_onnxruntime(tmp_path):
     out, report = tmp_path / "model.onnx", tmp_path / "report.json"
-    proc = subprocess.run([sys.executable, "-m", "scripts.build.export", "--format", "onnx",
+    proc = subprocess.run([sys.executable, "-m", "scripts.packaging.export", "--format", "onnx",
                            "--out", str(out), "--report", str(report)],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -49,8 +49,8 @@ def test_export_cli_onnx_is_checked_with_onnxruntime(tmp_path):
 def test_exported_onnx_is_fusable(tmp_path):
     """Constant pads and no empty Pad inputs: ORT folds every Pad into its convolution, so the
     graph it runs holds no Pad (the unfused export kept 17, each with layout reorders)."""
-    from scripts.build.export import export
-    from scripts.build.onnx_graph import op_counts
+    from scripts.packaging.export import export
+    from scripts.packaging.onnx_graph import op_counts
 
     model = build_model("efficientnet_lite0", 1000).eval()
     fused = export(model, tmp_path / "fused.onnx", "onnx", 224)
@@ -70,7 +70,7 @@ def _nodes(path: Path, op: str) -> list:
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory) -> Path:
     """A model store holding the default model built both ways (ONNX ships by default)."""
-    from scripts.build import package
+    from scripts.packaging import package
 
     store = tmp_path_factory.mktemp("parity_store")
     for fmt in ("torchscript", "onnx"):
@@ -146,7 +146,7 @@ def test_each_archive_runs_its_own_backend(both_served):
 
 def test_default_archive_is_onnx_as_its_model_config_says(default_mar):
     """config/efficientnet_lite0/model-config.yaml export.format decides what `make package` ships."""
-    from scripts.build import package
+    from scripts.packaging import package
 
     assert package.export_format(ROOT / "config" / MODEL / "model-config.yaml") == "onnx"
     with zipfile.ZipFile(default_mar) as zf:
@@ -157,8 +157,8 @@ def test_default_archive_is_onnx_as_its_model_config_says(default_mar):
 
 
 def test_export_format_errors_are_clear(tmp_path):
-    from scripts.build import package
-    from scripts.build.export import ExportError
+    from scripts.packaging import package
+    from scripts.packaging.export import ExportError
 
     config = tmp_path / "model-config.yaml"
     config.write_text("minWorkers: 1\n")
@@ -203,8 +203,8 @@ def test_model_config_can_ask_for_the_unfused_graph(tmp_path):
     archive), still validated against the eager model."""
     import yaml
 
-    from scripts.build import package
-    from scripts.build.onnx_graph import op_counts
+    from scripts.packaging import package
+    from scripts.packaging.onnx_graph import op_counts
 
     config = yaml.safe_load((ROOT / "config" / MODEL / "model-config.yaml").read_text())
     config["export"]["fuse_pads"] = False

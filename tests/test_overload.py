@@ -1,6 +1,6 @@
 """Overload is shed, not timed out: with the job queue full TorchServe answers 503 at once with
 a JSON body, every other request is answered 200, no worker is lost, and the next request after
-the burst is served. (The long run at 2x saturation: scripts.bench.reliability overload.)"""
+the burst is served. (The long run at 2x saturation: scripts.bench.scenarios.reliability overload.)"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Bad inputs to scripts.build.package and scripts.build.export are clean CLI errors: exit code 2, one
+"""Bad inputs to scripts.packaging.package and scripts.packaging.export are clean CLI errors: exit code 2, one
 message naming the mismatch, no traceback, no archive written."""
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def files(tmp_path_factory) -> dict:
 
 
 def run_cli(module: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", f"scripts.build.{module}", *args],
+    return subprocess.run([sys.executable, "-m", f"scripts.packaging.{module}", *args],
                           capture_output=True, text=True, timeout=300)
 
 

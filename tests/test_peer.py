@@ -7,7 +7,7 @@ import urllib.request
 
 import pytest
 
-from scripts.bench import peer
+from scripts.bench.load import peer
 from scripts.ops import serve
 from tests.support.servers import MODEL
 

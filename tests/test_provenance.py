@@ -48,7 +48,7 @@ def tampered_labels(mar: Path) -> bytes:
 @pytest.fixture(scope="module")
 def fresh_mar(tmp_path_factory) -> Path:
     """An archive built by the code under test (not a possibly older model_store/ build)."""
-    from scripts.build import package
+    from scripts.packaging import package
 
     return package.package(model_name="lite0_prov", export_dir=tmp_path_factory.mktemp("prov_store"))
 
@@ -84,8 +84,7 @@ def serialized_model(model_dir: Path) -> str:
 def test_untouched_archive_has_no_mismatch(model_dir):
     manifest = manifest_of(model_dir)
     assert {serialized_model(model_dir), layout.ENTRY_MODULE, "handler/classifier.py",
-            "handler/preprocessing.py", "handler/model.py", "preprocess.json", "index_to_name.json",
-            "model-config.yaml"} <= set(manifest["files"])
+            "handler/preprocessing.py", "preprocess.json", "index_to_name.json", "model-config.yaml"} <= set(manifest["files"])
     assert find_mismatches(model_dir, manifest) == []
     assert verify_model_dir(model_dir, MANIFEST) == manifest
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from scripts.build import manifest
-from scripts.build.reproducible import (
+from scripts.packaging import manifest
+from scripts.packaging.reproducible import (
     ARCHIVER_TIME_FORMAT,
     MAR_MANIFEST,
     ZIP_EPOCH,
@@ -84,7 +84,7 @@ def test_build_time_is_source_date_epoch_else_the_commit_time(monkeypatch):
 
 def build(export_dir: Path) -> Path:
     """One packaging run in its own process, as `make package` does it."""
-    cmd = [sys.executable, "-m", "scripts.build.package", "--model-name", "lite0_repro",
+    cmd = [sys.executable, "-m", "scripts.packaging.package", "--model-name", "lite0_repro",
            "--export-path", str(export_dir)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scripts import repo
-from scripts.build.sample_photos import write_photos
+from scripts.packaging.sample_photos import write_photos
 
 BENCH = repo.BUILD_DIR / "bench"
 STORE = BENCH / "store"

@@ -63,7 +63,7 @@ def inspect(path: Path) -> dict:
     archive = Archive(path)
     names = archive.names()
     if layout.MANIFEST not in names:
-        raise ValueError(f"{path} holds no {layout.MANIFEST}: it was not built by scripts.build.package")
+        raise ValueError(f"{path} holds no {layout.MANIFEST}: it was not built by scripts.packaging.package")
     manifest = json.loads(archive.read(layout.MANIFEST))
     mar_manifest = _archiver_manifest(archive)
     listed = manifest.get("files", {})

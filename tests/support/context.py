@@ -1,4 +1,4 @@
-"""Running the handler in-process: the mock TorchServe context (scripts/bench/mock_context.py,
+"""Running the handler in-process: the mock TorchServe context (scripts/bench/micro/mock_context.py,
 shared with the GPU benchmark) over an unpacked archive, and what the tests read back."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ts.context import Context
 
-from scripts.bench.mock_context import RecordingMetrics, make_context, new_batch
+from scripts.bench.micro.mock_context import RecordingMetrics, make_context, new_batch
 
 __all__ = ["RecordingMetrics", "make_context", "new_batch", "statuses", "unpack"]
 

@@ -5,11 +5,11 @@ the request's *intended* send time, so a server (or a client) that falls behind 
 latency instead of being hidden by a slower send rate (the closed-loop mistake).
 
     # 50 rps for 60 s (after 5 s of warm-up) against the server started by `make serve`
-    python -m scripts.bench.loadtest --rate 50 --duration 60
+    python -m scripts.bench.load.loadtest --rate 50 --duration 60
     # sweep 10 -> 150 rps, find the highest rate whose p99 stays under 50 ms, plot it
-    python -m scripts.bench.loadtest --sweep 10:150:20 --slo-ms 50 --plot docs/latency_vs_rate.png
+    python -m scripts.bench.load.loadtest --sweep 10:150:20 --slo-ms 50 --plot docs/latency_vs_rate.png
     # saturated throughput: 8 clients sending back to back (closed loop, for throughput only)
-    python -m scripts.bench.loadtest --closed 8 --duration 20
+    python -m scripts.bench.load.loadtest --closed 8 --duration 20
 
 Sending: a scheduler thread hands each request at its intended time to a pool of sender threads
 (at most --concurrency in flight); each sender keeps one persistent HTTP/1.1 connection
@@ -112,7 +112,7 @@ class Sender:
 def load_images(folder: Path | None) -> list[bytes]:
     """The photos of `folder`, or the repository's sample photos (JPEG) when none is given."""
     if folder is None:
-        from scripts.build.sample_photos import write_photos
+        from scripts.packaging.sample_photos import write_photos
 
         folder = Path(tempfile.mkdtemp(prefix="loadtest-photos-"))
         write_photos(folder, ("jpg",))

@@ -4,8 +4,8 @@ state dict -> eager model -> TorchScript (.pt) or ONNX (.onnx) -> outputs compar
 eager model on real photos, through the same preprocessing the handler uses.
 
 Example:
-    python -m scripts.build.export --arch efficientnet_lite0 --out build/efficientnet_lite0/model.pt
-    python -m scripts.build.export --arch resnet50 --checkpoint my_resnet.pth --num-classes 10 \\
+    python -m scripts.packaging.export --arch efficientnet_lite0 --out build/efficientnet_lite0/model.pt
+    python -m scripts.packaging.export --arch resnet50 --checkpoint my_resnet.pth --num-classes 10 \\
         --preprocess my_preprocess.json --format onnx --out build/my_resnet/model.onnx
 """
 
@@ -31,8 +31,8 @@ from handler.preprocessing import PreprocessConfig, to_tensor
 from handler.runner import load_runner
 from handler.settings import ConfigError
 from scripts import repo
-from scripts.build import onnx_graph, precision
-from scripts.build.sample_photos import load_photos
+from scripts.packaging import onnx_graph, precision
+from scripts.packaging.sample_photos import load_photos
 
 TOLERANCE = {"torchscript": 1e-4, "onnx": 1e-3}
 # A head width no real layer has: built with it, the classifier head's keys are the ones that show it.
@@ -79,7 +79,7 @@ def torchvision_classifiers() -> list[str]:
 def build_model(arch: str, num_classes: int) -> nn.Module:
     """Our EfficientNet-Lite0, or any torchvision classification architecture by name."""
     if arch == repo.DEFAULT_MODEL:
-        from handler.model import EfficientNetLite0
+        from scripts.packaging.architectures.efficientnet_lite0 import EfficientNetLite0
 
         return EfficientNetLite0(num_classes=num_classes)
     import torchvision
@@ -244,7 +244,7 @@ def resolve_num_classes(arch: str, checkpoint: Path | None, num_classes: int | N
 def export_int8(model: nn.Module, out: Path, cfg: PreprocessConfig, guard: dict | None) -> dict:
     """FP32 fused ONNX (validated against the eager model) -> INT8 QDQ at `out` -> accuracy
     guard; the report holds both. Raises ExportError when either fails: no archive then."""
-    from scripts.build import quantize
+    from scripts.packaging import quantize
 
     try:
         settings = quantize.guard_settings(guard)
@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="preprocessing config used for validation")
     parser.add_argument("--format", choices=["torchscript", "onnx", "onnx-int8"], default="torchscript",
                         help="onnx-int8: the fused ONNX graph quantized to INT8, refused unless "
-                             "its accuracy guard passes (scripts/build/quantize.py)")
+                             "its accuracy guard passes (scripts/packaging/quantize.py)")
     parser.add_argument("--out", type=Path, required=True, help="artifact path (.pt or .onnx)")
     parser.add_argument("--report", type=Path, help="write the validation report (JSON) here")
     args = parser.parse_args(argv)

@@ -1,7 +1,7 @@
 """A TorchServe context for running the handler in-process, in the style of TorchServe's own
 handler unit tests (ts/torch_handler/unit_tests): the real `ts.context.Context` over a model
 directory, with metrics recorded instead of sent. Used by the tests and by the GPU benchmark
-(scripts/bench/gpu.py), which runs the handler's own code without a server."""
+(scripts/bench/micro/gpu.py), which runs the handler's own code without a server."""
 
 from __future__ import annotations
 

@@ -76,7 +76,7 @@ def views(img: Image.Image, n: int, seed: int) -> list[Image.Image]:
 def calibration_photos() -> dict[str, Image.Image]:
     from skimage import data
 
-    from scripts.build.sample_photos import load_photos
+    from scripts.packaging.sample_photos import load_photos
 
     arrays = {**load_photos(), "hubble": data.hubble_deep_field(),
               "immunohistochemistry": data.immunohistochemistry()}

@@ -5,7 +5,7 @@ and palette PNG, APNG, lossless and animated WebP, plain and RLE BMP (Pillow dec
 Python), a GIF of a thousand frames, progressive JPEG, a JPEG with thousands of scans, a JPEG
 with 6 MB of EXIF. Every case built "under" must be accepted (200) at a cost within the budget of
 docs/inputs-and-errors.md; every case "over" must be refused (4xx) from the header, before any
-pixel is decoded. `python -m scripts.bench.request_cost --corpus` measures each one;
+pixel is decoded. `python -m scripts.bench.micro.request_cost --corpus` measures each one;
 tests/test_crafted_images.py sends them to a real server.
 """
 

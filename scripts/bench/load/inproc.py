@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from handler import layout
-from scripts.bench.artifacts import unpack
+from scripts.bench.load.artifacts import unpack
 from scripts.bench.workspace import log, photos
 
 
@@ -56,7 +56,7 @@ def inproc(mar: Path, seconds: float) -> dict:
     threads = int(config.get("handler", {}).get("threads", 1))
     batch = int(config.get("batchSize", 1))
     start_at = time.time() + 8  # after every process has loaded its model
-    procs = [subprocess.Popen([sys.executable, "-m", "scripts.bench.inproc", str(model_dir), str(batch),
+    procs = [subprocess.Popen([sys.executable, "-m", "scripts.bench.load.inproc", str(model_dir), str(batch),
                                str(threads), str(seconds), str(start_at)], stdout=subprocess.PIPE)
              for _ in range(workers)]
     results = [json.loads(p.communicate(timeout=300)[0]) for p in procs]
@@ -65,7 +65,7 @@ def inproc(mar: Path, seconds: float) -> dict:
            "batch1_ips": sum(r["batch1_ips"] for r in results),
            "batch_ips": sum(r["batch_ips"] for r in results)}
     # Batch-1 latency of one process alone (the others idle): what a lone request costs.
-    solo = subprocess.run([sys.executable, "-m", "scripts.bench.inproc", str(model_dir), "1", str(threads),
+    solo = subprocess.run([sys.executable, "-m", "scripts.bench.load.inproc", str(model_dir), "1", str(threads),
                            str(min(seconds, 6)), "0"], stdout=subprocess.PIPE, check=True, timeout=300)
     out["solo_latency_ms_p50"] = json.loads(solo.stdout)["latency_ms_p50"]
     log(f"in-process: {out['solo_latency_ms_p50']:.1f} ms batch-1 alone; {out['batch_ips']:.1f} img/s "
@@ -92,7 +92,7 @@ def model_gflop(arch: str) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from scripts.build.export import build_model
+    from scripts.packaging.export import build_model
 
     model = build_model(arch, 1000).eval()
     counter = FlopCounterMode(display=False)

@@ -7,7 +7,8 @@ time from the input size, unless `fix_input_size` froze it for one size (the ONN
 constant pads are what lets ONNX Runtime fuse each Pad into its convolution); batch-norm
 epsilon is TensorFlow's 1e-3.
 
-This file defines exactly one class, as TorchServe's `--model-file` expects.
+This file defines exactly one nn.Module class, as an architecture file must (TorchServe's
+model-file convention): export builds the model from it before loading the checkpoint.
 """
 
 import math

@@ -14,8 +14,8 @@ import yaml
 
 from scripts import repo
 from scripts.bench.workspace import BENCH, CFG_DIR, STORE
-from scripts.build import package
-from scripts.build.export import export_and_validate, resolve_checkpoint
+from scripts.packaging import package
+from scripts.packaging.export import export_and_validate, resolve_checkpoint
 
 
 def ours_mar(name: str = repo.DEFAULT_MODEL) -> Path:

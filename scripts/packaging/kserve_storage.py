@@ -4,8 +4,8 @@
     OUT/config/metrics.yaml               <- config/metrics.yaml (metrics_config)
     OUT/model-store/efficientnet_lite0.mar  <- packaged with config/kserve/model-config.yaml
 
-    python -m scripts.build.kserve_storage build/kserve     # then copy OUT to the storageUri
-    python -m scripts.build.kserve_storage build/kserve --mar path/to/efficientnet_lite0.mar
+    python -m scripts.packaging.kserve_storage build/kserve     # then copy OUT to the storageUri
+    python -m scripts.packaging.kserve_storage build/kserve --mar path/to/efficientnet_lite0.mar
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from scripts import repo
-from scripts.build import package
+from scripts.packaging import package
 
 KSERVE_CONFIG = repo.CONFIG_DIR / "kserve"
 

@@ -6,9 +6,9 @@ model config) -> write provenance.json (SHA-256 of every file, versions, validat
 torch-model-archiver -> make the archive byte-reproducible -> model_store/NAME.mar
 
 Example (the default model):
-    python -m scripts.build.package
+    python -m scripts.packaging.package
 Your own checkpoint:
-    python -m scripts.build.package --arch resnet50 --checkpoint resnet50_cats.pth \\
+    python -m scripts.packaging.package --arch resnet50 --checkpoint resnet50_cats.pth \\
         --model-name cats --labels cats_labels.json --preprocess cats_preprocess.json
 """
 
@@ -26,9 +26,9 @@ from pathlib import Path
 from handler import layout
 from handler.settings import ConfigError, load_model_config, model_config_blocks
 from scripts import repo
-from scripts.build.export import ExportError, export_and_validate, resolve_checkpoint, resolve_num_classes
-from scripts.build.manifest import PROGRESS_MIN_BYTES, build_manifest, hash_file
-from scripts.build.reproducible import make_reproducible
+from scripts.packaging.export import ExportError, export_and_validate, resolve_checkpoint, resolve_num_classes
+from scripts.packaging.manifest import PROGRESS_MIN_BYTES, build_manifest, hash_file
+from scripts.packaging.reproducible import make_reproducible
 
 ARCHIVE_SUFFIX = {"default": ".mar", "tgz": ".tar.gz", "no-archive": ""}
 

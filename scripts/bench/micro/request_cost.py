@@ -1,11 +1,11 @@
 """Worst CPU time and memory one accepted image costs the handler's preprocessing.
 
-    python -m scripts.bench.request_cost [--budget-mib 256] [--budget-ms 500] [--corpus]
+    python -m scripts.bench.micro.request_cost [--budget-mib 256] [--budget-ms 500] [--corpus]
 
 For each costly kind (16-bit PNG, lossless WebP, BMP, progressive JPEG, baseline JPEG) it builds
 the largest image its per-format pixel cap in preprocess.json accepts (4:3), then measures
 `preprocess_bytes` on it in a fresh process (peak RSS over a warmed-up baseline, CPU time).
-With --corpus it measures every crafted image of scripts/bench/crafted_images.py instead (just
+With --corpus it measures every crafted image of scripts/bench/micro/crafted_images.py instead (just
 under and just over each limit), and checks that each is accepted or refused as it should be.
 Exit 1 when an accepted image exceeds the budget or a case gets the wrong answer. Figures go
 into docs/inputs-and-errors.md.
@@ -30,7 +30,7 @@ from PIL import Image
 from handler.errors import InputError
 from handler.preprocessing import PreprocessConfig, preprocess_bytes
 from scripts import repo
-from scripts.bench import crafted_images
+from scripts.bench.micro import crafted_images
 
 KINDS = {"png16": "PNG", "webp_lossless": "WEBP", "bmp": "BMP", "jpeg_progressive": "JPEG_PROGRESSIVE",
          "jpeg": "JPEG"}
@@ -94,7 +94,7 @@ def measure(kind: str, data: bytes | None = None) -> dict:
     process)."""
     with tempfile.NamedTemporaryFile(suffix=".img") as tmp:
         Path(tmp.name).write_bytes(largest(kind, config()) if data is None else data)
-        out = subprocess.run([sys.executable, "-m", "scripts.bench.request_cost", "--measure", tmp.name],
+        out = subprocess.run([sys.executable, "-m", "scripts.bench.micro.request_cost", "--measure", tmp.name],
                              capture_output=True, text=True, timeout=300, check=True).stdout
     return {"kind": kind, **json.loads(out)}
 
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-mib", type=float, default=256)
     parser.add_argument("--budget-ms", type=float, default=500)
     parser.add_argument("--corpus", action="store_true",
-                        help="measure the crafted images of scripts/bench/crafted_images.py")
+                        help="measure the crafted images of scripts/bench/micro/crafted_images.py")
     parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.measure:

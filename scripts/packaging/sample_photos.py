@@ -3,7 +3,7 @@
 They are the export's validation set (export.validate), the benchmarks' load and the tests'
 photos; to get some to send to a running server:
 
-    python -m scripts.build.sample_photos photos/
+    python -m scripts.packaging.sample_photos photos/
 
 Nothing is downloaded: these arrays are part of the installed packages (build requirements).
 """

@@ -3,7 +3,7 @@
 One command, sized to finish in a few minutes on one GPU:
 1. Stage a model directory as the archive would hold it: ARCH (default ViT-L/16, about 1.2 GB,
    random weights: speed does not depend on them) exported to TorchScript, the reduced-precision
-   check on real photos (scripts/build/precision.py), the manifest.
+   check on real photos (scripts/packaging/precision.py), the manifest.
 2. The handler's runner on the device TorchServe would assign (gpu_id 0) in FP32, float16 and
    bfloat16 at each batch size: forward latency including the copies to and from the GPU.
 3. The whole handler (`initialize` with a mock TorchServe context carrying gpu_id, then
@@ -15,10 +15,10 @@ One command, sized to finish in a few minutes on one GPU:
 
 Writes OUT/gpu_bench.json and OUT/gpu_bench.md. On a machine without TorchServe installed,
 its Python package (no Java needed) must be importable: `make gpu-kit` copies it to
-build/gpu-kit; then `PYTHONPATH=build/gpu-kit python -m scripts.bench.gpu`.
+build/gpu-kit; then `PYTHONPATH=build/gpu-kit python -m scripts.bench.micro.gpu`.
 
-    python -m scripts.bench.gpu --arch vit_l_16 --out build/gpu-bench
-    python -m scripts.bench.gpu --arch resnet18 --batches 1 4 --iters 3 --device cpu   # a dry run
+    python -m scripts.bench.micro.gpu --arch vit_l_16 --out build/gpu-bench
+    python -m scripts.bench.micro.gpu --arch resnet18 --batches 1 4 --iters 3 --device cpu   # a dry run
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from handler.preprocessing import PreprocessConfig, preprocess_bytes
 from handler.runner import load_runner
 from scripts import repo
 
-# ViT's own preprocessing (224 crop is what it accepts), as scripts/bench/large_model.py uses.
+# ViT's own preprocessing (224 crop is what it accepts), as scripts/bench/micro/large_model.py uses.
 VIT_PREPROCESS = {"input_size": 224, "resize_size": 242, "interpolation": "bilinear",
                   "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 DTYPES = ("float32", "float16", "bfloat16")
@@ -71,7 +71,7 @@ def summary(values_s: list[float]) -> dict:
 def photos_as_jpeg() -> list[bytes]:
     from PIL import Image
 
-    from scripts.build.sample_photos import load_photos
+    from scripts.packaging.sample_photos import load_photos
 
     out = []
     for arr in load_photos().values():
@@ -83,8 +83,8 @@ def photos_as_jpeg() -> list[bytes]:
 
 def stage_model(arch: str, work: Path, device: str) -> Path:
     """The archive's layout in a directory (what TorchServe unpacks), built here."""
-    from scripts.build import export, package, precision
-    from scripts.build.manifest import build_manifest
+    from scripts.packaging import export, package, precision
+    from scripts.packaging.manifest import build_manifest
 
     model_dir = work / "model"
     shutil.rmtree(model_dir, ignore_errors=True)
@@ -154,7 +154,7 @@ def handler_latency(model_dir: Path, jpegs: list[bytes], gpu_id: int | None, bat
                     iters: int) -> dict:
     """The whole handler (initialize with gpu_id, then handle on JPEG bytes) at each batch."""
     from handler import torchserve_entry
-    from scripts.bench.mock_context import make_context, new_batch
+    from scripts.bench.micro.mock_context import make_context, new_batch
 
     handler = torchserve_entry.ImageClassifierHandler()
     ctx = make_context(model_dir, batch_size=max(batches), gpu_id=gpu_id)
@@ -260,7 +260,7 @@ def to_markdown(report: dict) -> str:
     h = report["handler"]
     lines += ["", f"Whole handler ({h['placement']}): "
               + ", ".join(f"batch {b} p50 {v['p50_ms']} ms" for b, v in h["batches"].items()), "",
-              f"Capacity of one GPU at p99 < {SLO_MS:.0f} ms (model in scripts/bench/gpu.py `capacity`):", "",
+              f"Capacity of one GPU at p99 < {SLO_MS:.0f} ms (model in scripts/bench/micro/gpu.py `capacity`):", "",
               "| dtype | batch | maxBatchDelay ms | workers | worst latency ms | rps | bound |",
               "|---|---|---|---|---|---|---|"]
     for dtype, cap in report["capacity"].items():
@@ -283,7 +283,7 @@ def run(arch: str, out: Path, batches: list[int], iters: int, device: str, pre_s
     cores = os.cpu_count() or 1
     manifest = json.loads((model_dir / layout.MANIFEST).read_text())
     report = {
-        "arch": arch, "command": " ".join(["python -m scripts.bench.gpu", *sys.argv[1:]]),
+        "arch": arch, "command": " ".join(["python -m scripts.bench.micro.gpu", *sys.argv[1:]]),
         "environment": {"device_name": torch.cuda.get_device_name(0) if cuda else "cpu",
                         "torch": torch.__version__, "cpu_cores": cores, "python": platform.python_version()},
         "reduced_precision": manifest["validation"]["reduced_precision"],

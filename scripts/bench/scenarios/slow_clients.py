@@ -1,7 +1,7 @@
 """Slow clients and large uploads against the edge (HAProxy, config/haproxy.cfg), with normal
 traffic measured through it at the same time.
 
-    python -m scripts.bench.slow_clients --url http://127.0.0.1:8090 --key-file run/balancer.key \\
+    python -m scripts.bench.scenarios.slow_clients --url http://127.0.0.1:8090 --key-file run/balancer.key \\
         --seconds 60 --slow 300 --image photos/cat.jpg
 
 Three kinds of client at once, all on loopback:

@@ -6,7 +6,7 @@ then times each runner on the same real photo in interleaved rounds (so a busy n
 every variant alike) and prints the median per variant and its ratio to the "before" graph.
 
 Example:
-    python -m scripts.bench.forward --runs 300 --rounds 5 --int8 --openvino --json out.json
+    python -m scripts.bench.micro.forward --runs 300 --rounds 5 --int8 --openvino --json out.json
 Exit status 0 on success, 2 when a variant cannot be built.
 """
 
@@ -53,7 +53,7 @@ def openvino_runner(path: Path, threads: int = 1) -> Callable[[np.ndarray], np.n
 def build_graphs(out_dir: Path, int8: bool = False) -> dict[str, Path]:
     """The default model's ONNX graphs, exported into `out_dir` from the packaged weights."""
     from scripts import repo
-    from scripts.build import export as ex
+    from scripts.packaging import export as ex
 
     cfg = ex.load_preprocess(repo.CONFIG_DIR / repo.DEFAULT_MODEL / "preprocess.json")
     model = ex.build_model(repo.DEFAULT_MODEL, 1000)
@@ -62,7 +62,7 @@ def build_graphs(out_dir: Path, int8: bool = False) -> dict[str, Path]:
     graphs = {BEFORE: ex.export(model, out_dir / "before.onnx", "onnx", cfg.input_size, fusable=False),
               "onnx-fp32-fused": ex.export(model, out_dir / "fused.onnx", "onnx", cfg.input_size)}
     if int8:
-        from scripts.build import quantize
+        from scripts.packaging import quantize
 
         calib = quantize.calibration_batch(cfg)
         graphs["onnx-int8-fused"] = quantize.quantize(graphs["onnx-fp32-fused"],
@@ -101,7 +101,7 @@ def compare(runners: dict[str, Callable], x: np.ndarray, runs: int, rounds: int)
 def sample_input() -> np.ndarray:
     """One real photo through the served preprocessing, batch 1."""
     from scripts import repo
-    from scripts.build import export as ex
+    from scripts.packaging import export as ex
 
     cfg = ex.load_preprocess(repo.CONFIG_DIR / repo.DEFAULT_MODEL / "preprocess.json")
     return ex.validation_batch(cfg)[1][:1].numpy()

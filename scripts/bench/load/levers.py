@@ -11,9 +11,9 @@ import time
 import yaml
 
 from scripts import repo
-from scripts.bench.artifacts import ours_mar, scripted, variant_mar
-from scripts.bench.report import med, ratio
-from scripts.bench.services import Service, at_rate, saturate, start, stop
+from scripts.bench.load.artifacts import ours_mar, scripted, variant_mar
+from scripts.bench.load.report import med, ratio
+from scripts.bench.load.services import Service, at_rate, saturate, start, stop
 from scripts.bench.workspace import BENCH, CFG_DIR, Profile, log, photos
 
 JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
@@ -101,7 +101,7 @@ def micro(threads: int = 1, reps: int = 30) -> dict:
         to_tensor,
     )
     from handler.runner import load_runner
-    from scripts.build.export import build_model, default_checkpoint, export, load_checkpoint
+    from scripts.packaging.export import build_model, default_checkpoint, export, load_checkpoint
 
     torch.set_num_threads(threads)
     warnings.simplefilter("ignore")
@@ -184,7 +184,7 @@ def levers_markdown() -> str:
     lines = []
     if (BENCH / "levers.json").is_file():
         data = json.loads((BENCH / "levers.json").read_text())
-        lines += ["Served A/B (`python -m scripts.bench.main levers`): each variant beside the shipped "
+        lines += ["Served A/B (`python -m scripts.bench.load.main levers`): each variant beside the shipped "
                   "config, same run, "
                   "interleaved, median of 2. p50/p99 at 10 rps open loop; saturated = closed loop, "
                   "8 clients.", "",
@@ -201,7 +201,7 @@ def levers_markdown() -> str:
                 lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     if (BENCH / "micro.json").is_file():
         m = json.loads((BENCH / "micro.json").read_text())
-        lines += ["", f"In-process (`python -m scripts.bench.main micro`, {m['threads']} thread, "
+        lines += ["", f"In-process (`python -m scripts.bench.load.main micro`, {m['threads']} thread, "
                   "median ms per image):", "",
                   "| Variant | ms/image |", "|---|---|"]
         lines += [f"| forward: {k} | {v} |" for k, v in m["forward_ms"].items()]

@@ -1,9 +1,9 @@
 """Reliability runs: READY means ready, overload, and a soak (recorded in RELIABILITY.md).
 
-    python -m scripts.bench.reliability ready --starts 5 --restarts 5   # about 8 min
-    python -m scripts.bench.reliability overload                        # about 3 min
-    python -m scripts.bench.reliability soak --minutes 30 --key-minutes 5
-    python -m scripts.bench.reliability stall                           # about 1 min
+    python -m scripts.bench.scenarios.reliability ready --starts 5 --restarts 5   # about 8 min
+    python -m scripts.bench.scenarios.reliability overload                        # about 3 min
+    python -m scripts.bench.scenarios.reliability soak --minutes 30 --key-minutes 5
+    python -m scripts.bench.scenarios.reliability stall                           # about 1 min
 
 ready     p99 of the first 20 s at 50 rps right after the server reports READY (what `make
           serve` waits for), over N fresh starts as shipped and N with a lever (--lever); and
@@ -39,8 +39,8 @@ import numpy as np
 import psutil
 
 from scripts import repo
-from scripts.bench.loadtest import Sender, Target, load_images, run_closed, run_open, summarize
-from scripts.bench.report import write_section
+from scripts.bench.load.loadtest import Sender, Target, load_images, run_closed, run_open, summarize
+from scripts.bench.load.report import write_section
 from scripts.bench.workspace import BENCH, log, photos
 from scripts.ops import serve
 from scripts.ops.server_config import read_properties
@@ -489,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     out = BENCH / f"reliability_{args.run}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     stamp = (f"Run {time.strftime('%Y-%m-%d %H:%M')}, command "
-             f"`python -m scripts.bench.reliability {' '.join(argv if argv is not None else sys.argv[1:])}`.")
+             f"`python -m scripts.bench.scenarios.reliability {' '.join(argv if argv is not None else sys.argv[1:])}`.")
     if args.run == "ready":
         starts = fresh_starts(args.starts, args.window, images, args.lever)
         restarts = worker_restarts(args.restarts, args.window, images, args.workers)

@@ -1,7 +1,7 @@
 """Measure the large-model case (default ViT-L/16, about 1.2 GB of fp32 weights) on this machine.
 
 1. Save a seeded random state dict (so the --checkpoint path is the one measured).
-2. scripts.build.package: export + validate + hash + archive (wall time, peak memory, .mar size).
+2. scripts.packaging.package: export + validate + hash + archive (wall time, peak memory, .mar size).
 3. Pack the same staged files as each --archive-format (time, size).
 4. Per format: start TorchServe with one worker, time to READY, worker memory (RSS/USS/PSS),
    first-request and steady latency at batch 1, then stop it.
@@ -9,7 +9,7 @@
    torch.jit.load of the extracted file (what the handler does), of the bytes in memory, and the
    eager model with an mmap'd state dict.
 
-    python -m scripts.bench.large_model --out build/bench_large_model.json
+    python -m scripts.bench.micro.large_model --out build/bench_large_model.json
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ import psutil
 
 from handler import layout
 from scripts import repo
-from scripts.build import package
-from scripts.build.sample_photos import write_photos
+from scripts.packaging import package
+from scripts.packaging.sample_photos import write_photos
 from scripts.ops import serve
 
 FORMATS = ("default", "no-archive", "tgz")
@@ -76,8 +76,8 @@ def write_inputs(work: Path, arch: str, seed: int, threads: int) -> dict[str, Pa
 
 
 def run_package(arch: str, name: str, inputs: dict[str, Path], store: Path) -> dict:
-    """scripts.build.package as a user runs it; peak RSS of that child process tree."""
-    cmd = [sys.executable, "-m", "scripts.build.package", "--arch", arch,
+    """scripts.packaging.package as a user runs it; peak RSS of that child process tree."""
+    cmd = [sys.executable, "-m", "scripts.packaging.package", "--arch", arch,
            "--format", "torchscript", "--checkpoint", str(inputs["checkpoint"]), "--model-name", name,
            "--labels", str(inputs["labels"]), "--preprocess", str(inputs["preprocess"]),
            "--model-config", str(inputs["model_config"]), "--export-path", str(store)]
@@ -212,7 +212,7 @@ def load_strategies(model_pt: Path, checkpoint: Path, arch: str, processes: int,
     """Each strategy in `processes` concurrent children, measured while all are loaded."""
     results = {}
     for strategy in STRATEGIES:
-        cmd = [sys.executable, "-m", "scripts.bench.large_model", "--probe-load", strategy,
+        cmd = [sys.executable, "-m", "scripts.bench.micro.large_model", "--probe-load", strategy,
                "--model-pt", str(model_pt), "--checkpoint", str(checkpoint), "--arch", arch]
         t0 = time.perf_counter()
         env = {**os.environ, **STRATEGIES[strategy][1]}

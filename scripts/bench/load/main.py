@@ -1,9 +1,9 @@
 """Benchmark our service against its limit (in-process) and its anchor (stock TorchServe).
 
-    python -m scripts.bench.main          # full run (about 20 min), writes BENCHMARKS.md + the plot
-    python -m scripts.bench.main --quick  # about 4 min, shorter windows, one repeat
-    python -m scripts.bench.main levers   # A/B of each tuning lever against the shipped config
-    python -m scripts.bench.main micro    # model/decode levers in-process (no HTTP)
+    python -m scripts.bench.load.main          # full run (about 20 min), writes BENCHMARKS.md + the plot
+    python -m scripts.bench.load.main --quick  # about 4 min, shorter windows, one repeat
+    python -m scripts.bench.load.main levers   # A/B of each tuning lever against the shipped config
+    python -m scripts.bench.load.main micro    # model/decode levers in-process (no HTTP)
 
 One run measures, interleaved A/B/B/A so machine noise hits all alike:
   limit   preprocess + forward of the shipped artifact in-process (no HTTP): batch-1 latency,
@@ -12,11 +12,11 @@ One run measures, interleaved A/B/B/A so machine noise hits all alike:
   stock   TorchServe's `image_classifier` handler serving the same scripted model with
           TorchServe's default model settings (no config file);
   peer    what a user might write instead: FastAPI + uvicorn, 2 processes x 1 ORT thread, the
-          same model.onnx, preprocessing and JSON as ours, no batching (scripts/bench/peer.py);
+          same model.onnx, preprocessing and JSON as ours, no batching (scripts/bench/load/peer.py);
   before  our archive with the ONNX graph as torch emits it (export.fuse_pads: false): what
           shipped before the fused export;
 then ResNet-50 (random weights) saturated throughput, ours vs stock. Load comes from
-scripts.bench.loadtest in its own process, on the same 2 cores as the server.
+scripts.bench.load.loadtest in its own process, on the same 2 cores as the server.
 
 Where each job lives: workspace (folders, windows, photos), artifacts (the archives),
 services (servers and load), inproc (the in-process limit, FLOPs), report (table, plot,
@@ -33,13 +33,13 @@ import sys
 import time
 
 from scripts import repo
-from scripts.bench.artifacts import ours_mar, scripted, stock_mar, unpack, variant_mar
-from scripts.bench.inproc import inproc, machine_gflops, model_gflop
-from scripts.bench.levers import levers, levers_markdown, micro
-from scripts.bench.report import PLOT, machine, report, save, summarize, table, write_section
-from scripts.bench.services import Service, at_rate, saturate, start, stop, sweep
+from scripts.bench.load.artifacts import ours_mar, scripted, stock_mar, unpack, variant_mar
+from scripts.bench.load.inproc import inproc, machine_gflops, model_gflop
+from scripts.bench.load.levers import levers, levers_markdown, micro
+from scripts.bench.load.report import PLOT, machine, report, save, summarize, table, write_section
+from scripts.bench.load.services import Service, at_rate, saturate, start, stop, sweep
 from scripts.bench.workspace import BENCH, LEVERS, QUICK, STORE, Profile, log
-from scripts.build import package
+from scripts.packaging import package
 
 
 def run(profile: Profile, slo: float, resnet: bool) -> dict:

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from scripts import repo
-from scripts.bench.loadtest import plot_sweeps
+from scripts.bench.load.loadtest import plot_sweeps
 from scripts.bench.workspace import BENCH
 
 DOC = repo.ROOT / "BENCHMARKS.md"

@@ -1,5 +1,5 @@
 """Servers under test and the load put on them: start/stop a TorchServe per service on free
-loopback ports, run scripts.bench.loadtest against it in its own process, drain backlogs."""
+loopback ports, run scripts.bench.load.loadtest against it in its own process, drain backlogs."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scripts.bench.loadtest import Sender, Target
+from scripts.bench.load.loadtest import Sender, Target
 from scripts.bench.workspace import BENCH, log, photos
 from scripts.ops import serve
 
@@ -24,7 +24,7 @@ class Service:
     env: dict = field(default_factory=dict)
     overrides: dict = field(default_factory=dict)
     server: serve.Server | None = None
-    # The FastAPI peer (scripts/bench/peer.py): the unpacked archive it serves, its process, URL.
+    # The FastAPI peer (scripts/bench/load/peer.py): the unpacked archive it serves, its process, URL.
     peer_dir: Path | None = None
     proc: subprocess.Popen | None = None
     url: str | None = None
@@ -75,7 +75,7 @@ def load(svc: Service, *args: str, tag: str) -> dict:
     """One loadtest.py run in its own process; returns its JSON report."""
     out = BENCH / "runs" / f"{svc.label}-{tag}-{time.time_ns()}.json"
     where = ["--url", svc.url] if svc.url else ["--workdir", str(svc.workdir), "--model", svc.model]
-    cmd = [sys.executable, "-m", "scripts.bench.loadtest", *where, "--images", str(photos()),
+    cmd = [sys.executable, "-m", "scripts.bench.load.loadtest", *where, "--images", str(photos()),
            "--out", str(out), *args]
     # Exit 1 means a missed target (the stock handler misses most): the figures are the result.
     proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, timeout=1800)

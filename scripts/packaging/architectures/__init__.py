@@ -1,0 +1,1 @@
+"""Architecture files: the nn.Module code a checkpoint is loaded into at export."""
