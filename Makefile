@@ -7,7 +7,8 @@ PIP := $(PY) -m pip install --progress-bar on
 MODEL := efficientnet_lite0
 MAR := model_store/$(MODEL).mar
 # What the default archive is built from: a change to any of these rebuilds it.
-MAR_INPUTS := $(wildcard handler/*.py) $(wildcard config/$(MODEL)/*) $(wildcard scripts/packaging/*.py)
+MAR_INPUTS := $(wildcard handler/*.py) $(wildcard config/$(MODEL)/*) $(wildcard scripts/packaging/*.py) \
+	$(wildcard scripts/packaging/architectures/*.py)
 , := ,
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # One stamp per requirements set: runtime < build < dev (each file includes the one before).

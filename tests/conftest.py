@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from scripts import repo
-from scripts.packaging.sample_photos import write_photos
 from scripts.ops import serve
+from scripts.packaging.sample_photos import write_photos
 from tests.support.context import unpack
 from tests.support.servers import MODEL, start_server
 

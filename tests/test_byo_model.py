@@ -16,8 +16,8 @@ import yaml
 
 from handler.preprocessing import PreprocessConfig, preprocess_bytes
 from scripts import repo
-from scripts.packaging import package
 from scripts.ops import serve
+from scripts.packaging import package
 from tests.support.servers import free_ports
 
 pytestmark = pytest.mark.e2e

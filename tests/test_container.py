@@ -18,8 +18,8 @@ from PIL import Image
 
 from handler.provenance import sha256_file
 from scripts import repo
-from scripts.packaging.sample_photos import EXPECTED_TOP1, load_photos
 from scripts.ops import inspect_mar
+from scripts.packaging.sample_photos import EXPECTED_TOP1, load_photos
 from tests.support.container import (
     APP_DIR,
     Container,

@@ -22,10 +22,10 @@ import pytest
 import yaml
 
 from scripts import repo
-from scripts.packaging import kserve_storage
 from scripts.deploy import validate
 from scripts.ops import serve
 from scripts.ops.server_config import read_properties
+from scripts.packaging import kserve_storage
 from tests.support.servers import MODEL, ROOT
 
 PROPS = read_properties(ROOT / "config.properties")

@@ -19,9 +19,9 @@ import yaml
 from PIL import Image
 
 from scripts import repo
-from scripts.packaging.sample_photos import EXPECTED_TOP1, load_photos
 from scripts.ops import serve
 from scripts.ops.server_config import read_properties
+from scripts.packaging.sample_photos import EXPECTED_TOP1, load_photos
 from tests.support.images import (
     HOSTILE,
     accepted_variants,

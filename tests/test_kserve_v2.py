@@ -13,10 +13,10 @@ import pytest
 import requests
 import yaml
 
-from scripts.packaging import kserve_storage, package
-from scripts.packaging.sample_photos import EXPECTED_TOP1
 from scripts.ops import serve
 from scripts.ops.server_config import read_properties
+from scripts.packaging import kserve_storage, package
+from scripts.packaging.sample_photos import EXPECTED_TOP1
 from tests.support.servers import MODEL, ROOT, free_ports, start_server
 
 pytestmark = pytest.mark.e2e

@@ -25,7 +25,7 @@ def linted_files() -> set[Path]:
 
 def test_ruff_lints_every_tracked_python_file():
     tracked = tracked_python_files()
-    assert len(tracked) > 100  # the repository's own files, not an empty listing
+    assert len(tracked) > 50  # the repository's own files, not an empty listing
     missing = sorted(str(p.relative_to(repo.ROOT)) for p in tracked - linted_files())
     assert missing == [], f"ruff skips {len(missing)} tracked files: {missing[:10]}"
 

@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from handler.preprocessing import PreprocessConfig, preprocess_bytes
-from scripts.packaging.export import build_model, default_checkpoint, load_checkpoint
 from scripts.ops import serve
+from scripts.packaging.export import build_model, default_checkpoint, load_checkpoint
 from tests.support.servers import MODEL, ROOT, start_server
 
 pytestmark = pytest.mark.e2e

@@ -84,7 +84,8 @@ def serialized_model(model_dir: Path) -> str:
 def test_untouched_archive_has_no_mismatch(model_dir):
     manifest = manifest_of(model_dir)
     assert {serialized_model(model_dir), layout.ENTRY_MODULE, "handler/classifier.py",
-            "handler/preprocessing.py", "preprocess.json", "index_to_name.json", "model-config.yaml"} <= set(manifest["files"])
+            "handler/preprocessing.py", "preprocess.json", "index_to_name.json",
+            "model-config.yaml"} <= set(manifest["files"])
     assert find_mismatches(model_dir, manifest) == []
     assert verify_model_dir(model_dir, MANIFEST) == manifest
 

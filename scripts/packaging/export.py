@@ -1,7 +1,8 @@
 """Export a checkpoint to a servable artifact and prove it matches the eager (research) model.
 
 state dict -> eager model -> TorchScript (.pt) or ONNX (.onnx) -> outputs compared with the
-eager model on real photos, through the same preprocessing the handler uses.
+eager model on real photos, from their encoded bytes through the handler's own preprocessing
+(`preprocess_bytes`: header checks, decoding with the JPEG draft path, RGB, resize, normalize).
 
 Example:
     python -m scripts.packaging.export --arch efficientnet_lite0 --out build/efficientnet_lite0/model.pt
@@ -27,12 +28,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from handler.preprocessing import PreprocessConfig, to_tensor
+from handler.preprocessing import PreprocessConfig, preprocess_bytes
 from handler.runner import load_runner
 from handler.settings import ConfigError
 from scripts import repo
 from scripts.packaging import onnx_graph, precision
-from scripts.packaging.sample_photos import load_photos
+from scripts.packaging.sample_photos import validation_images
 
 TOLERANCE = {"torchscript": 1e-4, "onnx": 1e-3}
 # A head width no real layer has: built with it, the classifier head's keys are the ones that show it.
@@ -195,12 +196,10 @@ def export(model: nn.Module, out: Path, fmt: str, input_size: int, fusable: bool
 
 
 def validation_batch(cfg: PreprocessConfig) -> tuple[list[str], torch.Tensor]:
-    """The fixed set of real photos, through the served preprocessing."""
-    from PIL import Image
-
-    photos = load_photos()
-    tensors = [to_tensor(Image.fromarray(arr).convert("RGB"), cfg) for arr in photos.values()]
-    return list(photos), torch.stack(tensors)
+    """The fixed set of real photos as JPEG bytes, each through the served transform from its
+    first byte: the tensors the handler computes for the same bytes."""
+    images = validation_images()
+    return list(images), torch.stack([preprocess_bytes(data, cfg) for data in images.values()])
 
 
 def validate(model: nn.Module, artifact: Path, cfg: PreprocessConfig, fmt: str) -> dict:

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from handler.layout import ARCHIVER_MANIFEST as MAR_MANIFEST
+
 ARCHIVER_TIME_FORMAT = "%d/%m/%Y %H:%M:%S"  # the format torch-model-archiver writes
 ZIP_EPOCH = datetime(1980, 1, 1, tzinfo=UTC)  # the earliest time a zip entry can hold
 FILE_MODE = 0o100644  # regular file, rw-r--r--

@@ -1,7 +1,7 @@
 """Real photos shipped inside scikit-image and scikit-learn, written as JPEG/PNG files.
 
-They are the export's validation set (export.validate), the benchmarks' load and the tests'
-photos; to get some to send to a running server:
+They are the export's validation set (export.validate, as encoded bytes: `validation_images`),
+the benchmarks' load and the tests' photos; to get some to send to a running server:
 
     python -m scripts.packaging.sample_photos photos/
 
@@ -11,6 +11,7 @@ Nothing is downloaded: these arrays are part of the installed packages (build re
 from __future__ import annotations
 
 import argparse
+import io
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,31 @@ def load_photos() -> dict[str, np.ndarray]:
     }
 
 
+# The validation set's one large photo: big enough that libjpeg decodes it reduced (the draft
+# path, handler/preprocessing.py) for any resize_size up to 512, so export validates that path too.
+LARGE_PHOTO = ("cat_large", "cat", 4)
+
+
+def jpeg_bytes(arr: np.ndarray, quality: int = 95) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def validation_images() -> dict[str, bytes]:
+    """name -> JPEG bytes: every sample photo as `write_photos` encodes it, and LARGE_PHOTO (a
+    photo upscaled so that its decoding takes the reduced-size JPEG path). Export validates on
+    these bytes through the served path, from the first byte."""
+    photos = load_photos()
+    images = {name: jpeg_bytes(arr) for name, arr in photos.items()}
+    name, source, scale = LARGE_PHOTO
+    arr = photos[source]
+    large = Image.fromarray(arr).resize((arr.shape[1] * scale, arr.shape[0] * scale),
+                                        Image.Resampling.BICUBIC)
+    images[name] = jpeg_bytes(np.asarray(large))
+    return images
+
+
 def write_photos(out_dir: str | Path, formats: tuple[str, ...] = ("jpg",)) -> list[Path]:
     """Write every sample photo in each format; returns the paths written."""
     out = Path(out_dir)
@@ -48,7 +74,10 @@ def write_photos(out_dir: str | Path, formats: tuple[str, ...] = ("jpg",)) -> li
     for name, arr in load_photos().items():
         for fmt in formats:
             path = out / f"{name}.{fmt}"
-            Image.fromarray(arr).save(path, quality=95) if fmt == "jpg" else Image.fromarray(arr).save(path)
+            if fmt == "jpg":
+                path.write_bytes(jpeg_bytes(arr))
+            else:
+                Image.fromarray(arr).save(path)
             paths.append(path)
     return paths
 

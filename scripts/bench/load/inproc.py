@@ -65,7 +65,8 @@ def inproc(mar: Path, seconds: float) -> dict:
            "batch1_ips": sum(r["batch1_ips"] for r in results),
            "batch_ips": sum(r["batch_ips"] for r in results)}
     # Batch-1 latency of one process alone (the others idle): what a lone request costs.
-    solo = subprocess.run([sys.executable, "-m", "scripts.bench.load.inproc", str(model_dir), "1", str(threads),
+    solo = subprocess.run([sys.executable, "-m", "scripts.bench.load.inproc", str(model_dir), "1",
+                           str(threads),
                            str(min(seconds, 6)), "0"], stdout=subprocess.PIPE, check=True, timeout=300)
     out["solo_latency_ms_p50"] = json.loads(solo.stdout)["latency_ms_p50"]
     log(f"in-process: {out['solo_latency_ms_p50']:.1f} ms batch-1 alone; {out['batch_ips']:.1f} img/s "

@@ -260,7 +260,8 @@ def to_markdown(report: dict) -> str:
     h = report["handler"]
     lines += ["", f"Whole handler ({h['placement']}): "
               + ", ".join(f"batch {b} p50 {v['p50_ms']} ms" for b, v in h["batches"].items()), "",
-              f"Capacity of one GPU at p99 < {SLO_MS:.0f} ms (model in scripts/bench/micro/gpu.py `capacity`):", "",
+              f"Capacity of one GPU at p99 < {SLO_MS:.0f} ms "
+              "(model in scripts/bench/micro/gpu.py `capacity`):", "",
               "| dtype | batch | maxBatchDelay ms | workers | worst latency ms | rps | bound |",
               "|---|---|---|---|---|---|---|"]
     for dtype, cap in report["capacity"].items():

@@ -32,9 +32,9 @@ import psutil
 
 from handler import layout
 from scripts import repo
+from scripts.ops import serve
 from scripts.packaging import package
 from scripts.packaging.sample_photos import write_photos
-from scripts.ops import serve
 
 FORMATS = ("default", "no-archive", "tgz")
 # name -> (loader, environment): the handler's torch.jit.load of the file; the same with glibc

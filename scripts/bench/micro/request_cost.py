@@ -94,7 +94,8 @@ def measure(kind: str, data: bytes | None = None) -> dict:
     process)."""
     with tempfile.NamedTemporaryFile(suffix=".img") as tmp:
         Path(tmp.name).write_bytes(largest(kind, config()) if data is None else data)
-        out = subprocess.run([sys.executable, "-m", "scripts.bench.micro.request_cost", "--measure", tmp.name],
+        out = subprocess.run([sys.executable, "-m", "scripts.bench.micro.request_cost", "--measure",
+                              tmp.name],
                              capture_output=True, text=True, timeout=300, check=True).stdout
     return {"kind": kind, **json.loads(out)}
 

@@ -488,8 +488,9 @@ def main(argv: list[str] | None = None) -> int:
     images = load_images(photos())
     out = BENCH / f"reliability_{args.run}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
+    command = " ".join(argv if argv is not None else sys.argv[1:])
     stamp = (f"Run {time.strftime('%Y-%m-%d %H:%M')}, command "
-             f"`python -m scripts.bench.scenarios.reliability {' '.join(argv if argv is not None else sys.argv[1:])}`.")
+             f"`python -m scripts.bench.scenarios.reliability {command}`.")
     if args.run == "ready":
         starts = fresh_starts(args.starts, args.window, images, args.lever)
         restarts = worker_restarts(args.restarts, args.window, images, args.workers)
