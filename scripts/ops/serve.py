@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -49,6 +49,7 @@ class Server:
     pgid: int
     client: TorchServeClient
     process: subprocess.Popen | None = None
+    properties: dict[str, str] = field(default_factory=dict)  # what it runs with, as written
 
     def alive(self) -> bool:
         try:
@@ -71,11 +72,26 @@ def free_ports(n: int = 3) -> tuple[int, ...]:
 
 def derive_config(workdir: Path, ports: tuple[int, int, int], models: str,
                   base: Path = repo.SERVER_CONFIG,
-                  model_store: Path = repo.MODEL_STORE, overrides: dict | None = None) -> Path:
-    """Copy config.properties with absolute paths, our ports and models into workdir. Overrides
-    are checked like the file: a misspelt one would otherwise be ignored by TorchServe."""
+                  model_store: Path = repo.MODEL_STORE, overrides: dict | None = None,
+                  base_properties: dict[str, str] | None = None) -> Path:
+    """Copy config.properties with absolute paths, our ports and models into workdir; returns
+    the file written. `base_properties`: `base` as already read (else it is read here)."""
+    props = derived_properties(base, ports, models, model_store, overrides, base_properties)
+    return write_properties(workdir / CONFIG_FILE, props)
+
+
+def write_properties(path: Path, props: dict[str, str]) -> Path:
+    path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+    return path
+
+
+def derived_properties(base: Path, ports: tuple[int, int, int], models: str, model_store: Path,
+                       overrides: dict | None = None,
+                       base_properties: dict[str, str] | None = None) -> dict[str, str]:
+    """The settings a server runs with: `base`'s, with absolute paths, our ports and models.
+    Overrides are checked like the file: a misspelt one would otherwise be ignored by TorchServe."""
     check_keys(overrides or {}, TORCHSERVE_KEYS, "config.properties overrides")
-    props = read_properties(base)
+    props = dict(base_properties if base_properties is not None else read_properties(base))
     for key in PATH_KEYS:
         if key in props and not Path(props[key]).is_absolute():
             props[key] = str((base.parent / props[key]).resolve())
@@ -88,22 +104,22 @@ def derive_config(workdir: Path, ports: tuple[int, int, int], models: str,
         # ports would fail to bind those, so it gets free ones too.
         props.update(zip(GRPC_KEYS, map(str, free_ports(2))))
     props.update(overrides or {})
-    out = workdir / CONFIG_FILE
-    out.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
-    return out
+    return props
 
 
 def start(workdir: Path = repo.RUN_DIR, models: str = f"{repo.DEFAULT_MODEL}={repo.DEFAULT_MODEL}.mar",
           ports: tuple[int, int, int] = DEFAULT_PORTS, model_store: Path = repo.MODEL_STORE,
           overrides: dict | None = None, env: dict | None = None,
-          log_config: Path | None = LOG_CONFIG, config: Path = repo.SERVER_CONFIG) -> Server:
-    """Launch TorchServe in its own process group; returns at once (see wait_ready)."""
+          log_config: Path | None = LOG_CONFIG, config: Path = repo.SERVER_CONFIG,
+          config_properties: dict[str, str] | None = None) -> Server:
+    """Launch TorchServe in its own process group; returns at once (see wait_ready).
+    `config_properties`: `config` as the caller already read it (else it is read here, once)."""
     workdir = Path(workdir).resolve()
     (workdir / "tmp").mkdir(parents=True, exist_ok=True)
     (workdir / KEY_FILE).unlink(missing_ok=True)
     _stop_key_renewer(workdir)  # one left by a server that died without stop()
-    config = derive_config(workdir, ports, models, base=Path(config), model_store=model_store,
-                           overrides=overrides)
+    props = derived_properties(Path(config), ports, models, model_store, overrides, config_properties)
+    config = write_properties(workdir / CONFIG_FILE, props)
     run_env = {**os.environ, **(env or {}),
                # TorchServe keeps one global pid file in the temp dir (TMPDIR) and its worker sockets
                # in TEMP (/tmp/.ts.sock.9000, ...): give each server its own of both.
@@ -119,11 +135,15 @@ def start(workdir: Path = repo.RUN_DIR, models: str = f"{repo.DEFAULT_MODEL}={re
     proc = subprocess.Popen(cmd, cwd=workdir, env=run_env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     (workdir / "torchserve.pid").write_text(str(proc.pid))
-    if read_properties(config).get("disable_token_authorization", "false") != "true":
+    if token_auth_on(props):
         start_key_renewer(workdir)
     client = TorchServeClient(*(f"http://127.0.0.1:{p}" for p in ports),
                               key_file=workdir / KEY_FILE)
-    return Server(workdir, proc.pid, client, proc)
+    return Server(workdir, proc.pid, client, proc, props)
+
+
+def token_auth_on(props: dict[str, str]) -> bool:
+    return props.get("disable_token_authorization", "false") != "true"
 
 
 def start_key_renewer(workdir: Path) -> int:
@@ -174,7 +194,7 @@ def warm_up(server: Server, model: str, seconds: float = WARM_UP_S, progress: bo
     announced. The workers warm their own path in initialize; this warms the rest (the Java
     frontend's code is interpreted until its JIT compiles it under traffic): at 50 rps the first
     4 s after READY had p99 122-132 ms without it, 45-47 ms with it (RELIABILITY.md)."""
-    body, headers = sample_request(read_properties(server.workdir / CONFIG_FILE).get("service_envelope"), 256)
+    body, headers = sample_request(server.properties.get("service_envelope"), 256)
     deadline = time.monotonic() + seconds
     sent = 0
     with ThreadPoolExecutor(WARM_UP_CONCURRENCY) as pool:
@@ -202,6 +222,8 @@ def drain(workdir: Path, timeout: float, stall: float = 2.0) -> None:
     `stall` s (a request refused before the handler, or lost with a crashed worker, never
     balances the counts).
     """
+    # `make stop` runs in another process than `serve start`: the working directory's file is
+    # the record of the addresses the server listens on.
     url = read_properties(Path(workdir) / CONFIG_FILE).get("metrics_address")
     deadline, last, since = time.monotonic() + timeout, None, time.monotonic()
     while url and time.monotonic() < deadline:
@@ -295,12 +317,13 @@ def main(argv: list[str] | None = None) -> int:
     if (args.workdir / "torchserve.pid").is_file():
         stop(args.workdir)
     ports = DEFAULT_PORTS
-    store = args.model_store or Path(read_properties(args.config).get("model_store", repo.MODEL_STORE))
+    base = read_properties(args.config)  # the one read of it: start() derives from this dict
+    store = args.model_store or Path(base.get("model_store", repo.MODEL_STORE))
     if not store.is_absolute():
         store = args.config.resolve().parent / store
-    token_auth = read_properties(args.config).get("disable_token_authorization", "false") != "true"
     server = start(args.workdir, models=f"{args.model}={args.model}.mar", ports=ports, model_store=store,
-                   overrides=listen_overrides(args.host, ports, token_auth), config=args.config)
+                   overrides=listen_overrides(args.host, ports, token_auth_on(base)), config=args.config,
+                   config_properties=base)
     pending = args.workdir / WARM_UP_PENDING  # the readiness probe says no until it is gone
     pending.touch()
     try:
