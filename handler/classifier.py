@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from handler.payload import payload_to_bytes
 from handler.preprocessing import PreprocessConfig, preprocess_image
 from handler.provenance import PACKAGE_DIR, installed_versions, sha256_file, verify_model_dir
 from handler.runner import backend_of, load_runner
-from handler.settings import model_config_blocks
+from handler.settings import handler_settings
 
 logger = logging.getLogger(__name__)
 
@@ -50,21 +49,21 @@ class ImageClassifierHandler(BaseHandler):
         self.context = context
         self.manifest = context.manifest
         model_dir = Path(context.system_properties["model_dir"])
-        # Strict: a misspelt key in model-config.yaml fails the load instead of being ignored.
-        settings = model_config_blocks(getattr(context, "model_yaml_config", None))["handler"]
+        # Strict: a misspelt key in model-config.yaml, or a bad value there or in an environment
+        # override (HANDLER_THREADS), fails the load instead of being ignored.
+        settings = handler_settings(getattr(context, "model_yaml_config", None))
         self.settings = settings
         provenance = verify_model_dir(model_dir, settings["manifest"], settings["on_integrity_mismatch"])
         self.loaded = loaded_description(model_dir / settings["manifest"], provenance or {})
         self.preprocess_config = PreprocessConfig.load(model_dir / settings["preprocess_config"])
         self.labels = json.loads((model_dir / settings["labels"]).read_text())
-        threads = int(os.environ.get("HANDLER_THREADS", settings["threads"]))
+        threads = settings["threads"]
         serialized = self.manifest["model"]["serializedFile"]
         self.placement = place(context.system_properties, backend_of(serialized),
                                settings["precision"], (provenance or {}).get("validation"))
         logger.info("Running on %s", self.placement.describe())
-        self.runner = load_runner(model_dir / serialized, threads=threads, placement=self.placement,
-                                  spinning=bool(settings["ort_spinning"]))
-        self.top_k = int(settings["top_k"])
+        self.runner = load_runner(model_dir / serialized, threads=threads, placement=self.placement)
+        self.top_k = settings["top_k"]
         self.model_name = self.manifest["model"].get("modelName", "model")
         self.model_version = self.manifest["model"].get("modelVersion", "1.0")
         self.metrics = HandlerMetrics(context.metrics, self.model_name)

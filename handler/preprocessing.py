@@ -1,7 +1,14 @@
 """The one implementation of image preprocessing: bytes -> checked PIL image -> CHW float tensor.
 
-Every number comes from a model's `preprocess.json`; export, validation and the TorchServe
-handler all call `preprocess_bytes`, so the served transform is the validated transform.
+Two sources of numbers, one for each default: a model's `preprocess.json` states its transform
+(what the model was trained with: sizes, interpolation, mean, std, ...), and PreprocessConfig's
+field defaults are the input limits, the service's per-request cost budget
+(docs/inputs-and-errors.md), which a model's `"limits"` object may change key by key.
+
+Export validation calls `preprocess_bytes(data, cfg)` on the sample photos' JPEG bytes; the
+TorchServe handler calls `preprocess_image`, the same transform, which also returns the
+header's width and height for its metrics. So the served transform is the validated transform
+from the first byte.
 """
 
 from __future__ import annotations
@@ -10,7 +17,7 @@ import io
 import json
 import logging
 import math
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -44,29 +51,34 @@ SIGNATURES = {
 
 @dataclass(frozen=True)
 class PreprocessConfig:
+    """A model's transform (from its preprocess.json) and the input limits (defaults here)."""
+
     input_size: int
     resize_size: int
-    interpolation: str
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    interpolation: str = "bilinear"
     channel_order: str = "RGB"
     background_rgb: tuple[int, int, int] = (255, 255, 255)
     fast_jpeg_draft: bool = True
+    # ---- limits: per request at most about 256 MiB of extra worker memory and 0.5 s of CPU ----
     max_bytes: int = 6_553_500
-    max_pixels: int = 40_000_000
+    # Baseline JPEGs decode reduced (draft), so phone photos up to this size stay cheap.
+    max_pixels: int = 50_000_000
     min_side: int = 16
     # The short side is resized to resize_size, so a long thin strip would be upscaled into a
     # huge image: the aspect ratio bounds the memory of that step.
     max_aspect_ratio: float = 20.0
     formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
-    # The per-request cost budget: pixels per format, from the header. Only a baseline JPEG is
-    # decoded reduced (draft); a progressive JPEG keeps every coefficient, the others decode in
-    # full (a lossless WebP at 12 MP: about 190 MiB and 0.32 s of CPU). Key JPEG_PROGRESSIVE for
-    # progressive JPEGs; a format not listed has max_pixels only.
-    max_pixels_by_format: tuple[tuple[str, int], ...] = ()
+    # Pixels per kind, from the header. Only a baseline JPEG is decoded reduced; a progressive
+    # JPEG keeps every coefficient, the others decode in full (a lossless WebP at 12 MP: about
+    # 190 MiB and 0.32 s of CPU). A kind not listed has max_pixels only.
+    max_pixels_by_format: tuple[tuple[str, int], ...] = (
+        ("JPEG_PROGRESSIVE", 20_000_000), ("PNG", 9_000_000), ("WEBP", 12_000_000),
+        ("BMP", 12_000_000), ("GIF", 12_000_000), ("BMP_RLE", 1_000_000))
     # Bytes per kind where the decoder's work grows with the body, not the pixels: Pillow
     # decodes RLE BMP (kind BMP_RLE) in Python, one loop turn per 2-byte code.
-    max_bytes_by_format: tuple[tuple[str, int], ...] = ()
+    max_bytes_by_format: tuple[tuple[str, int], ...] = (("BMP_RLE", 524_288),)
     # libjpeg walks every block of the image once per scan; an encoder writes about 10, an
     # attacker thousands of a few bytes each. Both bounds are checked from a count of the SOS
     # markers: the scans, and the scans times the pixels (about 12 scans at 20 MP).
@@ -75,28 +87,23 @@ class PreprocessConfig:
 
     @classmethod
     def from_dict(cls, raw: dict, where: str = "preprocess config") -> PreprocessConfig:
-        """Build from a parsed preprocess.json; an unknown key (top level or under "limits") is a
-        ConfigError naming it, so a misspelt `interpolaton` cannot fall back to a default."""
+        """Build from a parsed preprocess.json; a key it leaves out takes the field's default.
+        An unknown key (top level or under "limits") is a ConfigError naming it, so a misspelt
+        `interpolaton` cannot fall back to a default."""
         if not isinstance(raw, dict):
             raise ConfigError(f"{where}: expected a JSON object, got {type(raw).__name__}")
         check_keys(raw, TOP_LEVEL_KEYS, where)
         limits = raw.get("limits", {})
+        if not isinstance(limits, dict):
+            raise ConfigError(f"{where}: \"limits\" must be an object, got {type(limits).__name__}")
         check_keys(limits, LIMIT_CASTS, f"{where} (limits)")
         missing = [k for k in REQUIRED_KEYS if k not in raw]
         if missing:
             raise ConfigError(f"{where}: missing key {missing[0]!r}")
         try:
-            cfg = cls(
-                input_size=int(raw["input_size"]),
-                resize_size=int(raw["resize_size"]),
-                interpolation=raw.get("interpolation", "bilinear"),
-                mean=tuple(float(v) for v in raw["mean"]),
-                std=tuple(float(v) for v in raw["std"]),
-                channel_order=raw.get("channel_order", "RGB").upper(),
-                background_rgb=tuple(int(v) for v in raw.get("background_rgb", (255, 255, 255))),
-                fast_jpeg_draft=bool(raw.get("fast_jpeg_draft", True)),
-                **{k: LIMIT_CASTS[k](v) for k, v in limits.items()},
-            )
+            # `if k in ...`: leaves out "limits" and the "_comment" keys check_keys allows.
+            given = {k: TRANSFORM_CASTS[k](v) for k, v in raw.items() if k in TRANSFORM_CASTS}
+            cfg = cls(**given, **{k: LIMIT_CASTS[k](v) for k, v in limits.items() if k in LIMIT_CASTS})
             cfg.validate()
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{where}: {exc}") from exc
@@ -129,6 +136,18 @@ def _per_kind(value: dict) -> tuple[tuple[str, int], ...]:
     return tuple((str(k).upper(), int(n)) for k, n in dict(value).items())
 
 
+# How each key of preprocess.json is read: the transform at the top level, the limits under
+# "limits". Together they are every field of PreprocessConfig (tests/test_config_strict.py).
+TRANSFORM_CASTS = {
+    "input_size": int,
+    "resize_size": int,
+    "mean": lambda v: tuple(float(x) for x in v),
+    "std": lambda v: tuple(float(x) for x in v),
+    "interpolation": str,
+    "channel_order": lambda v: str(v).upper(),
+    "background_rgb": lambda v: tuple(int(x) for x in v),
+    "fast_jpeg_draft": bool,
+}
 LIMIT_CASTS = {
     "max_bytes": int,
     "max_pixels": int,
@@ -140,9 +159,8 @@ LIMIT_CASTS = {
     "max_jpeg_scans": int,
     "max_jpeg_scan_pixels": int,
 }
-REQUIRED_KEYS = ("input_size", "resize_size", "mean", "std")
-# Every field of PreprocessConfig but the limits, which sit in their own "limits" object.
-TOP_LEVEL_KEYS = frozenset({f.name for f in fields(PreprocessConfig)} - set(LIMIT_CASTS) | {"limits"})
+REQUIRED_KEYS = tuple(f.name for f in fields(PreprocessConfig) if f.default is MISSING)
+TOP_LEVEL_KEYS = frozenset(TRANSFORM_CASTS) | {"limits"}
 
 
 def _accepted(cfg: PreprocessConfig) -> str:

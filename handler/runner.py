@@ -46,15 +46,12 @@ class TorchScriptRunner:
 class OnnxRunner:
     backend = "onnx"
 
-    def __init__(self, path: str | Path, threads: int, placement: Placement = ON_CPU,
-                 spinning: bool = True) -> None:
+    def __init__(self, path: str | Path, threads: int, placement: Placement = ON_CPU) -> None:
         import onnxruntime as ort  # only needed when the artifact is ONNX
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
-        if not spinning:  # idle intra-op threads sleep instead of spinning on cores others need
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), opts, providers=list(placement.providers))
         self.input_name = self.session.get_inputs()[0].name
 
@@ -71,13 +68,12 @@ def backend_of(path: str | Path) -> str:
     return BACKENDS[suffix]
 
 
-def load_runner(path: str | Path, threads: int = 1, placement: Placement = ON_CPU,
-                spinning: bool = True) -> TorchScriptRunner | OnnxRunner:
-    """The runner for the artifact's backend, on the placement's device and dtype. `spinning`
-    (ONNX Runtime only): whether idle intra-op threads spin; only matters with threads > 1."""
+def load_runner(path: str | Path, threads: int = 1,
+                placement: Placement = ON_CPU) -> TorchScriptRunner | OnnxRunner:
+    """The runner for the artifact's backend, on the placement's device and dtype."""
     # torch runs the handler's own tensor ops (stack, softmax) with either backend: left at its
     # default, its OpenMP threads spin on the cores the other workers need.
     torch.set_num_threads(threads)
     if backend_of(path) == "onnx":
-        return OnnxRunner(path, threads, placement, spinning)
+        return OnnxRunner(path, threads, placement)
     return TorchScriptRunner(path, threads, placement)

@@ -1,13 +1,16 @@
 """Strict reading of configuration: an unknown or misspelt key is an error that names the key
 and the file, never a silent fallback to a default (a model served with the wrong settings).
 
-Also the handler's own settings (the `handler:` block of model-config.yaml) and their defaults.
+Also the handler's own settings (the `handler:` block of model-config.yaml): their defaults
+(HANDLER_DEFAULTS, the one place each is written), the checks of their values, and the
+environment variables that override them (HANDLER_ENV), read through the same checks.
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Mapping
+import os
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from handler import layout
@@ -24,7 +27,6 @@ TORCHSERVE_MODEL_KEYS = frozenset({
 MODEL_CONFIG_BLOCKS = ("handler", "export")
 HANDLER_DEFAULTS = {
     "threads": 1,
-    "ort_spinning": True,
     "top_k": 5,
     "preprocess_config": layout.PREPROCESS_CONFIG,
     "labels": layout.LABELS,
@@ -34,11 +36,28 @@ HANDLER_DEFAULTS = {
     "precision": "auto",
 }
 # int8_guard: the INT8 accuracy guard's thresholds (scripts/packaging/quantize.py checks its keys).
-EXPORT_DEFAULTS = {"format": "torchscript", "int8_guard": {}, "fuse_pads": True}
+EXPORT_DEFAULTS = {"format": "torchscript", "int8_guard": {}}
+# Environment variable -> the handler setting it overrides: a container can change these
+# without rebuilding the archive (whose model-config.yaml is hashed into the manifest).
+HANDLER_ENV = {"HANDLER_THREADS": "threads"}
 
 
 class ConfigError(ValueError):
     """A configuration file holds an unknown key or an invalid value."""
+
+
+def positive_int(value: object) -> int:
+    """An integer >= 1, from YAML (2) or the environment ("2"); not 2.5, True or "two"."""
+    # Digits only: int() would also take True, round 2.5 down and read "-1".
+    digits = isinstance(value, (int, str)) and not isinstance(value, bool) and str(value).strip().isdigit()
+    if not digits or int(value) < 1:
+        raise ValueError(f"expected a positive integer, got {value!r}")
+    return int(value)
+
+
+# The handler settings whose values are checked here (the others: where they are used, e.g.
+# `precision` in handler/device.py, `on_integrity_mismatch` in handler/provenance.py).
+HANDLER_CHECKS: dict[str, Callable[[object], object]] = {"threads": positive_int, "top_k": positive_int}
 
 
 def check_keys(found: Iterable[str], known: Iterable[str], where: str) -> None:
@@ -67,7 +86,31 @@ def model_config_blocks(doc: Mapping | None, where: str | Path = layout.MODEL_CO
             raise ConfigError(f"{where}: `{block}:` must be a mapping, got {type(given).__name__}")
         check_keys(given, defaults, f"{where} ({block}:)")
         out[block] = {**defaults, **given}
+    for key, value in out["handler"].items():
+        out["handler"][key] = _checked(key, value, f"{where} (handler: {key})")
     return out
+
+
+def handler_settings(doc: Mapping | None, environ: Mapping[str, str] | None = None,
+                     where: str | Path = layout.MODEL_CONFIG) -> dict:
+    """The `handler:` block of a model config with its defaults, then the overrides of HANDLER_ENV
+    found in `environ` (default: this process's environment), every value checked."""
+    settings = model_config_blocks(doc, where)["handler"]
+    environ = os.environ if environ is None else environ
+    for var, key in HANDLER_ENV.items():
+        if var in environ:
+            settings[key] = _checked(key, environ[var], f"environment variable {var} (handler: {key})")
+    return settings
+
+
+def _checked(key: str, value: object, where: str) -> object:
+    check = HANDLER_CHECKS.get(key)
+    if check is None:
+        return value
+    try:
+        return check(value)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
 
 
 def load_model_config(path: str | Path) -> dict:

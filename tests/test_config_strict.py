@@ -3,6 +3,7 @@ the key and the file, never a silent default. Every config file in the repositor
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -10,8 +11,8 @@ import sys
 import pytest
 import yaml
 
-from handler.preprocessing import PreprocessConfig
-from handler.settings import ConfigError, load_model_config, model_config_blocks
+from handler.preprocessing import LIMIT_CASTS, REQUIRED_KEYS, TRANSFORM_CASTS, PreprocessConfig
+from handler.settings import ConfigError, handler_settings, load_model_config, model_config_blocks
 from scripts import repo
 from scripts.ops import serve
 from scripts.ops.server_config import read_properties
@@ -44,10 +45,23 @@ def test_missing_required_preprocess_key():
         PreprocessConfig.from_dict({"input_size": 224, "resize_size": 256, "std": [1, 1, 1]})
 
 
+def test_every_preprocess_field_is_read_and_each_default_is_the_dataclass_one():
+    """One source per default: a key preprocess.json leaves out takes the field's own default."""
+    assert set(TRANSFORM_CASTS) | set(LIMIT_CASTS) == {f.name for f in dataclasses.fields(PreprocessConfig)}
+    assert not set(TRANSFORM_CASTS) & set(LIMIT_CASTS)
+    minimal = PreprocessConfig.from_dict({"input_size": 224, "resize_size": 256, "mean": [0, 0, 0],
+                                          "std": [1, 1, 1]})
+    for f in dataclasses.fields(PreprocessConfig):
+        if f.name not in REQUIRED_KEYS:
+            assert getattr(minimal, f.name) == f.default, f.name
+
+
 @pytest.mark.parametrize("doc, key", [
     ({"minWorker": 2}, "minWorker"),
     ({"handler": {"threds": 1}}, "threds"),
     ({"export": {"fromat": "onnx"}}, "fromat"),
+    ({"handler": {"ort_spinning": False}}, "ort_spinning"),  # bench-only levers, removed
+    ({"export": {"fuse_pads": False}}, "fuse_pads"),
 ])
 def test_misspelt_model_config_key(doc, key):
     with pytest.raises(ConfigError, match=f"model-config.yaml.*unknown key '{key}'"):
@@ -58,6 +72,22 @@ def test_model_config_defaults_fill_what_is_not_given():
     blocks = model_config_blocks({"minWorkers": 1, "handler": {"top_k": 3}})
     assert blocks["handler"]["top_k"] == 3 and blocks["handler"]["threads"] == 1
     assert blocks["export"]["format"] == "torchscript"
+
+
+@pytest.mark.parametrize("value", [0, -1, 2.5, True, "two", None])
+def test_a_bad_handler_value_names_file_and_key(value):
+    with pytest.raises(ConfigError, match=r"config/x/model-config.yaml \(handler: threads\): expected a "
+                                          "positive integer"):
+        model_config_blocks({"handler": {"threads": value}}, "config/x/model-config.yaml")
+
+
+def test_environment_overrides_go_through_the_same_checks():
+    doc = {"handler": {"threads": 2}}
+    assert handler_settings(doc, environ={})["threads"] == 2
+    assert handler_settings(doc, environ={"HANDLER_THREADS": " 3 "})["threads"] == 3
+    for bad in ("0", "two", "", "1.5"):
+        with pytest.raises(ConfigError, match=f"environment variable HANDLER_THREADS .*got {bad!r}"):
+            handler_settings(doc, environ={"HANDLER_THREADS": bad})
 
 
 def test_misspelt_server_config_key(tmp_path):

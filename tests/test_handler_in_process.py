@@ -99,3 +99,9 @@ def test_header_driven_routes_stay_with_their_own_request(handler):
     assert out[0]["type"] == "NotImplemented" and "/predictions/" in out[0]["message"]
     assert out[1]["predictions"] and out[3]["predictions"] == out[1]["predictions"]
     assert out[2] == handler.describe_handle() and out[2]["model"] == "efficientnet_lite0"
+
+
+def test_a_bad_environment_override_fails_initialize(default_model_dir, monkeypatch):
+    monkeypatch.setenv("HANDLER_THREADS", "two")
+    with pytest.raises(ConfigError, match="environment variable HANDLER_THREADS"):
+        torchserve_entry.ImageClassifierHandler().initialize(make_context(default_model_dir))

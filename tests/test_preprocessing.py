@@ -19,6 +19,7 @@ from handler.errors import InputError
 from handler.payload import payload_to_bytes
 from handler.preprocessing import (
     INTERPOLATIONS,
+    LIMIT_CASTS,
     PreprocessConfig,
     decode_rgb,
     open_image,
@@ -167,15 +168,17 @@ def test_pixel_bomb_is_refused_from_the_header(monkeypatch, side):
     assert info.value.status == 413 and loads == [(64, 48)]
 
 
-def test_limits_come_from_the_config_file():
+def test_limits_are_the_defaults_unless_the_config_file_changes_them():
+    """The limits are PreprocessConfig's defaults (the service's cost budget); the model's
+    preprocess.json states its transform, and a `limits` object there changes a limit."""
     raw = json.loads((repo.CONFIG_DIR / repo.DEFAULT_MODEL / "preprocess.json").read_text())
-    limits = raw["limits"]
-    assert (CFG.max_bytes, CFG.max_pixels, CFG.min_side) == (
-        limits["max_bytes"], limits["max_pixels"], limits["min_side"])
-    assert CFG.max_aspect_ratio == limits["max_aspect_ratio"]
+    assert "limits" not in raw
+    defaults = {f.name: f.default for f in dataclasses.fields(PreprocessConfig) if f.name in LIMIT_CASTS}
+    assert {name: getattr(CFG, name) for name in LIMIT_CASTS} == defaults
     png = encode(gradient(64, 48), "PNG")
     check_tensor(preprocess_bytes(png, CFG))
-    tight = PreprocessConfig.from_dict({**raw, "limits": {**limits, "max_bytes": len(png) - 1}})
+    tight = PreprocessConfig.from_dict({**raw, "limits": {"max_bytes": len(png) - 1}})
+    assert tight.max_bytes == len(png) - 1 and tight.max_pixels == CFG.max_pixels
     assert error_of(png, tight).error_type == "PayloadTooLarge"
     assert error_of(png, dataclasses.replace(CFG, min_side=50)).error_type == "ImageTooSmall"
     assert error_of(png, dataclasses.replace(CFG, max_pixels=64 * 48 - 1)).error_type == "ImageTooLarge"
@@ -297,7 +300,7 @@ def test_mutated_bytes_give_a_tensor_or_an_input_error(data):
 
 def test_per_format_pixel_budget_from_the_header():
     """Non-JPEG formats and progressive JPEGs decode in full: their pixel caps are lower than a
-    baseline JPEG's, which decodes reduced (preprocess.json limits.max_pixels_by_format)."""
+    baseline JPEG's, which decodes reduced (limits.max_pixels_by_format)."""
     caps = dict(CFG.max_pixels_by_format)
     assert caps["PNG"] < CFG.max_pixels and caps["JPEG_PROGRESSIVE"] < CFG.max_pixels
     tight = dataclasses.replace(CFG, max_pixels_by_format=(("PNG", 64 * 48 - 1),
