@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from handler.errors import InputError
+from handler.errors import HandlerError
 
 
 @dataclass
@@ -16,6 +16,6 @@ class Batch:
     size: int
     tensor: torch.Tensor | None = None
     indices: list[int] = field(default_factory=list)
-    errors: dict[int, InputError] = field(default_factory=dict)
+    errors: dict[int, HandlerError] = field(default_factory=dict)
     described: dict[int, dict] = field(default_factory=dict)  # describe requests: their answer
     logits: torch.Tensor | None = None

@@ -20,7 +20,7 @@ from ts.torch_handler.base_handler import BaseHandler
 from handler import responses
 from handler.batch import Batch
 from handler.device import place
-from handler.errors import InputError, internal_error, not_served
+from handler.errors import HandlerError, InputError, NotServed, ServerError
 from handler.metrics import INFERENCE, POSTPROCESS, PREPROCESS, REQUEST, HandlerMetrics
 from handler.payload import payload_to_bytes
 from handler.preprocessing import PreprocessConfig, preprocess_image
@@ -122,7 +122,7 @@ class ImageClassifierHandler(BaseHandler):
                 continue
             try:
                 if self._header(idx, "explain") == "True":
-                    raise not_served("explanations")
+                    raise NotServed("explanations")
                 start = time.perf_counter()
                 tensor, (width, height) = preprocess_image(payload_to_bytes(row), self.preprocess_config)
                 tensors.append(tensor)
@@ -130,16 +130,18 @@ class ImageClassifierHandler(BaseHandler):
                 self.metrics.image(width, height)
                 batch.indices.append(idx)
             except InputError as err:
-                batch.errors[idx] = err
-                self.metrics.input_error(err.error_type)
+                self._failed(batch, idx, err)
             except Exception:  # a bug hit by one request must not fail its neighbours
                 logger.exception("Unexpected preprocessing failure (request %d of %d)", idx, len(data))
-                batch.errors[idx] = internal_error()
-                self.metrics.input_error(batch.errors[idx].error_type)
+                self._failed(batch, idx, ServerError())
         if tensors:
             batch.tensor = torch.stack(tensors)
         self.metrics.batch_size(len(data))
         return batch
+
+    def _failed(self, batch: Batch, idx: int, err: HandlerError) -> None:
+        batch.errors[idx] = err
+        self.metrics.error(err)
 
     def inference(self, batch: Batch, *args, **kwargs) -> Batch:
         start = time.perf_counter()

@@ -9,6 +9,10 @@ the line plus `Hostname` as labels. Two rules follow, both checked by tests/test
 - histograms get the Prometheus client's default buckets (0.005 ... 10), so values are emitted in
   seconds and megapixels, the units those buckets resolve.
 
+Errors are counted by kind (handler/errors.py): client errors (InputError, 4xx and 501) in
+handler_input_errors_total, server faults (ServerError, 500) in handler_server_errors_total,
+both by `ErrorType`, so a wave of bad images never reads as a bug and a bug never hides among them.
+
 Metrics must never fail a request: every emit is guarded.
 """
 
@@ -19,6 +23,8 @@ import logging
 from ts.metrics.dimension import Dimension
 from ts.metrics.metric_type_enum import MetricTypes
 
+from handler.errors import HandlerError, InputError
+
 logger = logging.getLogger(__name__)
 
 # Names as declared in config/metrics.yaml (model_metrics).
@@ -28,7 +34,8 @@ POSTPROCESS = "handler_postprocess_seconds"  # per batch: softmax, top-k, JSON r
 REQUEST = "handler_request_seconds"          # per request: its batch's preprocess start to end
 BATCH_SIZE = "handler_batch_size"            # per batch: requests TorchServe put together
 IMAGE_MEGAPIXELS = "handler_image_megapixels"  # per request: width x height of the decoded image
-INPUT_ERRORS = "handler_input_errors_total"  # per refused request, by error type
+INPUT_ERRORS = "handler_input_errors_total"  # per request refused as the client's error, by type
+SERVER_ERRORS = "handler_server_errors_total"  # per request failed by a server fault, by type
 
 
 class HandlerMetrics:
@@ -60,5 +67,7 @@ class HandlerMetrics:
     def batch_size(self, size: int) -> None:
         self.observe(BATCH_SIZE, size)
 
-    def input_error(self, error_type: str) -> None:
-        self._emit(INPUT_ERRORS, 1, "Count", MetricTypes.COUNTER, [Dimension("ErrorType", error_type)])
+    def error(self, err: HandlerError) -> None:
+        """Count one failed request in its kind's counter."""
+        name = INPUT_ERRORS if isinstance(err, InputError) else SERVER_ERRORS
+        self._emit(name, 1, "Count", MetricTypes.COUNTER, [Dimension("ErrorType", err.error_type)])

@@ -22,7 +22,7 @@ import re
 
 import numpy as np
 
-from handler.errors import InputError
+from handler.errors import BadInput
 
 JSON_IMAGE_KEYS = ("image", "b64", "data")
 # The raw body (TorchServe's key for it), then the form field names we document.
@@ -39,10 +39,10 @@ _WHITESPACE = re.compile(rb"\s+")
 
 
 def payload_to_bytes(row: dict) -> bytes:
-    """Return the encoded image bytes of a request, or raise InputError."""
+    """Return the encoded image bytes of a request, or raise BadInput (400)."""
     value = _pick_field(row)
     if value is None:
-        raise InputError(400, "EmptyInput", f"No image in the request; send {ACCEPTED}.")
+        raise BadInput("EmptyInput", f"No image in the request; send {ACCEPTED}.")
     if isinstance(value, (bytes, bytearray)):
         value = bytes(value)
         if value.lstrip()[:1] == b"{":
@@ -52,20 +52,20 @@ def payload_to_bytes(row: dict) -> bytes:
         return _from_json(value)
     if isinstance(value, str):
         return _from_text(value)
-    raise InputError(400, "InvalidJSON",
+    raise BadInput("InvalidJSON",
                      f"The JSON body is a {type(value).__name__}; send an object "
                      "{\"image\": \"<base64>\"}.")
 
 
 def _pick_field(row: dict):
     if len(row) > MAX_FIELDS:
-        raise InputError(400, "TooManyFields", f"The request carries {len(row)} inputs (form fields "
+        raise BadInput("TooManyFields", f"The request carries {len(row)} inputs (form fields "
                          f"or query parameters); at most {MAX_FIELDS} are read. Send one image.")
     if row.get(BODY_KEY) is not None:  # a raw body: query-string parameters do not matter
         return row[BODY_KEY]
     named = [key for key in FIELD_KEYS if row.get(key) not in (None, "", b"")]
     if len(named) > 1:
-        raise InputError(400, "AmbiguousInput", f"The request carries several inputs ({', '.join(named)}) "
+        raise BadInput("AmbiguousInput", f"The request carries several inputs ({', '.join(named)}) "
                          "that could be the image; send one (query-string parameters count too).")
     if named:
         return row[named[0]]
@@ -85,10 +85,10 @@ def _from_text(text: str) -> bytes:
     if text.lstrip().startswith("{"):
         return _from_json(_parse_json(text.encode()))
     if not text.strip():
-        raise InputError(400, "EmptyInput", f"The request body is blank; send {ACCEPTED}.")
+        raise BadInput("EmptyInput", f"The request body is blank; send {ACCEPTED}.")
     try:
         return _b64(text)
-    except InputError:
+    except BadInput:
         return text.encode("utf-8")  # the worker decoded these bytes as UTF-8: exact round trip
 
 
@@ -103,14 +103,14 @@ def json_depth(raw: bytes) -> int:
 
 def _parse_json(raw: bytes) -> dict:
     if (depth := json_depth(raw)) > MAX_JSON_DEPTH:
-        raise InputError(400, "InvalidJSON", f"The JSON body nests {depth} levels deep; at most "
+        raise BadInput("InvalidJSON", f"The JSON body nests {depth} levels deep; at most "
                          f"{MAX_JSON_DEPTH} are read. Send {{\"image\": \"<base64>\"}}.")
     try:
         doc = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise InputError(400, "InvalidJSON", f"The JSON body does not parse: {exc}.") from exc
+        raise BadInput("InvalidJSON", f"The JSON body does not parse: {exc}.") from exc
     if not isinstance(doc, dict):
-        raise InputError(400, "InvalidJSON", "The JSON body must be an object with key 'image'.")
+        raise BadInput("InvalidJSON", "The JSON body must be an object with key 'image'.")
     return doc
 
 
@@ -118,7 +118,7 @@ def _from_json(doc: dict) -> bytes:
     for key in JSON_IMAGE_KEYS:
         if isinstance(doc.get(key), str):
             return _b64(doc[key])
-    raise InputError(400, "InvalidJSON",
+    raise BadInput("InvalidJSON",
                      "The JSON body needs a base64 string under 'image', e.g. {\"image\": \"/9j/...\"}.")
 
 
@@ -133,4 +133,4 @@ def _b64(text: str) -> bytes:
             raw += b"=" * (-len(raw) % 4)
         return base64.b64decode(raw, validate=True)
     except (binascii.Error, ValueError) as exc:  # UnicodeEncodeError is a ValueError
-        raise InputError(400, "InvalidBase64", f"The image string is not valid base64: {exc}.") from exc
+        raise BadInput("InvalidBase64", f"The image string is not valid base64: {exc}.") from exc

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from handler.errors import InputError
+from handler.errors import BadInput, InputError, TooLarge, UnsupportedMedia
 from handler.settings import ConfigError, check_keys
 
 logger = logging.getLogger(__name__)
@@ -170,10 +170,9 @@ def _accepted(cfg: PreprocessConfig) -> str:
 def open_image(data: bytes, cfg: PreprocessConfig) -> Image.Image:
     """Parse the header and enforce every limit before a single pixel is decoded."""
     if not data:
-        raise InputError(400, "EmptyInput", f"The request body is empty; {_accepted(cfg)}.")
+        raise BadInput("EmptyInput", f"The request body is empty; {_accepted(cfg)}.")
     if len(data) > cfg.max_bytes:
-        raise InputError(413, "PayloadTooLarge",
-                         f"Image is {len(data)} bytes; the limit is {cfg.max_bytes} bytes.")
+        raise TooLarge("PayloadTooLarge", f"Image is {len(data)} bytes; the limit is {cfg.max_bytes} bytes.")
     try:
         # Only our formats' parsers ever see the bytes (no EPS, TIFF, PSD, ... plugins).
         img = Image.open(io.BytesIO(data), formats=_pillow_formats(cfg))
@@ -185,31 +184,28 @@ def open_image(data: bytes, cfg: PreprocessConfig) -> Image.Image:
         raise _unreadable(data, cfg) from exc
     fmt = FORMAT_ALIASES.get(img.format, img.format)
     if fmt not in cfg.formats:
-        raise InputError(415, "UnsupportedMediaType",
-                         f"Image format {img.format} is not supported; {_accepted(cfg)}.")
+        raise UnsupportedMedia("UnsupportedMediaType",
+                               f"Image format {img.format} is not supported; {_accepted(cfg)}.")
     width, height = img.size
     if width * height > cfg.max_pixels:
         raise _too_many_pixels(cfg, f"{width}x{height}")
     kind = image_kind(img, fmt)
     cap = dict(cfg.max_pixels_by_format).get(kind)
     if cap is not None and width * height > cap:
-        raise InputError(413, "ImageTooLarge",
-                         f"A {_kind_name(kind)} image of {width}x{height} declares "
-                         f"too many pixels; the limit for it is {cap}.")
+        raise TooLarge("ImageTooLarge", f"A {_kind_name(kind)} image of {width}x{height} declares "
+                       f"too many pixels; the limit for it is {cap}.")
     cap = dict(cfg.max_bytes_by_format).get(kind)
     if cap is not None and len(data) > cap:
-        raise InputError(413, "PayloadTooLarge",
-                         f"The {_kind_name(kind)} image is {len(data)} bytes; the limit for it "
-                         f"is {cap} bytes.")
+        raise TooLarge("PayloadTooLarge", f"The {_kind_name(kind)} image is {len(data)} bytes; "
+                       f"the limit for it is {cap} bytes.")
     if fmt == "JPEG":
         _check_scans(data, width * height, cfg)
     if min(width, height) < cfg.min_side:
-        raise InputError(400, "ImageTooSmall",
-                         f"Image is {width}x{height}; each side must be at least {cfg.min_side} px.")
+        raise BadInput("ImageTooSmall",
+                       f"Image is {width}x{height}; each side must be at least {cfg.min_side} px.")
     if max(width, height) > cfg.max_aspect_ratio * min(width, height):
-        raise InputError(400, "AspectRatioTooLarge",
-                         f"Image is {width}x{height}; the long side may be at most "
-                         f"{cfg.max_aspect_ratio:g} times the short side.")
+        raise BadInput("AspectRatioTooLarge", f"Image is {width}x{height}; the long side may be at "
+                       f"most {cfg.max_aspect_ratio:g} times the short side.")
     return img
 
 
@@ -231,10 +227,10 @@ def _check_scans(data: bytes, pixels: int, cfg: PreprocessConfig) -> None:
     # (or inside an embedded thumbnail, which only makes the count cautious).
     scans = data.count(b"\xff\xda")
     if scans > cfg.max_jpeg_scans or scans * pixels > cfg.max_jpeg_scan_pixels:
-        raise InputError(413, "TooManyScans",
-                         f"The JPEG holds {scans} scans of {pixels} pixels; the limits are "
-                         f"{cfg.max_jpeg_scans} scans and {cfg.max_jpeg_scan_pixels} scans x pixels "
-                         "(an encoder writes about 10 scans).")
+        raise TooLarge("TooManyScans",
+                       f"The JPEG holds {scans} scans of {pixels} pixels; the limits are "
+                       f"{cfg.max_jpeg_scans} scans and {cfg.max_jpeg_scan_pixels} scans x pixels "
+                       "(an encoder writes about 10 scans).")
 
 
 def _pillow_formats(cfg: PreprocessConfig) -> tuple[str, ...]:
@@ -245,16 +241,14 @@ def _pillow_formats(cfg: PreprocessConfig) -> tuple[str, ...]:
 def _unreadable(data: bytes, cfg: PreprocessConfig) -> InputError:
     for fmt in cfg.formats:
         if any(data.startswith(sig) for sig in SIGNATURES.get(fmt, ())):
-            return InputError(400, "CorruptImage",
-                              f"The body starts like a {fmt} image but its header is damaged or "
-                              f"cut short; {_accepted(cfg)}.")
-    return InputError(415, "UnsupportedMediaType",
-                      f"The body is not a recognised image; {_accepted(cfg)}.")
+            return BadInput("CorruptImage", f"The body starts like a {fmt} image but its header is "
+                            f"damaged or cut short; {_accepted(cfg)}.")
+    return UnsupportedMedia("UnsupportedMediaType", f"The body is not a recognised image; {_accepted(cfg)}.")
 
 
-def _too_many_pixels(cfg: PreprocessConfig, detail: str) -> InputError:
-    return InputError(413, "ImageTooLarge",
-                      f"Image declares too many pixels ({detail}); the limit is {cfg.max_pixels}.")
+def _too_many_pixels(cfg: PreprocessConfig, detail: str) -> TooLarge:
+    return TooLarge("ImageTooLarge",
+                    f"Image declares too many pixels ({detail}); the limit is {cfg.max_pixels}.")
 
 
 def decode_rgb(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
@@ -268,8 +262,7 @@ def decode_rgb(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
     except (InputError, MemoryError):
         raise
     except Exception as exc:  # truncated or corrupt data surfaces as OSError, SyntaxError, ...
-        raise InputError(400, "CorruptImage",
-                         f"The {img.format} image could not be decoded ({exc}).") from exc
+        raise BadInput("CorruptImage", f"The {img.format} image could not be decoded ({exc}).") from exc
 
 
 def _exif_upright(img: Image.Image) -> Image.Image:

@@ -9,10 +9,13 @@ from __future__ import annotations
 import shutil
 
 import pytest
+import yaml
 from ts.utils.util import list_classes_from_module
 
-from handler import classifier, torchserve_entry
+from handler import classifier, metrics, torchserve_entry
+from handler.errors import BadInput, ServerError
 from handler.settings import ConfigError
+from scripts import repo
 from scripts.packaging.sample_photos import EXPECTED_TOP1
 from tests.support.context import make_context, new_batch, statuses
 from tests.support.images import encode, gradient
@@ -62,8 +65,12 @@ def test_batch_errors_are_per_request(handler, monkeypatch):
 
     monkeypatch.setattr(classifier, "preprocess_image", with_a_bug)
     good = encode(gradient(), "PNG")
+    seen = len(handler.context.metrics.calls)
     out = handle(handler, [{"body": good}, {"body": b"trigger a bug"}, {"body": b"garbage"},
                            {"data": good}, {}])
+    counted = [name for name, _ in handler.context.metrics.calls[seen:] if name.endswith("_errors_total")]
+    # The bug is a server fault, counted apart from the two client errors.
+    assert sorted(counted) == ["handler_input_errors_total"] * 2 + ["handler_server_errors_total"]
     assert len(out) == 5
     assert out[0]["predictions"] and out[0]["predictions"] == out[3]["predictions"]
     assert statuses(handler.context) == {1: (500, "Internal Server Error"),
@@ -105,3 +112,33 @@ def test_a_bad_environment_override_fails_initialize(default_model_dir, monkeypa
     monkeypatch.setenv("HANDLER_THREADS", "two")
     with pytest.raises(ConfigError, match="environment variable HANDLER_THREADS"):
         torchserve_entry.ImageClassifierHandler().initialize(make_context(default_model_dir))
+
+
+class DimensionRecorder:
+    """TorchServe's metrics cache as far as dimensions go: the names each metric was sent with."""
+
+    def __init__(self) -> None:
+        self.dimensions: dict[str, list[str]] = {}
+
+    def add_metric(self, name: str, value: float, unit: str, dimensions=None, metric_type=None) -> None:
+        self.dimensions[name] = [d.name for d in dimensions]
+
+
+def test_every_handler_metric_is_declared_with_the_dimensions_it_is_sent_with():
+    """The frontend drops a metric whose dimensions differ from config/metrics.yaml's (in order,
+    Hostname appended by the frontend): each one the handler emits must match its declaration."""
+    declared = {m["name"]: m["dimensions"] for kind in yaml.safe_load(
+        (repo.CONFIG_DIR / "metrics.yaml").read_text())["model_metrics"].values() for m in kind}
+    recorder = DimensionRecorder()
+    emitter = metrics.HandlerMetrics(recorder, "m")
+    for name in (metrics.PREPROCESS, metrics.INFERENCE, metrics.POSTPROCESS, metrics.REQUEST):
+        emitter.observe(name, 0.01)
+    emitter.batch_size(1)
+    emitter.image(10, 10)
+    emitter.error(BadInput("EmptyInput", "nothing sent"))
+    emitter.error(ServerError())
+    assert set(recorder.dimensions) == {metrics.PREPROCESS, metrics.INFERENCE, metrics.POSTPROCESS,
+                                        metrics.REQUEST, metrics.BATCH_SIZE, metrics.IMAGE_MEGAPIXELS,
+                                        metrics.INPUT_ERRORS, metrics.SERVER_ERRORS}
+    for name, dims in recorder.dimensions.items():
+        assert declared[name] == dims, name

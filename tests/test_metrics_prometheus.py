@@ -81,6 +81,7 @@ def test_handler_metrics_reach_the_metrics_endpoint(server, photos):
     for name in HISTOGRAMS:
         assert f"# TYPE {name} histogram" in text
     assert "# TYPE handler_input_errors_total counter" in text
+    assert "# TYPE handler_server_errors_total counter" in text
     # Every request is one observation of its handler time and belongs to exactly one batch.
     assert delta["handler_request_seconds_count"] == n
     assert delta["handler_batch_size_sum"] == n and 1 <= delta["handler_batch_size_count"] <= n
@@ -97,6 +98,8 @@ def test_handler_metrics_reach_the_metrics_endpoint(server, photos):
         grew = (total(after, "handler_input_errors_total", ErrorType=error_type)
                 - total(before, "handler_input_errors_total", ErrorType=error_type))
         assert grew == 1, error_type
+    # Bad images are the client's errors: none of them is counted as a server fault.
+    assert total(after, "handler_server_errors_total") == total(before, "handler_server_errors_total")
     grew = total(after, "ts_inference_requests_total") - total(before, "ts_inference_requests_total")
     assert grew == n
 

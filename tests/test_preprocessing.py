@@ -15,7 +15,15 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile
 
-from handler.errors import InputError
+from handler.errors import (
+    BadInput,
+    HandlerError,
+    InputError,
+    NotServed,
+    ServerError,
+    TooLarge,
+    UnsupportedMedia,
+)
 from handler.payload import payload_to_bytes
 from handler.preprocessing import (
     INTERPOLATIONS,
@@ -187,6 +195,30 @@ def test_limits_are_the_defaults_unless_the_config_file_changes_them():
     assert error_of(animated_gif(), no_gif).status == 415
     with pytest.raises(ValueError, match="unknown key 'max_pixel' .*did you mean 'max_pixels'"):
         PreprocessConfig.from_dict({**raw, "limits": {"max_pixel": 5}})
+
+
+# ---- errors: one class per outcome, the status from the class ----
+
+@pytest.mark.parametrize("cls, status", [(BadInput, 400), (TooLarge, 413), (UnsupportedMedia, 415)])
+def test_each_client_error_class_has_its_status(cls, status):
+    err = cls("SomeType", "what went wrong")
+    assert isinstance(err, InputError) and not isinstance(err, ServerError)
+    assert err.to_json() == {"code": status, "type": "SomeType", "message": "what went wrong"}
+
+
+def test_not_served_and_server_errors_keep_their_bodies():
+    assert NotServed("explanations").to_json()["code"] == 501
+    assert NotServed("explanations").error_type == "NotImplemented" and isinstance(NotServed("x"), InputError)
+    fault = ServerError()
+    assert not isinstance(fault, InputError) and isinstance(fault, HandlerError)
+    assert fault.to_json() == {"code": 500, "type": "InternalServerError",
+                               "message": "The server failed on this image; the error is logged."}
+
+
+@pytest.mark.parametrize("base", [HandlerError, InputError])
+def test_a_base_class_has_no_status_to_answer_with(base):
+    with pytest.raises(TypeError, match="raise one of its subclasses"):
+        base("SomeType", "message")
 
 
 # ---- payload: request row -> bytes ----
