@@ -5,14 +5,16 @@ One request's way through it, one module per step:
     payload.py        request row (raw body, multipart field, JSON base64) -> image bytes
     preprocessing.py  image bytes -> checked, decoded, resized, normalized CHW tensor
     runner.py         batch tensor -> logits (ONNX Runtime or TorchScript)
-    responses.py      logits -> top-k JSON rows; client errors -> their own 4xx JSON
+    responses.py      logits -> top-k JSON; each request's Answer (body and status)
+    envelopes.py      answers -> what the call's protocol sends (TorchServe's own API, KServe v2)
 
     classifier.py     the BaseHandler subclass that strings those together per batch
     torchserve_entry.py  the archive's --handler file: TorchServe's one class, nothing else
 
-Beside them: errors.py (client errors), settings.py (strict config keys, handler defaults),
-layout.py (the archive's file names), provenance.py (integrity check at load), metrics.py
-(handler metrics), batch.py (a batch's state), model.py (the EfficientNet-Lite0 architecture).
+Beside them: errors.py (an error class per outcome: client errors, server faults), settings.py
+(strict config keys, handler defaults and their environment overrides), layout.py (the archive's
+file names), provenance.py (integrity check at load), metrics.py (handler metrics, stage timing),
+batch.py (a batch's state), device.py (GPU or CPU, and precision).
 
 This package imports torch, numpy, Pillow, onnxruntime and TorchServe's `ts`, never `scripts`.
 """

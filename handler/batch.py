@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -19,3 +20,9 @@ class Batch:
     errors: dict[int, HandlerError] = field(default_factory=dict)
     described: dict[int, dict] = field(default_factory=dict)  # describe requests: their answer
     logits: torch.Tensor | None = None
+    # When the handler took the batch: every request of it spends the whole batch's handler time.
+    started: float = field(default_factory=time.perf_counter)
+
+    def elapsed(self) -> float:
+        """Seconds since the handler took the batch."""
+        return time.perf_counter() - self.started

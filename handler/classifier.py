@@ -1,8 +1,10 @@
-"""TorchServe handler: bytes -> preprocess -> tensor -> inference -> logits -> postprocess -> JSON.
+"""TorchServe handler: bytes -> preprocess -> tensor -> inference -> logits -> postprocess -> answers.
 
 Each request of a batch succeeds or fails on its own: a bad image gets its own 4xx JSON error
-(`context.set_response_status(code, message, idx)`) and its neighbours still get predictions.
-No request header changes what happens to another request (see `handle`).
+and its neighbours still get predictions. `postprocess` gives one Answer (body and status) per
+request; the envelope of the call (handler/envelopes.py) puts the statuses and Content-Types on
+the context and serializes the answers. No request header changes what happens to another
+request (see `handle`).
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ from ts.torch_handler.base_handler import BaseHandler
 from handler import responses
 from handler.batch import Batch
 from handler.device import place
+from handler.envelopes import envelope_of
 from handler.errors import HandlerError, InputError, NotServed, ServerError
 from handler.metrics import INFERENCE, POSTPROCESS, PREPROCESS, REQUEST, HandlerMetrics
 from handler.payload import payload_to_bytes
 from handler.preprocessing import PreprocessConfig, preprocess_image
 from handler.provenance import PACKAGE_DIR, installed_versions, sha256_file, verify_model_dir
+from handler.responses import Answer
 from handler.runner import backend_of, load_runner
 from handler.settings import handler_settings
 
@@ -73,7 +77,8 @@ class ImageClassifierHandler(BaseHandler):
                     self.model_version, self.runner.backend, threads, len(self.labels), PACKAGE_DIR)
 
     def handle(self, data: list[dict], context) -> list:
-        """Every request of the batch goes preprocess -> inference -> postprocess.
+        """Every request of the batch goes preprocess -> inference -> postprocess, and the
+        answers go out through the call's envelope (handler/envelopes.py).
 
         BaseHandler's `handle` sends the WHOLE batch down another path when its first request
         carries an `explain` header (what TorchServe sets for /explanations/NAME) or a `describe`
@@ -83,8 +88,9 @@ class ImageClassifierHandler(BaseHandler):
         start = time.perf_counter()
         self.context = context
         answers = self.postprocess(self.inference(self.preprocess(data)))
+        out = envelope_of(context).respond(context, answers)
         context.metrics.add_time("HandlerTime", round((time.perf_counter() - start) * 1000, 2), None, "ms")
-        return answers
+        return out
 
     def _header(self, idx: int, name: str) -> str | None:
         try:
@@ -113,7 +119,6 @@ class ImageClassifierHandler(BaseHandler):
                 responses.top_k(self.runner(tensor.expand(batch, -1, -1, -1).contiguous()), self.top_k)
 
     def preprocess(self, data: list[dict]) -> Batch:
-        self._batch_start = time.perf_counter()
         batch = Batch(size=len(data))
         tensors = []
         for idx, row in enumerate(data):
@@ -121,13 +126,7 @@ class ImageClassifierHandler(BaseHandler):
                 batch.described[idx] = self.describe_handle()
                 continue
             try:
-                if self._header(idx, "explain") == "True":
-                    raise NotServed("explanations")
-                start = time.perf_counter()
-                tensor, (width, height) = preprocess_image(payload_to_bytes(row), self.preprocess_config)
-                tensors.append(tensor)
-                self.metrics.observe(PREPROCESS, time.perf_counter() - start)
-                self.metrics.image(width, height)
+                tensors.append(self._tensor_of(idx, row))
                 batch.indices.append(idx)
             except InputError as err:
                 self._failed(batch, idx, err)
@@ -139,41 +138,37 @@ class ImageClassifierHandler(BaseHandler):
         self.metrics.batch_size(len(data))
         return batch
 
+    def _tensor_of(self, idx: int, row: dict) -> torch.Tensor:
+        if self._header(idx, "explain") == "True":
+            raise NotServed("explanations")
+        with self.metrics.timed(PREPROCESS):
+            tensor, (width, height) = preprocess_image(payload_to_bytes(row), self.preprocess_config)
+        self.metrics.image(width, height)
+        return tensor
+
     def _failed(self, batch: Batch, idx: int, err: HandlerError) -> None:
         batch.errors[idx] = err
         self.metrics.error(err)
 
     def inference(self, batch: Batch, *args, **kwargs) -> Batch:
-        start = time.perf_counter()
-        if batch.tensor is not None:
-            batch.logits = self.runner(batch.tensor)
-        self.metrics.observe(INFERENCE, time.perf_counter() - start)
+        with self.metrics.timed(INFERENCE):
+            if batch.tensor is not None:
+                batch.logits = self.runner(batch.tensor)
         return batch
 
-    def postprocess(self, batch: Batch) -> list:
-        start = time.perf_counter()
-        answers: list = [None] * batch.size
-        # TorchServe's KServe v2 envelope (service_envelope=kservev2) sets input_names and hands
-        # us the inputs of ONE request as rows: that request gets one status, and each output is
-        # a BYTES tensor, so each row's JSON goes out as a string.
-        v2 = getattr(self.context, "input_names", None) is not None
-        if batch.logits is not None:
-            probs, indices = responses.top_k(batch.logits, self.top_k)
-            for row, idx in enumerate(batch.indices):
-                answers[idx] = responses.prediction(probs[row], indices[row], self.labels,
-                                                    self.model_name, self.model_version)
-        for idx, description in batch.described.items():
-            answers[idx] = description
-        for idx in range(1 if v2 else batch.size):
-            self.context.set_response_content_type(idx, "application/json")  # else text/plain
-        for idx, err in batch.errors.items():
-            self.context.set_response_status(err.status, responses.reason_phrase(err.status),
-                                             0 if v2 else idx)
-            answers[idx] = err.to_json()
-        if v2:
-            answers = [json.dumps(a) for a in answers]
-        end = time.perf_counter()
-        self.metrics.observe(POSTPROCESS, end - start)
+    def postprocess(self, batch: Batch) -> list[Answer]:
+        """One Answer per request, in request order: its prediction, description or error."""
+        with self.metrics.timed(POSTPROCESS):
+            answers: list[Answer | None] = [None] * batch.size
+            if batch.logits is not None:
+                probs, indices = responses.top_k(batch.logits, self.top_k)
+                for row, idx in enumerate(batch.indices):
+                    answers[idx] = Answer(responses.prediction(probs[row], indices[row], self.labels,
+                                                               self.model_name, self.model_version))
+            for idx, description in batch.described.items():
+                answers[idx] = Answer(description)
+            for idx, err in batch.errors.items():
+                answers[idx] = Answer.of_error(err)
         # Every request of the batch spent the whole batch's handler time.
-        self.metrics.observe(REQUEST, end - getattr(self, "_batch_start", start), times=batch.size)
+        self.metrics.observe(REQUEST, batch.elapsed(), times=batch.size)
         return answers

@@ -19,6 +19,9 @@ Metrics must never fail a request: every emit is guarded.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from ts.metrics.dimension import Dimension
 from ts.metrics.metric_type_enum import MetricTypes
@@ -30,8 +33,8 @@ logger = logging.getLogger(__name__)
 # Names as declared in config/metrics.yaml (model_metrics).
 PREPROCESS = "handler_preprocess_seconds"    # per request: its own decode + resize + normalize
 INFERENCE = "handler_inference_seconds"      # per batch: the forward pass
-POSTPROCESS = "handler_postprocess_seconds"  # per batch: softmax, top-k, JSON rows
-REQUEST = "handler_request_seconds"          # per request: its batch's preprocess start to end
+POSTPROCESS = "handler_postprocess_seconds"  # per batch: softmax, top-k, one answer per request
+REQUEST = "handler_request_seconds"          # per request: its batch's start to postprocess end
 BATCH_SIZE = "handler_batch_size"            # per batch: requests TorchServe put together
 IMAGE_MEGAPIXELS = "handler_image_megapixels"  # per request: width x height of the decoded image
 INPUT_ERRORS = "handler_input_errors_total"  # per request refused as the client's error, by type
@@ -59,6 +62,14 @@ class HandlerMetrics:
         for _ in range(times):
             self._emit(name, round(value, 6), "Seconds" if name.endswith("seconds") else "Count",
                        MetricTypes.HISTOGRAM)
+
+    @contextmanager
+    def timed(self, name: str, times: int = 1) -> Iterator[None]:
+        """Observe the block's wall time under `name` when it completes; a block that raises is
+        not observed (a refused request is counted by its error, not in a stage's latency)."""
+        start = time.perf_counter()
+        yield
+        self.observe(name, time.perf_counter() - start, times)
 
     def image(self, width: int, height: int) -> None:
         """Megapixels of an image that preprocessing accepted (its header's size)."""

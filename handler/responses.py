@@ -1,10 +1,26 @@
-"""Logits -> the JSON a client gets: the top-k classes with labels and probabilities."""
+"""What a client gets: logits -> the top-k classes with labels and probabilities, and each
+request's Answer (its JSON body and HTTP status), which an envelope (handler/envelopes.py) sends."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from http.client import responses as HTTP_PHRASES
 
 import torch
+
+from handler.errors import HandlerError
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One request's answer: the JSON body and the HTTP status it goes out with."""
+
+    body: dict
+    status: int = 200
+
+    @classmethod
+    def of_error(cls, err: HandlerError) -> Answer:
+        return cls(err.to_json(), err.status)
 
 
 def top_k(logits: torch.Tensor, k: int) -> tuple[list[list[float]], list[list[int]]]:

@@ -6,6 +6,7 @@ One request's failure stays that request's: its own status and JSON error, neigh
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -108,6 +109,22 @@ def test_header_driven_routes_stay_with_their_own_request(handler):
     assert out[2] == handler.describe_handle() and out[2]["model"] == "efficientnet_lite0"
 
 
+def test_a_kserve_v2_request_gets_one_status_and_json_strings(handler):
+    """TorchServe's kservev2 envelope hands one v2 request's inputs as rows and sets
+    context.input_names: the request's status at index 0, each answer a JSON string."""
+    good = encode(gradient(), "PNG")
+    new_batch(handler.context, 1)
+    handler.context.input_names = ["input-0", "input-1"]
+    try:
+        out = handler.handle([{"data": good}, {"data": b"garbage"}], handler.context)
+    finally:
+        del handler.context.input_names
+    assert all(isinstance(answer, str) for answer in out)
+    assert json.loads(out[0])["predictions"] and json.loads(out[1])["type"] == "UnsupportedMediaType"
+    assert statuses(handler.context) == {0: (415, "Unsupported Media Type")}
+    assert handler.context.get_response_content_type(0) == "application/json"
+
+
 def test_a_bad_environment_override_fails_initialize(default_model_dir, monkeypatch):
     monkeypatch.setenv("HANDLER_THREADS", "two")
     with pytest.raises(ConfigError, match="environment variable HANDLER_THREADS"):
@@ -132,7 +149,8 @@ def test_every_handler_metric_is_declared_with_the_dimensions_it_is_sent_with():
     recorder = DimensionRecorder()
     emitter = metrics.HandlerMetrics(recorder, "m")
     for name in (metrics.PREPROCESS, metrics.INFERENCE, metrics.POSTPROCESS, metrics.REQUEST):
-        emitter.observe(name, 0.01)
+        with emitter.timed(name):
+            pass
     emitter.batch_size(1)
     emitter.image(10, 10)
     emitter.error(BadInput("EmptyInput", "nothing sent"))
