@@ -1,5 +1,6 @@
 """Shared fixtures: sample photos, the built default .mar, the default archive unpacked for
-in-process handler tests, and a real TorchServe on loopback."""
+in-process handler tests, and a real TorchServe on loopback. Only tests marked e2e may start
+TorchServe: any other test that does fails (pytest_runtest_protocol below)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,19 @@ from pathlib import Path
 import pytest
 
 from scripts import repo
-from scripts.ops import serve
 from scripts.packaging.sample_photos import write_photos
 from tests.support.context import unpack
-from tests.support.servers import MODEL, start_server
+from tests.support.servers import MODEL, forbidden, serving
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    """Around a test not marked e2e (its fixtures' setup included), starting TorchServe fails it,
+    so `pytest -m "not e2e"` never boots a server."""
+    if item.get_closest_marker("e2e"):
+        return (yield)
+    with forbidden(item.nodeid):
+        return (yield)
 
 
 @pytest.fixture(scope="session")
@@ -40,7 +50,5 @@ def default_model_dir(tmp_path_factory, default_mar) -> Path:
 @pytest.fixture(scope="session")
 def server(tmp_path_factory, default_mar):
     """The default model served by a real TorchServe, shared by the end-to-end tests."""
-    workdir = tmp_path_factory.mktemp("torchserve")
-    srv = start_server(workdir, f"{MODEL}={MODEL}.mar", default_mar.parent, min_ready=2)
-    yield srv
-    serve.stop(workdir, grace=10)
+    with serving(tmp_path_factory.mktemp("torchserve"), default_mar.parent, min_ready=2) as srv:
+        yield srv

@@ -10,6 +10,7 @@ Figures are printed (pytest -s) and reported in docs/operations.md.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 import shutil
 import signal
@@ -24,7 +25,7 @@ import requests
 from scripts.bench.scenarios import slow_clients
 from scripts.ops import balancer as lb
 from scripts.ops import serve
-from tests.support.servers import MODEL, ROOT, start_server
+from tests.support.servers import MODEL, ROOT, serving
 
 pytestmark = pytest.mark.e2e
 
@@ -50,21 +51,19 @@ def haproxy() -> str:
 def cluster(tmp_path_factory, default_mar, haproxy):
     """Two replicas (each its own working directory and ports, auth off) and HAProxy in front."""
     workdirs = [tmp_path_factory.mktemp(f"replica{i}") for i in (1, 2)]
-    balancer = None
-    try:
+    # The stack stops what it entered, last first: the balancer, then each replica that started
+    # (the pool waits for both starts before an error leaves its block).
+    with contextlib.ExitStack() as stack:
+        def replica(workdir) -> serve.Server:
+            return stack.enter_context(serving(workdir, default_mar.parent, MODELS, AUTH_OFF))
+
         with concurrent.futures.ThreadPoolExecutor(2) as pool:  # both load at once
-            futures = [pool.submit(start_server, wd, MODELS, default_mar.parent, AUTH_OFF)
-                       for wd in workdirs]
-            servers = [f.result() for f in futures]
+            servers = list(pool.map(replica, workdirs))
         balancer = lb.start([s.client.inference_url.removeprefix("http://") for s in servers],
                             port=serve.free_ports(1)[0], workdir=tmp_path_factory.mktemp("lb"))
+        stack.callback(balancer.stop)
         balancer.wait_up(timeout=30)
         yield servers, balancer
-    finally:
-        if balancer is not None:
-            balancer.stop()
-        for wd in workdirs:
-            serve.stop(wd, grace=10)
 
 
 def predict(balancer: lb.Balancer, image: bytes, session: requests.Session,

@@ -16,9 +16,8 @@ import yaml
 
 from handler.preprocessing import PreprocessConfig, preprocess_bytes
 from scripts import repo
-from scripts.ops import serve
 from scripts.packaging import package
-from tests.support.servers import free_ports
+from tests.support.servers import serving
 
 pytestmark = pytest.mark.e2e
 
@@ -61,13 +60,8 @@ def byo(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def byo_server(byo):
-    workdir = byo["tmp"] / "server"
-    srv = serve.start(workdir, models=f"{NAME}={NAME}.mar", ports=free_ports(), model_store=byo["mar"].parent)
-    try:
-        serve.wait_ready(srv, NAME, min_ready=1, timeout=180, progress=False)
+    with serving(byo["tmp"] / "server", byo["mar"].parent, f"{NAME}={NAME}.mar", model=NAME) as srv:
         yield srv
-    finally:
-        serve.stop(workdir, grace=10)
 
 
 def test_archive_says_what_it_holds(byo):

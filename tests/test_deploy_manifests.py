@@ -58,7 +58,11 @@ def manifests() -> dict[tuple[str, str], dict]:
     return docs
 
 
-DOCS = manifests()
+@pytest.fixture(scope="module")
+def docs() -> dict[tuple[str, str], dict]:
+    """manifests(), rendered once, when a test first asks: kustomize runs as a subprocess, which
+    importing (collecting) this module must not start."""
+    return manifests()
 
 
 def dockerfile() -> list[tuple[str, str]]:
@@ -86,8 +90,8 @@ def check_resources(resources: dict) -> None:
     assert memory_mi(resources["limits"]["memory"]) >= memory_mi(resources["requests"]["memory"])
 
 
-def test_every_manifest_parses_and_is_known():
-    assert set(DOCS) == {("Deployment", "image-classifier"), ("Service", "image-classifier"),
+def test_every_manifest_parses_and_is_known(docs):
+    assert set(docs) == {("Deployment", "image-classifier"), ("Service", "image-classifier"),
                          ("HorizontalPodAutoscaler", "image-classifier"),
                          ("PodDisruptionBudget", "image-classifier"),
                          ("NetworkPolicy", "image-classifier"),
@@ -107,8 +111,8 @@ def test_every_overlay_renders_and_validates_strictly(overlay):
     ("InferenceService", ("spec", "predictor")),
     ("InferenceService", ("spec", "predictor", "containers", 0)),
 ])
-def test_a_misspelt_field_fails_validation(kind, path):
-    doc = copy.deepcopy(next(d for d in DOCS.values() if d["kind"] == kind))
+def test_a_misspelt_field_fails_validation(kind, path, docs):
+    doc = copy.deepcopy(next(d for d in docs.values() if d["kind"] == kind))
     node = doc
     for step in path:
         node = node[step]
@@ -142,11 +146,11 @@ def pod_hardening(pod_spec: dict, container: dict) -> None:
     assert pod_spec["terminationGracePeriodSeconds"] >= 20 + 5 + 10
 
 
-def test_pdb_and_network_policy_select_the_pods_of_both_overlays():
-    pdb = DOCS[("PodDisruptionBudget", "image-classifier")]
-    policy = DOCS[("NetworkPolicy", "image-classifier")]
-    labels = [DOCS[("Deployment", "image-classifier")]["spec"]["template"]["metadata"]["labels"],
-              DOCS[("InferenceService", "image-classifier")]["spec"]["predictor"]["labels"]]
+def test_pdb_and_network_policy_select_the_pods_of_both_overlays(docs):
+    pdb = docs[("PodDisruptionBudget", "image-classifier")]
+    policy = docs[("NetworkPolicy", "image-classifier")]
+    labels = [docs[("Deployment", "image-classifier")]["spec"]["template"]["metadata"]["labels"],
+              docs[("InferenceService", "image-classifier")]["spec"]["predictor"]["labels"]]
     for pod_labels in labels:
         assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
         assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
@@ -213,8 +217,8 @@ def image_path(path: str) -> Path:
     return ROOT / Path(path).relative_to(APP)
 
 
-def test_kubernetes_deployment_service_hpa():
-    dep = DOCS[("Deployment", "image-classifier")]
+def test_kubernetes_deployment_service_hpa(docs):
+    dep = docs[("Deployment", "image-classifier")]
     pod = dep["spec"]["template"]
     assert dep["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
     (container,) = pod["spec"]["containers"]
@@ -223,7 +227,7 @@ def test_kubernetes_deployment_service_hpa():
     mount = next(m for m in container["volumeMounts"] if m["name"] == "config")
     assert Path(config_arg).parent == Path(mount["mountPath"])
     config_map = next(v for v in pod["spec"]["volumes"] if v["name"] == "config")["configMap"]["name"]
-    rendered = DOCS[("ConfigMap", "image-classifier-config")]
+    rendered = docs[("ConfigMap", "image-classifier-config")]
     assert rendered["metadata"]["name"] == config_map
     assert rendered["data"][Path(config_arg).name] == K8S_CONFIG.read_text()
     props = read_properties(K8S_CONFIG)
@@ -238,11 +242,11 @@ def test_kubernetes_deployment_service_hpa():
     pod_hardening(pod["spec"], container)
     assert int(pod["metadata"]["annotations"]["prometheus.io/port"]) == PORTS["metrics"]
     check_resources(container["resources"])
-    svc = DOCS[("Service", "image-classifier")]
+    svc = docs[("Service", "image-classifier")]
     assert svc["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
     for port in svc["spec"]["ports"]:
         assert ports[port["targetPort"]] == port["port"]
-    hpa = DOCS[("HorizontalPodAutoscaler", "image-classifier")]
+    hpa = docs[("HorizontalPodAutoscaler", "image-classifier")]
     target = hpa["spec"]["scaleTargetRef"]
     assert (target["kind"], target["name"]) == ("Deployment", "image-classifier")
     assert 2 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
@@ -255,8 +259,8 @@ def test_kubernetes_deployment_service_hpa():
                and "ts_inference_requests_total" in r["seriesQuery"] for r in rules)
 
 
-def test_kserve_inference_service_and_storage_layout(tmp_path):
-    isvc = DOCS[("InferenceService", "image-classifier")]
+def test_kserve_inference_service_and_storage_layout(tmp_path, docs):
+    isvc = docs[("InferenceService", "image-classifier")]
     assert isvc["apiVersion"] == "serving.kserve.io/v1beta1"
     pred = isvc["spec"]["predictor"]
     assert "model" not in pred  # our image, not KServe's TorchServe runtime
@@ -291,8 +295,8 @@ def test_kserve_inference_service_and_storage_layout(tmp_path):
     assert staged == KSERVE_PROPS
 
 
-def test_overlays_run_the_image_make_image_builds():
-    dep_image = DOCS[("Deployment", "image-classifier")]["spec"]["template"]["spec"]["containers"][0]["image"]
+def test_overlays_run_the_image_make_image_builds(docs):
+    dep_image = docs[("Deployment", "image-classifier")]["spec"]["template"]["spec"]["containers"][0]["image"]
     assert dep_image.rsplit("/", 1)[-1] == f"{IMAGE}:{VERSION}"
     assert f"IMAGE_NAME := localhost/{IMAGE}" in (ROOT / "Makefile").read_text()
     assert f"registry.example.com/{IMAGE}:VERSION" in (ROOT / "Dockerfile").read_text()
@@ -308,6 +312,7 @@ sys.exit(serve.run_foreground(server))
 """
 
 
+@pytest.mark.e2e
 def test_foreground_entrypoint_drains_on_sigterm(tmp_path, default_mar, photos):
     """The container's PID 1 (serve.py --foreground) on `docker stop`: in-flight requests finish,
     then it exits 0 and TorchServe is gone."""
@@ -333,6 +338,7 @@ def test_foreground_entrypoint_drains_on_sigterm(tmp_path, default_mar, photos):
         serve.stop(tmp_path, grace=5)
 
 
+@pytest.mark.e2e
 def test_foreground_entrypoint_fails_when_the_frontend_dies(tmp_path, default_mar):
     """`torchserve --foreground` exits 0 when its Java frontend dies; the entrypoint exits 1, so a
     restart policy of on-failure restarts the container, and leaves no worker behind."""

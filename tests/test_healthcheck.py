@@ -12,7 +12,7 @@ import zipfile
 import pytest
 
 from scripts.ops import serve
-from tests.support.servers import MODEL, free_ports
+from tests.support.servers import MODEL, free_ports, serving
 
 pytestmark = pytest.mark.e2e
 
@@ -71,8 +71,8 @@ def crash_looping(tmp_path_factory, default_mar):
                 data = data.replace(b"tabby", b"tampered")
             dst.writestr(item, data)
     workdir = tmp_path_factory.mktemp("broken_ts")
-    srv = serve.start(workdir, models=f"{MODEL}={default_mar.name}", ports=free_ports(3), model_store=store)
-    try:
+    # min_ready=0: no worker ever turns READY; wait only until the frontend lists the model.
+    with serving(workdir, store, f"{MODEL}={default_mar.name}", min_ready=0) as srv:
         log = workdir / "logs" / "model_log.log"
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:  # until a worker has tried to load and failed
@@ -80,8 +80,6 @@ def crash_looping(tmp_path_factory, default_mar):
                 break
             time.sleep(0.5)
         yield srv
-    finally:
-        serve.stop(workdir, grace=10)
 
 
 def test_crash_looping_model_is_not_ready_although_ping_is_healthy(crash_looping):

@@ -12,9 +12,8 @@ import time
 import pytest
 import requests
 
-from scripts.ops import serve
 from scripts.ops.server_config import KEY_FILE, auth_refused, read_keys
-from tests.support.servers import MODEL, start_server
+from tests.support.servers import MODEL, serving
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 EXPIRY_MIN = 1
@@ -23,11 +22,9 @@ PAST_EXPIRY_S = 75  # the first keys expire 60 s after start
 
 @pytest.fixture(scope="module")
 def short_keys_server(tmp_path_factory, default_mar):
-    workdir = tmp_path_factory.mktemp("short_keys")
-    srv = start_server(workdir, f"{MODEL}={MODEL}.mar", default_mar.parent,
-                       overrides={"token_expiration_min": str(EXPIRY_MIN)})
-    yield srv
-    serve.stop(workdir, grace=10)
+    with serving(tmp_path_factory.mktemp("short_keys"), default_mar.parent,
+                 overrides={"token_expiration_min": str(EXPIRY_MIN)}) as srv:
+        yield srv
 
 
 def run_cli(module: str, *args: str) -> subprocess.CompletedProcess:

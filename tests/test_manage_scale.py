@@ -12,19 +12,16 @@ import time
 import pytest
 import requests
 
-from scripts.ops import serve
 from scripts.ops.client import worker_died
-from tests.support.servers import MODEL, start_server
+from tests.support.servers import MODEL, serving
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory, default_mar):
-    workdir = tmp_path_factory.mktemp("manage_ts")
-    server = start_server(workdir, f"{MODEL}={MODEL}.mar", default_mar.parent, min_ready=2)
-    yield server
-    serve.stop(workdir, grace=10)
+    with serving(tmp_path_factory.mktemp("manage_ts"), default_mar.parent, min_ready=2) as server:
+        yield server
 
 
 def manage(srv, *args: str) -> subprocess.CompletedProcess:

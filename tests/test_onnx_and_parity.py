@@ -20,7 +20,7 @@ import torch
 from handler.preprocessing import PreprocessConfig, preprocess_bytes
 from scripts.ops import serve
 from scripts.packaging.export import build_model, default_checkpoint, load_checkpoint
-from tests.support.servers import MODEL, ROOT, start_server
+from tests.support.servers import MODEL, ROOT, serving
 
 pytestmark = pytest.mark.e2e
 
@@ -81,14 +81,10 @@ def stores(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def both_served(stores, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("parity_ts")
-    srv = start_server(workdir, "torchscript=torchscript.mar,onnx=onnx.mar", stores, min_ready=2,
-                       model="torchscript")
-    try:
+    with serving(tmp_path_factory.mktemp("parity_ts"), stores, "torchscript=torchscript.mar,onnx=onnx.mar",
+                 min_ready=2, model="torchscript") as srv:
         serve.wait_ready(srv, "onnx", min_ready=2, timeout=180, progress=False)
         yield srv
-    finally:
-        serve.stop(workdir, grace=10)
 
 
 @pytest.fixture(scope="module")

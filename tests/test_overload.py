@@ -10,8 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from scripts.ops import serve
-from tests.support.servers import MODEL, start_server
+from tests.support.servers import MODEL, serving
 
 pytestmark = pytest.mark.e2e
 QUEUE = 4
@@ -20,11 +19,9 @@ BURST = 64
 
 @pytest.fixture(scope="module")
 def small_queue_server(tmp_path_factory, default_mar):
-    workdir = tmp_path_factory.mktemp("small_queue")
-    srv = start_server(workdir, f"{MODEL}={MODEL}.mar", default_mar.parent, min_ready=2,
-                       overrides={"job_queue_size": str(QUEUE)})
-    yield srv
-    serve.stop(workdir, grace=10)
+    with serving(tmp_path_factory.mktemp("small_queue"), default_mar.parent, min_ready=2,
+                 overrides={"job_queue_size": str(QUEUE)}) as srv:
+        yield srv
 
 
 def test_a_burst_beyond_the_queue_is_shed_fast(small_queue_server, photos):

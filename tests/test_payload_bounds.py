@@ -54,6 +54,7 @@ def url(server) -> str:
     return f"{server.client.inference_url}/predictions/{MODEL}"
 
 
+@pytest.mark.e2e
 def test_served_query_string_does_not_shadow_the_image(server, url, photos):
     resp = requests.post(url, params={"data": "x", "image": "y"}, data=photos["cat.jpg"].read_bytes(),
                          headers={**server.client.auth_headers("inference"), "Content-Type": "image/jpeg"},
@@ -61,6 +62,7 @@ def test_served_query_string_does_not_shadow_the_image(server, url, photos):
     assert resp.status_code == 200 and resp.json()["predictions"], resp.text
 
 
+@pytest.mark.e2e
 def test_served_deep_json_is_400_json(server, url):
     headers = {**server.client.auth_headers("inference"), "Content-Type": "application/json"}
     resp = requests.post(url, data=DEEP, headers=headers, timeout=30)
@@ -68,6 +70,7 @@ def test_served_deep_json_is_400_json(server, url):
     assert resp.json()["type"] == "InvalidJSON"
 
 
+@pytest.mark.e2e
 def test_served_thousands_of_form_fields_are_400(server, url, photos):
     fields = {f"f{i}": (None, "x") for i in range(2000)}
     fields["data"] = ("cat.jpg", io.BytesIO(photos["cat.jpg"].read_bytes()), "image/jpeg")

@@ -20,7 +20,7 @@ import yaml
 from handler import layout, provenance
 from handler.provenance import IntegrityError, find_mismatches, verify_model_dir
 from scripts.ops import inspect_mar, serve
-from tests.support.servers import start_server
+from tests.support.servers import serving
 
 MANIFEST = layout.MANIFEST
 TAMPERED_INDEX = "282"  # tiger cat: in the cat photo's top 5
@@ -226,9 +226,8 @@ def test_tampered_archive_is_refused_untouched_loads(fresh_mar, photos, tmp_path
     rewrite_mar(fresh_mar, store / "warn.mar", {"index_to_name.json": labels,
                                                  "model-config.yaml": yaml.safe_dump(config).encode()})
     workdir = tmp_path / "ts"
-    server = start_server(workdir, "good=good.mar,tampered=tampered.mar,warn=warn.mar", store,
-                          min_ready=2, model="good")
-    try:
+    with serving(workdir, store, "good=good.mar,tampered=tampered.mar,warn=warn.mar", min_ready=2,
+                 model="good") as server:
         log = workdir / "logs" / "model_log.log"
         deadline = time.monotonic() + REFUSAL_WAIT_S
         while not refusals(log, "tampered") and time.monotonic() < deadline:
@@ -257,6 +256,4 @@ def test_tampered_archive_is_refused_untouched_loads(fresh_mar, photos, tmp_path
         warned = server.client.predict("warn", body)
         assert warned.status_code == 200, warned.text
         assert any(p["label"].startswith("tampered") for p in warned.json()["predictions"])
-    finally:
-        serve.stop(workdir, grace=10)
     assert "Integrity check passed" in log.read_text()

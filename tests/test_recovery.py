@@ -20,9 +20,9 @@ import time
 import pytest
 import requests
 
-from scripts.ops import manage, serve
+from scripts.ops import manage
 from scripts.ops.client import worker_died
-from tests.support.servers import MODEL, start_server
+from tests.support.servers import MODEL, serving
 
 pytestmark = pytest.mark.e2e
 
@@ -32,10 +32,8 @@ TIMEOUT = 30.0     # per request: a request without an answer by then counts as 
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory, default_mar):
-    workdir = tmp_path_factory.mktemp("recovery_ts")
-    server = start_server(workdir, f"{MODEL}={MODEL}.mar", default_mar.parent, min_ready=2)
-    yield server
-    serve.stop(workdir, grace=10)
+    with serving(tmp_path_factory.mktemp("recovery_ts"), default_mar.parent, min_ready=2) as server:
+        yield server
 
 
 def send(srv, image: bytes) -> tuple[object, object]:

@@ -1,8 +1,14 @@
-"""Real TorchServe servers for the end-to-end tests, on free loopback ports."""
+"""Real TorchServe servers for the end-to-end tests, on free loopback ports: `serving` starts one
+and always stops it; `forbidden` makes starting one fail outside e2e tests (tests/conftest.py)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from scripts import repo
 from scripts.ops import serve
@@ -10,12 +16,25 @@ from scripts.ops import serve
 MODEL = repo.DEFAULT_MODEL
 ROOT = repo.ROOT
 free_ports = serve.free_ports
+# Set to the running test's id while a test not marked e2e runs; inherited by its subprocesses,
+# where start_server reads it (the in-process patch of serve.start does not reach them).
+FORBIDDEN_ENV = "TESTS_TORCHSERVE_FORBIDDEN"
+
+
+def refuse_outside_e2e() -> None:
+    """Fail the running test if it is not marked e2e (FORBIDDEN_ENV is set)."""
+    test = os.environ.get(FORBIDDEN_ENV)
+    if test:
+        # pytest.fail raises a BaseException: a test's `except Exception` cannot swallow it.
+        pytest.fail(f"{test} starts a real TorchServe but is not marked e2e", pytrace=False)
 
 
 def start_server(workdir: Path, models: str, model_store: Path, overrides: dict | None = None,
                  min_ready: int = 1, model: str = MODEL, timeout: float = 180.0,
                  warm: bool = False) -> serve.Server:
-    """Start TorchServe on free loopback ports and wait for READY workers; stops it on failure."""
+    """Start TorchServe on free loopback ports and wait until `model` has `min_ready` READY
+    workers (0: until the frontend lists it); stops it on failure. Prefer `serving`."""
+    refuse_outside_e2e()
     server = serve.start(workdir, models=models, ports=free_ports(), model_store=model_store,
                          overrides=overrides)
     try:
@@ -24,3 +43,36 @@ def start_server(workdir: Path, models: str, model_store: Path, overrides: dict 
         serve.stop(workdir, grace=5)
         raise
     return server
+
+
+@contextlib.contextmanager
+def serving(workdir: Path, model_store: Path, models: str = f"{MODEL}={MODEL}.mar",
+            overrides: dict | None = None, min_ready: int = 1, model: str = MODEL,
+            timeout: float = 180.0, grace: float = 10.0) -> Iterator[serve.Server]:
+    """A TorchServe started by start_server, stopped (drained, `grace` s) when the block ends,
+    whatever happened in it. Module fixtures yield from inside the block."""
+    server = start_server(workdir, models, model_store, overrides=overrides, min_ready=min_ready,
+                          model=model, timeout=timeout)
+    try:
+        yield server
+    finally:
+        serve.stop(workdir, grace=grace)
+
+
+@contextlib.contextmanager
+def forbidden(test: str) -> Iterator[None]:
+    """While the block runs, starting TorchServe fails `test`: serve.start in this process, and
+    start_server in any subprocess started meanwhile (through FORBIDDEN_ENV)."""
+    real_start = serve.start
+
+    def refusing_start(*args, **kwargs) -> serve.Server:
+        refuse_outside_e2e()
+        return real_start(*args, **kwargs)
+
+    os.environ[FORBIDDEN_ENV] = test
+    serve.start = refusing_start
+    try:
+        yield
+    finally:
+        serve.start = real_start
+        os.environ.pop(FORBIDDEN_ENV, None)
