@@ -6,5 +6,10 @@
   large-model runs;
 - `scenarios/`: reliability and slow-client runs that write RELIABILITY.md.
 
-`stats` is the one definition of a percentile every report uses; `workspace` is build/bench/.
+Shared by all three: `stats`, the one definition of a percentile (and median) every report
+uses; `markdown`, rewriting a generated section of BENCHMARKS.md or RELIABILITY.md; `workspace`,
+build/bench/ with its windows and sample photos.
+
+Imports go one way: `load` uses the shared modules; `scenarios` uses them and `load.loadtest`;
+`micro` uses only the shared modules (tests/test_bench_imports.py checks it).
 """

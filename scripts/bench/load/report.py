@@ -1,5 +1,5 @@
 """The benchmark's figures: medians and ratios of the repeats, the results table, the plot, and
-the sections of BENCHMARKS.md it rewrites."""
+the sections of BENCHMARKS.md it rewrites (scripts/bench/markdown.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from scripts import repo
+from scripts.bench import markdown
 from scripts.bench.load.loadtest import plot_sweeps
 from scripts.bench.workspace import BENCH
 
@@ -168,15 +169,8 @@ def save(res: dict) -> None:
 
 
 def write_section(marker: str, text: str, doc: Path = DOC) -> None:
-    """Replace the text between <!-- bench:MARKER:start/end --> in `doc` (append if absent)."""
-    start, end = f"<!-- bench:{marker}:start -->", f"<!-- bench:{marker}:end -->"
-    body = doc.read_text() if doc.is_file() else f"# {doc.stem.title()}\n"
-    block = f"{start}\n{text}\n{end}"
-    if start in body and end in body:
-        body = body[:body.index(start)] + block + body[body.index(end) + len(end):]
-    else:
-        body = body.rstrip() + "\n\n" + block + "\n"
-    doc.write_text(body)
+    """Rewrite the section MARKER of BENCHMARKS.md (or of `doc`)."""
+    markdown.write_section(marker, text, doc)
 
 
 def report(res: dict, plot: Path | None) -> None:

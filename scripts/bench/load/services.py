@@ -37,7 +37,7 @@ class Service:
 def start(svc: Service, workers: int = 2) -> None:
     shutil.rmtree(svc.workdir, ignore_errors=True)
     if svc.peer_dir is not None:
-        from scripts.bench import peer
+        from scripts.bench.load import peer
 
         port = serve.free_ports()[0]
         svc.proc = peer.start(svc.peer_dir, port, workers)
@@ -62,7 +62,7 @@ def start(svc: Service, workers: int = 2) -> None:
 def stop(services: list[Service]) -> None:
     for svc in services:
         if svc.proc is not None:
-            from scripts.bench import peer
+            from scripts.bench.load import peer
 
             peer.stop(svc.proc)
             svc.proc = None

@@ -40,7 +40,7 @@ import psutil
 
 from scripts import repo
 from scripts.bench.load.loadtest import Sender, Target, load_images, run_closed, run_open, summarize
-from scripts.bench.load.report import write_section
+from scripts.bench.markdown import write_section
 from scripts.bench.workspace import BENCH, log, photos
 from scripts.ops import serve
 from scripts.ops.server_config import read_properties
