@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from handler import layout
+from scripts.bench import stats
 from scripts.bench.load.artifacts import unpack
 from scripts.bench.workspace import log, photos
 
@@ -43,7 +43,7 @@ def inproc_worker(model_dir: Path, batch: int, threads: int, seconds: float, sta
     while time.perf_counter() - t0 < seconds / 2:  # served batch size
         runner(torch.stack([preprocess_bytes(images[(i + k) % len(images)], cfg) for k in range(batch)]))
         done, i = done + batch, i + batch
-    return {"latency_ms_p50": statistics.median(lat) * 1000, "batch1_ips": len(lat) / (seconds / 2),
+    return {"latency_ms_p50": stats.median(lat) * 1000, "batch1_ips": len(lat) / (seconds / 2),
             "batch_ips": done / (time.perf_counter() - t0)}
 
 
@@ -61,7 +61,7 @@ def inproc(mar: Path, seconds: float) -> dict:
              for _ in range(workers)]
     results = [json.loads(p.communicate(timeout=300)[0]) for p in procs]
     out = {"workers": workers, "threads": threads, "batch": batch,
-           "latency_ms_p50": statistics.median(r["latency_ms_p50"] for r in results),
+           "latency_ms_p50": stats.median(r["latency_ms_p50"] for r in results),
            "batch1_ips": sum(r["batch1_ips"] for r in results),
            "batch_ips": sum(r["batch_ips"] for r in results)}
     # Batch-1 latency of one process alone (the others idle): what a lone request costs.

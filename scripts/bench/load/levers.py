@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import statistics
 import time
 
 import yaml
 
 from scripts import repo
+from scripts.bench import stats
 from scripts.bench.load.artifacts import ours_mar, scripted, variant_mar
 from scripts.bench.load.report import med, ratio
 from scripts.bench.load.services import Service, at_rate, saturate, start, stop
@@ -115,7 +115,7 @@ def micro(threads: int = 1, reps: int = 30) -> dict:
                 t = time.perf_counter()
                 fn(arg)
                 times.append(time.perf_counter() - t)
-        return round(statistics.median(times) * 1000, 2)
+        return round(stats.median(times) * 1000, 2)
 
     model = build_model(repo.DEFAULT_MODEL, 1000)
     load_checkpoint(model, default_checkpoint())

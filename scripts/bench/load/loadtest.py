@@ -2,7 +2,8 @@
 
 Requests leave at a constant rate whatever the server does, and each latency is measured from
 the request's *intended* send time, so a server (or a client) that falls behind shows up as
-latency instead of being hidden by a slower send rate (the closed-loop mistake).
+latency instead of being hidden by a slower send rate (the closed-loop mistake). Percentiles
+are scripts/bench/stats.py's (linear between the closest ranks, numpy's default).
 
     # 50 rps for 60 s (after 5 s of warm-up) against the server started by `make serve`
     python -m scripts.bench.load.loadtest --rate 50 --duration 60
@@ -31,12 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import numpy as np
-
 from scripts import repo
+from scripts.bench import stats
 from scripts.ops.server_config import KEY_FILE, KEY_RENEWAL_WAIT_S, KeyFile, addresses, auth_refused
 
-PERCENTILES = {"p50": 50, "p90": 90, "p99": 99, "p99.9": 99.9}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
 
 
@@ -127,7 +126,7 @@ def summarize(records: list[tuple[float, float, float, str]], window: tuple[floa
     """Statistics of the requests whose intended send time falls in the measured window."""
     lo, hi = window
     rows = [r for r in records if lo <= r[0] < hi]
-    lat = np.array([(end - intended) * 1000 for intended, _, end, _ in rows])
+    lat = [(end - intended) * 1000 for intended, _, end, _ in rows]
     ok = [r for r in rows if r[3] == "200"]
     errors: dict[str, int] = {}
     for r in rows:
@@ -141,14 +140,11 @@ def summarize(records: list[tuple[float, float, float, str]], window: tuple[floa
         "errors": sum(errors.values()),
         "errors_by_status": errors,
         "achieved_rps": round(len(ok) / max(last_end - lo, hi - lo, 1e-9), 2),
-        "latency_ms": {name: round(float(np.percentile(lat, q)), 2) if len(lat) else None
-                       for name, q in PERCENTILES.items()},
+        "latency_ms": stats.summary(lat, ("p50", "p90", "p99", "p99.9", "max", "mean")),
     }
-    report["latency_ms"]["max"] = round(float(lat.max()), 2) if len(lat) else None
-    report["latency_ms"]["mean"] = round(float(lat.mean()), 2) if len(lat) else None
     # How late the sender threads started requests: large values mean the generator itself lagged.
-    starts = np.array([(start - intended) * 1000 for intended, start, _, _ in rows])
-    report["send_lag_ms_p99"] = round(float(np.percentile(starts, 99)), 2) if len(starts) else None
+    starts = [(start - intended) * 1000 for intended, start, _, _ in rows]
+    report["send_lag_ms_p99"] = stats.summary(starts, ("p99",))["p99"]
     return report
 
 
@@ -163,7 +159,7 @@ class Progress:
         self.last = now
         recent = [(r[2] - r[0]) * 1000 for r in records[-200:]]
         errs = sum(1 for r in records if r[3] != "200")
-        p99 = f"{np.percentile(recent, 99):7.1f}" if recent else "      -"
+        p99 = f"{stats.percentile(recent, 99):7.1f}" if recent else "      -"
         print(f"\r[loadtest] {self.label} {elapsed:5.1f}/{total:.0f} s  sent {sent:6d}  "
               f"done {len(records):6d}  in flight {sent - len(records):4d}  errors {errs:4d}  "
               f"recent p99 {p99} ms", end="", file=sys.stderr, flush=True)

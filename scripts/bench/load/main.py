@@ -18,9 +18,9 @@ One run measures, interleaved A/B/B/A so machine noise hits all alike:
 then ResNet-50 (random weights) saturated throughput, ours vs stock. Load comes from
 scripts.bench.load.loadtest in its own process, on the same 2 cores as the server.
 
-Where each job lives: workspace (folders, windows, photos), artifacts (the archives),
-services (servers and load), inproc (the in-process limit, FLOPs), report (table, plot,
-BENCHMARKS.md), levers (levers and micro).
+Where each job lives: scripts.bench.workspace (folders, windows, photos) and scripts.bench.stats
+(percentiles, medians); here, artifacts (the archives), services (servers and load), inproc (the
+in-process limit, FLOPs), report (table, plot, BENCHMARKS.md), levers (levers and micro).
 """
 
 from __future__ import annotations

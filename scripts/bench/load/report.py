@@ -1,17 +1,16 @@
-"""The benchmark's figures: medians and ratios of the repeats, the results table, the plot, and
-the sections of BENCHMARKS.md it rewrites (scripts/bench/markdown.py)."""
+"""The benchmark's figures: medians and ratios of the repeats (scripts/bench/stats.py), the
+results table, the plot, and the sections of BENCHMARKS.md it rewrites (scripts/bench/markdown.py)."""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
-import statistics
 import time
 from pathlib import Path
 
 from scripts import repo
-from scripts.bench import markdown
+from scripts.bench import markdown, stats
 from scripts.bench.load.loadtest import plot_sweeps
 from scripts.bench.workspace import BENCH
 
@@ -20,8 +19,9 @@ PLOT = repo.ROOT / "docs" / "latency_vs_rate.png"
 
 
 def med(values: list) -> float | None:
+    """The median of the repeats that have the figure (None: a repeat without it), 2 decimals."""
     values = [v for v in values if v is not None]
-    return round(statistics.median(values), 2) if values else None
+    return round(stats.median(values), 2) if values else None
 
 
 def ratio(a: float | None, b: float | None) -> str:

@@ -3,7 +3,8 @@
 Exports the default model twice from the same weights (the ONNX graph as torch emits it, the
 "before"; the fusable one the build now ships), adds the INT8 graph and OpenVINO when asked,
 then times each runner on the same real photo in interleaved rounds (so a busy neighbour hurts
-every variant alike) and prints the median per variant and its ratio to the "before" graph.
+every variant alike) and prints the median and p90 per variant (scripts/bench/stats.py) and the
+ratio to the "before" graph.
 
 Example:
     python -m scripts.bench.micro.forward --runs 300 --rounds 5 --int8 --openvino --json out.json
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -22,6 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from scripts.bench import stats
 
 BEFORE = "onnx-fp32-before"
 
@@ -89,13 +91,12 @@ def compare(runners: dict[str, Callable], x: np.ndarray, runs: int, rounds: int)
         for name, fn in runners.items():
             samples[name] += time_forward(fn, x, runs)
         print(f"[forward] round {r + 1}/{rounds}: " + ", ".join(
-            f"{n} {statistics.median(s):.2f} ms" for n, s in samples.items()), flush=True)
-    medians = {name: statistics.median(s) for name, s in samples.items()}
-    base = medians.get(BEFORE)
-    return {name: {"median_ms": round(m, 3), "p90_ms": round(float(np.percentile(samples[name], 90)), 3),
-                   "calls": len(samples[name]),
-                   "ratio_to_before": round(m / base, 3) if base else None}
-            for name, m in medians.items()}
+            f"{n} {stats.median(s):.2f} ms" for n, s in samples.items()), flush=True)
+    figures = {name: stats.summary(s, ("p50", "p90", "n"), digits=None) for name, s in samples.items()}
+    base = figures[BEFORE]["p50"] if BEFORE in figures else None
+    return {name: {"median_ms": round(f["p50"], 3), "p90_ms": round(f["p90"], 3), "calls": f["n"],
+                   "ratio_to_before": round(f["p50"] / base, 3) if base else None}
+            for name, f in figures.items()}
 
 
 def sample_input() -> np.ndarray:

@@ -13,9 +13,10 @@ One command, sized to finish in a few minutes on one GPU:
 5. From those measurements, the capacity of one GPU at p99 < SLO with TorchServe's dynamic
    batching: batch size, maxBatchDelay and workers derived (see `capacity`).
 
-Writes OUT/gpu_bench.json and OUT/gpu_bench.md. On a machine without TorchServe installed,
-its Python package (no Java needed) must be importable: `make gpu-kit` copies it to
-build/gpu-kit; then `PYTHONPATH=build/gpu-kit python -m scripts.bench.micro.gpu`.
+Writes OUT/gpu_bench.json and OUT/gpu_bench.md (percentiles: scripts/bench/stats.py). On a
+machine without TorchServe installed, its Python package (no Java needed) must be importable:
+`make gpu-kit` copies it to build/gpu-kit; then
+`PYTHONPATH=build/gpu-kit python -m scripts.bench.micro.gpu`.
 
     python -m scripts.bench.micro.gpu --arch vit_l_16 --out build/gpu-bench
     python -m scripts.bench.micro.gpu --arch resnet18 --batches 1 4 --iters 3 --device cpu   # a dry run
@@ -31,7 +32,6 @@ import multiprocessing
 import os
 import platform
 import shutil
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -44,6 +44,7 @@ from handler.device import Placement
 from handler.preprocessing import PreprocessConfig, preprocess_bytes
 from handler.runner import load_runner
 from scripts import repo
+from scripts.bench import stats
 
 # ViT's own preprocessing (224 crop is what it accepts), as scripts/bench/micro/large_model.py uses.
 VIT_PREPROCESS = {"input_size": 224, "resize_size": 242, "interpolation": "bilinear",
@@ -57,15 +58,10 @@ def log(msg: str) -> None:
     print(f"[gpu-bench] {msg}", flush=True)
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, math.ceil(q / 100 * len(ordered)) - 1)]
-
-
 def summary(values_s: list[float]) -> dict:
-    ms = [v * 1000 for v in values_s]
-    return {"p50_ms": round(statistics.median(ms), 3), "p99_ms": round(percentile(ms, 99), 3),
-            "mean_ms": round(statistics.fmean(ms), 3), "n": len(ms)}
+    """p50, p99 and mean in ms (scripts/bench/stats.py) of timings in seconds, and their count."""
+    figures = stats.summary([v * 1000 for v in values_s], ("p50", "p99", "mean", "n"), digits=3)
+    return {("n" if k == "n" else f"{k}_ms"): v for k, v in figures.items()}
 
 
 def photos_as_jpeg() -> list[bytes]:

@@ -21,7 +21,6 @@ import os
 import re
 import resource
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ import psutil
 
 from handler import layout
 from scripts import repo
+from scripts.bench import stats
 from scripts.ops import serve
 from scripts.packaging import package
 from scripts.packaging.sample_photos import write_photos
@@ -160,7 +160,7 @@ def serve_once(name: str, archive: Path, image: bytes, workdir: Path, steady: in
     return {"env": env or {}, "load_avg_1m": round(os.getloadavg()[0], 1),
             **ready_at, "workers": len(workers), "worker_memory": mem,
             "worker_memory_after_requests": after, "first_request_s": round(latencies[0], 2),
-            "steady_median_s": round(statistics.median(latencies[1:]), 2) if steady else None,
+            "steady_median_s": round(stats.median(latencies[1:]), 2) if steady else None,
             "steady_max_s": round(max(latencies[1:]), 2) if steady else None}
 
 

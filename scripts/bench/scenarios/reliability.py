@@ -19,6 +19,7 @@ stall     the server's descriptors and its clients' connections at 50 rps, befor
           count (the load generator starts a sender thread, and a connection, per request waiting).
 
 Each writes its table (and the soak its plot) into RELIABILITY.md, raw JSON into build/bench/.
+Percentiles and medians are scripts/bench/stats.py's; the load is scripts.bench.load.loadtest's.
 Exit status 1 when a target is missed (p99 >= SLO, an error, a lost worker), else 0.
 """
 
@@ -29,7 +30,6 @@ import json
 import os
 import shutil
 import signal
-import statistics
 import sys
 import threading
 import time
@@ -39,6 +39,7 @@ import numpy as np
 import psutil
 
 from scripts import repo
+from scripts.bench import stats
 from scripts.bench.load.loadtest import Sender, Target, load_images, run_closed, run_open, summarize
 from scripts.bench.markdown import write_section
 from scripts.bench.workspace import BENCH, log, photos
@@ -241,11 +242,11 @@ def ready_markdown(starts: list[dict], restarts: list[dict], seconds: float) -> 
         if p99s:
             jit = [g["jit_cpu_s"] for g in group if "jit_cpu_s" in g]
             warm = [g["warm_p99_ms"] for g in group if "warm_p99_ms" in g]
-            lines.append(f"- {label}: median p99 {statistics.median(p99s):.1f} ms, worst {max(p99s):.1f} ms "
+            lines.append(f"- {label}: median p99 {stats.median(p99s):.1f} ms, worst {max(p99s):.1f} ms "
                          f"({sum(p < SLO_MS for p in p99s)} of {len(p99s)} under {SLO_MS:g} ms)"
-                         + (f"; the next {seconds:g} s, warm: median p99 {statistics.median(warm):.1f} ms"
+                         + (f"; the next {seconds:g} s, warm: median p99 {stats.median(warm):.1f} ms"
                             if warm else "")
-                         + (f"; JIT CPU median {statistics.median(jit):.2f} s" if jit else ""))
+                         + (f"; JIT CPU median {stats.median(jit):.2f} s" if jit else ""))
     return "\n".join(lines)
 
 
@@ -275,8 +276,7 @@ def overload(seconds: float, images: list[bytes]) -> dict:
         lat_by_status.setdefault(status, []).append((end - intended) * 1000)
     recovery = [window(after, t1, k, k + 5, 20) for k in range(0, 20, 5)]
     return {"saturated_rps": sat, "offered_rps": rate, "seconds": seconds, "overload": over,
-            "latency_ms_by_status": {s: {"count": len(v), "p50": round(float(np.percentile(v, 50)), 1),
-                                         "p99": round(float(np.percentile(v, 99)), 1)}
+            "latency_ms_by_status": {s: {"count": len(v), **stats.summary(v, ("p50", "p99"), digits=1)}
                                      for s, v in lat_by_status.items()},
             "refusal_body": refusal, "recovery_5s_windows": recovery,
             "workers_before": before, "workers_after": pids_after}

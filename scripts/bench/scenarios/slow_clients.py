@@ -26,7 +26,6 @@ import json
 import multiprocessing
 import os
 import socket
-import statistics
 import sys
 import threading
 import time
@@ -35,6 +34,8 @@ from urllib.parse import urlsplit
 
 import psutil
 import requests
+
+from scripts.bench import stats
 
 MODEL = "efficientnet_lite0"
 CAP_PER_SOURCE = 64  # config/haproxy.cfg: tcp-request connection reject if sc0_conn_cur gt 64
@@ -179,12 +180,11 @@ class PeakRss(threading.Thread):
 
 
 def percentiles_ms(latencies: list[float]) -> dict[str, float] | None:
-    """p50, p99 and max in milliseconds of latencies in seconds (None when there are none)."""
+    """p50, p99 and max in milliseconds (scripts/bench/stats.py) of latencies in seconds (None
+    when there are none)."""
     if not latencies:
         return None
-    ordered = sorted(latencies)
-    pick = lambda q: round(1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)  # noqa: E731
-    return {"p50": round(1000 * statistics.median(ordered), 1), "p99": pick(0.99), "max": pick(1.0)}
+    return stats.summary([1000 * s for s in latencies], ("p50", "p99", "max"), digits=1)
 
 
 def _upload_call(address: tuple[str, int], path: str, headers: dict, body: bytes, source: str):
