@@ -180,33 +180,13 @@ def test_onnx_runner_pins_torch_threads(stores, tmp_path):
         torch.set_num_threads(before)
 
 
-def test_onnx_runner_without_spinning_gives_the_same_logits(stores, tmp_path):
-    """handler.ort_spinning: false (idle intra-op threads sleep) changes scheduling, not results."""
-    from handler.runner import load_runner
-
-    with zipfile.ZipFile(stores / "onnx.mar") as zf:
-        zf.extract("model.onnx", tmp_path)
-    x = torch.randn(2, 3, 224, 224)
-    spin = load_runner(tmp_path / "model.onnx", threads=2)(x)
-    sleep = load_runner(tmp_path / "model.onnx", threads=2, spinning=False)
-    assert sleep.session.get_session_options().get_session_config_entry(
-        "session.intra_op.allow_spinning") == "0"
-    assert torch.allclose(spin, sleep(x), atol=1e-5)
-
-
-def test_model_config_can_ask_for_the_unfused_graph(tmp_path):
-    """export.fuse_pads: false packages the graph as torch emits it (the benchmark's "before"
-    archive), still validated against the eager model."""
-    import yaml
-
+def test_the_bench_can_package_the_unfused_graph(tmp_path):
+    """package(fuse_pads=False), no model setting, packages the graph as torch emits it (the
+    benchmark's "before" archive), still validated against the eager model."""
     from scripts.packaging import package
     from scripts.packaging.onnx_graph import op_counts
 
-    config = yaml.safe_load((ROOT / "config" / MODEL / "model-config.yaml").read_text())
-    config["export"]["fuse_pads"] = False
-    path = tmp_path / "model-config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    mar = package.package(model_name="lite0_unfused", model_config=path, export_dir=tmp_path)
+    mar = package.package(model_name="lite0_unfused", export_dir=tmp_path, fuse_pads=False)
     with zipfile.ZipFile(mar) as zf:
         zf.extract("model.onnx", tmp_path)
         validation = json.loads(zf.read("provenance.json"))["validation"]

@@ -281,7 +281,8 @@ def export_and_validate(arch: str, checkpoint: Path | None, preprocess: Path, ou
                         int8_guard: dict | None = None, fuse_pads: bool = True) -> dict:
     """The whole export step; raises ExportError when validation fails. `int8_guard`: the
     thresholds of the INT8 accuracy guard (fmt onnx-int8), else quantize.GUARD_DEFAULTS.
-    `fuse_pads=False` writes the ONNX graph as torch emits it (the "before" of BENCHMARKS.md)."""
+    `fuse_pads=False` writes the ONNX graph as torch emits it: the benchmark's unfused "before"
+    archive (BENCHMARKS.md), a parameter for it alone, never a model-config setting."""
     cfg = load_preprocess(preprocess)
     num_classes = resolve_num_classes(arch, checkpoint, num_classes)
     t0 = time.perf_counter()

@@ -158,8 +158,11 @@ def package(arch: str = repo.DEFAULT_MODEL, checkpoint: str = "default",
             model_name: str | None = None, version: str = "1.0", num_classes: int | None = None,
             preprocess: Path | None = None, labels: Path | None = None,
             model_config: Path | None = None, fmt: str | None = None,
-            export_dir: Path = repo.MODEL_STORE, archive_format: str = "default") -> Path:
-    """Export, validate, stage, write the manifest and archive; returns the .mar path."""
+            export_dir: Path = repo.MODEL_STORE, archive_format: str = "default", *,
+            fuse_pads: bool = True) -> Path:
+    """Export, validate, stage, write the manifest and archive; returns the .mar path.
+    `fuse_pads=False` (the benchmark's unfused "before" archive, BENCHMARKS.md; not a model
+    setting nor a command-line option) exports the ONNX graph as torch emits it."""
     model_name = model_name or arch
     config_dir = repo.CONFIG_DIR / model_name
     if not config_dir.is_dir():
@@ -184,8 +187,7 @@ def package(arch: str = repo.DEFAULT_MODEL, checkpoint: str = "default",
     stage.mkdir(parents=True)
     artifact = layout.SERIALIZED_FILE[fmt]
     validation = export_and_validate(arch, checkpoint_path, preprocess, stage / artifact, fmt,
-                                     num_classes, export_settings["int8_guard"],
-                                     bool(export_settings["fuse_pads"]))
+                                     num_classes, export_settings["int8_guard"], fuse_pads)
     stage_files(stage, preprocess, label_map, model_config,
                 architecture_record(arch, num_classes, fmt))
     manifest = build_manifest(stage, model_name=model_name, version=version, arch=arch,

@@ -1,6 +1,6 @@
 """The archives the benchmark serves: ours (a private copy of the shipped .mar), TorchServe's
 stock image_classifier over the same validated TorchScript export, and variants of ours with
-changed model settings (the levers)."""
+changed model settings or an unfused ONNX graph (the levers and the "before" archive)."""
 
 from __future__ import annotations
 
@@ -46,8 +46,9 @@ def stock_mar(model_pt: Path, name: str) -> Path:
 
 
 def variant_mar(name: str, settings: dict, fmt: str | None = None, arch: str = repo.DEFAULT_MODEL,
-                checkpoint: str = "default") -> Path:
-    """Our archive with model-config.yaml changed by `settings` ({'handler': {...}} merges)."""
+                checkpoint: str = "default", fuse_pads: bool = True) -> Path:
+    """Our archive with model-config.yaml changed by `settings` ({'handler': {...}} merges);
+    `fuse_pads=False`: with the ONNX graph as torch emits it (no model setting asks for that)."""
     config = yaml.safe_load((CFG_DIR / "model-config.yaml").read_text())
     for key, value in settings.items():
         if isinstance(value, dict):
@@ -57,7 +58,14 @@ def variant_mar(name: str, settings: dict, fmt: str | None = None, arch: str = r
     path = BENCH / "configs" / f"{name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return package.package(arch, checkpoint, model_name=name, model_config=path, fmt=fmt, export_dir=STORE)
+    return package.package(arch, checkpoint, model_name=name, model_config=path, fmt=fmt, export_dir=STORE,
+                           fuse_pads=fuse_pads)
+
+
+def unfused_mar(name: str = "lite0_unfused_graph") -> Path:
+    """Our archive as it shipped before the fused export: the same handler and settings, the
+    ONNX graph as torch emits it (17 Pads ONNX Runtime cannot fold into their convolutions)."""
+    return variant_mar(name, {}, fuse_pads=False)
 
 
 def unpack(mar: Path) -> Path:

@@ -1,5 +1,9 @@
 """Levers: each tuning choice A/B'd against the shipped config, served side by side
-(`levers`), and model/decode choices timed in-process (`micro`)."""
+(`levers`), and model/decode choices timed in-process (`micro`).
+
+Levers BENCHMARKS.md has judged and whose setting is gone are not here any more: ONNX Runtime's
+intra-op threads with spinning off (`ort_threads`, 2026-11-28: 0.64-0.69x saturated, "no"); its
+table keeps that run's rows as a past measurement."""
 
 from __future__ import annotations
 
@@ -24,19 +28,16 @@ def levers(profile: Profile, only: list[str] | None) -> dict:
     shipped = yaml.safe_load((CFG_DIR / "model-config.yaml").read_text())
     threads = shipped.get("handler", {}).get("threads", 1)
     workers = shipped.get("minWorkers", 2)
+    # lever: [(variant, model-config changes, environment, config.properties changes)]; the keys
+    # starting with "_" say how the bench builds the archive, they are not model settings.
     defs = {
         "workers_x_threads": [("1x2", {"minWorkers": 1, "maxWorkers": 1, "handler": {"threads": 2}}, {}, {}),
                               ("2x2", {"minWorkers": 2, "maxWorkers": 2, "handler": {"threads": 2}}, {}, {})],
-        # ONNX Runtime's idle intra-op threads sleep instead of spinning (matters with threads > 1).
-        "ort_threads": [("1x2_nospin", {"minWorkers": 1, "maxWorkers": 1,
-                                        "handler": {"threads": 2, "ort_spinning": False}}, {}, {}),
-                        ("2x2_nospin", {"minWorkers": 2, "maxWorkers": 2,
-                                        "handler": {"threads": 2, "ort_spinning": False}}, {}, {})],
         # A third worker on 2 cores: spare capacity while one restarts (RELIABILITY.md).
         "workers": [("3x1", {"minWorkers": 3, "maxWorkers": 3}, {}, {})],
         # The ONNX graph as torch emits it (17 Pads ORT cannot fold into convolutions): the
-        # archive shipped before the fused export.
-        "graph": [("unfused_graph", {"export": {"fuse_pads": False}}, {}, {})],
+        # archive shipped before the fused export ("before" in `make bench`).
+        "graph": [("unfused_graph", {"_fuse_pads": False}, {}, {})],
         "batching": [("batch1", {"batchSize": 1, "maxBatchDelay": 0}, {}, {}),
                      ("batch4_delay5", {"batchSize": 4, "maxBatchDelay": 5}, {}, {}),
                      ("batch8_delay10", {"batchSize": 8, "maxBatchDelay": 10}, {}, {})],
@@ -58,7 +59,8 @@ def levers(profile: Profile, only: list[str] | None) -> dict:
         for name, settings, env, props in variants:
             settings = dict(settings)
             fmt = settings.pop("_format", None)
-            mar = variant_mar(f"lite0_{name}", settings, fmt)
+            fuse_pads = settings.pop("_fuse_pads", True)
+            mar = variant_mar(f"lite0_{name}", settings, fmt, fuse_pads=fuse_pads)
             services.append(Service(f"lever-{name}", f"lite0_{name}", mar, env, props))
         try:
             for svc in services:

@@ -13,7 +13,7 @@ One run measures, interleaved A/B/B/A so machine noise hits all alike:
           TorchServe's default model settings (no config file);
   peer    what a user might write instead: FastAPI + uvicorn, 2 processes x 1 ORT thread, the
           same model.onnx, preprocessing and JSON as ours, no batching (scripts/bench/load/peer.py);
-  before  our archive with the ONNX graph as torch emits it (export.fuse_pads: false): what
+  before  our archive with the ONNX graph as torch emits it (artifacts.unfused_mar): what
           shipped before the fused export;
 then ResNet-50 (random weights) saturated throughput, ours vs stock. Load comes from
 scripts.bench.load.loadtest in its own process, on the same 2 cores as the server.
@@ -33,7 +33,7 @@ import sys
 import time
 
 from scripts import repo
-from scripts.bench.load.artifacts import ours_mar, scripted, stock_mar, unpack, variant_mar
+from scripts.bench.load.artifacts import ours_mar, scripted, stock_mar, unfused_mar, unpack
 from scripts.bench.load.inproc import inproc, machine_gflops, model_gflop
 from scripts.bench.load.levers import levers, levers_markdown, micro
 from scripts.bench.load.report import PLOT, machine, report, save, summarize, table, write_section
@@ -48,9 +48,8 @@ def run(profile: Profile, slo: float, resnet: bool) -> dict:
     stock = Service("stock", "efficientnet_lite0_stock",
                     stock_mar(scripted(repo.DEFAULT_MODEL, "default"), "efficientnet_lite0_stock"))
     peer = Service("peer", repo.DEFAULT_MODEL, ours.mar, peer_dir=unpack(ours.mar))
-    # Our archive as it was before the fused export (export.fuse_pads: false), same handler.
-    before = Service("before", "lite0_unfused_graph",
-                     variant_mar("lite0_unfused_graph", {"export": {"fuse_pads": False}}))
+    # Our archive as it was before the fused export: the unfused graph, the same handler.
+    before = Service("before", "lite0_unfused_graph", unfused_mar("lite0_unfused_graph"))
     services = [ours, stock, peer, before]
     res = {"machine": machine(), "profile": profile.__dict__, "slo_ms": slo, "rounds": []}
     res["gflop_per_image"] = {"efficientnet_lite0": model_gflop(repo.DEFAULT_MODEL)}

@@ -1,10 +1,10 @@
 """Forward-pass micro-benchmark: the model's graphs side by side, batch 1, one thread.
 
 Exports the default model twice from the same weights (the ONNX graph as torch emits it, the
-"before"; the fusable one the build now ships), adds the INT8 graph and OpenVINO when asked,
-then times each runner on the same real photo in interleaved rounds (so a busy neighbour hurts
-every variant alike) and prints the median and p90 per variant (scripts/bench/stats.py) and the
-ratio to the "before" graph.
+"before", built here with `export(..., fusable=False)`: no model setting asks for it; the fused
+one the build ships), adds the INT8 graph and OpenVINO when asked, then times each runner on the
+same real photo in interleaved rounds (so a busy neighbour hurts every variant alike) and prints
+the median and p90 per variant (scripts/bench/stats.py) and the ratio to the "before" graph.
 
 Example:
     python -m scripts.bench.micro.forward --runs 300 --rounds 5 --int8 --openvino --json out.json
