@@ -28,8 +28,9 @@ def levers(profile: Profile, only: list[str] | None) -> dict:
     shipped = yaml.safe_load((CFG_DIR / "model-config.yaml").read_text())
     threads = shipped.get("handler", {}).get("threads", 1)
     workers = shipped.get("minWorkers", 2)
-    # lever: [(variant, model-config changes, environment, config.properties changes)]; the keys
-    # starting with "_" say how the bench builds the archive, they are not model settings.
+    # lever: [(variant, model-config changes, environment, config.properties changes)]; keys
+    # starting with "_" are the bench's own (how it builds the archive or starts the server),
+    # not settings of the model or the server.
     defs = {
         "workers_x_threads": [("1x2", {"minWorkers": 1, "maxWorkers": 1, "handler": {"threads": 2}}, {}, {}),
                               ("2x2", {"minWorkers": 2, "maxWorkers": 2, "handler": {"threads": 2}}, {}, {})],
