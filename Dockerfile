@@ -14,7 +14,7 @@
 # the host's pip found on local disk (without them torch comes from PyTorch's CPU index). The
 # secret: a private CA for pip (a TLS-intercepting proxy), never in a layer. --format docker keeps
 # the HEALTHCHECK (podman's OCI format drops it).
-# Run it (README, "Container"): root filesystem read-only, a writable tmpfs for /tmp (run/ links
+# Run it (docs/container.md): root filesystem read-only, a writable tmpfs for /tmp (run/ links
 # there) only, ports published on loopback:
 #   podman --runtime runc run -d --read-only --tmpfs /tmp \
 #     --ulimit nofile=20000:20000 --ulimit nproc=4096:4096 \

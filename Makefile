@@ -109,7 +109,7 @@ gpu-kit: install
 clean:
 	rm -rf build run photos model_store/*.mar
 
-# ---- The container image (README, "Container") ----
+# ---- The container image (docs/container.md) ----
 IMAGE_NAME := localhost/image-classifier-service
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 IMAGE := $(IMAGE_NAME):$(VERSION)

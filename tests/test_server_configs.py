@@ -113,7 +113,7 @@ def test_serve_host_never_opens_an_unauthenticated_management_api(tmp_path, list
 
 def test_with_token_auth_the_container_publishes_management_too():
     """The image's own config keeps token auth on: management follows --host inside the
-    container (published on the host's loopback only, README "Container"), keyed."""
+    container (published on the host's loopback only, docs/container.md), keyed."""
     assert read_properties(ROOT / "config.properties")["disable_token_authorization"] == "false"
     overrides = serve.listen_overrides("0.0.0.0", serve.DEFAULT_PORTS, token_auth=True)
     assert host(overrides["management_address"]) == "0.0.0.0"
