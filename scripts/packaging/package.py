@@ -64,7 +64,8 @@ def architecture_record(arch: str, num_classes: int, fmt: str) -> dict:
     from importlib import metadata
 
     if arch == repo.DEFAULT_MODEL:
-        source = {"source": "scripts/packaging/architectures/efficientnet_lite0.py", "class": "EfficientNetLite0"}
+        source = {"source": "scripts/packaging/architectures/efficientnet_lite0.py",
+                  "class": "EfficientNetLite0"}
     else:
         source = {"source": "torchvision", "torchvision_version": metadata.version("torchvision"),
                   "builder": f"torchvision.models.get_model({arch!r}, weights=None, "
