@@ -26,6 +26,7 @@ from handler.envelopes import envelope_of
 from handler.errors import HandlerError, InputError, NotServed, ServerError
 from handler.metrics import INFERENCE, POSTPROCESS, PREPROCESS, REQUEST, HandlerMetrics
 from handler.payload import payload_to_bytes
+from handler.preprocess_code import PreprocessCodeError
 from handler.preprocessing import PreprocessConfig, preprocess_image
 from handler.provenance import PACKAGE_DIR, installed_versions, sha256_file, verify_model_dir
 from handler.responses import Answer
@@ -47,7 +48,8 @@ def loaded_description(manifest_path: Path, provenance: dict) -> dict:
 
 
 class ImageClassifierHandler(BaseHandler):
-    """Classify images with a TorchScript or ONNX model and its own preprocessing config."""
+    """Classify images with an ONNX, TorchScript, torch.export or eager model and the
+    preprocessing it was validated with (its preprocess.json, and its own code if it has some)."""
 
     def initialize(self, context) -> None:
         self.context = context
@@ -66,7 +68,8 @@ class ImageClassifierHandler(BaseHandler):
         self.placement = place(context.system_properties, backend_of(serialized),
                                settings["precision"], (provenance or {}).get("validation"))
         logger.info("Running on %s", self.placement.describe())
-        self.runner = load_runner(model_dir / serialized, threads=threads, placement=self.placement)
+        self.runner = load_runner(model_dir / serialized, threads=threads, placement=self.placement,
+                                  compile_model=settings["compile"])
         self.top_k = settings["top_k"]
         self.model_name = self.manifest["model"].get("modelName", "model")
         self.model_version = self.manifest["model"].get("modelVersion", "1.0")
@@ -108,11 +111,14 @@ class ImageClassifierHandler(BaseHandler):
         """Run the whole path (decode, resize, normalize, forward, top-k) before taking traffic,
         at batch 1 and at the largest batch TorchServe may form: the first call of each pays for
         graph optimisation, allocator growth and lazy imports, which a first client would see."""
-        size = self.preprocess_config.resize_size * 2
+        size = max(self.preprocess_config.resize_size * 2, 512)
         image = Image.linear_gradient("L").resize((size, size)).convert("RGB")
         buf = io.BytesIO()
         image.save(buf, "JPEG", quality=90)
         tensor = preprocess_image(buf.getvalue(), self.preprocess_config)[0]
+        # Every request's tensor must have this shape to be stacked with its neighbours; the
+        # model's own preprocessing code is held to it per request (_tensor_of).
+        self.input_shape = tuple(tensor.shape)
         largest = int(self.context.system_properties.get("batch_size") or 1)
         for batch in sorted({1, largest}):
             for _ in range(2):
@@ -143,6 +149,9 @@ class ImageClassifierHandler(BaseHandler):
             raise NotServed("explanations")
         with self.metrics.timed(PREPROCESS):
             tensor, (width, height) = preprocess_image(payload_to_bytes(row), self.preprocess_config)
+        if tuple(tensor.shape) != self.input_shape:  # a server fault of this request alone
+            raise PreprocessCodeError(f"preprocessing returned shape {tuple(tensor.shape)}; the "
+                                      f"model's input is {self.input_shape}")
         self.metrics.image(width, height)
         return tensor
 

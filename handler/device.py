@@ -23,6 +23,8 @@ REDUCED = ("bfloat16", "float16")
 # handler setting `precision`: auto = the validated reduced precision on a GPU, else float32.
 PRECISIONS = ("auto", FP32, *REDUCED)
 CUDA_PROVIDER = "CUDAExecutionProvider"
+# Backends whose runner (handler/runner.py ModuleRunner) is CPU-only.
+CPU_ONLY_BACKENDS = ("eager", "torch-export")
 CPU_PROVIDER = "CPUExecutionProvider"
 
 
@@ -68,6 +70,9 @@ def choose(gpu_id: int | str | None, backend: str, precision: str = "auto",
                           "re-export, or use precision auto or float32")
     if gpu_id is None or str(gpu_id) == "":
         return ON_CPU
+    if backend in CPU_ONLY_BACKENDS:
+        return Placement(reason=f"TorchServe assigned GPU {gpu_id}, but {backend} archives run on "
+                                "the CPU here (TorchScript or ONNX archives use the GPU)")
     device = f"cuda:{int(gpu_id)}"
     if backend == "onnx":
         if CUDA_PROVIDER not in ort_providers:

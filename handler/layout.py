@@ -4,8 +4,12 @@ A .mar (and the build folder it is zipped from) holds, at its root:
 
     torchserve_entry.py   TorchServe's --handler (ENTRY_MODULE)
     handler/              this package, imported in the worker as `handler.*` (PACKAGE)
-    model.onnx|model.pt   the serialized model (SERIALIZED_FILE by export format)
+    model.onnx|model.pt|model.pt2|weights.pth
+                          the serialized model (SERIALIZED_FILE by export format)
+    model.py              the architecture file, where there is one (MODEL_FILE; TorchServe's
+                          model file): what the eager format builds its model from
     preprocess.json       the validated preprocessing (PREPROCESS_CONFIG)
+    preprocess_code.py    the model's own preprocessing module, where it has one (PREPROCESS_CODE)
     index_to_name.json    class index -> label (LABELS)
     model-config.yaml     TorchServe's model settings and our `handler:` block (MODEL_CONFIG)
     architecture.json     what the serialized model is (ARCHITECTURE)
@@ -18,7 +22,10 @@ from __future__ import annotations
 PACKAGE = "handler"
 ENTRY_MODULE = "torchserve_entry.py"
 # onnx-int8: the same ONNX file name, holding the INT8 (QDQ) graph (scripts/packaging/quantize.py).
-SERIALIZED_FILE = {"torchscript": "model.pt", "onnx": "model.onnx", "onnx-int8": "model.onnx"}
+SERIALIZED_FILE = {"torchscript": "model.pt", "onnx": "model.onnx", "onnx-int8": "model.onnx",
+                   "torch-export": "model.pt2", "eager": "weights.pth"}
+MODEL_FILE = "model.py"
+PREPROCESS_CODE = "preprocess_code.py"
 PREPROCESS_CONFIG = "preprocess.json"
 LABELS = "index_to_name.json"
 MODEL_CONFIG = "model-config.yaml"

@@ -5,6 +5,11 @@ Two sources of numbers, one for each default: a model's `preprocess.json` states
 field defaults are the input limits, the service's per-request cost budget
 (docs/inputs-and-errors.md), which a model's `"limits"` object may change key by key.
 
+The transform is declarative (short-side resize and centre crop, or a plain resize with
+`"crop": "none"`; optional greyscale and letterbox steps first), or code: `"code"` names a module
+of the model's own in the archive (handler/preprocess_code.py) that turns the RGB image into the
+model's input. The header checks, the decode, EXIF orientation and RGB always come first.
+
 Export validation calls `preprocess_bytes(data, cfg)` on the sample photos' JPEG bytes; the
 TorchServe handler calls `preprocess_image`, the same transform, which also returns the
 header's width and height for its metrics. So the served transform is the validated transform
@@ -17,13 +22,14 @@ import io
 import json
 import logging
 import math
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from handler import preprocess_code
 from handler.errors import BadInput, InputError, TooLarge, UnsupportedMedia
 from handler.settings import ConfigError, check_keys
 
@@ -61,6 +67,15 @@ class PreprocessConfig:
     channel_order: str = "RGB"
     background_rgb: tuple[int, int, int] = (255, 255, 255)
     fast_jpeg_draft: bool = True
+    # Declarative steps before the resize: greyscale (kept 3 channels), then padding to a square
+    # of this colour (letterbox); "crop": "none" resizes the whole image to input_size.
+    greyscale: bool = False
+    letterbox_rgb: tuple[int, int, int] | None = None
+    crop: str = "center"
+    # Preprocessing as code: a file beside preprocess.json defining preprocess(image) -> array,
+    # which then replaces the steps above (the sizes, mean and std are not needed).
+    code: str | None = None
+    transform: preprocess_code.Transform | None = field(default=None, compare=False, repr=False)
     # ---- limits: per request at most about 256 MiB of extra worker memory and 0.5 s of CPU ----
     max_bytes: int = 6_553_500
     # Baseline JPEGs decode reduced (draft), so phone photos up to this size stay cheap.
@@ -98,11 +113,13 @@ class PreprocessConfig:
             raise ConfigError(f"{where}: \"limits\" must be an object, got {type(limits).__name__}")
         check_keys(limits, LIMIT_CASTS, f"{where} (limits)")
         missing = [k for k in REQUIRED_KEYS if k not in raw]
-        if missing:
+        if missing and "code" not in raw:
             raise ConfigError(f"{where}: missing key {missing[0]!r}")
         try:
             # `if k in ...`: leaves out "limits" and the "_comment" keys check_keys allows.
             given = {k: TRANSFORM_CASTS[k](v) for k, v in raw.items() if k in TRANSFORM_CASTS}
+            if "code" in raw:  # the module computes the input: the numbers it leaves out are unused
+                given = {**UNUSED_WITH_CODE, **given}
             cfg = cls(**given, **{k: LIMIT_CASTS[k](v) for k, v in limits.items() if k in LIMIT_CASTS})
             cfg.validate()
         except (TypeError, ValueError) as exc:
@@ -111,19 +128,35 @@ class PreprocessConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> PreprocessConfig:
+        """From a preprocess.json file; its `"code"` module, if any, is imported from the file's
+        folder (a module that does not import is a ConfigError naming it)."""
+        path = Path(path)
         try:
-            raw = json.loads(Path(path).read_text())
+            raw = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             raise ConfigError(f"Cannot read {path}: {exc}") from exc
-        return cls.from_dict(raw, str(path))
+        cfg = cls.from_dict(raw, str(path))
+        if cfg.code is None:
+            return cfg
+        try:
+            return replace(cfg, transform=preprocess_code.load(path.parent / cfg.code))
+        except preprocess_code.PreprocessCodeError as exc:
+            raise ConfigError(str(exc)) from exc
 
     def validate(self) -> None:
         if self.interpolation not in INTERPOLATIONS:
             raise ValueError(f"interpolation must be one of {sorted(INTERPOLATIONS)}")
         if self.channel_order not in ("RGB", "BGR"):
             raise ValueError("channel_order must be RGB or BGR")
-        if self.resize_size < self.input_size:
+        if self.code is None and self.input_size < 1:
+            raise ValueError("input_size must be positive")
+        if self.code is None and self.resize_size < self.input_size:
             raise ValueError("resize_size must be >= input_size")
+        if self.crop not in ("center", "none"):
+            raise ValueError('crop must be "center" or "none"')
+        if self.letterbox_rgb is not None and (len(self.letterbox_rgb) != 3
+                                               or not all(0 <= v <= 255 for v in self.letterbox_rgb)):
+            raise ValueError("letterbox_rgb needs three values from 0 to 255")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ValueError("mean and std need three values, std > 0")
         counts = (self.max_bytes, self.max_pixels, self.min_side, self.max_jpeg_scans,
@@ -147,6 +180,10 @@ TRANSFORM_CASTS = {
     "channel_order": lambda v: str(v).upper(),
     "background_rgb": lambda v: tuple(int(x) for x in v),
     "fast_jpeg_draft": bool,
+    "greyscale": bool,
+    "letterbox_rgb": lambda v: None if v is None else tuple(int(x) for x in v),
+    "crop": str,
+    "code": str,
 }
 LIMIT_CASTS = {
     "max_bytes": int,
@@ -159,7 +196,9 @@ LIMIT_CASTS = {
     "max_jpeg_scans": int,
     "max_jpeg_scan_pixels": int,
 }
-REQUIRED_KEYS = tuple(f.name for f in fields(PreprocessConfig) if f.default is MISSING)
+# Required unless "code" computes the input; then they take these (unused) values.
+REQUIRED_KEYS = ("input_size", "resize_size", "mean", "std")
+UNUSED_WITH_CODE = {"input_size": 0, "resize_size": 0, "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
 TOP_LEVEL_KEYS = frozenset(TRANSFORM_CASTS) | {"limits"}
 
 
@@ -254,7 +293,7 @@ def _too_many_pixels(cfg: PreprocessConfig, detail: str) -> TooLarge:
 def decode_rgb(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
     """Decode pixels (reduced in libjpeg when large), honour EXIF orientation, return RGB."""
     try:
-        if cfg.fast_jpeg_draft and FORMAT_ALIASES.get(img.format, img.format) == "JPEG":
+        if cfg.fast_jpeg_draft and cfg.resize_size and FORMAT_ALIASES.get(img.format, img.format) == "JPEG":
             _draft_for_resize(img, cfg.resize_size)
         img.load()
         img = _exif_upright(img)
@@ -318,9 +357,31 @@ def resize_crop(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
     return img.resize((cfg.input_size, cfg.input_size), INTERPOLATIONS[cfg.interpolation], box=box)
 
 
+def steps(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
+    """The declarative steps before the resize: greyscale, then letterbox to a square."""
+    if cfg.greyscale:
+        img = img.convert("L").convert("RGB")
+    if cfg.letterbox_rgb is not None and img.width != img.height:
+        side = max(img.size)
+        canvas = Image.new("RGB", (side, side), cfg.letterbox_rgb)
+        canvas.paste(img, ((side - img.width) // 2, (side - img.height) // 2))
+        img = canvas
+    return img
+
+
+def resized(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
+    """input_size x input_size uint8: centre crop of the short-side resize, or the whole image."""
+    if cfg.crop == "none":
+        return img.resize((cfg.input_size, cfg.input_size), INTERPOLATIONS[cfg.interpolation])
+    return resize_crop(img, cfg)
+
+
 def to_tensor(img: Image.Image, cfg: PreprocessConfig) -> torch.Tensor:
-    """Resize and crop (uint8), normalize; returns a 3xHxW float32 tensor."""
-    arr = np.asarray(resize_crop(img, cfg), dtype=np.float32)
+    """The RGB image -> the model's input: the config's code, or its steps, resize (uint8) and
+    normalization; returns a CxHxW float32 tensor."""
+    if cfg.transform is not None:
+        return preprocess_code.to_tensor(cfg.transform, img)
+    arr = np.asarray(resized(steps(img, cfg), cfg), dtype=np.float32)
     if cfg.channel_order == "BGR":
         arr = arr[:, :, ::-1]
     mean = np.asarray(cfg.mean, dtype=np.float32) * 255.0

@@ -1,7 +1,9 @@
-"""Inference runners: a batch tensor in, logits out. One interface, two backends.
+"""Inference runners: a batch tensor in, logits out. One interface, four backends.
 
 The backend follows the artifact: `.pt`/`.ts` is TorchScript (torch.jit.load), `.onnx` runs
-on ONNX Runtime. Both are pinned to `threads` intra-op threads so that workers x threads
+on ONNX Runtime, `.pt2` is a torch.export program, `.pth` is a state dict for the eager model
+built from the archive's architecture file (`model.py`, class and kwargs in architecture.json).
+All are pinned to `threads` intra-op threads so that workers x threads
 never exceeds the cores. The device and dtype come from a `Placement` (handler/device.py):
 the CPU in FP32 unless TorchServe assigned this worker a GPU. Inputs arrive and logits
 leave as FP32 CPU tensors whatever the placement, so the rest of the handler never changes.
@@ -9,15 +11,19 @@ leave as FP32 CPU tensors whatever the placement, so the rest of the handler nev
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from handler import layout
 from handler.device import ON_CPU, Placement
 
-BACKENDS = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".pth": "torchscript"}
+BACKENDS = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".pt2": "torch-export",
+            ".pth": "eager"}
 
 
 class TorchScriptRunner:
@@ -60,20 +66,59 @@ class OnnxRunner:
         return torch.from_numpy(logits)
 
 
+class ModuleRunner:
+    """A torch nn.Module on the CPU in FP32: the eager model or a torch.export program's."""
+
+    def __init__(self, model: torch.nn.Module, backend: str) -> None:
+        self.model = model
+        self.backend = backend
+
+    @torch.inference_mode()
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.model(batch).float()
+
+
+def eager_model(weights: Path, compile_model: bool = False) -> torch.nn.Module:
+    """The architecture file's class, built with architecture.json's kwargs, the state dict
+    loaded with weights_only=True (no code runs from the weights file)."""
+    model_dir = weights.parent
+    record = json.loads((model_dir / layout.ARCHITECTURE).read_text())
+    spec = importlib.util.spec_from_file_location("archived_model_file", model_dir / layout.MODEL_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = getattr(module, record["class"])(**record.get("kwargs", {}))
+    model.load_state_dict(torch.load(str(weights), map_location="cpu", weights_only=True), strict=True)
+    model.eval()
+    return torch.compile(model) if compile_model else model
+
+
+def exported_model(path: Path) -> torch.nn.Module:
+    return torch.export.load(str(path)).module()
+
+
 def backend_of(path: str | Path) -> str:
-    """'onnx' or 'torchscript', from the artifact's file extension."""
+    """The backend of an artifact, from its file extension."""
     suffix = Path(path).suffix.lower()
     if suffix not in BACKENDS:
-        raise ValueError(f"Unknown model artifact type {suffix!r}: expected .pt (TorchScript) or .onnx")
+        raise ValueError(f"Unknown model artifact type {suffix!r}: expected one of {sorted(BACKENDS)}")
     return BACKENDS[suffix]
 
 
-def load_runner(path: str | Path, threads: int = 1,
-                placement: Placement = ON_CPU) -> TorchScriptRunner | OnnxRunner:
-    """The runner for the artifact's backend, on the placement's device and dtype."""
+Runner = TorchScriptRunner | OnnxRunner | ModuleRunner
+
+
+def load_runner(path: str | Path, threads: int = 1, placement: Placement = ON_CPU,
+                compile_model: bool = False) -> Runner:
+    """The runner for the artifact's backend, on the placement's device and dtype
+    (`compile_model`: torch.compile the eager model at load)."""
     # torch runs the handler's own tensor ops (stack, softmax) with either backend: left at its
     # default, its OpenMP threads spin on the cores the other workers need.
     torch.set_num_threads(threads)
-    if backend_of(path) == "onnx":
+    backend = backend_of(path)
+    if backend == "onnx":
         return OnnxRunner(path, threads, placement)
+    if backend == "eager":
+        return ModuleRunner(eager_model(Path(path), compile_model), backend)
+    if backend == "torch-export":
+        return ModuleRunner(exported_model(Path(path)), backend)
     return TorchScriptRunner(path, threads, placement)

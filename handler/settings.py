@@ -34,6 +34,8 @@ HANDLER_DEFAULTS = {
     "on_integrity_mismatch": "refuse",
     # auto: on a GPU, the reduced precision the export validated (handler/device.py); float32 forces FP32
     "precision": "auto",
+    # eager archives only: torch.compile the model at load (slower start, maybe faster forward)
+    "compile": False,
 }
 # int8_guard: the INT8 accuracy guard's thresholds (scripts/packaging/quantize.py checks its keys).
 EXPORT_DEFAULTS = {"format": "torchscript", "int8_guard": {}}
@@ -44,6 +46,16 @@ HANDLER_ENV = {"HANDLER_THREADS": "threads"}
 
 class ConfigError(ValueError):
     """A configuration file holds an unknown key or an invalid value."""
+
+
+def boolean(value: object) -> bool:
+    """true/false from YAML (a bool) or the environment ("true", "false", "1", "0")."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text not in ("true", "false", "1", "0"):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return text in ("true", "1")
 
 
 def positive_int(value: object) -> int:
@@ -57,7 +69,8 @@ def positive_int(value: object) -> int:
 
 # The handler settings whose values are checked here (the others: where they are used, e.g.
 # `precision` in handler/device.py, `on_integrity_mismatch` in handler/provenance.py).
-HANDLER_CHECKS: dict[str, Callable[[object], object]] = {"threads": positive_int, "top_k": positive_int}
+HANDLER_CHECKS: dict[str, Callable[[object], object]] = {"threads": positive_int, "top_k": positive_int,
+                                                         "compile": boolean}
 
 
 def check_keys(found: Iterable[str], known: Iterable[str], where: str) -> None:

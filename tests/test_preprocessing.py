@@ -34,6 +34,7 @@ from handler.preprocessing import (
     preprocess_bytes,
     to_tensor,
 )
+from handler.settings import ConfigError
 from scripts import repo
 from tests.support.images import (
     BLUE,
@@ -347,3 +348,68 @@ def test_per_format_pixel_budget_from_the_header():
     assert preprocess_bytes(jpeg.getvalue(), tight).shape[-1] == CFG.input_size  # baseline: no cap
     at_cap = dataclasses.replace(tight, max_pixels_by_format=(("PNG", 64 * 48),))
     assert preprocess_bytes(png.getvalue(), at_cap).shape[-1] == CFG.input_size
+
+
+# ---- declarative steps: greyscale, letterbox, a resize without crop (preprocess.json) ----
+
+STEPS_BASE = {"input_size": 32, "resize_size": 32, "mean": [0, 0, 0], "std": [1, 1, 1]}
+
+
+def solid(width: int, height: int, rgb: tuple[int, int, int]) -> Image.Image:
+    return Image.new("RGB", (width, height), rgb)
+
+
+def pixels(img: Image.Image, raw: dict) -> np.ndarray:
+    """HxWx3 of the config's output, back in 0..255."""
+    cfg = PreprocessConfig.from_dict({**STEPS_BASE, **raw})
+    return to_tensor(img, cfg).permute(1, 2, 0).numpy() * 255
+
+
+def test_greyscale_step_gives_three_equal_channels():
+    out = pixels(solid(64, 64, (200, 40, 10)), {"greyscale": True})
+    assert np.allclose(out[..., 0], out[..., 1]) and np.allclose(out[..., 1], out[..., 2])
+    assert abs(out[0, 0, 0] - round(0.299 * 200 + 0.587 * 40 + 0.114 * 10)) <= 1  # ITU-R 601 luma
+
+
+def test_letterbox_pads_to_a_square_with_its_colour_before_the_resize():
+    out = pixels(solid(64, 32, (255, 0, 0)), {"letterbox_rgb": [0, 0, 255], "crop": "none"})
+    assert np.allclose(out[0, 16], (0, 0, 255), atol=1) and np.allclose(out[-1, 16], (0, 0, 255), atol=1)
+    assert np.allclose(out[16, 16], (255, 0, 0), atol=1)
+
+
+def test_crop_none_keeps_the_whole_image():
+    img = solid(96, 32, (0, 255, 0))
+    img.paste((255, 0, 0), (0, 0, 8, 32))  # a red band at the left edge
+    assert pixels(img, {"crop": "none"})[16, 0, 0] > 200  # resized whole: the band is there
+    assert pixels(img, {})[16, 0, 0] < 50  # the centre crop cuts it off
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"crop": "side"}, 'crop must be "center" or "none"'),
+    ({"letterbox_rgb": [300, 0, 0]}, "letterbox_rgb needs three values"),
+    ({"greyscal": True}, "did you mean 'greyscale'"),
+])
+def test_declarative_steps_are_strict(raw, message):
+    with pytest.raises(ConfigError, match=message):
+        PreprocessConfig.from_dict({**STEPS_BASE, **raw})
+
+
+def test_code_replaces_the_numbers_and_runs_on_the_rgb_image(tmp_path):
+    (tmp_path / "pre.py").write_text(
+        "import numpy as np\n"
+        "def preprocess(image):\n"
+        "    assert image.mode == 'RGB'\n"
+        "    return np.full((1, 8, 6), image.width, dtype=np.float32)\n")
+    (tmp_path / "preprocess.json").write_text(json.dumps({"code": "pre.py"}))
+    cfg = PreprocessConfig.load(tmp_path / "preprocess.json")
+    buf = io.BytesIO()
+    solid(40, 30, (1, 2, 3)).convert("L").save(buf, "PNG")  # greyscale in, RGB to the code
+    tensor = preprocess_bytes(buf.getvalue(), cfg)
+    assert tensor.shape == (1, 8, 6) and float(tensor[0, 0, 0]) == 40.0
+
+
+def test_code_that_does_not_import_is_a_config_error(tmp_path):
+    (tmp_path / "pre.py").write_text("raise ImportError('needs cv2')\n")
+    (tmp_path / "preprocess.json").write_text(json.dumps({"code": "pre.py"}))
+    with pytest.raises(ConfigError, match="pre.py failed to import: ImportError: needs cv2"):
+        PreprocessConfig.load(tmp_path / "preprocess.json")

@@ -1,0 +1,67 @@
+"""Preprocessing as code: a module of the model's own, shipped in the archive and hashed in its
+manifest, defining
+
+    def preprocess(image: PIL.Image.Image) -> numpy.ndarray   # C x H x W float32
+
+for what no preprocess.json can say. It receives the image after the header checks, the decode,
+EXIF orientation and the conversion to RGB (handler/preprocessing.py), and returns the model's
+input. Export validation runs this same file on the validation photos; the worker runs it on
+every request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+FUNCTION = "preprocess"
+Transform = Callable[[Image.Image], np.ndarray]
+
+
+class PreprocessCodeError(ValueError):
+    """The module does not import, has no `preprocess`, or it returned something unusable."""
+
+
+def load(path: str | Path) -> Transform:
+    """The module's `preprocess` function; imported under a name derived from the file's bytes,
+    so two archives' modules never share an entry in sys.modules."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise PreprocessCodeError(f"{path}: cannot read it ({exc})") from exc
+    name = f"preprocess_code_{hashlib.sha256(data).hexdigest()[:12]}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        raise PreprocessCodeError(f"{path} failed to import: {type(exc).__name__}: {exc}") from exc
+    function = getattr(module, FUNCTION, None)
+    if not callable(function):
+        raise PreprocessCodeError(f"{path} defines no function {FUNCTION}(image) -> numpy.ndarray")
+    return function
+
+
+def to_tensor(transform: Transform, img: Image.Image, shape: tuple[int, ...] | None = None) -> torch.Tensor:
+    """Run the transform; its output must be a finite C x H x W float32 array (of `shape`, when
+    given: the shape every request of a batch must share)."""
+    arr = transform(img)
+    if not isinstance(arr, np.ndarray):
+        raise PreprocessCodeError(f"{FUNCTION}() returned {type(arr).__name__}, not a numpy.ndarray")
+    if arr.dtype != np.float32:
+        raise PreprocessCodeError(f"{FUNCTION}() returned dtype {arr.dtype}, not float32")
+    if arr.ndim != 3:
+        raise PreprocessCodeError(f"{FUNCTION}() returned shape {arr.shape}, not C x H x W")
+    if shape is not None and tuple(arr.shape) != tuple(shape):
+        raise PreprocessCodeError(f"{FUNCTION}() returned shape {arr.shape}; the validated shape is "
+                                  f"{tuple(shape)}")
+    if not np.isfinite(arr).all():
+        raise PreprocessCodeError(f"{FUNCTION}() returned NaN or infinite values")
+    return torch.from_numpy(np.ascontiguousarray(arr))
