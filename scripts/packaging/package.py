@@ -1,21 +1,28 @@
 """Package a checkpoint into a TorchServe model archive (.mar) with a provenance manifest.
 
-Steps: export + validate (export.py) -> stage the archive's files in build/NAME/ (the layout
-handler/layout.py names: the entry module, the `handler` package, preprocessing config, labels,
-model config) -> write provenance.json (SHA-256 of every file, versions, validation) ->
+Steps: model source (sources/) -> stage the preprocessing in build/NAME/ -> export +
+validate on real photos through those very files (export.py) -> stage the rest (the layout
+handler/layout.py names: the entry module, the `handler` package, labels, model config, the
+architecture file) -> provenance.json (SHA-256 of every file, versions, validation) ->
 torch-model-archiver -> make the archive byte-reproducible -> model_store/NAME.mar
 
 Example (the default model):
     python -m scripts.packaging.package
-Your own checkpoint:
+A torchvision architecture with your checkpoint:
     python -m scripts.packaging.package --arch resnet50 --checkpoint resnet50_cats.pth \\
         --model-name cats --labels cats_labels.json --preprocess cats_preprocess.json
+Your own class and preprocessing code (docs/bring-your-own-model.md):
+    python -m scripts.packaging.package --model-file my_net.py --model-class MyNet \\
+        --model-kwargs '{"width": 32}' --checkpoint state_dict.pth --labels labels.json \\
+        --preprocess-code my_pre.py --format onnx
+timm or Hugging Face: --arch timm:resnet18, --arch hf:path/to/save_pretrained_folder
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -24,11 +31,20 @@ import time
 from pathlib import Path
 
 from handler import layout
+from handler.preprocessing import PreprocessConfig
 from handler.settings import ConfigError, load_model_config, model_config_blocks
 from scripts import repo
-from scripts.packaging.export import ExportError, export_and_validate, resolve_checkpoint, resolve_num_classes
+from scripts.packaging.export import (
+    ExportError,
+    architecture_record,
+    export_and_validate,
+    resolve_checkpoint,
+    resolve_num_classes,
+    source_of,
+)
 from scripts.packaging.manifest import PROGRESS_MIN_BYTES, build_manifest, hash_file
 from scripts.packaging.reproducible import make_reproducible
+from scripts.packaging.sources import ModelSpec, Source, SourceError, parse_kwargs
 
 ARCHIVE_SUFFIX = {"default": ".mar", "tgz": ".tar.gz", "no-archive": ""}
 
@@ -46,9 +62,9 @@ def read_labels(path: Path) -> dict:
     return labels
 
 
-def load_labels(path: Path, num_classes: int) -> dict:
-    """Labels as {"0": "name", ...}; their count must equal the model's outputs."""
-    labels = read_labels(path)
+def load_labels(labels: dict, num_classes: int, path: Path | str) -> dict:
+    """Labels as {"0": "name", ...} (`path`: where they come from, for errors); their count
+    must equal the model's outputs."""
     if len(labels) != num_classes:
         raise ExportError(f"Labels file {path} has {len(labels)} entries but the model has "
                           f"{num_classes} outputs (from the checkpoint's head or --num-classes)")
@@ -58,34 +74,66 @@ def load_labels(path: Path, num_classes: int) -> dict:
     return labels
 
 
-def architecture_record(arch: str, num_classes: int, fmt: str) -> dict:
-    """What the serialized model is, for people and tools reading the archive (TorchScript/ONNX
-    need no model code, so without this the artifact would not say what it holds)."""
-    from importlib import metadata
-
-    if arch == repo.DEFAULT_MODEL:
-        source = {"source": "scripts/packaging/architectures/efficientnet_lite0.py",
-                  "class": "EfficientNetLite0"}
-    else:
-        source = {"source": "torchvision", "torchvision_version": metadata.version("torchvision"),
-                  "builder": f"torchvision.models.get_model({arch!r}, weights=None, "
-                             f"num_classes={num_classes})"}
-    return {"arch": arch, "num_classes": num_classes, "format": fmt,
-            "serialized_file": layout.SERIALIZED_FILE[fmt], **source}
-
-
-def stage_files(stage: Path, preprocess: Path, labels: dict, model_config: Path,
-                architecture: dict | None = None) -> None:
-    """Copy what the worker needs beside the serialized model: the entry module at the root,
-    the whole `handler` package as a package, the model's configs and labels."""
+def stage_files(stage: Path, labels: dict, model_config: Path, architecture: dict,
+                architecture_file: Path | None = None) -> None:
+    """Copy what the worker needs beside the serialized model and the preprocessing (staged
+    first, see stage_preprocessing): the entry module at the root, the whole `handler` package
+    as a package, the model config, labels, architecture.json and the architecture file."""
     shutil.copy2(repo.HANDLER_DIR / layout.ENTRY_MODULE, stage / layout.ENTRY_MODULE)
     shutil.copytree(repo.HANDLER_DIR, stage / layout.PACKAGE,
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc", layout.ENTRY_MODULE))
-    shutil.copy2(preprocess, stage / layout.PREPROCESS_CONFIG)
     (stage / layout.LABELS).write_text(json.dumps(labels, indent=1, sort_keys=True))
     shutil.copy2(model_config, stage / layout.MODEL_CONFIG)
-    if architecture:
-        (stage / layout.ARCHITECTURE).write_text(json.dumps(architecture, indent=2, sort_keys=True))
+    (stage / layout.ARCHITECTURE).write_text(json.dumps(architecture, indent=2, sort_keys=True))
+    if architecture_file is not None:
+        shutil.copy2(architecture_file, stage / layout.MODEL_FILE)
+
+
+def stage_preprocessing(stage: Path, source: Source, preprocess: Path | None, default: Path,
+                        code: Path | None) -> Path:
+    """preprocess.json (and the preprocessing module) in the stage, before export: validation
+    reads these very files, and the archive ships them. Its numbers: --preprocess, else the
+    model's own config (timm's pretrained config, a Hugging Face image processor's), else the
+    model name's config folder. Returns the staged preprocess.json."""
+    if preprocess is not None:
+        raw, where = _read_json(preprocess), str(preprocess)
+    elif (numbers := _source_numbers(source)) is not None:
+        raw = {"_comment": f"From {source.name}'s own preprocessing config", **numbers}
+        where = f"{source.name}'s preprocessing config"
+    else:
+        raw, where = _read_json(default), str(default)
+    try:  # errors name the file the user gave, not the staged copy
+        PreprocessConfig.from_dict({**raw, **({"code": layout.PREPROCESS_CODE} if code else {})}, where)
+    except ConfigError as exc:
+        raise ExportError(f"Invalid preprocessing config: {exc}") from exc
+    if code is not None:
+        if not Path(code).is_file():
+            raise ExportError(f"--preprocess-code {code} does not exist")
+        shutil.copy2(code, stage / layout.PREPROCESS_CODE)
+        raw["code"] = layout.PREPROCESS_CODE
+    out = stage / layout.PREPROCESS_CONFIG
+    out.write_text(json.dumps(raw, indent=2))
+    return out
+
+
+def _source_numbers(source: Source) -> dict | None:
+    try:
+        return source.preprocess_numbers()
+    except SourceError as exc:
+        raise ExportError(str(exc)) from exc
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"Cannot read {path}: {exc}") from exc
+
+
+def default_model_name(source: Source) -> str:
+    """A name TorchServe can serve at /predictions/NAME, from the source's."""
+    name = source.name.split(":")[-1] if source.architecture_file is None else source.name.split(".")[0]
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name.removeprefix("timm:"))
 
 
 def export_format(model_config: Path) -> str:
@@ -122,6 +170,8 @@ def run_archiver(stage: Path, model_name: str, version: str, artifact: str, expo
            "--extra-files", str(stage),
            "--config-file", str(stage / layout.MODEL_CONFIG),
            "--export-path", str(export_dir), "--archive-format", archive_format, "--force"]
+    if (stage / layout.MODEL_FILE).is_file():  # TorchServe's model file: MANIFEST.json names it
+        cmd += ["--model-file", str(stage / layout.MODEL_FILE)]
     out = export_dir / f"{model_name}{ARCHIVE_SUFFIX[archive_format]}"
     total = _size(stage)
     proc = subprocess.Popen(cmd)
@@ -155,43 +205,43 @@ def _archive_progress(out: Path, total: int, elapsed: float) -> None:
           flush=True)
 
 
-def package(arch: str = repo.DEFAULT_MODEL, checkpoint: str = "default",
+def package(arch: str | ModelSpec = repo.DEFAULT_MODEL, checkpoint: str = "default",
             model_name: str | None = None, version: str = "1.0", num_classes: int | None = None,
             preprocess: Path | None = None, labels: Path | None = None,
             model_config: Path | None = None, fmt: str | None = None,
             export_dir: Path = repo.MODEL_STORE, archive_format: str = "default", *,
-            fuse_pads: bool = True) -> Path:
-    """Export, validate, stage, write the manifest and archive; returns the .mar path.
+            preprocess_code: Path | None = None, fuse_pads: bool = True) -> Path:
+    """Export, validate, stage, write the manifest and archive; returns the .mar path. `arch`:
+    a name (sources.resolve) or a ModelSpec (an architecture file, class and kwargs).
     `fuse_pads=False` (the benchmark's unfused "before" archive, BENCHMARKS.md; not a model
     setting nor a command-line option) exports the ONNX graph as torch emits it."""
-    model_name = model_name or arch
+    source = source_of(arch)
+    model_name = model_name or default_model_name(source)
     config_dir = repo.CONFIG_DIR / model_name
     if not config_dir.is_dir():
         config_dir = repo.CONFIG_DIR / repo.DEFAULT_MODEL
-    preprocess = Path(preprocess or config_dir / layout.PREPROCESS_CONFIG)
     model_config = Path(model_config or config_dir / layout.MODEL_CONFIG)
-    labels_path = Path(labels or config_dir / layout.LABELS)
     config_format = export_format(model_config)  # checks every key of the model config first
     export_settings = model_config_blocks(load_model_config(model_config), model_config)["export"]
     fmt = fmt or config_format
     if fmt not in layout.SERIALIZED_FILE:
         raise ExportError(f"format {fmt!r} is not one of {sorted(layout.SERIALIZED_FILE)}")
     check_export_dir(Path(export_dir), model_name)
-    checkpoint_path = resolve_checkpoint(checkpoint, arch)
-    # The model's outputs: --num-classes, else the checkpoint's head, else (random init) the labels.
-    num_classes = resolve_num_classes(arch, checkpoint_path, num_classes,
-                                      fallback=len(read_labels(labels_path)))
-    label_map = load_labels(labels_path, num_classes)
+    checkpoint_path = resolve_checkpoint(checkpoint, source)
+    label_map = model_labels(source, labels, config_dir, checkpoint_path, num_classes)
 
     stage = repo.BUILD_DIR / model_name
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir(parents=True)
+    staged_preprocess = stage_preprocessing(stage, source, preprocess,
+                                            config_dir / layout.PREPROCESS_CONFIG, preprocess_code)
     artifact = layout.SERIALIZED_FILE[fmt]
-    validation = export_and_validate(arch, checkpoint_path, preprocess, stage / artifact, fmt,
-                                     num_classes, export_settings["int8_guard"], fuse_pads)
-    stage_files(stage, preprocess, label_map, model_config,
-                architecture_record(arch, num_classes, fmt))
-    manifest = build_manifest(stage, model_name=model_name, version=version, arch=arch,
+    validation = export_and_validate(source, checkpoint_path, staged_preprocess, stage / artifact, fmt,
+                                     len(label_map), export_settings["int8_guard"], fuse_pads,
+                                     preprocess_code)
+    stage_files(stage, label_map, model_config,
+                architecture_record(source, validation["num_classes"], fmt), source.architecture_file)
+    manifest = build_manifest(stage, model_name=model_name, version=version, arch=source.name,
                               fmt=fmt, checkpoint=checkpoint_path, validation=validation)
     (stage / layout.MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
     print(f"[package] archiving {model_name} v{version} ({archive_format})", flush=True)
@@ -204,19 +254,45 @@ def package(arch: str = repo.DEFAULT_MODEL, checkpoint: str = "default",
     return mar
 
 
+def model_labels(source: Source, labels: Path | None, config_dir: Path, checkpoint: Path | None,
+                 num_classes: int | None) -> dict:
+    """--labels, else the model's own (a Hugging Face config's id2label), else the config
+    folder's; their count is the model's number of outputs, checked against --num-classes or
+    the checkpoint's head now, and against the built model at export."""
+    own = source.labels() if labels is None else None
+    path = Path(labels or config_dir / layout.LABELS)
+    found = own if own is not None else read_labels(path)
+    where = f"{source.name}'s config" if own is not None else str(path)
+    # The model's outputs: --num-classes, else the checkpoint's head, else (random init) the labels.
+    wanted = resolve_num_classes(source, checkpoint, num_classes, fallback=len(found))
+    return load_labels(found, wanted or len(found), where)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default=repo.DEFAULT_MODEL,
-                        help="efficientnet_lite0 or a torchvision classifier name")
+                        help="efficientnet_lite0, a torchvision classifier name, timm:NAME or hf:DIR "
+                             "(a save_pretrained folder)")
+    parser.add_argument("--model-file", type=Path,
+                        help="your own architecture file (shipped in the archive as model.py)")
+    parser.add_argument("--model-class", help="the nn.Module class in --model-file (default: its only one)")
+    parser.add_argument("--model-kwargs", help="JSON object of the class's constructor arguments")
     parser.add_argument("--checkpoint", default="default",
-                        help="state-dict file, 'default' (packaged Lite0 weights) or 'none' (random)")
-    parser.add_argument("--model-name", help="name served at /predictions/NAME (default: --arch)")
+                        help="state-dict file, 'default' (the source's own weights: Lite0's packaged "
+                             "ones, a Hugging Face folder's; else random) or 'none' (random)")
+    parser.add_argument("--model-name", help="name served at /predictions/NAME (default: from --arch "
+                                             "or --model-file)")
     parser.add_argument("--version", default="1.0", help="model version")
     parser.add_argument("--num-classes", type=int,
                         help="outputs of the classifier (default: the checkpoint's head; random "
                              "init: the number of labels)")
-    parser.add_argument("--preprocess", type=Path, help="preprocess.json (default: config/NAME/)")
+    parser.add_argument("--preprocess", type=Path,
+                        help="preprocess.json (default: the model's own config for timm and Hugging "
+                             "Face, else config/NAME/)")
+    parser.add_argument("--preprocess-code", type=Path,
+                        help="a module defining preprocess(image: PIL.Image) -> numpy C x H x W "
+                             "float32, shipped in the archive and run at validation and serving")
     parser.add_argument("--labels", type=Path, help="index_to_name.json (default: config/NAME/)")
     parser.add_argument("--model-config", type=Path, help="model-config.yaml (default: config/NAME/)")
     parser.add_argument("--format", choices=sorted(layout.SERIALIZED_FILE),
@@ -229,9 +305,14 @@ def main(argv: list[str] | None = None) -> int:
                         default="default")
     args = parser.parse_args(argv)
     try:
-        package(args.arch, args.checkpoint, args.model_name, args.version, args.num_classes,
+        spec = ModelSpec(arch=None if args.model_file else args.arch, model_file=args.model_file,
+                         model_class=args.model_class, model_kwargs=parse_kwargs(args.model_kwargs))
+        package(spec, args.checkpoint, args.model_name, args.version, args.num_classes,
                 args.preprocess, args.labels, args.model_config, args.format, args.export_path,
-                args.archive_format)
+                args.archive_format, preprocess_code=args.preprocess_code)
+    except SourceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except ExportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

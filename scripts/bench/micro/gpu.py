@@ -100,9 +100,11 @@ def stage_model(arch: str, work: Path, device: str) -> Path:
     config = yaml.safe_load((repo.CONFIG_DIR / repo.DEFAULT_MODEL / layout.MODEL_CONFIG).read_text())
     config.update(minWorkers=1, maxWorkers=1)
     (work / layout.MODEL_CONFIG).write_text(yaml.safe_dump(config))
-    labels = package.load_labels(repo.CONFIG_DIR / repo.DEFAULT_MODEL / layout.LABELS, 1000)
-    package.stage_files(model_dir, pre, labels, work / layout.MODEL_CONFIG,
-                        package.architecture_record(arch, 1000, "torchscript"))
+    labels_path = repo.CONFIG_DIR / repo.DEFAULT_MODEL / layout.LABELS
+    labels = package.load_labels(package.read_labels(labels_path), 1000, labels_path)
+    shutil.copy2(pre, model_dir / layout.PREPROCESS_CONFIG)
+    package.stage_files(model_dir, labels, work / layout.MODEL_CONFIG,
+                        export.architecture_record(export.source_of(arch), 1000, "torchscript"))
     manifest = build_manifest(model_dir, arch, "1.0", arch, "torchscript", None,
                               {"format": "torchscript", "reduced_precision": reduced})
     (model_dir / layout.MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
