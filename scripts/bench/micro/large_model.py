@@ -1,5 +1,13 @@
 """Measure the large-model case (default ViT-L/16, about 1.2 GB of fp32 weights) on this machine.
 
+Any model source packages through it: a torchvision name (the default, TorchScript), or the
+mission's own scenario, a timm model with a preprocessing module of its own, in ONNX:
+
+    python -m scripts.bench.micro.large_model --arch timm:vit_large_patch16_224 --format onnx \\
+        --preprocess-code docs/examples/letterbox_preprocess.py --processes 0 --formats default
+
+which also checks that the served top-5 equal the eager model's with that module on the same bytes.
+
 1. Save a seeded random state dict (so the --checkpoint path is the one measured).
 2. scripts.packaging.package: export + validate + hash + archive (wall time, peak memory, .mar size).
 3. Pack the same staged files as each --archive-format (time, size).
@@ -33,7 +41,7 @@ from handler import layout
 from scripts import repo
 from scripts.bench import stats
 from scripts.ops import serve
-from scripts.packaging import package
+from scripts.packaging import export, package
 from scripts.packaging.sample_photos import write_photos
 
 FORMATS = ("default", "no-archive", "tgz")
@@ -53,14 +61,13 @@ def write_inputs(work: Path, arch: str, seed: int, threads: int) -> dict[str, Pa
     """A random checkpoint, the ViT preprocessing (224 crop is what ViT accepts) and a 1-worker
     model config (one worker with every core: a request is tens of GFLOP)."""
     import torch
-    import torchvision
     import yaml
 
     work.mkdir(parents=True, exist_ok=True)
-    ckpt = work / f"{arch}_random.pth"
+    ckpt = work / f"{arch.replace(':', '_')}_random.pth"
     if not ckpt.is_file():
         torch.manual_seed(seed)
-        model = torchvision.models.get_model(arch, weights=None, num_classes=1000)
+        model = export.build_model(arch, 1000)
         torch.save(model.state_dict(), ckpt)
         del model
     pre = work / "preprocess.json"
@@ -75,11 +82,15 @@ def write_inputs(work: Path, arch: str, seed: int, threads: int) -> dict[str, Pa
             "labels": labels}
 
 
-def run_package(arch: str, name: str, inputs: dict[str, Path], store: Path) -> dict:
-    """scripts.packaging.package as a user runs it; peak RSS of that child process tree."""
+def run_package(arch: str, name: str, inputs: dict[str, Path], store: Path, fmt: str = "torchscript",
+                preprocess_code: Path | None = None) -> dict:
+    """scripts.packaging.package as a user runs it; peak RSS of that child process tree. With
+    preprocessing code the numbers of preprocess.json are not used (the module computes the input)."""
+    pre = ["--preprocess-code", str(preprocess_code)] if preprocess_code else [
+        "--preprocess", str(inputs["preprocess"])]
     cmd = [sys.executable, "-m", "scripts.packaging.package", "--arch", arch,
-           "--format", "torchscript", "--checkpoint", str(inputs["checkpoint"]), "--model-name", name,
-           "--labels", str(inputs["labels"]), "--preprocess", str(inputs["preprocess"]),
+           "--format", fmt, "--checkpoint", str(inputs["checkpoint"]), "--model-name", name,
+           "--labels", str(inputs["labels"]), *pre,
            "--model-config", str(inputs["model_config"]), "--export-path", str(store)]
     t0 = time.perf_counter()
     steps = {}
@@ -97,7 +108,7 @@ def run_package(arch: str, name: str, inputs: dict[str, Path], store: Path) -> d
     manifest = json.loads((repo.BUILD_DIR / name / layout.MANIFEST).read_text())
     return {"command": " ".join(cmd[1:]), "package_seconds": round(wall, 1), "steps_s": steps,
             "packed": packed,
-            "model_pt_mb": round(manifest["files"]["model.pt"]["bytes"] / MB, 1),
+            "model_pt_mb": round(manifest["files"][layout.SERIALIZED_FILE[fmt]]["bytes"] / MB, 1),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e3, 0)}
 
 
@@ -107,12 +118,12 @@ def size_of(path: Path) -> int:
     return path.stat().st_size
 
 
-def pack(name: str, fmt: str, store: Path) -> dict:
+def pack(name: str, fmt: str, store: Path, artifact: str = "model.pt") -> dict:
     """Archive the staged build/NAME files in one format; returns time and size."""
     stage = repo.BUILD_DIR / name
     store.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    out = package.run_archiver(stage, name, "1.0", "model.pt", store, fmt)
+    out = package.run_archiver(stage, name, "1.0", artifact, store, fmt)
     return {"format": fmt, "path": str(out), "pack_seconds": round(time.perf_counter() - t0, 1),
             "size_mb": round(size_of(out) / MB, 1)}
 
@@ -153,6 +164,7 @@ def serve_once(name: str, archive: Path, image: bytes, workdir: Path, steady: in
             latencies.append(time.perf_counter() - t)
             if resp.status_code != 200:
                 raise RuntimeError(f"prediction failed: {resp.status_code} {resp.text[:200]}")
+        answer = resp.json()
         after = [memory(int(w["pid"])) for w in workers]
     finally:
         serve.stop(workdir, grace=20)
@@ -161,7 +173,41 @@ def serve_once(name: str, archive: Path, image: bytes, workdir: Path, steady: in
             **ready_at, "workers": len(workers), "worker_memory": mem,
             "worker_memory_after_requests": after, "first_request_s": round(latencies[0], 2),
             "steady_median_s": round(stats.median(latencies[1:]), 2) if steady else None,
-            "steady_max_s": round(max(latencies[1:]), 2) if steady else None}
+            "steady_max_s": round(max(latencies[1:]), 2) if steady else None,
+            "answer": answer}
+
+
+def eager_top5(arch: str, checkpoint: Path, image: bytes, preprocess_code: Path | None,
+               preprocess: Path) -> dict:
+    """The eager model's top-5 on the same bytes, preprocessed as a notebook would: the module
+    itself on the decoded RGB image, or the preprocess.json transform."""
+    import importlib.util
+
+    import torch
+    from PIL import Image
+
+    from handler.preprocessing import PreprocessConfig, preprocess_bytes
+
+    model = export.build_model(arch, 1000)
+    export.load_checkpoint(model, checkpoint)
+    if preprocess_code:
+        spec = importlib.util.spec_from_file_location("notebook_preprocess", preprocess_code)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        tensor = torch.from_numpy(module.preprocess(Image.open(io.BytesIO(image)).convert("RGB")))
+    else:
+        tensor = preprocess_bytes(image, PreprocessConfig.load(preprocess))
+    with torch.inference_mode():
+        probs = torch.softmax(model.eval()(tensor[None]), 1)[0]
+    top = probs.topk(5)
+    return {"indices": top.indices.tolist(), "probabilities": [round(p, 6) for p in top.values.tolist()]}
+
+
+def same_top5(answer: dict, eager: dict, tolerance: float = 2e-3) -> bool:
+    served = [p["index"] for p in answer["predictions"]]
+    probs = [p["probability"] for p in answer["predictions"]]
+    return served == eager["indices"] and max(
+        abs(a - b) for a, b in zip(probs, eager["probabilities"])) < tolerance
 
 
 def worker_timeline(workdir: Path, launched: datetime | None = None) -> dict:
@@ -242,20 +288,24 @@ def load_strategies(model_pt: Path, checkpoint: Path, arch: str, processes: int,
 
 
 def run(arch: str, work: Path, formats: list[str], steady: int, processes: int, threads: int,
-        timeout: float, seed: int = 0, malloc_variant: bool = True, reuse: bool = False) -> dict:
-    name = f"bench_{arch}"
+        timeout: float, seed: int = 0, malloc_variant: bool = True, reuse: bool = False,
+        fmt: str = "torchscript", preprocess_code: Path | None = None) -> dict:
+    name = f"bench_{arch}".replace(":", "_")
+    artifact = layout.SERIALIZED_FILE[fmt]
     inputs = write_inputs(work, arch, seed, threads)
-    report: dict = {"arch": arch, "checkpoint_mb": round(inputs["checkpoint"].stat().st_size / MB, 1),
+    report: dict = {"arch": arch, "format": fmt,
+                    "preprocess_code": str(preprocess_code) if preprocess_code else None,
+                    "checkpoint_mb": round(inputs["checkpoint"].stat().st_size / MB, 1),
                     "cores": psutil.cpu_count(), "memory_total_gib": round(
                         psutil.virtual_memory().total / 2**30, 1)}
     mar = work / "store-default" / f"{name}.mar"
-    if reuse and mar.is_file() and (repo.BUILD_DIR / name / "model.pt").is_file():
+    if reuse and mar.is_file() and (repo.BUILD_DIR / name / artifact).is_file():
         report["package"] = {"reused": str(mar), "packed": {
             "format": "default", "path": str(mar), "size_mb": round(mar.stat().st_size / MB, 1),
             "pack_seconds": None}}
     else:
         print(f"[bench] packaging {arch}", flush=True)
-        report["package"] = run_package(arch, name, inputs, work / "store-default")
+        report["package"] = run_package(arch, name, inputs, work / "store-default", fmt, preprocess_code)
     image = sorted(write_photos(work / "photos", ("jpg",)))[0].read_bytes()
     report["formats"] = {}
     runs = [(fmt, fmt, {}) for fmt in formats]
@@ -264,7 +314,7 @@ def run(arch: str, work: Path, formats: list[str], steady: int, processes: int, 
     packs = {"default": report["package"]["packed"]}
     for label, fmt, env in runs:
         if fmt not in packs:
-            packs[fmt] = pack(name, fmt, work / f"store-{fmt}")
+            packs[fmt] = pack(name, fmt, work / f"store-{fmt}", artifact)
         packed = packs[fmt]
         print(f"[bench] {label}: packed {packed['size_mb']} MB in {packed['pack_seconds']} s; serving",
               flush=True)
@@ -272,7 +322,11 @@ def run(arch: str, work: Path, formats: list[str], steady: int, processes: int, 
                             timeout, env)
         report["formats"][label] = {**packed, **served}
         print(f"[bench] {label}: {json.dumps(report['formats'][label])}", flush=True)
-    if processes:
+    eager = eager_top5(arch, inputs["checkpoint"], image, preprocess_code, inputs["preprocess"])
+    report["eager_top5"] = eager
+    report["served_top5_equal_eager"] = all(same_top5(r["answer"], eager) for r in report["formats"].values())
+    print(f"[bench] served top-5 equal the eager model's: {report['served_top5_equal_eager']}", flush=True)
+    if processes and fmt == "torchscript":  # the strategies load TorchScript
         report["load_strategies"] = load_strategies(repo.BUILD_DIR / name / "model.pt",
                                                     inputs["checkpoint"], arch, processes, timeout)
     return report
@@ -306,7 +360,10 @@ def to_markdown(report: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", default="vit_l_16", help="torchvision classifier to measure")
+    parser.add_argument("--arch", default="vit_l_16",
+                        help="model source to measure: a torchvision name, timm:NAME, ...")
+    parser.add_argument("--format", default="torchscript", help="the archive's serialized format")
+    parser.add_argument("--preprocess-code", type=Path, help="a preprocessing module of the model's own")
     parser.add_argument("--work", type=Path, default=repo.BUILD_DIR / "bench_large_model",
                         help="checkpoint, archives and server dirs (several GB)")
     parser.add_argument("--formats", default=",".join(FORMATS), help="archive formats to serve")
@@ -328,7 +385,8 @@ def main(argv: list[str] | None = None) -> int:
         probe_load(args.probe_load, args.model_pt, args.checkpoint, args.arch)
         return 0
     report = run(args.arch, args.work, args.formats.split(","), args.steady, args.processes,
-                 args.threads, args.timeout, malloc_variant=not args.no_malloc_variant, reuse=args.reuse)
+                 args.threads, args.timeout, malloc_variant=not args.no_malloc_variant, reuse=args.reuse,
+                 fmt=args.format, preprocess_code=args.preprocess_code)
     text = json.dumps(report, indent=2)
     print(text)
     print(to_markdown(report))
