@@ -1,5 +1,6 @@
 """Bad inputs to packaging your own model: each is one clear line naming the file and the
-problem, exit status 2, no traceback, and nothing archived."""
+problem, exit status 2, no traceback, and nothing archived. The cases run the CLI's `main` in
+this process; one runs the command itself."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 from scripts import repo
+from scripts.packaging import package
 
 NAME = "own_model_errors_test"
 NET = '''
@@ -60,17 +62,18 @@ def files(tmp_path_factory):
     shutil.rmtree(repo.BUILD_DIR / NAME, ignore_errors=True)
 
 
-def package_cli(files, *args: str) -> str:
-    """Run the CLI; returns its one error line after checking the exit status and the store."""
+def package_cli(files, capsys, *args: str) -> str:
+    """Run the CLI's main in this process (torch is imported once for all cases); returns its one
+    error line after checking the exit status, the traceback and the store."""
     store = files / "store"
-    proc = subprocess.run([sys.executable, "-m", "scripts.packaging.package", "--model-name", NAME,
-                           "--labels", str(files / "labels.json"), "--export-path", str(store), *args],
-                          capture_output=True, text=True, timeout=300, cwd=repo.ROOT)
-    assert proc.returncode == 2, proc.stdout[-1500:] + proc.stderr[-1500:]
-    assert "Traceback" not in proc.stderr, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert lines and lines[-1].startswith("error: "), proc.stderr
-    assert not list(store.glob("*.mar")) if store.exists() else True
+    code = package.main(["--model-name", NAME, "--labels", str(files / "labels.json"),
+                         "--export-path", str(store), *args])
+    err = capsys.readouterr().err
+    assert code == 2, err[-1500:]
+    assert "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert lines and lines[-1].startswith("error: "), err
+    assert not store.exists() or not list(store.glob("*.mar"))
     return lines[-1]
 
 
@@ -103,7 +106,17 @@ def own(files, net: str = "net.py", pre: str | None = "pre_ok.py", *args: str) -
 ], ids=["import-fails", "no-file", "no-class", "bad-kwargs", "kwargs-not-object", "checkpoint-mismatch",
         "pre-raises", "pre-shape", "pre-dtype", "pre-varying-shape", "pre-slow", "pre-missing",
         "timm-unknown", "hf-not-a-folder", "eager-without-file"])
-def test_bad_packaging_is_one_clear_line(files, args, fragments):
-    message = package_cli(files, *args(files))
+def test_bad_packaging_is_one_clear_line(files, capsys, args, fragments):
+    message = package_cli(files, capsys, *args(files))
     for fragment in fragments:
         assert fragment in message, message
+
+
+def test_the_command_line_exits_2_with_the_same_line(files):
+    proc = subprocess.run([sys.executable, "-m", "scripts.packaging.package", "--model-name", NAME,
+                           "--labels", str(files / "labels.json"), "--export-path", str(files / "store"),
+                           *own(files, "broken_net.py")],
+                          capture_output=True, text=True, timeout=300, cwd=repo.ROOT)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "broken_net.py failed to import: RuntimeError: oops" in proc.stderr
