@@ -12,13 +12,14 @@ every request.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+from handler.code_files import CodeFileError, import_file
 
 FUNCTION = "preprocess"
 Transform = Callable[[Image.Image], np.ndarray]
@@ -33,16 +34,10 @@ def load(path: str | Path) -> Transform:
     so two archives' modules never share an entry in sys.modules."""
     path = Path(path)
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise PreprocessCodeError(f"{path}: cannot read it ({exc})") from exc
-    name = f"preprocess_code_{hashlib.sha256(data).hexdigest()[:12]}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:
-        raise PreprocessCodeError(f"{path} failed to import: {type(exc).__name__}: {exc}") from exc
+        name = f"preprocess_code_{hashlib.sha256(path.read_bytes()).hexdigest()[:12]}"
+        module = import_file(path, name)
+    except (OSError, CodeFileError) as exc:
+        raise PreprocessCodeError(str(exc)) from exc
     function = getattr(module, FUNCTION, None)
     if not callable(function):
         raise PreprocessCodeError(f"{path} defines no function {FUNCTION}(image) -> numpy.ndarray")

@@ -11,7 +11,6 @@ leave as FP32 CPU tensors whatever the placement, so the rest of the handler nev
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import warnings
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 
 from handler import layout
+from handler.code_files import import_file
 from handler.device import ON_CPU, Placement
 
 BACKENDS = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".pt2": "torch-export",
@@ -83,9 +83,7 @@ def eager_model(weights: Path, compile_model: bool = False) -> torch.nn.Module:
     loaded with weights_only=True (no code runs from the weights file)."""
     model_dir = weights.parent
     record = json.loads((model_dir / layout.ARCHITECTURE).read_text())
-    spec = importlib.util.spec_from_file_location("archived_model_file", model_dir / layout.MODEL_FILE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = import_file(model_dir / layout.MODEL_FILE, "archived_model_file")
     model = getattr(module, record["class"])(**record.get("kwargs", {}))
     model.load_state_dict(torch.load(str(weights), map_location="cpu", weights_only=True), strict=True)
     model.eval()

@@ -4,13 +4,12 @@ archive as TorchServe's model file does; the eager format rebuilds the model fro
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
-import sys
 from pathlib import Path
 
 from torch import nn
 
+from handler.code_files import CodeFileError, import_file
 from scripts.packaging.sources import ModelSpec, SourceError
 
 USAGE = "--model-file FILE.py --model-class NAME [--model-kwargs JSON] (your own nn.Module)"
@@ -22,20 +21,6 @@ def matches(spec: ModelSpec) -> bool:
 
 def make(spec: ModelSpec) -> ModelFileSource:
     return ModelFileSource(Path(spec.model_file), spec.model_class, spec.model_kwargs)
-
-
-def import_file(path: Path, module_name: str):
-    """Import a Python file by path, as its own module; a failure names the file and the error."""
-    if not path.is_file():
-        raise SourceError(f"{path} does not exist")
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:
-        raise SourceError(f"{path} failed to import: {type(exc).__name__}: {exc}") from exc
-    sys.modules[module_name] = module  # torch.export and pickling find classes by module
-    return module
 
 
 def model_class(module, path: Path, name: str | None) -> type[nn.Module]:
@@ -57,7 +42,11 @@ class ModelFileSource:
 
     def __init__(self, path: Path, class_name: str | None, kwargs: dict) -> None:
         self.architecture_file = path
-        self.cls = model_class(import_file(path, f"user_model_{path.stem}"), path, class_name)
+        try:  # registered: torch.export and pickling find classes by module
+            module = import_file(path, f"user_model_{path.stem}", register=True)
+        except CodeFileError as exc:
+            raise SourceError(str(exc)) from exc
+        self.cls = model_class(module, path, class_name)
         self.kwargs = dict(kwargs)
         self.name = f"{path.name}:{self.cls.__name__}"
 
