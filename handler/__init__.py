@@ -3,8 +3,9 @@
 One request's way through it, one module per step:
 
     payload.py        request row (raw body, multipart field, JSON base64) -> image bytes
-    preprocessing.py  image bytes -> checked, decoded, resized, normalized CHW tensor
-    runner.py         batch tensor -> logits (ONNX Runtime or TorchScript)
+    preprocessing.py  image bytes -> checked, decoded, resized, normalized CHW tensor (or the
+                      model's own code on the RGB image: preprocess_code.py)
+    runner.py         batch tensor -> logits (ONNX Runtime, TorchScript, torch.export, eager)
     responses.py      logits -> top-k JSON; each request's Answer (body and status)
     envelopes.py      answers -> what the call's protocol sends (TorchServe's own API, KServe v2)
 
@@ -14,7 +15,8 @@ One request's way through it, one module per step:
 Beside them: errors.py (an error class per outcome: client errors, server faults), settings.py
 (strict config keys, handler defaults and their environment overrides), layout.py (the archive's
 file names), provenance.py (integrity check at load), metrics.py (handler metrics, stage timing),
-batch.py (a batch's state), device.py (GPU or CPU, and precision).
+batch.py (a batch's state), device.py (GPU or CPU, and precision), code_files.py (importing a
+model's own file: its architecture file, its preprocessing module).
 
 This package imports torch, numpy, Pillow, onnxruntime and TorchServe's `ts`, never `scripts`.
 """
