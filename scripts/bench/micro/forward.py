@@ -2,12 +2,14 @@
 
 Exports the default model twice from the same weights (the ONNX graph as torch emits it, the
 "before", built here with `export(..., fusable=False)`: no model setting asks for it; the fused
-one the build ships), adds the INT8 graph and OpenVINO when asked, then times each runner on the
+one the build ships), adds the INT8 graph, OpenVINO and the torch formats (eager, torch.export,
+AOTInductor compiled from the same program) when asked, then times each runner on the
 same real photo in interleaved rounds (so a busy neighbour hurts every variant alike) and prints
 the median and p90 per variant (scripts/bench/stats.py) and the ratio to the "before" graph.
 
 Example:
     python -m scripts.bench.micro.forward --runs 300 --rounds 5 --int8 --openvino --json out.json
+    python -m scripts.bench.micro.forward --runs 100 --rounds 3 --torch   # eager, .pt2, AOTInductor
 Exit status 0 on success, 2 when a variant cannot be built.
 """
 
@@ -72,6 +74,32 @@ def build_graphs(out_dir: Path, int8: bool = False) -> dict[str, Path]:
     return graphs
 
 
+def torch_runners(out_dir: Path) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+    """The eager model, its torch.export program (handler/runner.py's torch-export backend) and
+    that program compiled ahead of time by AOTInductor (a C++ compiler at packaging)."""
+    import torch
+
+    from scripts import repo
+    from scripts.packaging import export as ex
+
+    model = ex.build_model(repo.DEFAULT_MODEL, 1000)
+    ex.load_checkpoint(model, ex.default_checkpoint())
+    model.eval()
+    program = ex.export(model, out_dir / "model.pt2", "torch-export", 224)
+    exported = torch.export.load(str(program)).module()
+    print("[forward] AOTInductor: compiling the program (about a minute)", flush=True)
+    aoti = torch._inductor.aoti_load_package(torch._inductor.aoti_compile_and_package(
+        torch.export.load(str(program)), package_path=str(out_dir / "model_aoti.pt2")))
+
+    def run(fn):
+        def call(x: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return fn(torch.from_numpy(x)).numpy()
+        return call
+
+    return {"torch-eager": run(model), "torch-export": run(exported), "torch-aoti": run(aoti)}
+
+
 def time_forward(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, runs: int) -> list[float]:
     """`runs` timed calls (ms) after a warm-up of 20."""
     for _ in range(20):
@@ -117,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--int8", action="store_true", help="add the INT8 (QDQ) graph")
     parser.add_argument("--openvino", action="store_true",
                         help="add OpenVINO on the same graphs (needs the openvino package)")
+    parser.add_argument("--torch", action="store_true",
+                        help="add the eager model, its torch.export program and AOTInductor")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
     import torch
@@ -133,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
             for name, path in graphs.items():
                 if name != BEFORE:
                     runners[name.replace("onnx-", "openvino-")] = openvino_runner(path, args.threads)
+        if args.torch:
+            runners.update(torch_runners(Path(tmp)))
         results = compare(runners, sample_input(), args.runs, args.rounds)
     print(f"\nforward pass, batch 1, {args.threads} thread(s), median of {args.runs * args.rounds} calls")
     for name, r in results.items():
