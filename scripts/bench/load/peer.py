@@ -36,7 +36,8 @@ def create_app(model_dir: Path):
     from handler.preprocessing import PreprocessConfig, preprocess_bytes
     from handler.runner import load_runner
 
-    runner = load_runner(next(model_dir.glob("model.*")), threads=1)
+    serialized = json.loads((model_dir / layout.ARCHIVER_MANIFEST).read_text())["model"]["serializedFile"]
+    runner = load_runner(model_dir / serialized, threads=1)
     cfg = PreprocessConfig.load(model_dir / layout.PREPROCESS_CONFIG)
     labels = json.loads((model_dir / layout.LABELS).read_text())
     provenance = json.loads((model_dir / layout.MANIFEST).read_text())["model"]
