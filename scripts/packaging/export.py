@@ -59,8 +59,11 @@ def default_checkpoint() -> Path:
     return sources.resolve(ModelSpec(arch=repo.DEFAULT_MODEL)).default_checkpoint()
 
 
-def source_of(arch: str | ModelSpec) -> Source:
-    """The model source of an --arch name or a full spec (model file, class, kwargs)."""
+def source_of(arch: str | ModelSpec | Source) -> Source:
+    """The model source of an --arch name or a full spec (model file, class, kwargs); a Source
+    is returned as it is."""
+    if not isinstance(arch, str | ModelSpec):
+        return arch
     spec = arch if isinstance(arch, ModelSpec) else ModelSpec(arch=arch)
     try:
         return sources.resolve(spec)
@@ -120,7 +123,7 @@ def head_keys(arch: str | ModelSpec | Source) -> list[str]:
     """State-dict keys of the classifier head(s), found by building the model with PROBE_CLASSES
     outputs (on the meta device: no memory, when the architecture allows it). None for a source
     whose architecture fixes its outputs."""
-    source = arch if hasattr(arch, "sets_num_classes") else source_of(arch)
+    source = source_of(arch)
     if not source.sets_num_classes:
         return []
     try:
@@ -247,9 +250,11 @@ def validation_batch(cfg: PreprocessConfig) -> tuple[list[str], torch.Tensor]:
     return list(images), torch.stack([preprocess_bytes(data, cfg) for data in images.values()])
 
 
-def validate(model: nn.Module, artifact: Path, cfg: PreprocessConfig, fmt: str) -> dict:
-    """Compare the artifact's logits with the eager model's on real photos."""
-    names, batch = validation_batch(cfg)
+def validate(model: nn.Module, artifact: Path, cfg: PreprocessConfig, fmt: str,
+             photos: tuple[list[str], torch.Tensor] | None = None) -> dict:
+    """Compare the artifact's logits with the eager model's on real photos (`photos`: the
+    validation batch when the caller has it already)."""
+    names, batch = photos or validation_batch(cfg)
     with torch.inference_mode():
         eager = model.eval()(batch)
     exported = load_runner(artifact, threads=torch.get_num_threads())(batch)
@@ -282,7 +287,7 @@ def resolve_num_classes(arch: str | ModelSpec | Source, checkpoint: Path | None,
         if num_classes < 1:
             raise ExportError(f"--num-classes must be positive, got {num_classes}")
         return num_classes
-    source = arch if hasattr(arch, "sets_num_classes") else source_of(arch)
+    source = source_of(arch)
     if not source.sets_num_classes:
         return None
     found = checkpoint_num_classes(source, checkpoint) if checkpoint is not None else None
@@ -371,7 +376,7 @@ def export_and_validate(arch: str | ModelSpec | Source, checkpoint: Path | None,
     thresholds of the INT8 accuracy guard (fmt onnx-int8), else quantize.GUARD_DEFAULTS.
     `fuse_pads=False` writes the ONNX graph as torch emits it: the benchmark's unfused "before"
     archive (BENCHMARKS.md), a parameter for it alone, never a model-config setting."""
-    source = arch if hasattr(arch, "sets_num_classes") else source_of(arch)
+    source = source_of(arch)
     cfg = load_preprocess(preprocess)
     code_report = check_preprocessing(cfg, preprocess, preprocess_code)
     wanted = resolve_num_classes(source, checkpoint, num_classes)
@@ -382,7 +387,8 @@ def export_and_validate(arch: str | ModelSpec | Source, checkpoint: Path | None,
         with step(f"loading checkpoint {checkpoint}"):
             load_checkpoint(model, checkpoint)
     model.eval()
-    batch = validation_batch(cfg)[1]
+    photos = validation_batch(cfg)
+    batch = photos[1]
     num_classes = eager_width(model, batch, source, preprocess)
     if wanted is not None and num_classes != wanted:
         raise ExportError(f"{source.name} has {num_classes} outputs, not {wanted} (from --num-classes, "
@@ -395,7 +401,7 @@ def export_and_validate(arch: str | ModelSpec | Source, checkpoint: Path | None,
             export(model, out, fmt, tuple(batch.shape[1:]), fusable=fuse_pads, source=source,
                    num_classes=num_classes)
             with step("validating against the eager model on real photos"):
-                report = validate(model, out, cfg, fmt)
+                report = validate(model, out, cfg, fmt, photos)
     except ExportError:
         raise
     except Exception as exc:
@@ -405,7 +411,7 @@ def export_and_validate(arch: str | ModelSpec | Source, checkpoint: Path | None,
         report["preprocess_code"] = code_report
     if fmt == "torchscript":  # what lets a GPU worker run it in reduced precision (handler/device.py)
         with step("checking reduced precision against FP32 on real photos"):
-            reduced = precision.select(model, validation_batch(cfg)[1])
+            reduced = precision.select(model, batch)
         report["reduced_precision"] = reduced
         tried = ", ".join(f"{dtype} max |prob diff| {r['max_abs_prob_diff']:.4f}"
                           for dtype, r in reduced["candidates"].items())
@@ -459,7 +465,7 @@ def resolve_checkpoint(value: str | None, arch: str | ModelSpec | Source) -> Pat
     if value in (None, "none"):
         return None
     if value == "default":
-        source = arch if hasattr(arch, "sets_num_classes") else source_of(arch)
+        source = source_of(arch)
         found = source.default_checkpoint()
         if found is None and source.sets_num_classes:
             raise ExportError(f"No default checkpoint for {source.name}: pass --checkpoint FILE or 'none'")
