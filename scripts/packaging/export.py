@@ -295,13 +295,17 @@ def resolve_num_classes(arch: str | ModelSpec | Source, checkpoint: Path | None,
 
 
 def export_int8(model: nn.Module, out: Path, cfg: PreprocessConfig, guard: dict | None,
-                input_shape: tuple[int, ...]) -> dict:
+                input_shape: tuple[int, ...], photo_dirs: tuple[Path, Path] | None = None) -> dict:
     """FP32 fused ONNX (validated against the eager model) -> INT8 QDQ at `out` -> accuracy
-    guard; the report holds both. Raises ExportError when either fails: no archive then."""
+    guard; the report holds both. Raises ExportError when either fails: no archive then.
+    `photo_dirs`: (calibration, evaluation) folders of photos, else the small built-in sets."""
     from scripts.packaging import quantize
 
     try:
         settings = quantize.guard_settings(guard)
+        folders = [quantize.photo_folder(d) for d in photo_dirs] if photo_dirs else None
+        if folders:
+            quantize.check_disjoint(*folders)
     except quantize.GuardError as exc:
         raise ExportError(str(exc)) from exc
     with tempfile.TemporaryDirectory() as tmp:  # the FP32 graph must not land in the archive
@@ -310,19 +314,25 @@ def export_int8(model: nn.Module, out: Path, cfg: PreprocessConfig, guard: dict 
             report = validate(model, fp32, cfg, "onnx")
         if not report["passed"]:
             raise ExportError(f"Exported FP32 graph disagrees with the eager model: {report}")
-        with step(f"calibrating on {settings['calibration_views_per_photo']} views per photo"):
-            calibration = quantize.calibration_batch(cfg, settings["calibration_views_per_photo"])
+        with step(f"calibrating on {len(folders[0].photos)} photos of {folders[0].folder}" if folders
+                  else f"calibrating on {settings['calibration_views_per_photo']} views per photo"):
+            calibration = (quantize.folder_batch(folders[0], cfg) if folders
+                           else quantize.calibration_batch(cfg, settings["calibration_views_per_photo"]))
         with step("quantizing to INT8 (QDQ, per-channel int8 weights, uint8 activations)"):
             out.parent.mkdir(parents=True, exist_ok=True)
             quantize.quantize(fp32, out, calibration)
         with step("INT8 accuracy guard on photos disjoint from the calibration set"):
-            figures = quantize.evaluate(fp32, out, cfg, settings)
+            try:
+                figures = (quantize.evaluate_folders(fp32, out, cfg, *folders) if folders
+                           else quantize.evaluate(fp32, out, cfg, settings))
+            except quantize.GuardError as exc:
+                raise ExportError(str(exc)) from exc
     labelled = figures["labelled"]
     print(f"[export] INT8 guard: top-1 agreement {figures['top1_agreement']:.4f} (min "
           f"{settings['min_top1_agreement']}), top-5 overlap {figures['top5_overlap']:.4f} (min "
           f"{settings['min_top5_overlap']}) on {figures['eval_images']} images of "
-          f"{figures['eval_source_photos']} photos; labelled top-1 FP32 {labelled['fp32_top1']} "
-          f"INT8 {labelled['int8_top1']} (n={labelled['n']})", flush=True)
+          f"{figures['eval_source_photos']} photos; labelled top-1 FP32 {labelled.get('fp32_top1')} "
+          f"INT8 {labelled.get('int8_top1')} (n={labelled['n']})", flush=True)
     try:
         report["int8_guard"] = quantize.judge(figures, settings)
     except quantize.GuardError as exc:
@@ -370,7 +380,8 @@ def eager_width(model: nn.Module, batch: torch.Tensor, source: Source, preproces
 def export_and_validate(arch: str | ModelSpec | Source, checkpoint: Path | None, preprocess: Path,
                         out: Path, fmt: str = "torchscript", num_classes: int | None = None,
                         int8_guard: dict | None = None, fuse_pads: bool = True,
-                        preprocess_code: Path | None = None) -> dict:
+                        preprocess_code: Path | None = None,
+                        int8_photos: tuple[Path, Path] | None = None) -> dict:
     """The whole export step; raises ExportError when validation fails. `preprocess_code`: the
     user's file the config's "code" module was copied from, named in errors. `int8_guard`: the
     thresholds of the INT8 accuracy guard (fmt onnx-int8), else quantize.GUARD_DEFAULTS.
@@ -396,7 +407,7 @@ def export_and_validate(arch: str | ModelSpec | Source, checkpoint: Path | None,
     print(f"[export] exporting {fmt} -> {out}", flush=True)
     try:
         if fmt == "onnx-int8":
-            report = export_int8(model, out, cfg, int8_guard, tuple(batch.shape[1:]))
+            report = export_int8(model, out, cfg, int8_guard, tuple(batch.shape[1:]), int8_photos)
         else:
             export(model, out, fmt, tuple(batch.shape[1:]), fusable=fuse_pads, source=source,
                    num_classes=num_classes)

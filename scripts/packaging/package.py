@@ -210,11 +210,13 @@ def package(arch: str | ModelSpec = repo.DEFAULT_MODEL, checkpoint: str = "defau
             preprocess: Path | None = None, labels: Path | None = None,
             model_config: Path | None = None, fmt: str | None = None,
             export_dir: Path = repo.MODEL_STORE, archive_format: str = "default", *,
-            preprocess_code: Path | None = None, fuse_pads: bool = True) -> Path:
+            preprocess_code: Path | None = None, calibration_dir: Path | None = None,
+            eval_dir: Path | None = None, fuse_pads: bool = True) -> Path:
     """Export, validate, stage, write the manifest and archive; returns the .mar path. `arch`:
     a name (sources.resolve) or a ModelSpec (an architecture file, class and kwargs).
     `fuse_pads=False` (the benchmark's unfused "before" archive, BENCHMARKS.md; not a model
-    setting nor a command-line option) exports the ONNX graph as torch emits it."""
+    setting nor a command-line option) exports the ONNX graph as torch emits it.
+    `calibration_dir`, `eval_dir`: the INT8 export's photo folders (both, or neither)."""
     source = source_of(arch)
     model_name = model_name or default_model_name(source)
     config_dir = repo.CONFIG_DIR / model_name
@@ -227,6 +229,7 @@ def package(arch: str | ModelSpec = repo.DEFAULT_MODEL, checkpoint: str = "defau
     if fmt not in layout.SERIALIZED_FILE:
         raise ExportError(f"format {fmt!r} is not one of {sorted(layout.SERIALIZED_FILE)}")
     check_export_dir(Path(export_dir), model_name)
+    int8_photos = int8_photo_dirs(fmt, calibration_dir, eval_dir)
     checkpoint_path = resolve_checkpoint(checkpoint, source)
     label_map = model_labels(source, labels, config_dir, checkpoint_path, num_classes)
 
@@ -238,7 +241,7 @@ def package(arch: str | ModelSpec = repo.DEFAULT_MODEL, checkpoint: str = "defau
     artifact = layout.SERIALIZED_FILE[fmt]
     validation = export_and_validate(source, checkpoint_path, staged_preprocess, stage / artifact, fmt,
                                      len(label_map), export_settings["int8_guard"], fuse_pads,
-                                     preprocess_code)
+                                     preprocess_code, int8_photos)
     stage_files(stage, label_map, model_config,
                 architecture_record(source, validation["num_classes"], fmt), source.architecture_file)
     manifest = build_manifest(stage, model_name=model_name, version=version, arch=source.name,
@@ -252,6 +255,21 @@ def package(arch: str | ModelSpec = repo.DEFAULT_MODEL, checkpoint: str = "defau
     print(f"[package] wrote {mar} ({size / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f} s; "
           f"sha256 {hash_file(mar)[:16] if mar.is_file() else '-'}", flush=True)
     return mar
+
+
+def int8_photo_dirs(fmt: str, calibration_dir: Path | None, eval_dir: Path | None
+                    ) -> tuple[Path, Path] | None:
+    if calibration_dir is None and eval_dir is None:
+        return None
+    if fmt != "onnx-int8":
+        raise ExportError("--calibration-dir and --eval-dir go with --format onnx-int8")
+    if calibration_dir is None or eval_dir is None:
+        raise ExportError("--calibration-dir and --eval-dir go together: calibrate on one set, "
+                          "judge on the other")
+    if Path(calibration_dir).resolve() == Path(eval_dir).resolve():
+        raise ExportError(f"--calibration-dir and --eval-dir are both {calibration_dir}: they must "
+                          "be disjoint")
+    return Path(calibration_dir), Path(eval_dir)
 
 
 def model_labels(source: Source, labels: Path | None, config_dir: Path, checkpoint: Path | None,
@@ -300,6 +318,12 @@ def main(argv: list[str] | None = None) -> int:
                              "torchscript; the default model ships onnx, see BENCHMARKS.md); "
                              "onnx-int8 quantizes and refuses to package unless the accuracy guard "
                              "(export: int8_guard: in the model config) passes")
+    parser.add_argument("--calibration-dir", type=Path,
+                        help="onnx-int8: a folder of photos to calibrate on (default: the small "
+                             "built-in set)")
+    parser.add_argument("--eval-dir", type=Path,
+                        help="onnx-int8: a folder of other photos (and their LABELS.tsv: file, class "
+                             "index) the accuracy guard judges on, each photo once")
     parser.add_argument("--export-path", type=Path, default=repo.MODEL_STORE)
     parser.add_argument("--archive-format", choices=["default", "tgz", "no-archive"],
                         default="default")
@@ -309,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
                          model_class=args.model_class, model_kwargs=parse_kwargs(args.model_kwargs))
         package(spec, args.checkpoint, args.model_name, args.version, args.num_classes,
                 args.preprocess, args.labels, args.model_config, args.format, args.export_path,
-                args.archive_format, preprocess_code=args.preprocess_code)
+                args.archive_format, preprocess_code=args.preprocess_code,
+                calibration_dir=args.calibration_dir, eval_dir=args.eval_dir)
     except SourceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
