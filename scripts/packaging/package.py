@@ -131,9 +131,10 @@ def _read_json(path: Path) -> dict:
 
 
 def default_model_name(source: Source) -> str:
-    """A name TorchServe can serve at /predictions/NAME, from the source's."""
+    """A name TorchServe can serve at /predictions/NAME, from the source's: timm:NAME and hf:DIR
+    give NAME and DIR, an architecture file my_net.py:MyNet gives my_net."""
     name = source.name.split(":")[-1] if source.architecture_file is None else source.name.split(".")[0]
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", name.removeprefix("timm:"))
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
 
 
 def export_format(model_config: Path) -> str:
