@@ -22,6 +22,17 @@ import requests
 from scripts import repo
 from scripts.ops.client import TorchServeClient
 
+# TorchServe 0.12's frontend sometimes answers a scale-down with 500 ConcurrentModificationException:
+# WorkLoadManager.modelChanged shuts a worker down while its batch is being answered, and
+# BatchAggregator.sendError iterates that batch's jobs as they change (seen in ts_log.log, one
+# CI run in a few). The scaling stopped half-way; resending the same request completes it.
+RACE_RETRIES = 3
+RACE_RETRY_WAIT_S = 0.5
+
+
+def frontend_race(resp: requests.Response) -> bool:
+    return resp.status_code == 500 and "ConcurrentModificationException" in resp.text
+
 
 def worker_memory_mb(worker: dict) -> float | None:
     """Resident memory of a worker: TorchServe's own figure, else the process's RSS when local."""
@@ -62,6 +73,12 @@ def scale(client: TorchServeClient, model: str, min_workers: int, max_workers: i
     if not 0 <= min_workers <= max_workers:
         raise ValueError("need 0 <= --min <= --max")
     resp = client.scale(model, min_workers, max_workers, timeout=timeout)
+    for _ in range(RACE_RETRIES):
+        if not frontend_race(resp):
+            break
+        # Setting min/max is idempotent: the same request again finishes what the race cut short.
+        time.sleep(RACE_RETRY_WAIT_S)
+        resp = client.scale(model, min_workers, max_workers, timeout=timeout)
     if resp.status_code != 200:
         raise RuntimeError(f"scale refused: HTTP {resp.status_code} {resp.text.strip()}")
     # synchronous=true answers when the new workers are started; wait for READY and for the
