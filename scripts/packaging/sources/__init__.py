@@ -12,7 +12,6 @@ import json
 import pkgutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 from torch import nn
 
@@ -31,27 +30,35 @@ class ModelSpec:
     model_kwargs: dict = field(default_factory=dict)
 
 
-class Source(Protocol):
+class Source:
+    """Where an architecture comes from. A source module's class sets the attributes and
+    overrides what it knows; the defaults here say "nothing more than the user gave"."""
+
     name: str
     # The file that defines the architecture, shipped in the archive (TorchServe's model file);
     # None where a library builds it (its name and version go to architecture.json instead).
-    architecture_file: Path | None
+    architecture_file: Path | None = None
     # False: the architecture fixes its outputs (its own kwargs); --num-classes is checked, not set.
-    sets_num_classes: bool
+    sets_num_classes: bool = True
 
-    def build(self, num_classes: int) -> nn.Module: ...
+    def build(self, num_classes: int | None) -> nn.Module:
+        raise NotImplementedError
 
-    def record(self, num_classes: int) -> dict:
+    def record(self, num_classes: int | None) -> dict:
         """What the model is, for architecture.json (and the eager format's loader)."""
+        raise NotImplementedError
 
     def default_checkpoint(self) -> Path | None:
         """Weights to load when the user gives none (None: random init)."""
+        return None
 
     def preprocess_numbers(self) -> dict | None:
         """preprocess.json's numbers from the model's own config (None: not known)."""
+        return None
 
     def labels(self) -> dict[str, str] | None:
         """index -> label from the model's own config (None: not known)."""
+        return None
 
 
 def _modules() -> list:

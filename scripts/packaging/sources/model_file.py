@@ -10,7 +10,7 @@ from pathlib import Path
 from torch import nn
 
 from handler.code_files import CodeFileError, import_file
-from scripts.packaging.sources import ModelSpec, SourceError
+from scripts.packaging.sources import ModelSpec, Source, SourceError
 
 USAGE = "--model-file FILE.py --model-class NAME [--model-kwargs JSON] (your own nn.Module)"
 
@@ -37,7 +37,7 @@ def model_class(module, path: Path, name: str | None) -> type[nn.Module]:
     return classes[name]
 
 
-class ModelFileSource:
+class ModelFileSource(Source):
     sets_num_classes = False
 
     def __init__(self, path: Path, class_name: str | None, kwargs: dict) -> None:
@@ -59,12 +59,3 @@ class ModelFileSource:
 
     def record(self, num_classes: int) -> dict:
         return {"source": "model_file", "class": self.cls.__name__, "kwargs": self.kwargs}
-
-    def default_checkpoint(self) -> None:
-        return None
-
-    def preprocess_numbers(self) -> None:
-        return None
-
-    def labels(self) -> None:
-        return None

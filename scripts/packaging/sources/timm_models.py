@@ -8,11 +8,10 @@ import difflib
 import math
 import os
 from importlib import metadata
-from pathlib import Path
 
 from torch import nn
 
-from scripts.packaging.sources import ModelSpec, SourceError
+from scripts.packaging.sources import ModelSpec, Source, SourceError
 
 PREFIX = "timm:"
 USAGE = "timm:NAME (a timm architecture, e.g. timm:resnet18, timm:vit_large_patch16_224)"
@@ -35,9 +34,7 @@ def _timm():
     return timm
 
 
-class TimmSource:
-    architecture_file = None
-    sets_num_classes = True
+class TimmSource(Source):
 
     def __init__(self, model_name: str, kwargs: dict) -> None:
         timm = _timm()
@@ -60,8 +57,6 @@ class TimmSource:
                 "builder": f"timm.create_model({self.model_name!r}, "
                            + ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) + ")"}
 
-    def default_checkpoint(self) -> Path | None:
-        return None
 
     def preprocess_numbers(self) -> dict:
         """timm's eval transform: resize the short side to floor(size / crop_pct), centre crop."""
@@ -83,6 +78,3 @@ class TimmSource:
         if mode == "squash":  # the whole image resized to the input, no crop
             numbers.update(resize_size=height, crop="none")
         return numbers
-
-    def labels(self) -> None:
-        return None

@@ -6,11 +6,10 @@ from __future__ import annotations
 import warnings
 from functools import cache
 from importlib import metadata
-from pathlib import Path
 
 from torch import nn
 
-from scripts.packaging.sources import ModelSpec
+from scripts.packaging.sources import ModelSpec, Source
 
 USAGE = "a torchvision classifier name (resnet50, vit_l_16, ...)"
 
@@ -30,9 +29,7 @@ def make(spec: ModelSpec) -> TorchvisionSource:
     return TorchvisionSource(spec.arch)
 
 
-class TorchvisionSource:
-    architecture_file = None
-    sets_num_classes = True
+class TorchvisionSource(Source):
 
     def __init__(self, arch: str) -> None:
         self.name = arch
@@ -48,12 +45,3 @@ class TorchvisionSource:
         return {"source": "torchvision", "torchvision_version": metadata.version("torchvision"),
                 "builder": f"torchvision.models.get_model({self.name!r}, weights=None, "
                            f"num_classes={num_classes})"}
-
-    def default_checkpoint(self) -> Path | None:
-        return None
-
-    def preprocess_numbers(self) -> None:
-        return None
-
-    def labels(self) -> None:
-        return None
