@@ -106,7 +106,10 @@ gpu-kit: install
 		'build/gpu-kit/ts', ignore=shutil.ignore_patterns('frontend', 'unit_tests', '__pycache__'))"
 	@du -sh build/gpu-kit
 
+# Refused while a server runs from run/ (make serve's, or a balancer's replicas): deleting its
+# keys and its unpacked model under it would leave it running blind.
 clean:
+	@if [ -x $(PY) ]; then $(PY) -m scripts.ops.lifecycle idle run; else ! pgrep -f "scripts.ops.lifecycle supervise --workdir $(CURDIR)/run" >/dev/null || { echo "make clean: a server runs from run/; make stop first" >&2; exit 1; }; fi
 	rm -rf build run photos model_store/*.mar
 
 # ---- The container image (docs/container.md) ----

@@ -13,6 +13,8 @@ ready: `serve start` has finished its warm-up (no WORKDIR/warm_up.pending), the 
        since the previous probe (the queue is then empty) does the probe send its own tiny
        prediction. So under overload the probe does not wait in the queue it is judging, and
        every replica does not go unready at once.
+       Not ready either when the bearer keys expire within a quarter of their life (the
+       renewer renews them at half): every client would soon be refused.
 live:  the frontend answers /ping (restarting the container will not fix a model that fails to
        load, so liveness does not look at workers); a dead frontend fails it.
 
@@ -32,6 +34,7 @@ import requests
 
 from scripts import repo
 from scripts.ops.client import TorchServeClient, sample_request
+from scripts.ops.keys import expiry_s, seconds_left
 from scripts.ops.serve import WARM_UP_PENDING, in_flight
 from scripts.ops.server_config import CONFIG_FILE, read_properties
 
@@ -95,6 +98,19 @@ def traffic_verdict(client: TorchServeClient, state: Path | None) -> tuple[int, 
     return None
 
 
+def keys_expiring(workdir: Path, key_file: Path) -> str | None:
+    """Why the server is about to refuse every client, or None: the renewer renews the keys at
+    half their life, so less than a quarter left means it has stopped renewing."""
+    try:
+        left = seconds_left(key_file)
+    except (OSError, ValueError, KeyError):
+        return None  # unreadable mid-rewrite: the next probe reads it
+    if left is None or left > expiry_s(workdir) / 4:
+        return None
+    return (f"the bearer keys expire in {max(left, 0):.0f} s and are not being renewed: see "
+            f"{Path(workdir) / 'key_renewer.out'} and supervisor.out")
+
+
 def check_live(client: TorchServeClient) -> tuple[int, str]:
     try:
         resp = client.ping()
@@ -122,8 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"unreachable: {exc}", file=sys.stderr)
         return UNREACHABLE
+    expiring = None if auth_off or args.probe != "ready" else keys_expiring(args.workdir, client.key_file)
     if args.probe == "ready" and (args.workdir / WARM_UP_PENDING).exists():
         code, message = NOT_READY, "warming up (serve start sends predictions before it announces READY)"
+    elif expiring:
+        code, message = NOT_READY, expiring
     else:
         code, message = (check_ready(client, args.model, args.min_workers, args.workdir / STATE_FILE,
                                      props.get("service_envelope"))

@@ -8,7 +8,8 @@ rewrites key_file.json. The renewer does that at half the expiry, so the key in 
 always valid. Clients re-read the file when it changes (server_config.KeyFile) and resend once
 a request that raced a renewal (server_config.auth_refused).
 
-serve.start launches one renewer per server; it stops when the server's pid file goes.
+serve.start's supervisor (scripts.ops.lifecycle) runs one renewer per server and restarts it if
+it dies; it stops when the server's pid file goes.
 
     python -m scripts.ops.keys renew --workdir run     # what serve.start runs
     python -m scripts.ops.keys rotate --workdir run    # renew both keys once, now
@@ -17,24 +18,42 @@ serve.start launches one renewer per server; it stops when the server's pid file
 from __future__ import annotations
 
 import argparse
-import os
+import json
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import requests
 
 from scripts import repo
+from scripts.ops.lifecycle import server_running
 from scripts.ops.server_config import CONFIG_FILE, KEY_FILE, addresses, read_keys, read_properties
 
 KINDS = ("inference", "management")
 DEFAULT_EXPIRY_MIN = 60.0  # TorchServe's token_expiration_min default
+EXPIRY_FIELD = "expiration time"  # key_file.json: {"inference": {"key": ..., "expiration time": ISO}}
 
 
 def renewal_interval(workdir: Path) -> float:
     """Seconds between renewals: half of the server's token_expiration_min."""
+    return expiry_s(workdir) / 2
+
+
+def expiry_s(workdir: Path) -> float:
+    """A key's lifetime in seconds: the server's token_expiration_min."""
     props = read_properties(Path(workdir) / CONFIG_FILE)
-    return float(props.get("token_expiration_min", DEFAULT_EXPIRY_MIN)) * 60 / 2
+    return float(props.get("token_expiration_min", DEFAULT_EXPIRY_MIN)) * 60
+
+
+def seconds_left(key_file: Path, now: datetime | None = None) -> float | None:
+    """Seconds until the first of the expiring keys in key_file.json expires (None: none expires)."""
+    doc = json.loads(Path(key_file).read_text())
+    expiries = [datetime.fromisoformat(entry[EXPIRY_FIELD]) for entry in doc.values()
+                if isinstance(entry, dict) and EXPIRY_FIELD in entry]
+    if not expiries:
+        return None
+    return (min(expiries) - (now or datetime.now(UTC))).total_seconds()
 
 
 def rotate(workdir: Path, timeout: float = 10.0) -> None:
@@ -45,15 +64,6 @@ def rotate(workdir: Path, timeout: float = 10.0) -> None:
         resp = requests.get(f"{management}/token", params={"type": kind},
                             headers={"Authorization": f"Bearer {api_key}"}, timeout=timeout)
         resp.raise_for_status()
-
-
-def server_running(workdir: Path) -> bool:
-    """The server scripts.ops.serve started in `workdir` is still there (its pid file and pid)."""
-    try:
-        os.kill(int((Path(workdir) / "torchserve.pid").read_text()), 0)
-    except (OSError, ValueError):
-        return False
-    return True
 
 
 def renew_forever(workdir: Path, interval: float | None = None, poll: float = 1.0) -> int:

@@ -27,14 +27,15 @@ import requests
 
 from handler.settings import check_keys
 from scripts import repo
+from scripts.ops import lifecycle
 from scripts.ops.client import TorchServeClient, sample_request
 from scripts.ops.server_config import ADDRESS_KEYS, CONFIG_FILE, KEY_FILE, TORCHSERVE_KEYS, read_properties
 
 PATH_KEYS = ("model_store", "metrics_config", "workflow_store")
 DEFAULT_PORTS = (8080, 8081, 8082)
 GRPC_KEYS = ("grpc_inference_port", "grpc_management_port")
+GRPC_DEFAULT_PORTS = ("7070", "7071")
 STARTUP_LABELS = {"UNLOADING": "LOADING"}
-KEY_RENEWER_PID = "key_renewer.pid"
 WARM_UP_S = 5.0
 WARM_UP_CONCURRENCY = 4
 # In the working directory from the start until the warm-up is done (scripts.ops.healthcheck).
@@ -112,13 +113,34 @@ def start(workdir: Path = repo.RUN_DIR, models: str = f"{repo.DEFAULT_MODEL}={re
           overrides: dict | None = None, env: dict | None = None,
           log_config: Path | None = LOG_CONFIG, config: Path = repo.SERVER_CONFIG,
           config_properties: dict[str, str] | None = None) -> Server:
-    """Launch TorchServe in its own process group; returns at once (see wait_ready).
-    `config_properties`: `config` as the caller already read it (else it is read here, once)."""
-    workdir = Path(workdir).resolve()
-    (workdir / "tmp").mkdir(parents=True, exist_ok=True)
+    """Launch TorchServe in its own process group, and its supervisor (scripts.ops.lifecycle),
+    which holds the working directory's lock and keeps the key renewer running; returns at once
+    (see wait_ready). `config_properties`: `config` as the caller already read it (else it is
+    read here, once). Raises lifecycle.AlreadyServing or PortInUse before launching anything."""
+    workdir = lifecycle.private_dir(Path(workdir).resolve())
+    lock_fd = lifecycle.lock(workdir)
+    try:
+        if lifecycle.server_running(workdir):
+            print(f"[serve] stopping the server left in {workdir} without its supervisor", flush=True)
+            stop(workdir, grace=10)
+        props = derived_properties(Path(config), ports, models, model_store, overrides, config_properties)
+        lifecycle.check_ports({**props, **grpc_addresses(props)}, ADDRESS_KEYS + GRPC_KEYS)
+        return _launch(workdir, props, ports, model_store, env, log_config, lock_fd)
+    finally:
+        os.close(lock_fd)  # the supervisor holds its own copy from here on
+
+
+def grpc_addresses(props: dict[str, str]) -> dict[str, str]:
+    """The gRPC ports TorchServe binds (on by default), as addresses lifecycle.check_ports reads."""
+    return {key: f"http://127.0.0.1:{props.get(key, default)}"
+            for key, default in zip(GRPC_KEYS, GRPC_DEFAULT_PORTS)}
+
+
+def _launch(workdir: Path, props: dict[str, str], ports: tuple[int, int, int], model_store: Path,
+            env: dict | None, log_config: Path | None, lock_fd: int) -> Server:
+    (workdir / "tmp").mkdir(exist_ok=True)
     (workdir / KEY_FILE).unlink(missing_ok=True)
-    _stop_key_renewer(workdir)  # one left by a server that died without stop()
-    props = derived_properties(Path(config), ports, models, model_store, overrides, config_properties)
+    lifecycle.stop_supervisor(workdir)  # one left by a server that died without stop()
     config = write_properties(workdir / CONFIG_FILE, props)
     run_env = {**os.environ, **(env or {}),
                # TorchServe keeps one global pid file in the temp dir (TMPDIR) and its worker sockets
@@ -132,11 +154,12 @@ def start(workdir: Path = repo.RUN_DIR, models: str = f"{repo.DEFAULT_MODEL}={re
     if log_config:  # None: TorchServe's built-in logging
         cmd += ["--log-config", str(log_config)]
     log = open(workdir / "torchserve.out", "ab")
+    # umask 077: what TorchServe writes (key_file.json above all, logs) is its owner's alone.
     proc = subprocess.Popen(cmd, cwd=workdir, env=run_env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    (workdir / "torchserve.pid").write_text(str(proc.pid))
-    if token_auth_on(props):
-        start_key_renewer(workdir)
+                            start_new_session=True, umask=0o077)
+    log.close()
+    (workdir / lifecycle.PID_FILE).write_text(str(proc.pid))
+    lifecycle.start_supervisor(workdir, lock_fd, renew_keys=token_auth_on(props))
     client = TorchServeClient(*(f"http://127.0.0.1:{p}" for p in ports),
                               key_file=workdir / KEY_FILE)
     return Server(workdir, proc.pid, client, proc, props)
@@ -144,16 +167,6 @@ def start(workdir: Path = repo.RUN_DIR, models: str = f"{repo.DEFAULT_MODEL}={re
 
 def token_auth_on(props: dict[str, str]) -> bool:
     return props.get("disable_token_authorization", "false") != "true"
-
-
-def start_key_renewer(workdir: Path) -> int:
-    """A process that renews the server's bearer keys before they expire (scripts.ops.keys); it
-    ends by itself when the server's pid file goes, and stop() ends it at once."""
-    out = open(workdir / "key_renewer.out", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "scripts.ops.keys", "renew", "--workdir", str(workdir)],
-                            cwd=repo.ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    (workdir / KEY_RENEWER_PID).write_text(str(proc.pid))
-    return proc.pid
 
 
 def wait_ready(server: Server, model: str, min_ready: int = 1, timeout: float = 180.0,
@@ -279,16 +292,9 @@ def stop(workdir: Path = repo.RUN_DIR, grace: float = 30.0, drain_timeout: float
                 time.sleep(0.2)
             deadline = time.monotonic() + 5
     pid_file.unlink(missing_ok=True)
-    _stop_key_renewer(Path(workdir))
+    lifecycle.stop_supervisor(Path(workdir))
     (Path(workdir) / KEY_FILE).unlink(missing_ok=True)
     return True
-
-
-def _stop_key_renewer(workdir: Path) -> None:
-    pid_file = workdir / KEY_RENEWER_PID
-    with contextlib.suppress(OSError, ValueError):
-        os.kill(int(pid_file.read_text()), signal.SIGTERM)
-    pid_file.unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -314,16 +320,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "stop":
         print("TorchServe stopped." if stop(args.workdir) else "TorchServe was not running.")
         return 0
-    if (args.workdir / "torchserve.pid").is_file():
-        stop(args.workdir)
     ports = DEFAULT_PORTS
     base = read_properties(args.config)  # the one read of it: start() derives from this dict
     store = args.model_store or Path(base.get("model_store", repo.MODEL_STORE))
     if not store.is_absolute():
         store = args.config.resolve().parent / store
-    server = start(args.workdir, models=f"{args.model}={args.model}.mar", ports=ports, model_store=store,
-                   overrides=listen_overrides(args.host, ports, token_auth_on(base)), config=args.config,
-                   config_properties=base)
+    try:
+        server = start(args.workdir, models=f"{args.model}={args.model}.mar", ports=ports, model_store=store,
+                       overrides=listen_overrides(args.host, ports, token_auth_on(base)), config=args.config,
+                       config_properties=base)
+    except lifecycle.LifecycleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     pending = args.workdir / WARM_UP_PENDING  # the readiness probe says no until it is gone
     pending.touch()
     try:
@@ -343,24 +351,32 @@ def main(argv: list[str] | None = None) -> int:
           f"  metrics:    {c.metrics_url}/metrics\n"
           f"  key file:   {key_file} (renewed before it expires; re-read it)\n"
           f"Try it (make photos writes photos/cat.jpg):\n"
-          f"  KEY=$(python3 -c \"import json;print(json.load(open('{key_file}'))['inference']['key'])\")\n"
-          f"  curl -H \"Authorization: Bearer $KEY\" -T photos/cat.jpg "
+          f"  AUTH=$(python3 -c \"import json;print('Authorization: Bearer',"
+          f"json.load(open('{key_file}'))['inference']['key'])\")\n"
+          f"  curl -H @<(echo \"$AUTH\") -T photos/cat.jpg "
           f"{c.inference_url}/predictions/{args.model}\n"
           f"Stop it: make stop", flush=True)
     return run_foreground(server) if args.foreground else 0
 
 
-def listen_overrides(host: str, ports: tuple[int, int, int], token_auth: bool = True) -> dict | None:
+def listen_overrides(host: str, ports: tuple[int, int, int], token_auth: bool = True,
+                     management_socket: Path | None = None) -> dict | None:
     """Addresses for `--host`: inference and metrics on it; the management API too only while
     token authorization guards it (a container, published on the host's loopback). With token
     authorization off (the cluster configs), management stays on 127.0.0.1 whatever `--host`
     says: an unauthenticated management API registers models and scales workers to zero
-    (SECURITY.md). Operators then scale from inside the pod (`python -m scripts.ops.manage`)."""
-    if host == "127.0.0.1":
+    (SECURITY.md). Operators then scale from inside the pod (`python -m scripts.ops.manage`).
+    `management_socket` (token authorization off: the replicas behind the balancer): the
+    management API on that Unix socket instead, whose folder only the server's user may enter
+    (scripts/ops/uds.py); on loopback TCP it would answer every local user."""
+    if host == "127.0.0.1" and not (management_socket and not token_auth):
         return None
     inference, management, metrics = ports
+    management_address = f"http://{host if token_auth else '127.0.0.1'}:{management}"
+    if management_socket and not token_auth:
+        management_address = f"unix:{management_socket}"
     return {"inference_address": f"http://{host}:{inference}",
-            "management_address": f"http://{host if token_auth else '127.0.0.1'}:{management}",
+            "management_address": management_address,
             "metrics_address": f"http://{host}:{metrics}"}
 
 
@@ -377,7 +393,7 @@ def run_foreground(server: Server) -> int:
     status = server.process.wait() if server.process else 0
     print(f"error: TorchServe exited on its own (status {status}): its frontend is gone",
           file=sys.stderr, flush=True)
-    _stop_key_renewer(server.workdir)
+    lifecycle.stop_supervisor(server.workdir)
     stop(server.workdir, grace=5)  # workers the frontend left behind
     return 1
 

@@ -1,0 +1,154 @@
+"""A supervised lifecycle: one server per working directory (a lock naming its holder), ports in
+use named before anything starts, the key renewer restarted when it dies, readiness failing
+before the keys run out, a private working directory and key file, `make clean` refused while a
+server runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+
+import psutil
+import pytest
+
+from scripts import repo
+from scripts.ops import healthcheck, keys, lifecycle, serve
+from scripts.ops.client import sample_request
+from tests.support.servers import MODEL, serving
+
+RESTART_WAIT_S = 10.0
+
+
+def _key_file(path, expires_in_s: float) -> None:
+    expiry = (datetime.now(UTC) + timedelta(seconds=expires_in_s)).isoformat().replace("+00:00", "Z")
+    path.write_text(json.dumps({"management": {"key": "m", keys.EXPIRY_FIELD: expiry},
+                                "inference": {"key": "i", keys.EXPIRY_FIELD: expiry},
+                                "API": {"key": "a"}}))
+
+
+# ---- without a server ----
+
+def test_a_second_lock_on_a_workdir_is_refused_naming_the_holder(tmp_path):
+    fd = lifecycle.lock(tmp_path)
+    try:
+        with pytest.raises(lifecycle.AlreadyServing, match=f"pid {os.getpid()} holds"):
+            lifecycle.lock(tmp_path)
+        assert lifecycle.holder(tmp_path) == str(os.getpid())
+    finally:
+        os.close(fd)
+    assert lifecycle.holder(tmp_path) is None
+    os.close(lifecycle.lock(tmp_path))  # free again once the holder closed it
+
+
+def test_a_port_in_use_is_named_with_its_holder():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        with pytest.raises(lifecycle.PortInUse, match=rf"port {port} is in use by pid {os.getpid()}"):
+            lifecycle.check_ports({"inference_address": f"http://127.0.0.1:{port}"}, ("inference_address",))
+    lifecycle.check_ports({"inference_address": f"http://127.0.0.1:{port}"}, ("inference_address",))
+
+
+def test_private_dir_narrows_an_existing_folder(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir(mode=0o755)
+    os.chmod(folder, 0o755)
+    assert stat.S_IMODE(lifecycle.private_dir(folder).stat().st_mode) == 0o700
+
+
+@pytest.mark.parametrize("left_s, expiring", [(30, True), (-5, True), (20 * 60, False)])
+def test_readiness_fails_when_the_keys_are_about_to_expire(tmp_path, left_s, expiring):
+    (tmp_path / "config.properties").write_text("token_expiration_min=60\n")
+    _key_file(tmp_path / "key_file.json", left_s)
+    message = healthcheck.keys_expiring(tmp_path, tmp_path / "key_file.json")
+    assert bool(message) is expiring
+    if expiring:
+        assert "not being renewed" in message and "key_renewer.out" in message
+
+
+def test_make_clean_runs_the_idle_check_first():
+    recipe = subprocess.run(["make", "-n", "clean"], cwd=repo.ROOT, capture_output=True, text=True,
+                            check=True).stdout.splitlines()
+    check = next(i for i, line in enumerate(recipe) if "scripts.ops.lifecycle idle run" in line)
+    delete = next(i for i, line in enumerate(recipe) if line.startswith("rm -rf"))
+    assert check < delete
+
+
+# ---- against a real server ----
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory, default_mar):
+    with serving(tmp_path_factory.mktemp("lifecycle") / "run", default_mar.parent) as server:
+        yield server
+
+
+def _predict_ok(server: serve.Server) -> None:
+    body, headers = sample_request()
+    resp = server.client.predict(MODEL, body, headers)
+    assert resp.status_code == 200, resp.text
+
+
+@pytest.mark.e2e
+def test_the_workdir_and_the_key_file_are_private_from_creation(srv):
+    assert stat.S_IMODE(srv.workdir.stat().st_mode) == 0o700
+    assert stat.S_IMODE((srv.workdir / "key_file.json").stat().st_mode) == 0o600
+    assert stat.S_IMODE((srv.workdir / "logs").stat().st_mode) == 0o700
+
+
+@pytest.mark.e2e
+def test_a_second_start_on_the_same_workdir_is_refused_and_the_first_keeps_serving(srv, capsys):
+    key_file_before = (srv.workdir / "key_file.json").read_text()
+    supervisor = (srv.workdir / lifecycle.SUPERVISOR_PID).read_text()
+    with pytest.raises(lifecycle.AlreadyServing, match=f"pid {supervisor} holds"):
+        serve.start(srv.workdir, ports=serve.free_ports())
+    assert serve.main(["start", "--workdir", str(srv.workdir)]) == 1
+    assert "is in use: a server started there runs" in capsys.readouterr().err
+    assert (srv.workdir / "key_file.json").read_text() == key_file_before
+    _predict_ok(srv)
+
+
+@pytest.mark.e2e
+def test_another_server_on_the_same_ports_is_refused_naming_the_port(srv, tmp_path):
+    port = int(srv.properties["inference_address"].rsplit(":", 1)[1])
+    ports = tuple(int(srv.properties[k].rsplit(":", 1)[1]) for k in serve.ADDRESS_KEYS)
+    with pytest.raises(lifecycle.PortInUse, match=rf"port {port} is in use by pid \d+ \(java\)"):
+        serve.start(tmp_path / "other", ports=ports)
+    assert not (tmp_path / "other" / lifecycle.PID_FILE).exists()  # nothing was launched
+    _predict_ok(srv)
+
+
+@pytest.mark.e2e
+def test_a_killed_key_renewer_is_restarted(srv):
+    pid_file = srv.workdir / lifecycle.KEY_RENEWER_PID
+    old = int(pid_file.read_text())
+    psutil.Process(old).kill()
+    deadline = time.monotonic() + RESTART_WAIT_S
+    new = old
+    while time.monotonic() < deadline and new == old:
+        time.sleep(0.2)
+        new = int(pid_file.read_text()) if pid_file.is_file() else old
+    assert new != old, f"no new key renewer {RESTART_WAIT_S} s after the kill"
+    assert "scripts.ops.keys" in " ".join(psutil.Process(new).cmdline())
+    assert "key renewer exited" in (srv.workdir / "supervisor.out").read_text()
+    keys.rotate(srv.workdir)  # the server itself still renews on request
+    _predict_ok(srv)
+
+
+@pytest.mark.e2e
+def test_idle_names_the_running_server_then_passes_once_it_stopped(tmp_path, default_mar):
+    root = tmp_path / "run"
+    with serving(root / "replica1", default_mar.parent, min_ready=0):
+        running = subprocess.run([sys.executable, "-m", "scripts.ops.lifecycle", "idle", str(root)],
+                                 cwd=repo.ROOT, capture_output=True, text=True)
+        assert running.returncode == 1
+        assert str(root / "replica1") in running.stderr
+    idle = subprocess.run([sys.executable, "-m", "scripts.ops.lifecycle", "idle", str(root)],
+                          cwd=repo.ROOT, capture_output=True, text=True)
+    assert idle.returncode == 0, idle.stderr
