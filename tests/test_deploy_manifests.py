@@ -46,20 +46,22 @@ READY_PROBE = ["python", "-m", "scripts.ops.healthcheck", "ready", "--workdir", 
 LIVE_PROBE = ["python", "-m", "scripts.ops.healthcheck", "live", "--workdir", "run"]
 
 
-def manifests() -> dict[tuple[str, str], dict]:
-    """Every overlay as kustomize renders it, by (kind, name); generated names lose their hash."""
+def manifests() -> dict[str, dict[tuple[str, str], dict]]:
+    """Every overlay as kustomize renders it: {overlay: {(kind, name): resource}}; generated names
+    lose their hash."""
     docs = {}
     for overlay in validate.overlays():
+        docs[overlay] = {}
         for doc in validate.render(overlay):
             name = doc["metadata"]["name"]
             if doc["kind"] == "ConfigMap":
                 name = name.rsplit("-", 1)[0]  # configMapGenerator's content hash
-            docs[(doc["kind"], name)] = doc
+            docs[overlay][(doc["kind"], name)] = doc
     return docs
 
 
 @pytest.fixture(scope="module")
-def docs() -> dict[tuple[str, str], dict]:
+def docs() -> dict[str, dict[tuple[str, str], dict]]:
     """manifests(), rendered once, when a test first asks: kustomize runs as a subprocess, which
     importing (collecting) this module must not start."""
     return manifests()
@@ -91,12 +93,16 @@ def check_resources(resources: dict) -> None:
 
 
 def test_every_manifest_parses_and_is_known(docs):
-    assert set(docs) == {("Deployment", "image-classifier"), ("Service", "image-classifier"),
-                         ("HorizontalPodAutoscaler", "image-classifier"),
-                         ("PodDisruptionBudget", "image-classifier"),
-                         ("NetworkPolicy", "image-classifier"),
-                         ("ConfigMap", "image-classifier-config"),
-                         ("InferenceService", "image-classifier")}
+    shared = {("PodDisruptionBudget", "image-classifier"), ("NetworkPolicy", "image-classifier"),
+              ("PeerAuthentication", "image-classifier"), ("AuthorizationPolicy", "image-classifier")}
+    assert set(docs) == {"kubernetes", "kserve"}
+    assert set(docs["kubernetes"]) == shared | {
+        ("Deployment", "image-classifier"), ("Service", "image-classifier"),
+        ("HorizontalPodAutoscaler", "image-classifier"), ("ConfigMap", "image-classifier-config"),
+        ("NetworkPolicy", "image-classifier-ingress")}
+    assert set(docs["kserve"]) == shared | {
+        ("InferenceService", "image-classifier"), ("NetworkPolicy", "image-classifier-knative"),
+        ("NetworkPolicy", "image-classifier-storage-initializer"), ("Sidecar", "image-classifier")}
 
 
 @pytest.mark.parametrize("overlay", validate.overlays())
@@ -110,9 +116,13 @@ def test_every_overlay_renders_and_validates_strictly(overlay):
     ("NetworkPolicy", ("spec",)),
     ("InferenceService", ("spec", "predictor")),
     ("InferenceService", ("spec", "predictor", "containers", 0)),
+    ("PeerAuthentication", ("spec", "mtls")),
+    ("AuthorizationPolicy", ("spec", "rules", 0, "from", 0, "source")),
+    ("Sidecar", ("spec",)),
 ])
 def test_a_misspelt_field_fails_validation(kind, path, docs):
-    doc = copy.deepcopy(next(d for d in docs.values() if d["kind"] == kind))
+    doc = copy.deepcopy(next(d for overlay in docs.values() for d in overlay.values()
+                             if d["kind"] == kind))
     node = doc
     for step in path:
         node = node[step]
@@ -146,19 +156,228 @@ def pod_hardening(pod_spec: dict, container: dict) -> None:
     assert pod_spec["terminationGracePeriodSeconds"] >= 20 + 5 + 10
 
 
-def test_pdb_and_network_policy_select_the_pods_of_both_overlays(docs):
-    pdb = docs[("PodDisruptionBudget", "image-classifier")]
-    policy = docs[("NetworkPolicy", "image-classifier")]
-    labels = [docs[("Deployment", "image-classifier")]["spec"]["template"]["metadata"]["labels"],
-              docs[("InferenceService", "image-classifier")]["spec"]["predictor"]["labels"]]
-    for pod_labels in labels:
-        assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
-        assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
-    assert pdb["spec"]["maxUnavailable"] == 1
-    # Only inference and metrics are reachable, each from one namespace; management from none.
-    ports = sorted(p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"])
-    assert ports == [PORTS["inference"], PORTS["metrics"]]
-    assert all(rule["from"] for rule in policy["spec"]["ingress"])
+GATEWAY = {"kubernetes.io/metadata.name": "istio-system"}, {"istio": "ingressgateway"}
+PROMETHEUS = {"kubernetes.io/metadata.name": "monitoring"}, {"app.kubernetes.io/name": "prometheus"}
+ACTIVATOR = {"kubernetes.io/metadata.name": "knative-serving"}, {"app": "activator"}
+KNATIVE = {"kubernetes.io/metadata.name": "knative-serving"}, None
+GATEWAY_SA = "cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"
+KNATIVE_SA = "cluster.local/ns/knative-serving/sa/controller"  # the activator's and autoscaler's
+# Knative's queue-proxy, in every KServe serverless pod (knative.dev/serving pkg/networking):
+# 8012 HTTP and 8013 HTTPS (what the activator and the gateway send to), 8022 admin (drain),
+# 9090 the autoscaler's metrics, 9091 the request metrics for Prometheus.
+QUEUE_PORTS = {8012, 8013, 8022, 9090, 9091}
+
+
+def pod_labels(overlay: dict) -> dict:
+    if ("Deployment", "image-classifier") in overlay:
+        return overlay[("Deployment", "image-classifier")]["spec"]["template"]["metadata"]["labels"]
+    return overlay[("InferenceService", "image-classifier")]["spec"]["predictor"]["labels"]
+
+
+def policies(overlay: dict, kind: str = "NetworkPolicy") -> list[dict]:
+    """The resources of a kind that select the overlay's pods."""
+    labels = pod_labels(overlay)
+    found = []
+    for (k, _), doc in overlay.items():
+        if k != kind:
+            continue
+        selector = (doc["spec"].get("podSelector") or doc["spec"].get("selector")
+                    or doc["spec"].get("workloadSelector"))
+        selector = selector.get("matchLabels", selector.get("labels"))
+        assert selector and selector.items() <= labels.items(), doc["metadata"]["name"]
+        found.append(doc)
+    return found
+
+
+def peers(peer: dict) -> tuple[dict, dict | None]:
+    """(namespace labels, pod labels) of one NetworkPolicy peer: both in one peer means AND."""
+    return (peer["namespaceSelector"]["matchLabels"],
+            peer.get("podSelector", {}).get("matchLabels"))
+
+
+def ingress(overlay: dict) -> dict[int, list[tuple]]:
+    """Port -> the peers the overlay's NetworkPolicies admit it from."""
+    admitted: dict[int, list[tuple]] = {}
+    for policy in policies(overlay):
+        for rule in policy["spec"].get("ingress", []):
+            assert rule["from"] and rule["ports"]  # never from everyone, never every port
+            for port in rule["ports"]:
+                assert port["protocol"] == "TCP"
+                admitted.setdefault(port["port"], []).extend(peers(p) for p in rule["from"])
+    return admitted
+
+
+def egress(overlay: dict) -> list[dict]:
+    return [rule for policy in policies(overlay) for rule in policy["spec"].get("egress", [])]
+
+
+def principals(overlay: dict) -> dict[int, set[str] | None]:
+    """Port -> the principals the AuthorizationPolicy admits on it (None: any, plain HTTP)."""
+    (policy,) = policies(overlay, "AuthorizationPolicy")
+    assert policy["spec"]["action"] == "ALLOW"
+    found: dict[int, set[str] | None] = {}
+    for rule in policy["spec"]["rules"]:
+        names = ({p for f in rule["from"] for p in f["source"]["principals"]}
+                 if "from" in rule else None)
+        for port in (int(p) for t in rule["to"] for p in t["operation"]["ports"]):
+            assert port not in found
+            found[port] = names
+    return found
+
+
+def test_pdb_and_policies_select_the_pods_of_both_overlays(docs):
+    for overlay in docs.values():
+        pdb = overlay[("PodDisruptionBudget", "image-classifier")]
+        assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels(overlay).items()
+        assert pdb["spec"]["maxUnavailable"] == 1
+        for kind in ("NetworkPolicy", "PeerAuthentication", "AuthorizationPolicy"):
+            assert policies(overlay, kind), kind
+        # Closed both ways: every pod is selected by a policy of each direction.
+        types = {t for p in policies(overlay) for t in p["spec"]["policyTypes"]}
+        assert types == {"Ingress", "Egress"}
+
+
+def base_egress_only(rules: list[dict]) -> None:
+    dns, istiod = rules[:2]
+    assert [p["port"] for p in dns["ports"]] == [53, 53]
+    assert {p["protocol"] for p in dns["ports"]} == {"UDP", "TCP"}
+    assert dns["to"][0]["podSelector"]["matchLabels"] == {"k8s-app": "kube-dns"}
+    assert peers(istiod["to"][0]) == ({"kubernetes.io/metadata.name": "istio-system"},
+                                      {"app": "istiod"})
+    assert [p["port"] for p in istiod["ports"]] == [15012]  # xDS and certificates
+
+
+def test_kubernetes_policy_admits_the_gateway_and_prometheus_only(docs):
+    overlay = docs["kubernetes"]
+    assert ingress(overlay) == {PORTS["inference"]: [GATEWAY], PORTS["metrics"]: [PROMETHEUS]}
+    rules = egress(overlay)
+    assert len(rules) == 2  # the pods call nothing but DNS and istiod
+    base_egress_only(rules)
+
+
+def test_kserve_policy_admits_knative_and_the_storage_initializer(docs):
+    overlay = docs["kserve"]
+    admitted = ingress(overlay)
+    assert set(admitted) == QUEUE_PORTS | {PORTS["metrics"]}
+    for port in (8012, 8013):  # the activator, and the gateway once the activator steps out
+        assert admitted[port] == [ACTIVATOR, GATEWAY]
+    for port in (8022, 9090):
+        assert admitted[port] == [KNATIVE]
+    for port in (9091, PORTS["metrics"]):
+        assert admitted[port] == [PROMETHEUS]
+    # The user container's port: the queue-proxy forwards to it over the pod's loopback (no
+    # NetworkPolicy applies there); from outside the pod it would skip the queue-proxy.
+    (container,) = overlay[("InferenceService", "image-classifier")]["spec"]["predictor"]["containers"]
+    assert container["ports"] == [{"containerPort": PORTS["inference"], "protocol": "TCP"}]
+    assert PORTS["inference"] not in admitted and PORTS["management"] not in admitted
+    # Egress: the base's DNS and istiod, and the storage initializer's download over HTTPS from
+    # the object store STORAGE_URI names (public endpoints: outside the private ranges).
+    rules = egress(overlay)
+    base_egress_only(rules)
+    (storage,) = rules[2:]
+    assert storage["ports"] == [{"protocol": "TCP", "port": 443}]
+    (block,) = storage["to"]
+    assert block["ipBlock"]["cidr"] == "0.0.0.0/0"
+    assert {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"} <= set(block["ipBlock"]["except"])
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert re.match(r"(gs|s3|https)://", env["STORAGE_URI"])  # fetched over 443
+    predictor = overlay[("InferenceService", "image-classifier")]["spec"]["predictor"]
+    # The storage initializer runs before the sidecar is up: as the sidecar's uid, which Istio
+    # does not redirect, it reaches the store directly; the serving containers cannot (Sidecar).
+    assert predictor["annotations"]["serving.kserve.io/storage-initializer-uid"] == "1337"
+    (sidecar,) = policies(overlay, "Sidecar")
+    assert sidecar["spec"]["outboundTrafficPolicy"]["mode"] == "REGISTRY_ONLY"
+
+
+def test_both_overlays_require_mutual_tls_and_named_principals(docs):
+    for name, overlay in docs.items():
+        assert validate.access_problems(list(overlay.values())) == [], name
+        (peer,) = policies(overlay, "PeerAuthentication")
+        assert peer["spec"]["mtls"]["mode"] == "STRICT"
+        plain = {int(p) for p in peer["spec"]["portLevelMtls"]}
+        allowed = principals(overlay)
+        # Only the metrics ports are plain HTTP (and admitted by the NetworkPolicy to Prometheus).
+        assert {p for p, names in allowed.items() if names is None} == plain <= {8082, 9091}
+        assert set(allowed) == set(ingress(overlay))
+    k8s, kserve = principals(docs["kubernetes"]), principals(docs["kserve"])
+    assert k8s[PORTS["inference"]] == {GATEWAY_SA}
+    assert kserve[8012] == kserve[8013] == {KNATIVE_SA, GATEWAY_SA}
+    assert kserve[8022] == kserve[9090] == {KNATIVE_SA}
+    pod = docs["kubernetes"][("Deployment", "image-classifier")]["spec"]["template"]["metadata"]
+    assert pod["labels"]["sidecar.istio.io/inject"] == "true"
+    assert pod["annotations"]["prometheus.istio.io/merge-metrics"] == "false"
+    predictor = docs["kserve"][("InferenceService", "image-classifier")]["spec"]["predictor"]
+    assert predictor["annotations"]["sidecar.istio.io/inject"] == "true"
+    # Token authorization is off in the pods: the mesh is what authenticates.
+    assert read_properties(K8S_CONFIG)["disable_token_authorization"] == "true"
+
+
+def _drop_peer_authentication(docs):
+    return [d for d in docs if d["kind"] != "PeerAuthentication"]
+
+
+def _permissive(docs):
+    for d in docs:
+        if d["kind"] == "PeerAuthentication":
+            d["spec"]["mtls"]["mode"] = "PERMISSIVE"
+    return docs
+
+
+def _plain_inference(docs):
+    for d in docs:
+        if d["kind"] == "PeerAuthentication":
+            d["spec"]["portLevelMtls"]["8080"] = {"mode": "PERMISSIVE"}
+    return docs
+
+
+def _no_sidecar(docs):
+    for d in docs:
+        if d["kind"] == "Deployment":
+            del d["spec"]["template"]["metadata"]["labels"]["sidecar.istio.io/inject"]
+    return docs
+
+
+def _anyone_on_inference(docs):
+    for d in docs:
+        if d["kind"] == "AuthorizationPolicy":
+            del d["spec"]["rules"][0]["from"]
+    return docs
+
+
+def _namespace_only(docs):
+    for d in docs:
+        if d["kind"] == "AuthorizationPolicy":
+            d["spec"]["rules"][0]["from"] = [{"source": {"namespaces": ["istio-system"]}}]
+    return docs
+
+
+def _deny_policy(docs):
+    for d in docs:
+        if d["kind"] == "AuthorizationPolicy":
+            d["spec"]["action"] = "DENY"
+    return docs
+
+
+def _open_network_rule(docs):
+    for d in docs:
+        if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "image-classifier-ingress":
+            del d["spec"]["ingress"][0]["from"]
+    return docs
+
+
+def _management_admitted(docs):
+    for d in docs:
+        if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "image-classifier-ingress":
+            d["spec"]["ingress"][0]["ports"].append({"protocol": "TCP", "port": 8081})
+    return docs
+
+
+@pytest.mark.parametrize("break_it", [
+    _drop_peer_authentication, _permissive, _plain_inference, _no_sidecar, _anyone_on_inference,
+    _namespace_only, _deny_policy, _open_network_rule, _management_admitted])
+def test_validate_refuses_the_kubernetes_overlay_without_its_authentication(break_it, docs):
+    broken = break_it(copy.deepcopy(list(docs["kubernetes"].values())))
+    assert validate.access_problems(broken), break_it.__name__
 
 
 def test_dockerfile_base_user_ports_and_copies():
@@ -218,7 +437,8 @@ def image_path(path: str) -> Path:
 
 
 def test_kubernetes_deployment_service_hpa(docs):
-    dep = docs[("Deployment", "image-classifier")]
+    k8s = docs["kubernetes"]
+    dep = k8s[("Deployment", "image-classifier")]
     pod = dep["spec"]["template"]
     assert dep["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
     (container,) = pod["spec"]["containers"]
@@ -227,7 +447,7 @@ def test_kubernetes_deployment_service_hpa(docs):
     mount = next(m for m in container["volumeMounts"] if m["name"] == "config")
     assert Path(config_arg).parent == Path(mount["mountPath"])
     config_map = next(v for v in pod["spec"]["volumes"] if v["name"] == "config")["configMap"]["name"]
-    rendered = docs[("ConfigMap", "image-classifier-config")]
+    rendered = k8s[("ConfigMap", "image-classifier-config")]
     assert rendered["metadata"]["name"] == config_map
     assert rendered["data"][Path(config_arg).name] == K8S_CONFIG.read_text()
     props = read_properties(K8S_CONFIG)
@@ -242,11 +462,11 @@ def test_kubernetes_deployment_service_hpa(docs):
     pod_hardening(pod["spec"], container)
     assert int(pod["metadata"]["annotations"]["prometheus.io/port"]) == PORTS["metrics"]
     check_resources(container["resources"])
-    svc = docs[("Service", "image-classifier")]
+    svc = k8s[("Service", "image-classifier")]
     assert svc["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
     for port in svc["spec"]["ports"]:
         assert ports[port["targetPort"]] == port["port"]
-    hpa = docs[("HorizontalPodAutoscaler", "image-classifier")]
+    hpa = k8s[("HorizontalPodAutoscaler", "image-classifier")]
     target = hpa["spec"]["scaleTargetRef"]
     assert (target["kind"], target["name"]) == ("Deployment", "image-classifier")
     assert 2 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
@@ -260,7 +480,7 @@ def test_kubernetes_deployment_service_hpa(docs):
 
 
 def test_kserve_inference_service_and_storage_layout(tmp_path, docs):
-    isvc = docs[("InferenceService", "image-classifier")]
+    isvc = docs["kserve"][("InferenceService", "image-classifier")]
     assert isvc["apiVersion"] == "serving.kserve.io/v1beta1"
     pred = isvc["spec"]["predictor"]
     assert "model" not in pred  # our image, not KServe's TorchServe runtime
@@ -296,7 +516,8 @@ def test_kserve_inference_service_and_storage_layout(tmp_path, docs):
 
 
 def test_overlays_run_the_image_make_image_builds(docs):
-    dep_image = docs[("Deployment", "image-classifier")]["spec"]["template"]["spec"]["containers"][0]["image"]
+    dep = docs["kubernetes"][("Deployment", "image-classifier")]
+    dep_image = dep["spec"]["template"]["spec"]["containers"][0]["image"]
     assert dep_image.rsplit("/", 1)[-1] == f"{IMAGE}:{VERSION}"
     assert f"IMAGE_NAME := localhost/{IMAGE}" in (ROOT / "Makefile").read_text()
     assert f"registry.example.com/{IMAGE}:VERSION" in (ROOT / "Dockerfile").read_text()
