@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +46,21 @@ AUTH_REFUSED = "Token Authorization failed"
 # How long a client waits before resending a request whose key was just renewed: TorchServe
 # drops the old key before it rewrites key_file.json.
 KEY_RENEWAL_WAIT_S = 0.2
+# allowed_urls: the one form we write and accept, `(?-i:file://STORE/[^/%?#]+[.]mar)`: the
+# archives directly in one folder, spelled so that it means the same to Python's re as to
+# TorchServe. TorchServe 0.12 matches each comma-separated pattern against the whole URL,
+# case-insensitively (ArchiveUtils.validateURL); `(?-i:...)` turns that off (/MODEL_STORE is
+# another folder). A plain file name (load_models, `url=NAME.mar`) is never matched: it is read
+# from the store. A file:// URL that matches is copied into the workflow store (POST /workflows)
+# before TorchServe looks for `..` in it, and the copy stays whatever follows; seen on 0.12:
+# `STORE/.*` let `file://STORE/../../tmp/x.war` in (then `url=x.war` loads it from the store),
+# and `STORE/[^/]+[.]mar` let `file://STORE/%2E%2E%2F...%2Fx.mar` in (Java decodes %2F in a
+# file URL). No backslash anywhere: java.util.Properties drops it from the file.
+ARCHIVES_IN = "/[^/%?#]+[.]mar"
+_PLAIN = re.compile(r"[A-Za-z0-9/_~@:=-]")
+_QUOTED = ".+*?$(){}|"  # each written as a one-character class, [.]
+_STORE_PATTERN = re.compile(
+    r"\(\?-i:file://((?:[A-Za-z0-9/_~@:=-]|\[[.+*?$(){}|]\])+)" + re.escape(ARCHIVES_IN) + r"\)")
 ADDRESS_KEYS = ("inference_address", "management_address", "metrics_address")
 DEFAULT_ADDRESSES = ("http://127.0.0.1:8080", "http://127.0.0.1:8081", "http://127.0.0.1:8082")
 
@@ -60,6 +77,57 @@ def read_properties(path: str | Path, strict: bool = True) -> dict[str, str]:
     if strict:
         check_keys(props, TORCHSERVE_KEYS, str(path))
     return props
+
+
+def store_urls(model_store: str | Path) -> str:
+    """The allowed_urls value that admits only the archives directly in `model_store` (absolute)."""
+    folder = posixpath.normpath(str(model_store))
+    if not folder.startswith("/"):
+        raise ValueError(f"the model store must be an absolute path, not {folder!r}")
+    spelt = []
+    for char in folder:
+        if _PLAIN.fullmatch(char):
+            spelt.append(char)
+        elif char in _QUOTED:
+            spelt.append(f"[{char}]")
+        else:
+            raise ValueError(f"allowed_urls cannot name {folder!r}: {char!r} has no spelling that "
+                             "java.util.Properties and both regex dialects read alike")
+    return f"(?-i:file://{''.join(spelt)}{ARCHIVES_IN})"
+
+
+def store_of(pattern: str) -> str | None:
+    """The folder a store_urls() pattern names, or None for any other pattern."""
+    found = _STORE_PATTERN.fullmatch(pattern)
+    if not found:
+        return None
+    return re.sub(r"\[(.)\]", r"\1", found.group(1))
+
+
+def url_problems(props: dict[str, str]) -> list[str]:
+    """What in a config lets TorchServe fetch an archive from anywhere but its model store:
+    allowed_urls missing (TorchServe's default admits any file and any http(s) URL), a pattern
+    other than store_urls(the model store), the environment allowed to replace it. A relative
+    model_store (config.properties, resolved where the app is installed: the image's folder)
+    must be named by a pattern for an absolute folder ending in it; `serve` derives the
+    absolute one."""
+    if props.get("use_env_allowed_urls", "false").strip().lower() != "false":
+        return ["use_env_allowed_urls lets the environment replace allowed_urls"]
+    urls = props.get("allowed_urls")
+    if not urls:
+        return ["allowed_urls is not set: TorchServe's default admits any file:// and http(s) URL"]
+    store = posixpath.normpath(props.get("model_store") or ".")
+    example = store_urls(store if store.startswith("/") else "/STORE")
+    problems = []
+    for pattern in urls.split(","):  # TorchServe splits on every comma, then trims nothing
+        folder = store_of(pattern)
+        if folder is None:
+            problems.append(f"allowed_urls pattern {pattern!r} admits more than the archives of "
+                            f"one folder: write {example!r}")
+        elif folder != posixpath.normpath(folder) or not (
+                folder == store if store.startswith("/") else folder.endswith("/" + store)):
+            problems.append(f"allowed_urls names {folder}, not the model store {store}")
+    return problems
 
 
 def addresses(workdir: str | Path) -> tuple[str, str, str]:
