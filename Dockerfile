@@ -4,14 +4,17 @@
 # built, and tags it localhost/image-classifier-service:<version in pyproject.toml>. What it runs:
 #   podman --runtime runc build --format docker --network host \
 #     --ulimit nofile=20000:20000 --ulimit nproc=4096:4096 \
-#     --build-arg BASE=localhost/image-classifier-base:bookworm \
+#     --build-arg BASE=localhost/image-classifier-base@sha256:<its digest> \
 #     --build-arg MAR_SHA256=$(sha256sum model_store/efficientnet_lite0.mar | cut -c1-64) \
 #     --build-arg VERSION=1.0.0 --build-arg GIT_COMMIT=$(git rev-parse HEAD) \
 #     --build-context wheels=build/image/wheels --build-arg TORCH_INDEX= \
 #     --secret id=ca,src=/etc/ssl/certs/ca-certificates.crt \
 #     -t localhost/image-classifier-service:1.0.0 .
-# BASE: only where no registry is reachable (make image-base). wheels + TORCH_INDEX=: a torch wheel
-# the host's pip found on local disk (without them torch comes from PyTorch's CPU index). The
+# BASE: pinned by digest (make image refuses a registry base without @sha256:...); the local one
+# (make image-base, where no registry is reachable) by the digest podman recorded for it. The SBOM
+# (build/sbom.cdx.json) is read from the built image by scripts/deploy/sbom.py. wheels +
+# TORCH_INDEX=: a torch wheel the host's pip found on local disk (without them torch comes from
+# PyTorch's CPU index; either way its sha256 is the lock's). The
 # secret: a private CA for pip (a TLS-intercepting proxy), never in a layer. --format docker keeps
 # the HEALTHCHECK (podman's OCI format drops it).
 # Run it (docs/container.md): root filesystem read-only, a writable tmpfs for /tmp (run/ links
@@ -46,16 +49,20 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# The runtime requirements in a venv (copied whole into the runtime stage). A private CA comes as
-# the build secret `ca` and is used by pip only: it is never in a layer.
+# The runtime requirements in a venv (copied whole into the runtime stage), from the lock only:
+# requirements-image.lock pins every package, dependencies included, to one wheel by its sha256
+# (`python -m scripts.deploy.lock` regenerates it from requirements-image.txt); pip refuses any
+# file whose hash differs and any package the lock does not name, whichever index served it. A
+# private CA comes as the build secret `ca` and is used by pip only: it is never in a layer.
 FROM base AS deps
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
-COPY requirements-serve.txt requirements-image.txt /tmp/req/
+COPY requirements-image.lock /tmp/req/
 RUN --mount=type=secret,id=ca --mount=type=bind,from=wheels,target=/wheels \
     python3 -m venv /opt/venv \
     && if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
-    && /opt/venv/bin/pip install --progress-bar off --find-links /wheels \
-        ${TORCH_INDEX:+--extra-index-url $TORCH_INDEX} -r /tmp/req/requirements-image.txt \
+    && /opt/venv/bin/pip install --progress-bar off --require-hashes --only-binary :all: \
+        --find-links /wheels ${TORCH_INDEX:+--extra-index-url $TORCH_INDEX} \
+        -r /tmp/req/requirements-image.lock \
     # Not needed at run time (about 200 MB): pip, torch's C++ headers, test data and test
     # binaries (torch_shm_manager, which torch's multiprocessing may start, stays).
     && /opt/venv/bin/python -m pip uninstall -y -q pip \

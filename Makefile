@@ -116,8 +116,10 @@ clean:
 IMAGE_NAME := localhost/image-classifier-service
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 IMAGE := $(IMAGE_NAME):$(VERSION)
-# The base: local = built from Debian's packages by mmdebstrap (no registry needed); or a public
-# image, e.g. make image BASE_IMAGE=docker.io/library/debian:bookworm-slim
+# The base: local = built from Debian's packages by mmdebstrap (no registry needed), used by the
+# digest podman recorded for it; or a registry image pinned by digest, e.g.
+#   make image BASE_IMAGE=docker.io/library/debian:bookworm-slim@sha256:<digest>
+# (a registry base without @sha256: is refused: a tag can move to other bytes).
 BASE_IMAGE ?= local
 LOCAL_BASE := localhost/image-classifier-base:bookworm
 BASE_PACKAGES := python3,python3-venv,openjdk-17-jre-headless,ca-certificates
@@ -125,6 +127,10 @@ BASE_PACKAGES := python3,python3-venv,openjdk-17-jre-headless,ca-certificates
 CA_BUNDLE ?= $(firstword $(wildcard $(PIP_CERT) /etc/ssl/certs/ca-certificates.crt))
 TORCH_PIN := $(shell grep -o '^torch==[^ ]*' requirements-image.txt)
 WHEELS := build/image/wheels
+# The SBOM of the image make image builds (CycloneDX JSON, read from inside the image).
+SBOM := build/sbom.cdx.json
+# What the build's FROM names: the local base by its digest, or BASE_IMAGE (pinned by digest).
+BASE_REF = $(if $(filter local,$(BASE_IMAGE)),$(firstword $(subst :, ,$(LOCAL_BASE)))@$(shell $(ENGINE_CMD) image inspect --format '{{.Digest}}' $(LOCAL_BASE)),$(BASE_IMAGE))
 # podman, else a docker whose daemon answers (evaluated when a recipe runs, after `engine`).
 ENGINE = $(shell command -v podman >/dev/null 2>&1 && echo podman || { docker info >/dev/null 2>&1 && echo docker; })
 # podman on this kind of host: runc (crun refuses hybrid cgroup v1 layouts) and explicit ulimits
@@ -154,15 +160,26 @@ image-base: engine
 # A torch wheel the host's pip finds locally goes in as the `wheels` build context; else the
 # build fetches it from PyTorch's CPU index.
 image: engine image-base $(MAR)
+	@case "$(BASE_IMAGE)" in local|*@sha256:*) ;; *) echo "make image: BASE_IMAGE=$(BASE_IMAGE) is not pinned by digest; use NAME:TAG@sha256:DIGEST (podman pull NAME:TAG, then podman image inspect --format '{{.Digest}}' NAME:TAG)" >&2; exit 2;; esac
 	@rm -rf $(WHEELS) && mkdir -p $(WHEELS)
 	@$(PY) -m pip download -q --no-deps --only-binary :all: -d $(WHEELS) "$(TORCH_PIN)" >/dev/null 2>&1 \
 		&& echo "[make] $(TORCH_PIN) from the host's pip: $$(ls $(WHEELS))" || rm -f $(WHEELS)/*
 	@echo "[make] building $(IMAGE) with $(ENGINE)"
+	@echo "[make] base $(BASE_REF)"
 	time $(ENGINE_CMD) build $(ENGINE_BUILD_FLAGS) --network host \
-		$(if $(filter local,$(BASE_IMAGE)),--build-arg BASE=$(LOCAL_BASE),--build-arg BASE=$(BASE_IMAGE)) \
+		--build-arg BASE=$(BASE_REF) \
 		--build-arg MAR_SHA256=$$(sha256sum $(MAR) | cut -c1-64) \
 		--build-arg VERSION=$(VERSION) --build-arg GIT_COMMIT=$$(git rev-parse HEAD 2>/dev/null || echo unknown) \
 		--build-context wheels=$(WHEELS) $$([ -n "$$(ls $(WHEELS))" ] && echo --build-arg TORCH_INDEX=) \
 		$(if $(CA_BUNDLE),--secret id=ca$(,)src=$(CA_BUNDLE)) \
 		-t $(IMAGE) .
 	@$(ENGINE_CMD) image inspect $(IMAGE) --format '[make] $(IMAGE): {{.Size}} bytes'
+	$(PY) -m scripts.deploy.sbom --image $(IMAGE) --base $(BASE_REF) --engine "$(ENGINE_CMD)" \
+		$(if $(filter podman,$(ENGINE)),--run-flags "--ulimit nofile=20000:20000 --ulimit nproc=4096:4096") \
+		--lock requirements-image.lock -o $(SBOM)
+
+# Regenerate requirements-image.lock (every package of the image pinned to one wheel by its
+# sha256) after changing requirements-image.txt or requirements-serve.txt.
+.PHONY: image-lock
+image-lock: install
+	$(PY) -m scripts.deploy.lock
