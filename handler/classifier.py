@@ -59,7 +59,7 @@ class ImageClassifierHandler(BaseHandler):
         # override (HANDLER_THREADS), fails the load instead of being ignored.
         settings = handler_settings(getattr(context, "model_yaml_config", None))
         self.settings = settings
-        provenance = verify_model_dir(model_dir, settings["manifest"], settings["on_integrity_mismatch"])
+        provenance = verify_model_dir(model_dir, settings["manifest"])
         self.loaded = loaded_description(model_dir / settings["manifest"], provenance or {})
         self.preprocess_config = PreprocessConfig.load(model_dir / settings["preprocess_config"])
         self.labels = json.loads((model_dir / settings["labels"]).read_text())

@@ -2,10 +2,13 @@
 
 The build writes `provenance.json` into the archive with the SHA-256 of every bundled file
 (paths relative to the archive root, `handler/preprocessing.py` included) and the library
-versions used at export. A worker compares both before loading: a changed, missing or unlisted
-file, or (for a TorchScript archive) another torch major.minor, is named in the log and the worker
-refuses to load (or, with on_integrity_mismatch=warn, loads anyway). It also hashes the `handler`
-modules this process actually imported: code from anywhere but the archive is refused the same way.
+versions used at export. The files, and the manifest against the server's pin, are checked by
+handler/integrity.py: first by `torchserve_entry.py` before any other module of the archive is
+imported, then again here at `initialize` (an in-process handler has no entry module). This module
+adds what needs the imported package: the `handler` modules this process actually runs must be
+the archive's (code from anywhere but the archive is refused the same way), and the library
+versions must be the export's. Any difference refuses the load; no setting of the archive can
+turn that off.
 
 The version rule follows what runs the graph. A TorchScript archive is run by torch, so the running
 torch must be the exporting one's major.minor (torchvision too, where it is installed: the runtime
@@ -15,49 +18,34 @@ TorchServe's worker imports it, so a CPU-only runtime with another torch serves 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import BinaryIO
 
-from handler import layout
+from handler import integrity, layout
+from handler.integrity import IntegrityError, sha256_stream
+
+__all__ = ["IntegrityError", "sha256_stream", "sha256_file", "built_files", "find_mismatches",
+           "verify_model_dir", "installed_versions", "running_versions", "version_mismatches"]
 
 logger = logging.getLogger(__name__)
 
-CHUNK = 1 << 20
 # Libraries whose major.minor must match the export's, per archive format (see the docstring).
 CHECKED_VERSIONS = {"torchscript": ("torch", "torchvision"), "onnx": ()}
 # The libraries a worker's description reports (GET /models/NAME?customized=true).
 DESCRIBED_VERSIONS = ("torch", "torchvision", "onnxruntime", "torchserve", "numpy", "pillow")
-ON_MISMATCH = ("refuse", "warn")
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
-class IntegrityError(RuntimeError):
-    """The model directory does not match its manifest."""
-
-
-def sha256_stream(fh: BinaryIO, on_progress: Callable[[int], None] | None = None) -> tuple[str, int]:
-    """(hex SHA-256, bytes) of an open binary stream, read in chunks; `on_progress(done)` after each."""
-    digest, done = hashlib.sha256(), 0
-    for chunk in iter(lambda: fh.read(CHUNK), b""):
-        digest.update(chunk)
-        done += len(chunk)
-        if on_progress:
-            on_progress(done)
-    return digest.hexdigest(), done
-
-
 def sha256_file(path: str | Path, on_progress: Callable[[int], None] | None = None) -> str:
-    """Hex SHA-256 of a file, streamed."""
+    """Hex SHA-256 of a file, streamed; `on_progress(done)` after each chunk."""
     with open(path, "rb") as fh:
         return sha256_stream(fh, on_progress)[0]
 
 
 def built_files(root: Path) -> Iterator[str]:
-    """Relative POSIX paths of the files a build put in `root` (not MAR-INF, not __pycache__)."""
+    """Relative POSIX paths of the files a build put in `root` (not MAR-INF, not __pycache__):
+    what the manifest lists. A worker refuses anything else (handler/integrity.py)."""
     for path in sorted(Path(root).rglob("*")):
         rel = path.relative_to(root)
         if path.is_file() and not set(rel.parts[:-1]) & set(layout.UNHASHED_DIRS):
@@ -111,24 +99,11 @@ def version_mismatches(manifest: dict, running: dict[str, str]) -> list[str]:
     return problems
 
 
-def find_mismatches(model_dir: Path, manifest: dict, manifest_name: str = layout.MANIFEST) -> list[str]:
-    """Every way the directory differs from the manifest, one readable line each."""
-    model_dir = Path(model_dir)
-    problems = []
-    listed = manifest.get("files", {})
-    if not listed:
-        problems.append("the manifest lists no files")
-    # A file slipped into the archive after the build (say, a module shadowing one of ours).
-    for name in built_files(model_dir):
-        if name != manifest_name and name not in listed:
-            problems.append(f"file {name} is in the model directory but not in the manifest")
-    for name, entry in listed.items():
-        path = model_dir / name
-        if not path.is_file():
-            problems.append(f"file {name} is listed in the manifest but missing")
-        elif (actual := sha256_file(path)) != entry["sha256"]:
-            problems.append(f"file {name} sha256 {actual[:16]}... != manifest {entry['sha256'][:16]}...")
-    problems += _imported_code_mismatches(listed)
+def find_mismatches(model_dir: Path, manifest: dict) -> list[str]:
+    """Every way the directory and this process differ from the manifest, one readable line each:
+    the files (handler/integrity.py), the imported `handler` modules, the library versions."""
+    problems = integrity.file_mismatches(Path(model_dir), manifest)
+    problems += _imported_code_mismatches(manifest.get("files", {}))
     problems += version_mismatches(manifest, running_versions())
     return problems
 
@@ -147,26 +122,20 @@ def _imported_code_mismatches(listed: dict) -> list[str]:
 
 
 def verify_model_dir(model_dir: Path, manifest_name: str = layout.MANIFEST,
-                     on_mismatch: str = "refuse") -> dict | None:
-    """Check hashes and versions; raise IntegrityError (refuse) or log a warning (warn)."""
-    if on_mismatch not in ON_MISMATCH:
-        raise ValueError(f"on_integrity_mismatch must be one of {ON_MISMATCH}, not {on_mismatch!r}")
-    path = Path(model_dir) / manifest_name
-    manifest = None
-    if not path.is_file():
-        problems = [f"manifest {manifest_name} is missing"]
-    else:
-        try:
-            manifest = json.loads(path.read_text())
-            problems = find_mismatches(Path(model_dir), manifest, manifest_name)
-        except (ValueError, AttributeError, KeyError, TypeError) as exc:  # not our manifest's shape
-            problems = [f"manifest {manifest_name} is unreadable ({type(exc).__name__}: {exc})"]
-    if not problems:
-        logger.info("Integrity check passed: %d files match %s", len(manifest["files"]), manifest_name)
-        return manifest
-    message = "Integrity check failed: " + "; ".join(problems)
-    if on_mismatch == "refuse":
-        logger.error("%s (on_integrity_mismatch=refuse: the model is not loaded)", message)
-        raise IntegrityError(message)
-    logger.warning("%s (on_integrity_mismatch=warn: loading anyway)", message)
+                     environ: Mapping[str, str] | None = None) -> dict:
+    """The manifest, when files, manifest pin, imported code and versions all hold; else log the
+    reasons and raise IntegrityError (the load is refused: there is no setting that loads anyway)."""
+    try:
+        if manifest_name != integrity.MANIFEST:  # the archive may not choose which manifest to trust
+            raise IntegrityError(f"Integrity check failed: the manifest is {integrity.MANIFEST}, "
+                                 f"not {manifest_name!r}")
+        manifest = integrity.verify(Path(model_dir), environ)
+        problems = _imported_code_mismatches(manifest["files"]) + version_mismatches(
+            manifest, running_versions())
+        if problems:
+            raise IntegrityError("Integrity check failed: " + "; ".join(problems))
+    except IntegrityError as exc:
+        logger.error("%s (the model is not loaded)", exc)
+        raise
+    logger.info("Integrity check passed: %d files match %s", len(manifest["files"]), manifest_name)
     return manifest

@@ -31,7 +31,8 @@ HANDLER_DEFAULTS = {
     "preprocess_config": layout.PREPROCESS_CONFIG,
     "labels": layout.LABELS,
     "manifest": layout.MANIFEST,
-    "on_integrity_mismatch": "refuse",
+    # No on_integrity_mismatch: a mismatch always refuses the load, and what may run is the
+    # operator's to pin (docs/provenance.md), never the archive's to relax.
     # auto: on a GPU, the reduced precision the export validated (handler/device.py); float32 forces FP32
     "precision": "auto",
     # eager archives only: torch.compile the model at load (slower start, maybe faster forward)
@@ -68,7 +69,7 @@ def positive_int(value: object) -> int:
 
 
 # The handler settings whose values are checked here (the others: where they are used, e.g.
-# `precision` in handler/device.py, `on_integrity_mismatch` in handler/provenance.py).
+# `precision` in handler/device.py, `manifest` in handler/provenance.py).
 HANDLER_CHECKS: dict[str, Callable[[object], object]] = {"threads": positive_int, "top_k": positive_int,
                                                          "compile": boolean}
 
