@@ -26,10 +26,11 @@ from pathlib import Path
 import requests
 import yaml
 
-from handler import layout
-from handler.provenance import built_files, sha256_stream
+from handler import integrity, layout
+from handler.provenance import sha256_stream
 from handler.settings import HANDLER_DEFAULTS
 from scripts import repo
+from scripts.ops.pins import PIN_ENV
 
 
 class Archive:
@@ -40,11 +41,13 @@ class Archive:
         self.zip = None if self.path.is_dir() else zipfile.ZipFile(self.path)
 
     def names(self) -> list[str]:
-        """Every file of the archive but the archiver's own MAR-INF/."""
+        """Every file of the archive but the archiver's own MAR-INF/MANIFEST.json: bytecode and
+        anything else unlisted is reported, as a worker refuses it (handler/integrity.py)."""
         if self.zip:
             return sorted(e.filename for e in self.zip.infolist()
-                          if not e.is_dir() and not e.filename.startswith(layout.MAR_INF + "/"))
-        return list(built_files(self.path))
+                          if not e.is_dir() and e.filename != layout.ARCHIVER_MANIFEST)
+        return [name for name in integrity.present_files(self.path)
+                if name != layout.ARCHIVER_MANIFEST and (self.path / name).is_file()]
 
     def open(self, name: str):
         return self.zip.open(name) if self.zip else open(self.path / name, "rb")
@@ -95,8 +98,6 @@ def inspect(path: Path) -> dict:
         "versions": manifest.get("versions", {}),
         "preprocessing": manifest.get("preprocessing", {}),
         "labels": {"file": labels_name, "count": len(labels)},
-        "on_integrity_mismatch": handler_cfg.get("on_integrity_mismatch",
-                                                 HANDLER_DEFAULTS["on_integrity_mismatch"]),
         "validation": manifest.get("validation", {}),
         "manifest_sha256": archive.sha256(layout.MANIFEST)[0],
         "files": files,
@@ -177,7 +178,8 @@ def render(info: dict) -> str:
         f"{val.get('top1_agreement', nan):.3f} on {len(val.get('images', []))} photos "
         f"({', '.join(val.get('images', []))}), max |logit diff| {val.get('max_abs_logit_diff', nan):.2e}"
         f" (tolerance {val.get('tolerance', nan):.0e}, {val.get('format')} vs eager)",
-        f"on mismatch    {info['on_integrity_mismatch']} (worker setting in model-config.yaml)",
+        f"pin            {PIN_ENV}={Path(info['archive']).name}={info['archive_sha256']}"
+        if info["archive_sha256"] else "pin            (a directory: pins apply to .mar files)",
         f"files          {len(info['files'])}:",
     ]
     width = max((len(f["name"]) for f in info["files"]), default=0)

@@ -1,0 +1,132 @@
+"""The operator's pins: the SHA-256 of each archive allowed to run, checked before TorchServe starts.
+
+An archive's own provenance.json proves nothing against whoever rewrote the archive: they
+recompute it. So what may run is pinned from outside, in the server's environment:
+
+    ARCHIVE_SHA256=efficientnet_lite0.mar=5d71ef6f...        one NAME.mar=HEX per archive, comma-separated
+    ARCHIVE_SHA256=5d71ef6f...                               a bare HEX when one archive is served
+    ARCHIVE_PINS_REQUIRED=1                                  refuse to start with an archive unpinned
+
+`check_pins` hashes every archive the server is about to load (streamed) and raises PinError,
+naming the archive, the pinned and the actual digest, on any difference; a pin for an archive
+that is not served is refused too (a typo would otherwise leave the archive unpinned). With no
+pin and no ARCHIVE_PINS_REQUIRED (`make serve` on a development machine) it logs one line,
+"archive not pinned", and goes on.
+
+It returns the environment TorchServe must pass its workers (TorchServe hands its own
+environment to every worker): ARCHIVE_MANIFESTS, the SHA-256 of each checked archive's
+provenance.json and MAR-INF/MANIFEST.json, which handler/integrity.py holds the extracted model
+directory to before any archive code runs (so the files a worker sees are the ones checked here,
+even if the store or the extracted copy changed since); PYTHONDONTWRITEBYTECODE=1, without which
+a worker refuses to load (it cannot tell bytecode it wrote from bytecode planted); and
+ARCHIVE_PINS_REQUIRED as given.
+
+Standard library only (with handler/integrity.py, which is too): it runs before anything is
+served, in the runtime image as on a development machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+
+from handler import integrity
+
+PIN_ENV = "ARCHIVE_SHA256"
+REQUIRED_ENV = integrity.REQUIRED_ENV
+MANIFESTS_ENV = integrity.MANIFESTS_ENV
+CHUNK = 1 << 20
+
+logger = logging.getLogger(__name__)
+
+
+class PinError(RuntimeError):
+    """An archive is not the one pinned, is unpinned where pins are required, or a pin is malformed."""
+
+
+def served_archives(model_store: Path, models: str) -> list[str]:
+    """The archive file names of TorchServe's `load_models` ("NAME=FILE.mar,..."; "FILE.mar";
+    "all": every .mar of the store)."""
+    if models.strip() == "all":
+        return sorted(p.name for p in Path(model_store).glob("*.mar"))
+    names = [item.split("=", 1)[-1].strip() for item in models.split(",") if item.strip()]
+    return list(dict.fromkeys(names))
+
+
+def parse_pins(text: str, archives: list[str]) -> dict[str, str]:
+    """{archive file name: pinned hex} of ARCHIVE_SHA256's value, checked: 64 hex digits each,
+    a bare digest only with one archive served, no pin for an archive not served."""
+    text = text.strip()
+    if not text:
+        return {}
+    if "=" not in text:
+        if len(archives) != 1:
+            raise PinError(f"{PIN_ENV} holds one bare digest, but {len(archives)} archives are served "
+                           f"({', '.join(archives)}): give NAME.mar=HEX for each")
+        return {archives[0]: _digest(text, archives[0])}
+    pins = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, digest = item.partition("=")
+        if not sep:
+            raise PinError(f"{PIN_ENV}: {item!r} is not NAME.mar=HEX")
+        pins[name.strip()] = _digest(digest, name.strip())
+    if unknown := sorted(set(pins) - set(archives)):
+        raise PinError(f"{PIN_ENV} pins {', '.join(unknown)}, which is not served "
+                       f"(served: {', '.join(archives) or 'none'})")
+    return pins
+
+
+def _digest(text: str, archive: str) -> str:
+    digest = text.strip().lower()
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise PinError(f"{PIN_ENV}: the pin for {archive} is not a SHA-256 (64 hex digits): {text!r}")
+    return digest
+
+
+def archive_digests(path: Path) -> tuple[str, str]:
+    """(the archive's SHA-256, "PROVENANCE_SHA256:MAR_INF_SHA256" of its two manifests, as
+    ARCHIVE_MANIFESTS holds them), both read through one open file: the manifests are those of
+    the bytes hashed, even if the path is replaced meanwhile."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(CHUNK), b""):
+            digest.update(chunk)
+        fh.seek(0)
+        try:
+            with zipfile.ZipFile(fh) as zf:
+                manifests = [hashlib.sha256(zf.read(name)).hexdigest()
+                             for name in (integrity.MANIFEST, integrity.ARCHIVER_MANIFEST)]
+        except (KeyError, zipfile.BadZipFile) as exc:
+            raise PinError(f"{path.name}: cannot read {integrity.MANIFEST} and "
+                           f"{integrity.ARCHIVER_MANIFEST} from it ({exc})") from exc
+    return digest.hexdigest(), ":".join(manifests)
+
+
+def check_pins(model_store: Path, models: str, environ: Mapping[str, str]) -> dict[str, str]:
+    """Check every archive `models` loads from `model_store` against ARCHIVE_SHA256 in `environ`;
+    raise PinError on the first difference. Returns the environment TorchServe's workers need."""
+    archives = served_archives(model_store, models)
+    pins = parse_pins(environ.get(PIN_ENV, ""), archives)
+    required = integrity.required(environ)
+    manifests = []
+    for name in archives:
+        path = Path(model_store) / name
+        if not path.is_file():
+            raise PinError(f"{name}: no such archive in {model_store}")
+        actual, manifest_pair = archive_digests(path)
+        if name in pins and actual != pins[name]:
+            raise PinError(f"{name}: sha256 {actual} is not the pinned {pins[name]} ({PIN_ENV}): "
+                           "not starting")
+        if name not in pins:
+            if required:
+                raise PinError(f"{name}: archive not pinned and {REQUIRED_ENV}=1: set "
+                               f"{PIN_ENV}={name}={actual} if this is the archive to run")
+            logger.warning("archive not pinned: %s (sha256 %s; set %s to pin it)", name, actual, PIN_ENV)
+        manifests.append(manifest_pair)
+    env = {MANIFESTS_ENV: ",".join(manifests), "PYTHONDONTWRITEBYTECODE": "1"}
+    if required:
+        env[REQUIRED_ENV] = "1"
+    return env
