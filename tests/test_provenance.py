@@ -1,13 +1,19 @@
 """The deployed model is the validated one: the manifest check at load, the inspector, tampering.
 
-Unit tests run the check on an unpacked archive; the end-to-end test serves an untouched .mar,
-one with a changed labels file (refused), and the same change with `on_integrity_mismatch: warn`.
+Unit tests run the check on an unpacked archive, and the worker's first check (the entry module
+run as TorchServe imports it) on planted bytecode; the end-to-end test serves, with the pins of
+scripts/ops/pins.py required, an untouched .mar and one with a changed labels file (refused).
+The operator's archive pins themselves: tests/test_pins.py.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
+import os
+import subprocess
+import sys
 import time
 import zipfile
 from dataclasses import replace
@@ -17,10 +23,9 @@ import pytest
 import requests
 import yaml
 
-from handler import layout, provenance
+from handler import integrity, layout, provenance, settings
 from handler.provenance import IntegrityError, find_mismatches, verify_model_dir
-from scripts.ops import inspect_mar, serve
-from tests.support.servers import serving
+from scripts.ops import inspect_mar, pins, serve
 
 MANIFEST = layout.MANIFEST
 TAMPERED_INDEX = "282"  # tiger cat: in the cat photo's top 5
@@ -96,15 +101,87 @@ def test_untouched_archive_has_no_mismatch(model_dir):
     (lambda d: flip_first_byte(d / serialized_model(d)), "file model."),
     (lambda d: (d / "torch.py").write_text("raise SystemExit"), "file torch.py is in the model directory"),
     (lambda d: (d / "handler" / "extra.py").write_text(""), "file handler/extra.py is in the model"),
-    (lambda d: write_bytecode(d / "handler"), None),  # written by Python at import: not listed
+    (lambda d: (d / "MAR-INF" / "extra.json").write_text("{}"), "file MAR-INF/extra.json is in the"),
+    (lambda d: (d / "handler" / "runner.pyc").write_bytes(b"\0" * 16), "bytecode handler/runner.pyc"),
 ])
 def test_each_kind_of_tampering_is_named(model_dir, change, expected):
     change(model_dir)
     problems = find_mismatches(model_dir, manifest_of(model_dir))
-    if expected is None:
-        assert problems == []
-    else:
-        assert len(problems) == 1 and problems[0].startswith(expected), problems
+    assert len(problems) == 1 and problems[0].startswith(expected), problems
+
+
+def test_bytecode_beside_a_module_is_refused(model_dir):
+    # Python would load it instead of the verified runner.py: the folder and the file are named.
+    write_bytecode(model_dir / "handler")
+    assert find_mismatches(model_dir, manifest_of(model_dir)) == [
+        f"bytecode handler/__pycache__{tail} is in the model directory: Python would run it instead "
+        "of the verified source" for tail in ("", "/runner.cpython-311.pyc")]
+
+
+def run_entry(model_dir: Path, **env: str) -> subprocess.CompletedProcess:
+    """Import the archive's entry module as TorchServe's worker does: from the model directory,
+    with it on PYTHONPATH (and its working directory)."""
+    base = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONDONTWRITEBYTECODE")}
+    return subprocess.run([sys.executable, "-c", "import torchserve_entry"], cwd=model_dir,
+                          env={**base, "PYTHONPATH": str(model_dir), **env},
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_worker_refuses_planted_bytecode_before_importing_the_package(model_dir):
+    write_bytecode(model_dir / "handler")
+    done = run_entry(model_dir, PYTHONDONTWRITEBYTECODE="1")
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("archive_integrity.IntegrityError: Integrity check failed: bytecode "
+                           "handler/__pycache__ is in the model directory"), done.stderr
+    assert "handler/__pycache__/runner.cpython-311.pyc" in last
+    assert "handler/classifier.py" not in done.stderr  # refused before the package was imported
+
+
+def test_worker_refuses_a_manifest_the_server_did_not_check(model_dir):
+    done = run_entry(model_dir, PYTHONDONTWRITEBYTECODE="1",
+                     **{integrity.MANIFESTS_ENV: f"{'0' * 64}:{'0' * 64}"})
+    assert done.returncode != 0 and "is not a manifest the server checked at start" in done.stderr
+
+
+def test_worker_writing_bytecode_is_refused_where_pins_are_required(model_dir):
+    done = run_entry(model_dir, **{integrity.REQUIRED_ENV: "1"})
+    assert done.returncode != 0
+    assert "start TorchServe with PYTHONDONTWRITEBYTECODE=1" in done.stderr.strip().splitlines()[-1]
+
+
+def test_entry_bytecode_python_wrote_is_let_through_on_a_restart(model_dir):
+    # Without PYTHONDONTWRITEBYTECODE (a development server) Python writes the entry's bytecode
+    # before the entry runs; the next worker finds it. Only that exact file passes: not a planted one.
+    entry = str(model_dir / layout.ENTRY_MODULE)
+    import py_compile
+
+    cached = Path(py_compile.compile(entry, doraise=True))
+    assert integrity.verify_entry(entry, dont_write_bytecode=False, environ={})["files"]
+    with pytest.raises(IntegrityError, match="bytecode __pycache__"):
+        integrity.verify_entry(entry, dont_write_bytecode=True, environ={})
+    cached.write_bytes(cached.read_bytes()[:4] + b"\1\0\0\0" + cached.read_bytes()[8:])  # unchecked hash
+    with pytest.raises(IntegrityError, match="bytecode __pycache__"):
+        integrity.verify_entry(entry, dont_write_bytecode=False, environ={})
+
+
+def test_verifier_is_stdlib_only_and_names_the_layout():
+    # torchserve_entry.py runs it before importing `handler`: it must not import it either.
+    tree = ast.parse(Path(integrity.__file__).read_text())
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom) and node.module}
+    assert imported <= set(sys.stdlib_module_names) | {"__future__"}, imported
+    assert (integrity.MANIFEST, integrity.ARCHIVER_MANIFEST) == (layout.MANIFEST, layout.ARCHIVER_MANIFEST)
+
+
+def test_an_archive_cannot_set_the_mismatch_policy():
+    with pytest.raises(settings.ConfigError, match="unknown key 'on_integrity_mismatch'"):
+        settings.model_config_blocks({"handler": {"on_integrity_mismatch": "warn"}})
+    for config in ("efficientnet_lite0", "kserve"):
+        doc = yaml.safe_load(Path(f"config/{config}/model-config.yaml").read_text())
+        settings.model_config_blocks(doc)  # the shipped configs do not set it
 
 
 def test_handler_code_imported_from_elsewhere_is_named(model_dir):
@@ -164,18 +241,14 @@ def test_refusal_message_says_torch_version(model_dir, monkeypatch):
         verify_model_dir(model_dir, MANIFEST)
 
 
-def test_refuse_raises_and_warn_loads(model_dir, caplog):
+def test_a_mismatch_always_refuses(model_dir, caplog):
     (model_dir / "index_to_name.json").write_text("{}")
     with caplog.at_level(logging.WARNING, logger="handler.provenance"), \
             pytest.raises(IntegrityError, match="index_to_name.json"):
         verify_model_dir(model_dir, MANIFEST)
-    assert "on_integrity_mismatch=refuse" in caplog.text
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="handler.provenance"):
-        assert verify_model_dir(model_dir, MANIFEST, "warn")["model"]["name"] == "lite0_prov"
-    assert "index_to_name.json" in caplog.text and "loading anyway" in caplog.text
-    with pytest.raises(ValueError, match="on_integrity_mismatch"):
-        verify_model_dir(model_dir, MANIFEST, "ignore")
+    assert "(the model is not loaded)" in caplog.text
+    with pytest.raises(IntegrityError, match="the manifest is provenance.json, not 'other.json'"):
+        verify_model_dir(model_dir, "other.json")
 
 
 @pytest.mark.parametrize("content", [None, b"{not json", b"[]"])
@@ -215,19 +288,23 @@ def refusals(log: Path, model: str) -> list[str]:
 
 @pytest.mark.e2e
 def test_tampered_archive_is_refused_untouched_loads(fresh_mar, photos, tmp_path):
+    # Served the way `serve start` serves in the image: every archive pinned, pins required, the
+    # workers given the checked manifests and no bytecode writing (pins.check_pins' environment).
+    # tampered.mar is pinned as it is (the operator's pin is not what this tests): its worker's
+    # own check is, since its labels no longer match its manifest.
     store = tmp_path / "store"
     store.mkdir()
     (store / "good.mar").write_bytes(fresh_mar.read_bytes())
-    labels = tampered_labels(fresh_mar)
-    rewrite_mar(fresh_mar, store / "tampered.mar", {"index_to_name.json": labels})
-    with zipfile.ZipFile(fresh_mar) as zf:
-        config = yaml.safe_load(zf.read("model-config.yaml"))
-    config["handler"]["on_integrity_mismatch"] = "warn"
-    rewrite_mar(fresh_mar, store / "warn.mar", {"index_to_name.json": labels,
-                                                 "model-config.yaml": yaml.safe_dump(config).encode()})
+    rewrite_mar(fresh_mar, store / "tampered.mar", {"index_to_name.json": tampered_labels(fresh_mar)})
+    models = "good=good.mar,tampered=tampered.mar"
+    operator = {pins.PIN_ENV: ",".join(f"{name}={provenance.sha256_file(store / name)}"
+                                       for name in ("good.mar", "tampered.mar")),
+                pins.REQUIRED_ENV: "1"}
     workdir = tmp_path / "ts"
-    with serving(workdir, store, "good=good.mar,tampered=tampered.mar,warn=warn.mar", min_ready=2,
-                 model="good") as server:
+    server = serve.start(workdir, models=models, ports=serve.free_ports(), model_store=store,
+                         env={**operator, **pins.check_pins(store, models, operator)})
+    try:
+        serve.wait_ready(server, "good", min_ready=2, timeout=180, progress=False)
         log = workdir / "logs" / "model_log.log"
         deadline = time.monotonic() + REFUSAL_WAIT_S
         while not refusals(log, "tampered") and time.monotonic() < deadline:
@@ -250,10 +327,9 @@ def test_tampered_archive_is_refused_untouched_loads(fresh_mar, photos, tmp_path
         good = server.client.predict("good", body)
         assert good.status_code == 200, good.text
         assert all(not p["label"].startswith("tampered") for p in good.json()["predictions"])
-        # warn: the same tampering loads, says so in the log, and serves the changed labels.
-        serve.wait_ready(server, "warn", min_ready=1, timeout=120, progress=False)
-        assert refusals(log, "warn") and not refusals(log, "good")
-        warned = server.client.predict("warn", body)
-        assert warned.status_code == 200, warned.text
-        assert any(p["label"].startswith("tampered") for p in warned.json()["predictions"])
-    assert "Integrity check passed" in log.read_text()
+        assert not refusals(log, "good")
+    finally:
+        serve.stop(workdir, grace=5)
+    text = log.read_text()
+    assert "Integrity check passed" in text and "writes bytecode" not in text
+    assert not list((workdir / "tmp").rglob("__pycache__"))  # nothing written into the model dirs
