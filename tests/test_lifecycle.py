@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from scripts import repo
-from scripts.ops import healthcheck, keys, lifecycle, serve
+from scripts.ops import healthcheck, keys, lifecycle, pins, serve
 from scripts.ops.client import sample_request
 from tests.support.servers import MODEL, serving
 
@@ -152,3 +152,13 @@ def test_idle_names_the_running_server_then_passes_once_it_stopped(tmp_path, def
     idle = subprocess.run([sys.executable, "-m", "scripts.ops.lifecycle", "idle", str(root)],
                           cwd=repo.ROOT, capture_output=True, text=True)
     assert idle.returncode == 0, idle.stderr
+
+
+@pytest.mark.e2e
+def test_an_archive_not_the_pinned_one_is_refused_before_torchserve_starts(tmp_path, default_mar):
+    pin = {"ARCHIVE_SHA256": f"{default_mar.name}={'0' * 64}"}
+    with pytest.raises(pins.PinError, match="is not the pinned 0000"):
+        serve.start(tmp_path / "run", models=f"{MODEL}={default_mar.name}", ports=serve.free_ports(),
+                    model_store=default_mar.parent, env=pin)
+    assert not (tmp_path / "run" / lifecycle.PID_FILE).exists()  # nothing was launched
+    assert lifecycle.holder(tmp_path / "run") is None

@@ -27,7 +27,7 @@ import requests
 
 from handler.settings import check_keys
 from scripts import repo
-from scripts.ops import lifecycle
+from scripts.ops import lifecycle, pins
 from scripts.ops.client import TorchServeClient, sample_request
 from scripts.ops.server_config import ADDRESS_KEYS, CONFIG_FILE, KEY_FILE, TORCHSERVE_KEYS, read_properties
 
@@ -116,7 +116,8 @@ def start(workdir: Path = repo.RUN_DIR, models: str = f"{repo.DEFAULT_MODEL}={re
     """Launch TorchServe in its own process group, and its supervisor (scripts.ops.lifecycle),
     which holds the working directory's lock and keeps the key renewer running; returns at once
     (see wait_ready). `config_properties`: `config` as the caller already read it (else it is
-    read here, once). Raises lifecycle.AlreadyServing or PortInUse before launching anything."""
+    read here, once). Raises lifecycle.AlreadyServing, PortInUse or pins.PinError before
+    launching anything."""
     workdir = lifecycle.private_dir(Path(workdir).resolve())
     lock_fd = lifecycle.lock(workdir)
     try:
@@ -125,6 +126,10 @@ def start(workdir: Path = repo.RUN_DIR, models: str = f"{repo.DEFAULT_MODEL}={re
             stop(workdir, grace=10)
         props = derived_properties(Path(config), ports, models, model_store, overrides, config_properties)
         lifecycle.check_ports({**props, **grpc_addresses(props)}, ADDRESS_KEYS + GRPC_KEYS)
+        # The operator's pins (ARCHIVE_SHA256), before any archive code can run; what the
+        # workers need to hold their extracted archive to the same bytes comes back.
+        env = {**(env or {})}
+        env.update(pins.check_pins(Path(model_store).resolve(), models, {**os.environ, **env}))
         return _launch(workdir, props, ports, model_store, env, log_config, lock_fd)
     finally:
         os.close(lock_fd)  # the supervisor holds its own copy from here on
@@ -329,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         server = start(args.workdir, models=f"{args.model}={args.model}.mar", ports=ports, model_store=store,
                        overrides=listen_overrides(args.host, ports, token_auth_on(base)), config=args.config,
                        config_properties=base)
-    except lifecycle.LifecycleError as exc:
+    except (lifecycle.LifecycleError, pins.PinError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     pending = args.workdir / WARM_UP_PENDING  # the readiness probe says no until it is gone
