@@ -92,6 +92,13 @@ COPY handler handler
 COPY scripts/__init__.py scripts/repo.py scripts/
 COPY scripts/ops scripts/ops
 COPY --from=archive /model_store/efficientnet_lite0.mar model_store/
+# The operator's pin, from outside the archive (scripts/ops/pins.py): the entrypoint hashes every
+# archive it serves before TorchServe starts and refuses one that is not pinned or not the
+# pinned one; the workers hold their unpacked copy to it (handler/integrity.py). An archive
+# mounted in place of this one (KServe's storage) needs its own ARCHIVE_SHA256 in the pod spec.
+ARG MAR_SHA256
+ENV ARCHIVE_PINS_REQUIRED=1 \
+    ARCHIVE_SHA256=efficientnet_lite0.mar=${MAR_SHA256}
 # `python -m scripts.ops...` run from this WORKDIR finds the packages (the repository's layout).
 # No PYTHONPATH: TorchServe puts it ahead of the model directory in the worker, where the
 # archive's own `handler` package must win. The root filesystem is read-only at run time; the

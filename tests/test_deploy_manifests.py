@@ -523,6 +523,17 @@ def test_overlays_run_the_image_make_image_builds(docs):
     assert f"registry.example.com/{IMAGE}:VERSION" in (ROOT / "Dockerfile").read_text()
 
 
+def test_the_image_and_the_kserve_pod_pin_the_archive_they_serve(docs):
+    """The image refuses an unpinned archive and pins its own; KServe's pod serves another archive
+    (the storage's), so it must carry that archive's pin, which the image's would not match."""
+    env = " ".join(instructions("ENV"))
+    assert "ARCHIVE_PINS_REQUIRED=1" in env
+    assert f"ARCHIVE_SHA256={MODEL}.mar=${{MAR_SHA256}}" in env
+    (container,) = docs["kserve"][("InferenceService", "image-classifier")]["spec"]["predictor"]["containers"]
+    pinned = {e["name"]: e["value"] for e in container["env"]}["ARCHIVE_SHA256"]
+    assert pinned.startswith(f"{MODEL}.mar=")
+
+
 FOREGROUND = """
 import sys
 from scripts.ops import serve
