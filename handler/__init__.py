@@ -14,7 +14,9 @@ One request's way through it, one module per step:
 
 Beside them: errors.py (an error class per outcome: client errors, server faults), settings.py
 (strict config keys, handler defaults and their environment overrides), layout.py (the archive's
-file names), provenance.py (integrity check at load), metrics.py (handler metrics, stage timing),
+file names), integrity.py (the unpacked archive against its pinned manifest, run first by
+torchserve_entry.py, standard library only), provenance.py (versions and imported modules at
+load), metrics.py (handler metrics, stage timing),
 batch.py (a batch's state), device.py (GPU or CPU, and precision), code_files.py (importing a
 model's own file: its architecture file, its preprocessing module).
 
