@@ -3,7 +3,6 @@ ports, probe commands, entrypoint, storage layout, resources) agrees with the re
 
 from __future__ import annotations
 
-import concurrent.futures
 import copy
 import fnmatch
 import importlib.util
@@ -14,7 +13,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 import tomllib
 from pathlib import Path
 
@@ -545,7 +543,7 @@ sys.exit(serve.run_foreground(server))
 
 
 @pytest.mark.e2e
-def test_foreground_entrypoint_drains_on_sigterm(tmp_path, default_mar, photos):
+def test_foreground_entrypoint_drains_on_sigterm(tmp_path, default_mar):
     """The container's PID 1 (serve.py --foreground) on `docker stop`: in-flight requests finish,
     then it exits 0 and TorchServe is gone."""
     code = FOREGROUND.format(workdir=str(tmp_path), model=MODEL, store=str(default_mar.parent))
@@ -553,16 +551,18 @@ def test_foreground_entrypoint_drains_on_sigterm(tmp_path, default_mar, photos):
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         assert proc.stdout.readline().strip() == "READY"
+        from tests.support.inflight import burst, slow_photo
+
         client = serve.TorchServeClient.from_workdir(tmp_path, timeout=60)
         pgid = int((tmp_path / "torchserve.pid").read_text())
-        image = photos["astronaut.jpg"].read_bytes()
-        with concurrent.futures.ThreadPoolExecutor(6) as pool:
-            futures = [pool.submit(client.predict, MODEL, image) for _ in range(6)]
-            time.sleep(0.05)
-            proc.send_signal(signal.SIGTERM)
-            statuses = [f.result().status_code for f in futures]
+        # A burst of slow requests; SIGTERM once at least 8 are written and unanswered.
+        result = burst(f"{client.inference_url}/predictions/{MODEL}", slow_photo(),
+                       lambda: client.auth_headers("inference"),
+                       lambda: proc.send_signal(signal.SIGTERM), n=16, min_outstanding=8)
         assert proc.wait(60) == 0
-        assert statuses == [200] * 6
+        print(f"\nSIGTERM with {result.in_flight_at_signal} of {result.sent} requests in flight")
+        assert result.in_flight_at_signal >= 8, result
+        assert result.all_ok, result.statuses  # every request in flight answered 200
         assert not serve._group(pgid)  # no live process of the server is left
     finally:
         if proc.poll() is None:

@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -22,6 +21,7 @@ import requests
 
 from scripts.ops import manage
 from scripts.ops.client import worker_died
+from tests.support.inflight import burst, slow_photo
 from tests.support.servers import MODEL, serving
 
 pytestmark = pytest.mark.e2e
@@ -97,40 +97,27 @@ def test_worker_killed_under_load_is_restarted(srv, photos, workers):
     assert srv.client.ready_workers(MODEL) == workers
 
 
-def test_graceful_stop_lets_in_flight_requests_finish(srv, photos):
+def test_graceful_stop_lets_in_flight_requests_finish(srv):
     """Runs last in this module: it stops the module's server (one worker left, so most of the
-    in-flight requests are queued, not running, when the stop begins)."""
-    image = photos["astronaut.jpg"].read_bytes()
-    results: list[tuple[float, float, object]] = []
-    stopping = threading.Event()
+    in-flight requests are queued, not running, when the stop begins). A burst of slow requests
+    (tests/support/inflight.py); the stop starts once at least 8 are written and unanswered."""
+    times: dict[str, float] = {}
 
-    def client() -> None:
-        session = requests.Session()
-        while not stopping.is_set():
-            t0 = time.monotonic()
-            try:
-                outcome: object = srv.client.predict(MODEL, image, session=session).status_code
-            except requests.RequestException as exc:
-                outcome = type(exc).__name__
-            results.append((t0, time.monotonic(), outcome))
+    def stop() -> subprocess.CompletedProcess:
+        times["t0"] = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "scripts.ops.serve", "stop",  # = make stop
+                               "--workdir", str(srv.workdir)], capture_output=True, text=True, timeout=90)
+        times["took"] = time.monotonic() - times["t0"]
+        return done
 
-    threads = [threading.Thread(target=client, daemon=True) for _ in range(8)]
-    for t in threads:
-        t.start()
-    time.sleep(2)
-    stopping.set()  # no new requests from here on; those on the wire must still be answered
-    t_stop = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "scripts.ops.serve", "stop",  # = make stop
-                           "--workdir", str(srv.workdir)], capture_output=True, text=True, timeout=90)
+    result = burst(f"{srv.client.inference_url}/predictions/{MODEL}", slow_photo(),
+                   lambda: srv.client.auth_headers("inference"), stop, n=16, min_outstanding=8)
+    done = result.signal_result
+    print(f"\ngraceful stop: {result.in_flight_at_signal} of {result.sent} requests in flight at "
+          f"the stop, answered {sorted(map(str, set(result.statuses)))}, stop took {times['took']:.1f} s")
     assert done.returncode == 0 and "TorchServe stopped." in done.stdout, done.stdout + done.stderr
-    took = time.monotonic() - t_stop
-    for t in threads:
-        t.join(timeout=TIMEOUT)
-    in_flight = [r for r in results if r[0] < t_stop < r[1]]
-    print(f"\ngraceful stop: {len(in_flight)} requests in flight, answered "
-          f"{sorted({str(r[2]) for r in in_flight})}, stop took {took:.1f} s")
-    assert len(in_flight) >= 4  # the clients were busy when the stop began
-    assert all(r[2] == 200 for r in results), [r[2] for r in results if r[2] != 200]
-    assert took < 30
+    assert result.in_flight_at_signal >= 8, result  # written, unanswered when the stop began
+    assert result.all_ok, result.statuses  # every one of them answered 200
+    assert times["took"] < 30
     with pytest.raises(OSError):  # and the server is gone
         socket.create_connection(("127.0.0.1", int(srv.client.inference_url.rsplit(":", 1)[1])), 2)
