@@ -41,6 +41,53 @@ def test_not_ready_while_serve_warms_up(server):
     assert probe(server.workdir, "ready").returncode == 0
 
 
+# `serve start` (the CLI, as `make serve` runs it) on free ports instead of 8080-8082: the same
+# main(), with the module's default ports replaced before it reads them.
+SERVE_START = """
+import sys
+from scripts.ops import serve
+serve.DEFAULT_PORTS = serve.free_ports()
+sys.exit(serve.main(["start", "--workdir", sys.argv[1], "--model-store", sys.argv[2]]))
+"""
+
+
+def test_serve_start_keeps_the_pending_file_through_its_warm_up(tmp_path, default_mar):
+    """The pending file is serve's own: created before the workers are READY, still there while
+    they are READY and the warm-up runs (the probe then says warming up), gone when serve
+    announces the server."""
+    pending = tmp_path / serve.WARM_UP_PENDING
+    proc = subprocess.Popen([sys.executable, "-c", SERVE_START, str(tmp_path), str(default_mar.parent)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen: dict[str, object] = {}
+    try:
+        deadline = time.monotonic() + 240
+        while proc.poll() is None and time.monotonic() < deadline:
+            if pending.exists():
+                seen.setdefault("pending", time.monotonic())
+                if "ready_while_pending" not in seen and (tmp_path / "key_file.json").exists():
+                    try:
+                        ready = serve.TorchServeClient.from_workdir(tmp_path).ready_workers(MODEL)
+                    except Exception:  # the frontend is not listening yet
+                        ready = 0
+                    if ready:
+                        seen["ready_while_pending"] = ready
+                        seen["probe"] = probe(tmp_path, "ready")
+            elif "pending" in seen:
+                seen.setdefault("gone", time.monotonic())
+            time.sleep(0.05)
+        out = proc.communicate(timeout=60)[0]
+        assert proc.returncode == 0, out
+        assert "pending" in seen and seen.get("ready_while_pending"), (seen, out)
+        during = seen["probe"]
+        assert during.returncode == 1 and "warming up" in during.stderr, (during.stdout, during.stderr)
+        assert not pending.exists() and "warmed up with" in out and "TorchServe is serving" in out, out
+        assert probe(tmp_path, "ready").returncode == 0  # and, the file gone, it is ready
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        serve.stop(tmp_path, grace=10)
+
+
 def test_not_ready_below_the_required_workers(server):
     done = probe(server.workdir, "ready", "--min-workers", "3")
     assert done.returncode == 1 and "2 READY workers of 3" in done.stderr
