@@ -2,11 +2,15 @@
 
 Random methods, paths (every API route plus garbage), content types, headers and bodies (random
 bytes, cut and corrupted JPEGs, odd JSON, multipart) against the inference, management and
-metrics ports, with and without the bearer key. State-changing management calls go without a
-key (refused); with one, only reads. What must hold: no 5xx except those documented in
+metrics ports, with and without the bearer key. State-changing management calls of the first
+fuzz go without a key (refused); a second fuzz sends them WITH the management key: POST, PUT and
+DELETE on /models and /workflows with fuzzed names and parameters (URLs outside and inside the
+model store, through `..` and %-encoded, garbage; worker counts that do not change the served
+model's two). What must hold: no 5xx except those documented in
 docs/inputs-and-errors.md (a form-urlencoded body fails in the frontend before any handler; 501
 for explanations, which this model does not serve), no
-worker lost, and the server still classifies afterwards. The long run is
+worker lost (the same pids), no model or workflow registered and nothing copied into the
+workflow store, and the server still classifies afterwards. The long run is
 `FUZZ_EXAMPLES=5000 pytest tests/test_fuzz_http.py` (results in docs/inputs-and-errors.md).
 """
 
@@ -14,13 +18,16 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from scripts import repo
 from scripts.ops.client import sample_jpeg
+from scripts.ops.server_config import AUTH_REFUSED
 from tests.support.servers import MODEL
 
 pytestmark = pytest.mark.e2e
@@ -93,7 +100,74 @@ def test_no_undocumented_5xx(server, pids_before, req):
         req, resp.status_code, resp.text[:300])
 
 
-def test_after_the_fuzzing_the_same_workers_classify(server, pids_before):
+STORE = repo.MODEL_STORE
+URLS = [f"{MODEL}.mar", f"file://{STORE}/{MODEL}.mar", f"file://{STORE}/../../../../../etc/passwd",
+        f"file://{STORE}/%2E%2E%2F%2E%2E%2Fetc%2Fx.mar", "file:///etc/passwd", "file:///tmp/x.war",
+        "http://127.0.0.1:1/x.mar", "https://example.invalid/x.war", "/tmp", str(STORE), "x.war",
+        "", "%00", "file://", "s3://bucket/x.mar", "../x.mar"]
+# Worker counts: garbage and overflow (on other names; the served model's PUT always states 2).
+WORKER_COUNTS = ["2", "-1", "x", "", "2.5", "99999999999999999999", "%00", " 2"]
+NAMES = [MODEL, "nope", "intruder", "", "%2E%2E", "a" * 300]
+keyed_changes = st.fixed_dictionaries({
+    "method": st.sampled_from(["POST", "PUT", "DELETE"]),
+    "what": st.sampled_from(["models", "workflows"]),
+    "name": st.sampled_from(NAMES),
+    "version": st.sampled_from(["", "/1.0", "/9.9", "/all", "/x"]),
+    "params": st.dictionaries(
+        st.sampled_from(["url", "min_worker", "max_worker", "initial_workers", "batch_size",
+                         "max_batch_delay", "response_timeout", "synchronous", "timeout",
+                         "model_name", "workflow_name", "handler", "runtime", "s3_sse_kms"]),
+        st.one_of(st.sampled_from(URLS), st.sampled_from(WORKER_COUNTS), st.text(max_size=12)),
+        max_size=4),
+})
+
+
+def keyed_request(req: dict) -> tuple[str, str, dict] | None:
+    """(method, path, params) of a keyed state-changing call the fuzz may send: never one that
+    unregisters or rescales the served model (that is the operators' tool, allowed with the key)."""
+    params = dict(req["params"])
+    path = f"/{req['what']}"
+    if req["method"] != "POST":
+        path += f"/{req['name']}{req['version']}" if req["name"] else ""
+    if req["what"] == "models" and req["name"] == MODEL and req["version"] in ("", "/1.0", "/all"):
+        if req["method"] == "DELETE":
+            return None
+        # TorchServe reads a missing or unparsable min_worker as 1 (max_worker as min_worker):
+        # a PUT on the served model states both, 2.
+        params.update(min_worker="2", max_worker="2")
+    return req["method"], path, params
+
+
+@pytest.fixture(scope="module")
+def workflow_store_before(server):
+    store = server.properties["workflow_store"]
+    return store, sorted(p.name for p in Path(store).iterdir())
+
+
+@settings(max_examples=max(EXAMPLES // 2, 50), deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(req=keyed_changes)
+def test_keyed_state_changing_calls(server, pids_before, workflow_store_before, req):
+    call = keyed_request(req)
+    if call is None:
+        return
+    method, path, params = call
+    client = server.client
+    resp = requests.request(method, client.management_url + path, params=params, timeout=60,
+                            headers=client.auth_headers("management"))
+    assert resp.status_code < 500, (call, resp.status_code, resp.text[:300])
+    assert AUTH_REFUSED not in resp.text, (call, resp.text[:300])  # the key was good: judged on merit
+    if method == "POST":  # registration stays closed, with the key too
+        assert resp.status_code >= 400, (call, resp.status_code, resp.text[:300])
+
+
+def test_after_the_fuzzing_the_same_workers_classify(server, pids_before, workflow_store_before):
     assert sorted(int(w["pid"]) for w in server.client.workers(MODEL)) == pids_before
+    assert server.client.models() == [MODEL]
+    store, listed = workflow_store_before
+    assert sorted(p.name for p in Path(store).iterdir()) == listed
+    workflows = requests.get(server.client.management_url + "/workflows", timeout=30,
+                             headers=server.client.auth_headers("management"))
+    assert workflows.status_code == 200 and workflows.json()["workflows"] == [], workflows.text
     resp = server.client.predict(MODEL, JPEG)
     assert resp.status_code == 200 and resp.json()["predictions"]
