@@ -1,5 +1,6 @@
-"""scripts.ops.manage against a real TorchServe: status, describe, and scaling 1 -> 3 -> 1 workers
-while traffic flows, every request answered 200."""
+"""scripts.ops.manage against a real TorchServe: status, describe, and scaling 1 -> 3 -> 1 and
+2 -> 3 -> 1 -> 2 workers while traffic flows, every request answered 200 as seen by the project's
+client (its resend contract, scripts/ops/client.py); scaling down goes one worker per step."""
 
 from __future__ import annotations
 
@@ -8,14 +9,17 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 import requests
 
-from scripts.ops.client import worker_died
+from scripts.ops import manage as manage_mod
+from scripts.ops.client import RESEND_BUDGET
 from tests.support.servers import MODEL, serving
 
 pytestmark = pytest.mark.e2e
+CLIENT_TIMEOUT_S = 10.0
 
 
 @pytest.fixture(scope="module")
@@ -49,16 +53,19 @@ def test_scale_refuses_min_above_max(srv):
 
 
 class Traffic:
-    """A few clients sending real photos back to back, recording every outcome."""
+    """A few clients sending real photos back to back through the project's client and its
+    resend contract (predict(retries=RESEND_BUDGET), scripts/ops/client.py), recording every
+    outcome and every request that needed a resend."""
 
     def __init__(self, srv, image: bytes, clients: int = 3, max_seconds: float = 150) -> None:
-        self.srv, self.image, self.max_seconds = srv, image, max_seconds
+        # TorchServe 0.12 now and then drops, instead of failing, a request held by a worker it
+        # removes; the contract resends it after the timeout. Not shorter than 10 s: while new
+        # workers load, both cores are theirs and a request waited over 5 s once (a 2-core box).
+        self.client = replace(srv.client, timeout=CLIENT_TIMEOUT_S)
+        self.image, self.max_seconds = image, max_seconds
         self.outcomes: list[tuple[float, object]] = []
-        self.resent: list[float] = []  # when a request got "Worker died." and was sent again
-        # When a request went unanswered (client timeout) and was sent again: TorchServe 0.12
-        # sometimes drops, instead of failing with "Worker died.", a request held by a worker it
-        # removes at scale-down (seen about 1 run in 5, on earlier builds too).
-        self.unanswered: list[float] = []
+        # (sent, answered, what each resent attempt had got) of each request that was resent
+        self.resent: list[tuple[float, float, list]] = []
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
 
@@ -66,21 +73,17 @@ class Traffic:
         session = requests.Session()
         t0 = time.monotonic()
         while not self.stop.is_set() and time.monotonic() - t0 < self.max_seconds:
+            sent, resent = time.monotonic(), []
             try:
-                sent = time.monotonic()
-                try:
-                    resp = self.srv.client.predict(MODEL, self.image, session=session)
-                except requests.ReadTimeout:  # as a client with a timeout should: resend once
-                    self.unanswered.append(sent)
-                    resp = self.srv.client.predict(MODEL, self.image, session=session)
-                if worker_died(resp):  # as a client should: a prediction is safe to resend
-                    self.resent.append(time.monotonic())
-                    resp = self.srv.client.predict(MODEL, self.image, session=session)
+                resp = self.client.predict(MODEL, self.image, session=session,
+                                           retries=RESEND_BUDGET, resent=resent)
                 # A failure keeps its body, so an assertion shows what TorchServe said.
                 outcome: object = 200 if resp.status_code == 200 else f"{resp.status_code} {resp.text[:200]}"
             except requests.RequestException as exc:
                 outcome = type(exc).__name__
             self.outcomes.append((time.monotonic(), outcome))
+            if resent:
+                self.resent.append((sent, time.monotonic(), resent))
             time.sleep(0.02)
 
     def __enter__(self) -> Traffic:
@@ -97,35 +100,85 @@ class Traffic:
     def answered_between(self, start: float, end: float) -> int:
         return sum(1 for t, _ in self.outcomes if start <= t <= end)
 
+    def counts(self) -> dict:
+        outcomes = [o for _, o in self.outcomes]
+        resent = [str(o) for _, _, r in self.resent for o in r]
+        return {"answers": {str(o): outcomes.count(o) for o in set(outcomes)},
+                "resent": {o: resent.count(o) for o in set(resent)}}
+
+
+class RecordingClient:
+    """The server's client, recording each scale request (min, max) manage.scale sends."""
+
+    def __init__(self, client) -> None:
+        self.client, self.puts = client, []
+
+    def scale(self, model, min_workers, max_workers, timeout=120.0):
+        self.puts.append((min_workers, max_workers))
+        return self.client.scale(model, min_workers, max_workers, timeout=timeout)
+
+    def describe(self, model):
+        return self.client.describe(model)
+
+
+def scale_under_traffic(srv, image: bytes, targets: tuple[int, ...]) -> tuple[Traffic, list, list]:
+    """Traffic throughout; manage.scale to each target in turn, 1.5 s apart; (traffic, the
+    (start, end) of each step, the PUTs of each step)."""
+    steps, puts = [], []
+    with Traffic(srv, image) as traffic:
+        time.sleep(1.5)
+        for n in targets:
+            recorder = RecordingClient(srv.client)
+            t0 = time.monotonic()
+            st = manage_mod.scale(recorder, MODEL, n, n, timeout=120)
+            steps.append((t0, time.monotonic()))
+            puts.append(recorder.puts)
+            assert st["ready"] == len(st["workers"]) == n, st
+            assert len({w["pid"] for w in st["workers"]}) == n
+            time.sleep(1.5)
+    return traffic, steps, puts
+
+
+def check_resends(traffic: Traffic, steps: list, down: int, batch: int, removed: int) -> None:
+    """A request resent for a lost batch (500/507) was in flight during the scale-down; one
+    resent after no answer (the client's timeout) was in flight during some scaling step (seen
+    once during a scale-up too: the frontend's access log never listed that request); at most a
+    batch per removed worker were resent, plus a few timeouts."""
+    for sent, answered, got in traffic.resent:
+        windows = [steps[down]] if any(isinstance(o, int) for o in got) else steps
+        assert any(sent <= end + 0.5 and answered >= start for start, end in windows), (
+            [(round(sent - a, 1), round(answered - a, 1), round(b - a, 1)) for a, b in windows],
+            got, traffic.counts())
+    lost = sum(any(isinstance(o, int) for o in got) for _, _, got in traffic.resent)
+    assert lost <= removed * batch and len(traffic.resent) - lost <= 2, traffic.counts()
+
 
 def test_scale_1_3_1_under_traffic_every_request_200(srv, photos):
-    """Every request is answered 200. Scaling down, TorchServe 0.12 stops the removed workers at
-    once, and a request one of them holds gets an explicit 500 "Worker died.", or, now and then,
-    no answer at all (the client's timeout): only then, only during the scale-down, at most one
-    batch per removed worker, the client resends it once."""
+    """Every request is answered 200 as seen by the project's client. Scaling down, TorchServe
+    0.12 stops a removed worker at once (no drain), and a request it holds gets 500 "Worker
+    died." / "Worker scaled down.", or, now and then, no answer at all (the client's timeout):
+    the client's contract resends it; a lost batch only during the scale-down."""
     assert manage(srv, "scale", "--min", "1", "--max", "1").returncode == 0
     assert srv.client.ready_workers(MODEL) == 1
-    with Traffic(srv, photos["cat.jpg"].read_bytes()) as traffic:
-        time.sleep(1.5)
-        steps = []
-        for n in (3, 1):
-            t0 = time.monotonic()
-            done = manage(srv, "scale", "--min", str(n), "--max", str(n), "--json")
-            assert done.returncode == 0, done.stderr
-            st = json.loads(done.stdout)
-            assert st["ready"] == len(st["workers"]) == n
-            assert len({w["pid"] for w in st["workers"]}) == n
-            steps.append((t0, time.monotonic()))
-            time.sleep(1.5)
+    traffic, steps, puts = scale_under_traffic(srv, photos["cat.jpg"].read_bytes(), (3, 1))
+    print(f"\nscale 1-3-1: {traffic.counts()}, PUTs {puts}")
     outcomes = [o for _, o in traffic.outcomes]
     assert len(outcomes) >= 30
-    assert all(o == 200 for o in outcomes), {o: outcomes.count(o) for o in set(outcomes)}
+    assert all(o == 200 for o in outcomes), traffic.counts()
     for start, end in steps:  # requests were in flight while each scaling step ran
         assert traffic.answered_between(start, end + 0.5) >= 1
-    down_start, down_end = steps[1]
-    batch = srv.client.describe(MODEL)[0]["batchSize"]
-    assert all(down_start <= t <= down_end + 0.5 for t in traffic.resent), (traffic.resent, steps)
-    # An unanswered request was in flight when the scale-down began or sent while it ran.
-    assert all(down_start - 1 <= t <= down_end + 0.5 for t in traffic.unanswered), (traffic.unanswered, steps)
-    assert len(traffic.resent) + len(traffic.unanswered) <= 2 * batch  # two workers removed
+    assert puts == [[(3, 3)], [(1, 2), (1, 1)]], puts  # up at once, down one worker per step
+    check_resends(traffic, steps, 1, srv.client.describe(MODEL)[0]["batchSize"], removed=2)
     assert srv.client.ready_workers(MODEL) == 1
+
+
+def test_scale_down_3_to_1_and_back_to_2_under_traffic(srv, photos):
+    """The shipped 2 workers, up to 3, then down to 1 in single steps and back to 2: no answer
+    but 200 as seen by the client, resends only around the scale-down."""
+    traffic, steps, puts = scale_under_traffic(srv, photos["cat.jpg"].read_bytes(), (3, 1, 2))
+    print(f"\nscale 3-1-2: {traffic.counts()}, PUTs {puts}")
+    outcomes = [o for _, o in traffic.outcomes]
+    assert len(outcomes) >= 30 and all(o == 200 for o in outcomes), traffic.counts()
+    assert puts[1] == [(1, 2), (1, 1)], puts
+    check_resends(traffic, steps, 1, srv.client.describe(MODEL)[0]["batchSize"], removed=2)
+    assert srv.client.ready_workers(MODEL) == 2

@@ -66,12 +66,10 @@ def format_status(st: dict) -> str:
     return "\n".join(lines)
 
 
-def scale(client: TorchServeClient, model: str, min_workers: int, max_workers: int,
-          timeout: float = 120.0) -> dict:
-    """Set min/max workers synchronously; returns the status once `min_workers` are READY and
-    no extra worker remains. Raises RuntimeError on refusal or timeout."""
-    if not 0 <= min_workers <= max_workers:
-        raise ValueError("need 0 <= --min <= --max")
+def put_scale(client: TorchServeClient, model: str, min_workers: int, max_workers: int,
+              timeout: float) -> None:
+    """One PUT of min/max, resent on the frontend's own race (frontend_race); raises
+    RuntimeError when refused."""
     resp = client.scale(model, min_workers, max_workers, timeout=timeout)
     for _ in range(RACE_RETRIES):
         if not frontend_race(resp):
@@ -81,16 +79,48 @@ def scale(client: TorchServeClient, model: str, min_workers: int, max_workers: i
         resp = client.scale(model, min_workers, max_workers, timeout=timeout)
     if resp.status_code != 200:
         raise RuntimeError(f"scale refused: HTTP {resp.status_code} {resp.text.strip()}")
-    # synchronous=true answers when the new workers are started; wait for READY and for the
-    # workers being scaled down to leave the list.
-    deadline = time.monotonic() + timeout
+
+
+def settle(client: TorchServeClient, model: str, min_workers: int, max_workers: int,
+           deadline: float) -> dict:
+    """Wait until `min_workers` are READY and no more than `max_workers` remain; the status."""
     while True:
         st = status(client, model)
         if st["ready"] >= min_workers and len(st["workers"]) <= max_workers:
             return st
         if time.monotonic() > deadline:
-            raise RuntimeError(f"not settled after {timeout:.0f} s:\n{format_status(st)}")
+            raise RuntimeError(f"not settled:\n{format_status(st)}")
         time.sleep(0.5)
+
+
+def down_steps(current: int, min_workers: int, max_workers: int) -> list[tuple[int, int]]:
+    """The (min, max) of each step from `current` workers down to `max_workers`, one worker
+    at a time, then the target itself."""
+    steps = [(min(min_workers, n), n) for n in range(current - 1, max_workers, -1)]
+    return steps + [(min_workers, max_workers)]
+
+
+def scale(client: TorchServeClient, model: str, min_workers: int, max_workers: int,
+          timeout: float = 120.0) -> dict:
+    """Set min/max workers synchronously; returns the status once `min_workers` are READY and
+    no extra worker remains. Raises RuntimeError on refusal or timeout.
+
+    Down, one worker per step, each step settled before the next: TorchServe 0.12 does not drain
+    a worker it removes (WorkerThread.shutdown closes its channel at once, and the batch it
+    holds is answered 500 "Worker scaled down." or "Worker died."), so each removed worker may
+    still fail one batch, which clients resend (client.py's contract). One at a time, at most one
+    batch is failing at any moment while the remaining workers keep serving, and each PUT's
+    window for the frontend's race (frontend_race) covers a single worker."""
+    if not 0 <= min_workers <= max_workers:
+        raise ValueError("need 0 <= --min <= --max")
+    deadline = time.monotonic() + timeout
+    current = len(status(client, model)["workers"])
+    for step_min, step_max in down_steps(current, min_workers, max_workers):
+        put_scale(client, model, step_min, step_max, max(1.0, deadline - time.monotonic()))
+        # synchronous=true answers when new workers are started; wait for READY and for the
+        # removed workers to leave the list.
+        st = settle(client, model, step_min, step_max, deadline)
+    return st
 
 
 def main(argv: list[str] | None = None) -> int:
