@@ -7,18 +7,17 @@ No engine or no image fails (tests/support/container.py): `make test` builds the
 
 from __future__ import annotations
 
-import concurrent.futures
 import os
-import threading
 import time
 
 import pytest
-import requests
 from PIL import Image
 
 from handler.provenance import sha256_file
 from scripts import repo
 from scripts.ops import inspect_mar
+from scripts.ops.lifecycle import KEY_RENEWER_PID
+from scripts.ops.server_config import read_keys
 from scripts.packaging.sample_photos import EXPECTED_TOP1, load_photos
 from tests.support.container import (
     APP_DIR,
@@ -29,6 +28,7 @@ from tests.support.container import (
     run_container,
 )
 from tests.support.images import encode
+from tests.support.inflight import burst, slow_photo
 from tests.support.servers import MODEL
 from tests.test_input_contract import HOSTILE_REQUESTS, check_error, check_label, post
 
@@ -94,9 +94,20 @@ def test_healthcheck_ready(container: Container):
     out = container.exec("python", "-m", "scripts.ops.healthcheck", "ready", "--workdir", "run")
     assert out.returncode == 0 and "ready: 2 READY workers" in out.stdout, out.stdout + out.stderr
     # The check reads run/key_file.json: it survives key expiry because the key renewer, started
-    # by serve, keeps that file current. It runs in the container:
-    procs = container.exec("sh", "-c", "cat /proc/[0-9]*/cmdline | tr '\\0' ' '").stdout
-    assert "scripts.ops.keys renew" in procs, procs[:2000]
+    # by serve (its pid in run/key_renewer.pid), keeps that file current.
+    assert container.process_alive(KEY_RENEWER_PID)
+
+
+def test_the_keys_are_the_server_users_alone(container: Container):
+    """key_file.json is readable by the server's user only (TorchServe writes it rw-------), and
+    no process in the container has a key on its command line (/proc/PID/cmdline is world-readable)."""
+    assert container.key_file_mode_and_owner() == ("600", "model-server")
+    container.copy_keys()
+    keys = set(read_keys(container.key_dir / "key_file.json").values())
+    assert len(keys) == 3 and all(len(k) >= 8 for k in keys), "no keys read"
+    lines = container.command_lines()
+    assert any("scripts.ops.keys" in cmd for cmd in lines.values()), lines  # /proc was read
+    assert {pid: cmd for pid, cmd in lines.items() if any(k in cmd for k in keys)} == {}
 
 
 def test_running_container_matches_the_archive(container: Container):
@@ -148,27 +159,19 @@ def test_worker_kill_9_inside_the_container_recovers(container: Container, jpegs
 
 def test_sigterm_drains_in_flight_then_restarts_cleanly(container: Container, jpegs):
     """`podman stop` sends SIGTERM to the entrypoint: every request in flight is answered 200,
-    the container exits 0; started again, it serves the same archive with new keys."""
+    the container exits 0; started again, it serves the same archive with new keys. The burst is
+    of slow requests (tests/support/inflight.py); the stop is sent once 8 are written and
+    unanswered."""
     client = container.client
-    body = jpegs["rocket"]
-    results: list[object] = []
-    go = threading.Event()
-
-    def one() -> object:
-        go.wait()
-        try:
-            return client.predict(MODEL, body).status_code
-        except requests.RequestException as exc:
-            return type(exc).__name__
-
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        futures = [pool.submit(one) for _ in range(8)]
-        go.set()
-        time.sleep(0.1)  # the requests are on the wire
-        stop = engine_run("stop", "-t", "60", container.name, timeout=90, check=False)
-        results = [f.result() for f in futures]
+    result = burst(f"{client.inference_url}/predictions/{MODEL}", slow_photo(),
+                   lambda: client.auth_headers("inference"),
+                   lambda: engine_run("stop", "-t", "60", container.name, timeout=90, check=False),
+                   n=16, min_outstanding=8)
+    stop = result.signal_result
+    print(f"\npodman stop with {result.in_flight_at_signal} of {result.sent} requests in flight")
     assert stop.returncode == 0, stop.stderr
-    assert results == [200] * 8, results
+    assert result.in_flight_at_signal >= 8, result
+    assert result.all_ok, result.statuses
     state = container.state()
     assert not state["Running"] and state["ExitCode"] == 0, (state, container.logs())
     old_keys = (container.key_dir / "key_file.json").read_text()

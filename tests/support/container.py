@@ -75,6 +75,29 @@ class Container:
             raise FileNotFoundError(f"no key file in {self.name} yet: {out.stderr.strip()}")
         (self.key_dir / KEY_FILE).write_text(out.stdout)
 
+    def key_file_mode_and_owner(self) -> tuple[str, str]:
+        """(octal mode, owner name) of run/key_file.json inside the container."""
+        out = self.exec("stat", "-L", "-c", "%a %U", f"{APP_DIR}/run/{KEY_FILE}")
+        if out.returncode:
+            raise FileNotFoundError(f"no key file in {self.name}: {out.stderr.strip()}")
+        mode, owner = out.stdout.split()
+        return mode, owner
+
+    def command_lines(self) -> dict[int, str]:
+        """{pid: command line} of every process in the container, read from /proc."""
+        out = self.exec("sh", "-c", "for d in /proc/[0-9]*; do printf '%s ' \"${d#/proc/}\"; "
+                                    "tr '\\0' ' ' < \"$d/cmdline\" 2>/dev/null; echo; done")
+        lines = {}
+        for line in out.stdout.splitlines():
+            pid, _, cmd = line.partition(" ")
+            if pid.isdigit():
+                lines[int(pid)] = cmd
+        return lines
+
+    def process_alive(self, pid_file: str) -> bool:
+        """Whether the pid written in `pid_file` (under run/) is a live process in the container."""
+        return self.exec("sh", "-c", f"kill -0 \"$(cat {APP_DIR}/run/{pid_file})\"").returncode == 0
+
     def logs(self) -> str:
         return engine_run("logs", self.name, check=False).stdout[-4000:]
 
