@@ -147,11 +147,9 @@ def test_the_container_runs_with_urls_of_its_own_store(tmp_path):
     assert url_problems(props) == []
 
 
-@pytest.mark.xfail(strict=True, reason="serve.derived_properties keeps config.properties' "
-                   "allowed_urls (the image's store) instead of store_urls(its model_store)")
 def test_a_server_started_from_the_checkout_names_its_own_store(tmp_path):
     """`make serve` (and every test server) serves from this checkout's model_store: its derived
-    allowed_urls must name that store (today it names the image's, so it admits no URL here)."""
+    allowed_urls must name that store (not the image's, which would admit no URL here)."""
     props = read_properties(serve.derive_config(tmp_path, serve.DEFAULT_PORTS, "m=m.mar",
                                                 model_store=repo.MODEL_STORE))
     assert url_problems(props) == []

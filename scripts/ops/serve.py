@@ -29,7 +29,14 @@ from handler.settings import check_keys
 from scripts import repo
 from scripts.ops import lifecycle, pins
 from scripts.ops.client import TorchServeClient, sample_request
-from scripts.ops.server_config import ADDRESS_KEYS, CONFIG_FILE, KEY_FILE, TORCHSERVE_KEYS, read_properties
+from scripts.ops.server_config import (
+    ADDRESS_KEYS,
+    CONFIG_FILE,
+    KEY_FILE,
+    TORCHSERVE_KEYS,
+    read_properties,
+    store_urls,
+)
 
 PATH_KEYS = ("model_store", "metrics_config", "workflow_store")
 DEFAULT_PORTS = (8080, 8081, 8082)
@@ -97,6 +104,9 @@ def derived_properties(base: Path, ports: tuple[int, int, int], models: str, mod
         if key in props and not Path(props[key]).is_absolute():
             props[key] = str((base.parent / props[key]).resolve())
     props["model_store"] = str(Path(model_store).resolve())
+    # The archives directly in the store this server loads from, and no other URL: not the
+    # folder config.properties names (the image's), which would admit nothing here.
+    props["allowed_urls"] = store_urls(props["model_store"])
     for key, port in zip(ADDRESS_KEYS, ports):
         props[key] = f"http://127.0.0.1:{port}"
     props["load_models"] = models
@@ -232,12 +242,14 @@ def in_flight(metrics_text: str) -> tuple[float, float]:
     return total("ts_inference_requests_total"), total("handler_request_seconds_count")
 
 
-def drain(workdir: Path, timeout: float, stall: float = 2.0) -> None:
+def drain(workdir: Path, timeout: float, stall: float = 3.0, settle: float = 0.5) -> None:
     """Wait until every request TorchServe has received is answered (or `timeout` s pass).
 
     TorchServe's own SIGTERM closes every open connection at once, failing queued and running
-    requests; so we wait first. Done when received == answered, or when neither count moved for
-    `stall` s (a request refused before the handler, or lost with a crashed worker, never
+    requests; so we wait first. Done when received == answered has held for `settle` s (a
+    request whose body the frontend is still reading is not counted yet: a balance seen once,
+    right after a burst was written, let SIGTERM reset 16 requests), or when neither count moved
+    for `stall` s (a request refused before the handler, or lost with a crashed worker, never
     balances the counts).
     """
     # `make stop` runs in another process than `serve start`: the working directory's file is
@@ -249,11 +261,9 @@ def drain(workdir: Path, timeout: float, stall: float = 2.0) -> None:
             received, answered = in_flight(requests.get(f"{url}/metrics", timeout=2).text)
         except (requests.RequestException, ValueError, IndexError):
             return
-        if received <= answered:
-            return
         if (received, answered) != last:
             last, since = (received, answered), time.monotonic()
-        elif time.monotonic() - since > stall:
+        elif time.monotonic() - since > (settle if received <= answered else stall):
             return
         time.sleep(0.1)
 
