@@ -24,6 +24,7 @@ help:
 	@echo "make stop     stop the server started by make serve (in-flight requests finish first)"
 	@echo "make package  export, validate and archive the default model into $(MAR)"
 	@echo "make image    build the runtime image $(IMAGE) (podman or docker; installs podman if neither)"
+	@echo "make kube-play  the Kubernetes overlay's pod under podman kube play: ready, predictions, uid 1000, read-only; removed"
 	@echo "make test     install and run the test suite (unit + end-to-end on loopback, the image included)"
 	@echo "make lint     ruff"
 	@echo "make gpu-kit  what the GPU benchmark needs on a machine without TorchServe (BENCHMARKS.md)"
@@ -183,3 +184,9 @@ image: engine image-base $(MAR)
 .PHONY: image-lock
 image-lock: install
 	$(PY) -m scripts.deploy.lock
+
+# The Kubernetes overlay's Deployment run by `podman kube play` against the image: ready through
+# its own probes, predictions, uid 1000, read-only root, then removed (docs/deployment.md).
+.PHONY: kube-play
+kube-play: install-dev image
+	$(PY) -m scripts.deploy.kube_play --image $(IMAGE) $(KUBE_PLAY_ARGS)

@@ -49,6 +49,16 @@ def engine_run(*args: str, timeout: float = 120, check: bool = True) -> subproce
     return subprocess.run([*engine(), *args], capture_output=True, text=True, timeout=timeout, check=check)
 
 
+def require_image(image: str | None = None) -> str:
+    """The image `make test` built once before the suite (`make image`), the one run_container
+    runs: checked, never rebuilt here, so every module that runs it shares one build. A missing
+    one is an error, not a skip."""
+    image = image or image_tag()
+    if engine_run("image", "inspect", image, check=False).returncode:
+        raise RuntimeError(f"image {image} is missing: run `make image`")
+    return image
+
+
 def image_labels(image: str) -> dict:
     out = engine_run("image", "inspect", image).stdout
     return json.loads(out)[0]
