@@ -1,9 +1,16 @@
 """Two TorchServe replicas behind HAProxy (config/haproxy.cfg, Debian's haproxy) on loopback.
 
 - The bearer key is checked at the edge: no key or a wrong one gets 401 from HAProxy.
+- The replicas' management API (token authorization off) is on a Unix socket in a 0700 folder:
+  no TCP port answers it, and another local user cannot connect.
+- Overload at twice the pair's saturated rate: both replicas stay UP (liveness, not a prediction,
+  is the check), accepted requests wait at most the edge's queue budget, the rest get a fast 503.
+- kill -9 of 10 workers under 30 requests/s: no client failure (HAProxy replays a 500 "Worker
+  died." on the other replica; the client resends a 507, the status HAProxy 2.6 cannot retry).
 - kill -9 of one replica's Java frontend under 30 requests/s: HAProxy marks it DOWN, replays
-  the requests it held on the other replica, and clients see no failure; restarted in the same
-  working directory, the replica is taken back once it answers predictions, and serves again.
+  the requests it held on the other replica, and no request is lost (each is 200, or the edge's
+  fast 503 while one replica serves alone); restarted in the same working directory, the
+  replica is taken back once a worker is READY (the agent), and serves again.
 Figures are printed (pytest -s) and reported in docs/operations.md.
 """
 
@@ -16,16 +23,20 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 
+import psutil
 import pytest
 import requests
 
-from scripts.bench.scenarios import slow_clients
+from scripts.bench import stats
+from scripts.bench.scenarios import overload_pair, slow_clients
 from scripts.ops import balancer as lb
-from scripts.ops import serve
-from tests.support.servers import MODEL, ROOT, serving
+from scripts.ops import serve, uds
+from scripts.ops.client import RESEND_BUDGET, TorchServeClient
+from tests.support.servers import MODEL, ROOT
 
 pytestmark = pytest.mark.e2e
 
@@ -34,8 +45,6 @@ KILL_AT = 5.0         # s into the load
 AFTER_REJOIN = 6.0    # s of load after the killed replica is UP again
 MAX_LOAD = 60.0       # s: the load stops by then whatever happens
 TIMEOUT = 30.0        # per request: no answer by then counts as hung
-# Behind the balancer the replicas do not check keys: HAProxy does (see config/haproxy.cfg).
-AUTH_OFF = {"disable_token_authorization": "true"}
 MODELS = f"{MODEL}={MODEL}.mar"
 
 
@@ -47,23 +56,76 @@ def haproxy() -> str:
     return lb.find_haproxy()
 
 
+@contextlib.contextmanager
+def replica(workdir, model_store, ports: tuple[int, int, int]):
+    """A replica as the balancer's replicas run (lb.start_replica), READY, stopped at the end."""
+    server = lb.start_replica(workdir, ports, MODELS, model_store)
+    try:
+        serve.wait_ready(server, MODEL, min_ready=2, progress=False)
+        yield server
+    finally:
+        serve.stop(workdir, grace=10)
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, default_mar, haproxy):
-    """Two replicas (each its own working directory and ports, auth off) and HAProxy in front."""
+    """Two replicas (each its own working directory and ports, auth off, management on its
+    private socket) and HAProxy in front, with the agent watching both replicas' workers."""
     workdirs = [tmp_path_factory.mktemp(f"replica{i}") for i in (1, 2)]
     # The stack stops what it entered, last first: the balancer, then each replica that started
     # (the pool waits for both starts before an error leaves its block).
     with contextlib.ExitStack() as stack:
-        def replica(workdir) -> serve.Server:
-            return stack.enter_context(serving(workdir, default_mar.parent, MODELS, AUTH_OFF))
+        def start(workdir, ports) -> serve.Server:
+            return stack.enter_context(replica(workdir, default_mar.parent, ports))
 
+        free = serve.free_ports(6)  # drawn at once: two draws in parallel could share a port
         with concurrent.futures.ThreadPoolExecutor(2) as pool:  # both load at once
-            servers = list(pool.map(replica, workdirs))
+            servers = list(pool.map(start, workdirs, (free[:3], free[3:])))
         balancer = lb.start([s.client.inference_url.removeprefix("http://") for s in servers],
-                            port=serve.free_ports(1)[0], workdir=tmp_path_factory.mktemp("lb"))
+                            port=serve.free_ports(1)[0], workdir=tmp_path_factory.mktemp("lb"),
+                            watch=[s.client for s in servers])
         stack.callback(balancer.stop)
         balancer.wait_up(timeout=30)
         yield servers, balancer
+
+
+def test_management_only_on_a_private_unix_socket(cluster):
+    """Token authorization is off on the replicas, so their management API must not be on TCP:
+    the Java frontend listens on no port that answers it, its socket's folder is 0700, a user
+    other than the server's is refused at connect(), and the project's client still scales."""
+    servers, _ = cluster
+    for server in servers:
+        address = server.client.management_url
+        assert uds.is_unix(address), address
+        sock = uds.socket_path(address)
+        assert (sock.parent.stat().st_mode & 0o777) == 0o700 and sock.is_socket()
+        java = psutil.Process(serve._group(server.pgid, "java")[0])
+        for conn in java.net_connections("tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr.port not in grpc_ports(server):
+                # Every TCP listener is inference or metrics: /models is not served there.
+                resp = requests.get(f"http://127.0.0.1:{conn.laddr.port}/models", timeout=5)
+                assert resp.status_code in (400, 404, 405), (conn.laddr, resp.status_code, resp.text[:200])
+        assert server.client.models() == [MODEL]
+        assert server.client.ready_workers(MODEL) == 2
+        nobody = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                                 sys.executable, "-c", CONNECT, str(sock)],
+                                capture_output=True, text=True, timeout=30)
+        assert nobody.stdout.strip() == "PermissionError", (nobody.stdout, nobody.stderr[-500:])
+
+
+# Run as another user: connect to the socket, print the outcome's name.
+CONNECT = """import socket, sys
+s = socket.socket(socket.AF_UNIX)
+try:
+    s.connect(sys.argv[1]); print("connected")
+except OSError as exc:
+    print(type(exc).__name__)
+"""
+
+
+def grpc_ports(server: serve.Server) -> set[int]:
+    """TorchServe 0.12 always starts gRPC (docs/operations.md says what that leaves open)."""
+    return {int(server.properties[k]) for k in serve.GRPC_KEYS if k in server.properties}
 
 
 def predict(balancer: lb.Balancer, image: bytes, session: requests.Session,
@@ -140,6 +202,193 @@ def test_slow_clients_and_large_uploads_leave_normal_traffic_alone(cluster, phot
     assert all(r["peak"] < 1536 for n, r in figures["rss_mib"].items() if n != "haproxy"), figures
 
 
+OVERLOAD_S = 12.0       # s of load at twice the saturated rate (the recorded run: 60 s)
+OVERLOAD_AFTER_S = 5.0  # s at half the saturated rate after it
+# Accepted requests' p99 may exceed the edge's queue budget (250 ms) by this much: the requests
+# ahead at the replica (maxconn 4) and a shared 2-core machine's scheduling.
+OVERLOAD_MARGIN_MS = overload_pair.DEFAULT_MARGIN_MS
+# A 503 comes at the end of its wait in the edge's queue (p50 257 ms measured), not later.
+REFUSED_MARGIN_MS = 250.0
+
+
+class PingTimer(threading.Thread):
+    """Times GET /ping on a replica every 100 ms: what the liveness check costs and waits."""
+
+    def __init__(self, server: serve.Server) -> None:
+        super().__init__(daemon=True)
+        self.url, self.ms, self.failed = f"{server.client.inference_url}/ping", [], 0
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        with requests.Session() as s:
+            while not self.stopping.wait(0.1):
+                t0 = time.perf_counter()
+                try:
+                    ok = s.get(self.url, timeout=5).status_code == 200
+                except requests.RequestException:
+                    ok = False
+                self.ms.append((time.perf_counter() - t0) * 1000)
+                self.failed += not ok
+
+
+def test_health_checks_cost_and_the_agent_says_down(cluster):
+    """Idle: what one /ping and one agent verdict (a describe over the socket) take; the agent
+    answers "up" for a replica with READY workers and "down" for one whose management API is
+    gone (here: a socket that does not exist)."""
+    servers, balancer = cluster
+    ping, agent = PingTimer(servers[0]), []
+    for _ in range(20):
+        t0 = time.perf_counter()
+        assert lb.agent_verdict(servers[0].client, MODEL) == "up"
+        agent.append((time.perf_counter() - t0) * 1000)
+        with requests.Session() as s:
+            t0 = time.perf_counter()
+            assert s.get(ping.url, timeout=5).status_code == 200
+            ping.ms.append((time.perf_counter() - t0) * 1000)
+    costs = {"ping_ms": stats.summary(ping.ms, ("p50", "p99")),
+             "agent_verdict_ms": stats.summary(agent, ("p50", "p99")),
+             "agent_said": balancer.agent.last}
+    print(f"\nhealth-check costs (idle): {costs}")
+    assert costs["ping_ms"]["p50"] < 50 and costs["agent_verdict_ms"]["p50"] < 100, costs
+    assert balancer.agent.last == {"replica1": "up", "replica2": "up"}, costs  # HAProxy asked
+    gone = TorchServeClient(management_url="unix:/nonexistent/management.sock", key_file=None)
+    assert lb.agent_verdict(gone, MODEL).startswith("down #management unreachable")
+
+
+def test_overload_pair_stays_up_and_sheds_fast(cluster):
+    """Twice the pair's saturated rate for 12 s: neither replica leaves UP (the health check is
+    liveness, which a full queue does not delay), no connection fails, accepted requests wait
+    at most the edge's budget plus a margin, every other answer is the edge's 503 JSON, at the
+    end of its queue wait; nothing is retried (503 is not replayed), and the pair is fast again
+    once the load drops."""
+    servers, balancer = cluster
+    saturated = overload_pair.saturated_rps(balancer, seconds=5.0)
+    ping = PingTimer(servers[0])
+    ping.start()
+    try:
+        out = overload_pair.run(balancer, round(2 * saturated, 1), OVERLOAD_S, OVERLOAD_AFTER_S,
+                                round(saturated / 2, 1), progress=False)
+    finally:
+        ping.stopping.set()
+        ping.join(timeout=10)
+    out.update(saturated_rps=saturated, ping_ms=stats.summary(ping.ms, ("p50", "p99", "max")),
+               ping_failed=ping.failed)
+    print(f"\noverload figures: {out}")
+    assert saturated > 10, out
+    assert out["state_samples"] >= 50 and out["not_up_seen"] == 0, out  # both UP throughout
+    assert out["connection_errors"] == 0 and out["other_statuses"] == [], out
+    assert out["refused_503"] >= out["requests"] // 5, out  # really over capacity
+    assert out["accepted_ms"]["p99"] <= overload_pair.QUEUE_BUDGET_MS + OVERLOAD_MARGIN_MS, out
+    assert out["refused_ms"]["p99"] <= overload_pair.QUEUE_BUDGET_MS + REFUSED_MARGIN_MS, out
+    assert out["edge_retries"] == 0, out
+    assert out["after_errors"] == 0, out
+    assert ping.failed == 0 and out["ping_ms"]["p99"] < 1000, out  # well inside timeout check 2s
+
+
+def test_edge_503_is_json(cluster, photos):
+    """60 requests at once (under the edge's 64 connections per address), far more than the
+    pair's 8 slots take in 250 ms: those left in the edge's queue past its deadline get the
+    edge's 503 JSON with Retry-After, the rest 200."""
+    _, balancer = cluster
+    image = photos["cat.jpg"].read_bytes()
+
+    def one(_) -> requests.Response:
+        with requests.Session() as s:
+            return predict(balancer, image, s)
+
+    with concurrent.futures.ThreadPoolExecutor(60) as pool:
+        answers = list(pool.map(one, range(60)))
+    refused = [r for r in answers if r.status_code == 503]
+    assert {r.status_code for r in answers} <= {200, 503}, {r.status_code for r in answers}
+    assert refused and len(refused) < len(answers), len(refused)
+    for resp in refused:
+        assert resp.json()["type"] == "ServiceUnavailable" and resp.headers["Retry-After"] == "1"
+
+
+KILLS = 10
+KILL_RATE = 30         # requests per second
+KILLS_WITHIN_S = 90.0  # the kills must be done by then (a replaced worker takes 8-20 s here)
+
+
+def kill_a_worker(servers: list[serve.Server], turn: int) -> int | None:
+    """kill -9 of one READY worker (the Python process, its pid from the management API),
+    taking replicas in turn, and only where another worker is READY (a replica without a
+    READY worker is the agent's case, not this test's); its pid, or None if none qualifies."""
+    for server in servers[turn % 2:] + servers[:turn % 2]:
+        ready = [w for w in server.client.workers(MODEL) if w.get("status") == "READY"]
+        if len(ready) >= 2:
+            pid = int(ready[0]["pid"])
+            os.kill(pid, signal.SIGKILL)
+            return pid
+    return None
+
+
+def test_worker_kills_behind_the_balancer_no_client_failure(cluster, photos):
+    """10 workers killed (kill -9), each as soon as a replica has a spare READY worker, under 30
+    requests/s, the load going on 3 s after the last kill: every client of the project's
+    contract (predict(retries=RESEND_BUDGET)) gets 200. HAProxy replays the 500 "Worker died."
+    batches on the other replica; a 507 (the same loss, when TorchServe already saw exit status
+    137) reaches the client, which resends it; while a worker reloads, this shared machine's
+    capacity can drop under 30 rps and the edge sheds with 503 Retry-After: 1, which the client
+    honours once. All three are counted and printed."""
+    servers, balancer = cluster
+    image = photos["cat.jpg"].read_bytes()
+    edge = TorchServeClient(balancer.url, key_file=None, timeout=TIMEOUT)
+    local = threading.local()
+    resent: list[object] = []  # what each resent attempt had got (predict's `resent`)
+
+    def send(scheduled: float) -> tuple[object, float]:
+        local.session = getattr(local, "session", None) or requests.Session()
+        try:
+            resp = edge.predict(MODEL, image, balancer.headers(), local.session,
+                                retries=RESEND_BUDGET, resent=resent)
+            outcome: object = 200 if resp.status_code == 200 else f"{resp.status_code} {resp.text[:100]}"
+        except requests.RequestException as exc:
+            outcome = type(exc).__name__
+        return outcome, time.monotonic() - scheduled
+
+    before = balancer.servers()
+    killed: list[int] = []
+    last_kill = last_try = 0.0
+    with concurrent.futures.ThreadPoolExecutor(32) as pool:
+        futures, start = [], time.monotonic()
+        for i in range(int(KILL_RATE * (1 + KILLS_WITHIN_S + 3))):  # bounded: 94 s at most
+            scheduled = start + i / KILL_RATE
+            time.sleep(max(0.0, scheduled - time.monotonic()))
+            futures.append(pool.submit(send, scheduled))
+            now = time.monotonic()
+            if len(killed) == KILLS:
+                if now - last_kill >= 3:
+                    break
+            elif now - start >= 1 and now - last_try >= 0.5 and now - start < 1 + KILLS_WITHIN_S:
+                last_try = now
+                pid = kill_a_worker(servers, len(killed))
+                if pid is not None:
+                    killed.append(pid)
+                    last_kill = now
+        done, pending = concurrent.futures.wait(futures, timeout=TIMEOUT + 10)
+    results = [f.result() for f in done]
+    after = balancer.servers()
+    outcomes = [o for o, _ in results]
+    figures = {
+        "sent": len(futures), "vanished": len(pending), "kills": len(killed),
+        "kills_took_s": round(last_kill - start, 1),
+        "failed": {str(o): outcomes.count(o) for o in set(outcomes) if o != 200},
+        "edge_retries": sum(int(after[n]["wretr"] or 0) - int(before[n]["wretr"] or 0) for n in after),
+        "client_resent": {str(c): resent.count(c) for c in set(resent)},
+        "latency_ms": stats.summary([t * 1000 for _, t in results], ("p50", "p99", "max")),
+    }
+    print(f"\nworker-kill figures: {figures}")
+    assert figures["kills"] == KILLS, figures
+    assert not pending and not figures["failed"], figures
+    assert figures["edge_retries"] + len(resent) >= 1, figures  # some batch was in flight
+    for server in servers:  # the killed workers come back
+        deadline = time.monotonic() + 90
+        while server.client.ready_workers(MODEL) < 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
+    balancer.wait_up(timeout=30)
+
+
 class Monitor(threading.Thread):
     """Polls HAProxy's stats socket; records each change of replica1's state with its time."""
 
@@ -173,14 +422,13 @@ def restart_when_down(monitor: Monitor, server: serve.Server, ports: tuple[int, 
         time.sleep(0.05)
     serve.stop(server.workdir, grace=5)  # the workers and the launcher the kill left behind
     times["restarted"] = time.monotonic()
-    again = serve.start(server.workdir, models=MODELS, ports=ports, model_store=model_store,
-                        overrides=AUTH_OFF)
+    again = lb.start_replica(server.workdir, ports, MODELS, model_store)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         asked = time.monotonic()
         try:
             states = [w.get("status") for w in again.client.workers(MODEL)]
-        except requests.RequestException:
+        except OSError:  # requests' errors and the management socket's (not there yet)
             time.sleep(0.1)
             continue
         times.setdefault("listening", asked)
@@ -191,10 +439,20 @@ def restart_when_down(monitor: Monitor, server: serve.Server, ports: tuple[int, 
         time.sleep(0.1)
 
 
-def test_replica_killed_under_load_no_client_failure_and_rejoins(cluster, photos, default_mar):
+EDGE_BUSY = "edge 503"
+
+
+def edge_refused(resp: requests.Response) -> bool:
+    """The edge's own 503 (config/haproxy.cfg http-error): its queue deadline passed."""
+    return (resp.status_code == 503 and resp.headers.get("Retry-After") == "1"
+            and "ServiceUnavailable" in resp.text)
+
+
+def test_replica_killed_under_load_no_request_lost_and_rejoins(cluster, photos, default_mar):
     (victim, _), balancer = cluster
-    ports = tuple(int(url.rsplit(":", 1)[1]) for url in
-                  (victim.client.inference_url, victim.client.management_url, victim.client.metrics_url))
+    # The management port is not listened on (a Unix socket instead): the one the replica had.
+    ports = tuple(int(victim.properties[key].rsplit(":", 1)[1]) if key != "management_address"
+                  else serve.free_ports(1)[0] for key in serve.ADDRESS_KEYS)
     image = photos["cat.jpg"].read_bytes()
     local = threading.local()
 
@@ -205,6 +463,8 @@ def test_replica_killed_under_load_no_client_failure_and_rejoins(cluster, photos
             resp = predict(balancer, image, local.session)
             ok = resp.status_code == 200 and bool(resp.json().get("predictions"))
             outcome: object = resp.status_code if ok else f"{resp.status_code}: {resp.text[:100]}"
+            if edge_refused(resp):
+                outcome = EDGE_BUSY
             served_by = resp.headers.get("X-Served-By")
         except (requests.RequestException, ValueError) as exc:
             outcome, served_by = type(exc).__name__, None
@@ -246,11 +506,14 @@ def test_replica_killed_under_load_no_client_failure_and_rejoins(cluster, photos
     killed = times["killed"]
     down_at = monitor.first("DOWN", killed)
     up_at = monitor.first("UP", times.get("restarted", float("inf")))
-    failed = [r for r in results if r[1] != 200]
+    failed = [r for r in results if r[1] not in (200, EDGE_BUSY)]
+    refused = [r for r in results if r[1] == EDGE_BUSY]
     after_rejoin = [r for r in results if up_at is not None and r[0] >= up_at]
     figures = {
         "sent": len(futures), "answered": len(results), "vanished": len(pending),
         "failed": len(failed), "failures": sorted({str(r[1]) for r in failed}),
+        "refused_by_the_edge": len(refused),
+        "refused_before_the_kill": sum(r[0] < times["killed"] for r in refused),
         "retries": sum(int(stats_after[n]["wretr"] or 0) - int(stats_before[n]["wretr"] or 0)
                        for n in stats_after),
         "redispatches": sum(int(stats_after[n]["wredis"] or 0) - int(stats_before[n]["wredis"] or 0)
@@ -271,7 +534,11 @@ def test_replica_killed_under_load_no_client_failure_and_rejoins(cluster, photos
         "replica1_states": [(round(t - killed, 2), s) for t, s in monitor.changes],
     }
     print(f"\nbalancer figures: {figures}")
-    assert not pending and not failed, figures  # every client got 200 with predictions
+    # No request lost: each got 200 with predictions or, while replica 1 was out and the other
+    # served alone on the shared cores, the edge's fast 503 (its queue deadline) where it once
+    # waited seconds.
+    assert not pending and not failed, figures
+    assert figures["refused_before_the_kill"] == 0, figures
     assert figures["down_after_kill_s"] is not None and figures["down_after_kill_s"] < 5, figures
     assert up_at is not None, figures  # restarted, it was taken back...
     # ...only once it could answer: the health check is a prediction, not the open port.

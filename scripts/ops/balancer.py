@@ -1,14 +1,20 @@
 """HAProxy in front of TorchServe replicas, with the reference config (config/haproxy.cfg).
 
+    python -m scripts.ops.balancer start --replica run/replica1 --replica run/replica2
+                                                 # working directories: the agent watches workers
     python -m scripts.ops.balancer start --replica 127.0.0.1:8180 --replica 127.0.0.1:8280
+                                                 # addresses only: /ping alone, no agent
     python -m scripts.ops.balancer status        # each replica's state (UP, DOWN) from HAProxy
     python -m scripts.ops.balancer check --replica ... --replica ...   # haproxy -c on the config
 
 Without Kubernetes, this is what keeps the service answering when one TorchServe dies: HAProxy
-health-checks each replica with a real prediction, takes a dead one out within about a second,
-replays the requests it was holding on another replica, and takes it back once it answers again.
-The replicas run with token authorization off; HAProxy checks the clients' bearer key
-(BALANCER_KEY) at the edge. config/haproxy.cfg explains every line.
+checks each replica's liveness (GET /ping, answered by its frontend without queueing) and asks
+this module's agent (HAProxy's agent-check) whether the replica has a READY worker (its
+management API, over the replica's private Unix socket); a dead or workerless replica is taken
+out within about a second, a busy one is not. The requests a dead replica or worker held are
+replayed on another replica. The replicas run with token authorization off and their management
+API on a Unix socket only their user can reach (start_replica); HAProxy checks the clients'
+bearer key (BALANCER_KEY) at the edge. config/haproxy.cfg explains every line.
 
 config/haproxy.cfg reads its settings from environment variables, so it also runs by hand
 (`haproxy -db -f config/haproxy.cfg`, see its header); this module sets them, keeps HAProxy's
@@ -28,14 +34,21 @@ import secrets
 import shutil
 import signal
 import socket
+import socketserver
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import requests
+
 from scripts import repo
+from scripts.ops import serve, uds
+from scripts.ops.client import TorchServeClient
+from scripts.ops.server_config import addresses
 
 CONFIG = repo.CONFIG_DIR / "haproxy.cfg"
 DEFAULT_PORT = 8090
@@ -45,8 +58,14 @@ SOCKET_FILE = "haproxy.sock"
 LOG_FILE = "haproxy.out"
 RENDERED_CONFIG = "haproxy.cfg"
 BACKEND = "replicas"
-# One `server` line per replica in config/haproxy.cfg: `server replicaN "${REPLICA_N}"`.
-SERVER_LINE = re.compile(r'^(\s*)server\s+replica\d+\s+"\$\{REPLICA_\d+\}"\s*$')
+# One `server` line per replica in config/haproxy.cfg:
+#   server replicaN "${REPLICA_N}" agent-send "replicaN\n"
+SERVER_LINE = re.compile(r'^(\s*)server\s+replica\d+\s+"\$\{REPLICA_\d+\}"'
+                         r'(\s+agent-send\s+"replica\d+\\n")?\s*$')
+# The replicas' settings behind the balancer: it checks the clients' key, not them.
+AUTH_OFF = {"disable_token_authorization": "true"}
+# The agent asks a replica's management API this long before calling it busy, not dead.
+AGENT_CALL_TIMEOUT_S = 1.0
 # Debian installs HAProxy in /usr/sbin, which is not on a non-root user's PATH.
 HAPROXY_FALLBACK = Path("/usr/sbin/haproxy")
 # A unix socket path longer than this does not fit in sockaddr_un (Linux).
@@ -62,7 +81,7 @@ def find_haproxy() -> str:
 
 
 def render(n_replicas: int, template: Path = CONFIG) -> str:
-    """The config with one `server replicaI "${REPLICA_I}"` line per replica, in place of the
+    """The config with one `server replicaI "${REPLICA_I}" ...` line per replica, in place of the
     template's server lines (everything else, the options of default-server included, as is)."""
     if n_replicas < 1:
         raise ValueError("at least one replica")
@@ -72,7 +91,8 @@ def render(n_replicas: int, template: Path = CONFIG) -> str:
         if not m:
             out.append(line)
         elif not done:
-            out += [f'{m[1]}server replica{i} "${{REPLICA_{i}}}"\n' for i in range(1, n_replicas + 1)]
+            out += [f'{m[1]}server replica{i} "${{REPLICA_{i}}}" agent-send "replica{i}\\n"\n'
+                    for i in range(1, n_replicas + 1)]
             done = True
     if not done:
         raise ValueError(f'{template}: no `server replicaN "${{REPLICA_N}}"` line to render')
@@ -84,10 +104,13 @@ def server_lines(template: Path = CONFIG) -> int:
 
 
 def environment(replicas: Sequence[str], port: int, key: str, model: str,
-                stats_socket: Path) -> dict[str, str]:
+                stats_socket: Path, agent_port: int | None = None) -> dict[str, str]:
     """The variables config/haproxy.cfg reads, on top of this process's environment."""
     env = {**os.environ, "BALANCER_KEY": key, "BALANCER_PORT": str(port),
            "BALANCER_MODEL": model, "BALANCER_STATS_SOCKET": str(stats_socket)}
+    env.pop("BALANCER_AGENT_PORT", None)  # only the agent this module runs
+    if agent_port is not None:
+        env["BALANCER_AGENT_PORT"] = str(agent_port)
     env.update({f"REPLICA_{i}": address for i, address in enumerate(replicas, 1)})
     return env
 
@@ -105,6 +128,79 @@ def read_stats(stats_socket: Path, timeout: float = 2.0) -> list[dict[str, str]]
     return list(csv.DictReader(io.StringIO(text)))
 
 
+def replica_overrides(workdir: Path, ports: tuple[int, int, int]) -> dict[str, str]:
+    """A replica's settings: token authorization off (the edge checks the key) and its management
+    API on a Unix socket in a folder of its own user's (uds.private_socket), never on TCP."""
+    listen = serve.listen_overrides("127.0.0.1", ports, token_auth=False,
+                                    management_socket=uds.private_socket(workdir))
+    return {**AUTH_OFF, **(listen or {})}
+
+
+def start_replica(workdir: Path, ports: tuple[int, int, int],
+                  models: str = f"{repo.DEFAULT_MODEL}={repo.DEFAULT_MODEL}.mar",
+                  model_store: Path = repo.MODEL_STORE, overrides: dict | None = None) -> serve.Server:
+    """serve.start for a replica behind the balancer (replica_overrides); the Server's client
+    reaches its management API over the socket. Returns at once (serve.wait_ready)."""
+    settings = {**replica_overrides(Path(workdir), ports), **(overrides or {})}
+    server = serve.start(workdir, models=models, ports=ports, model_store=model_store,
+                         overrides=settings)
+    server.client = TorchServeClient.from_workdir(server.workdir)
+    return server
+
+
+def agent_verdict(client: TorchServeClient | None, model: str) -> str:
+    """HAProxy agent-check's answer for one replica: "up" while it has a READY worker, else
+    "down #why". A management API that does not answer in time is busy, not dead: "up" (the
+    /ping check and observe layer4 catch a dead frontend). Unwatched replica: "up"."""
+    if client is None:
+        return "up"
+    try:
+        workers = client.workers(model)
+    except (TimeoutError, requests.Timeout):
+        return "up #management slow"
+    except (OSError, ValueError) as exc:
+        return f"down #management unreachable: {type(exc).__name__}"
+    ready = sum(w.get("status") == "READY" for w in workers)
+    return "up" if ready else f"down #0 of {len(workers)} workers READY"
+
+
+class _AgentHandler(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        self.request.settimeout(AGENT_CALL_TIMEOUT_S)
+        try:
+            name = self.request.recv(64).decode(errors="replace").strip()
+        except OSError:
+            return
+        agent: Agent = self.server.agent  # type: ignore[attr-defined]
+        verdict = agent_verdict(agent.replicas.get(name), agent.model)
+        agent.last[name] = verdict
+        with contextlib.suppress(OSError):
+            self.request.sendall(verdict.encode() + b"\n")
+
+
+@dataclass
+class Agent:
+    """HAProxy's agent-check server on a loopback port: HAProxy connects, sends the replica's
+    name (agent-send), reads one line (agent_verdict). It only says what the workers' states
+    are; it holds no secret, and the management socket it reads is its own user's."""
+
+    replicas: dict[str, TorchServeClient | None]
+    model: str
+    last: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _AgentHandler)
+        self.server.daemon_threads = True
+        self.server.agent = self  # type: ignore[attr-defined]
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.2,), daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 @dataclass
 class Balancer:
     """A running HAProxy (its own process group) and what a client needs to use it."""
@@ -115,6 +211,7 @@ class Balancer:
     key: str
     config: Path
     stats_socket: Path
+    agent: Agent | None = None
 
     @property
     def url(self) -> str:
@@ -162,6 +259,9 @@ class Balancer:
                 os.killpg(self.process.pid, sig)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(wait)
+        # After HAProxy: an agent gone while HAProxy runs would leave a "down" it said standing.
+        if self.agent is not None:
+            self.agent.stop()
 
 
 def _key(workdir: Path, key: str | None) -> str:
@@ -191,19 +291,23 @@ def check(replicas: Sequence[str], port: int = DEFAULT_PORT, workdir: Path = DEF
     """`haproxy -c`: the config as it would run with these replicas (a dummy key)."""
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    env = environment(replicas, port, "check-only", model, workdir / SOCKET_FILE)
+    env = environment(replicas, port, "check-only", model, workdir / SOCKET_FILE, agent_port=1)
     return subprocess.run([find_haproxy(), "-c", "-f", str(prepare(replicas, workdir, config))],
                           env=env, cwd=workdir, capture_output=True, text=True, timeout=30)
 
 
 def start(replicas: Sequence[str], port: int = DEFAULT_PORT, workdir: Path = DEFAULT_WORKDIR,
           key: str | None = None, model: str = repo.DEFAULT_MODEL, config: Path = CONFIG,
-          timeout: float = 10.0) -> Balancer:
+          timeout: float = 10.0, watch: Sequence[TorchServeClient | None] | None = None) -> Balancer:
     """Start HAProxy in the foreground (-db) in its own process group, logging to
     workdir/haproxy.out; returns once it answers on its stats socket, which it binds together
-    with the frontend's port (the replicas may not be UP yet: Balancer.wait_up)."""
+    with the frontend's port (the replicas may not be UP yet: Balancer.wait_up). `watch`: per
+    replica, the client of its management API, for the agent (None: /ping alone decides)."""
     if not replicas:
         raise ValueError("at least one replica address (host:port)")
+    watch = list(watch or [None] * len(replicas))
+    if len(watch) != len(replicas):
+        raise ValueError("one management client (or None) per replica")
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     stats_socket = workdir / SOCKET_FILE
@@ -212,13 +316,14 @@ def start(replicas: Sequence[str], port: int = DEFAULT_PORT, workdir: Path = DEF
     stats_socket.unlink(missing_ok=True)
     key = _key(workdir, key)
     cfg = prepare(replicas, workdir, config)
-    env = environment(replicas, port, key, model, stats_socket)
+    agent = Agent({f"replica{i}": c for i, c in enumerate(watch, 1)}, model) if any(watch) else None
+    env = environment(replicas, port, key, model, stats_socket, agent and agent.port)
     log = open(workdir / LOG_FILE, "ab")
     proc = subprocess.Popen([find_haproxy(), "-db", "-f", str(cfg)], cwd=workdir, env=env,
                             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     log.close()
-    balancer = Balancer(proc, workdir, port, key, cfg, stats_socket)
+    balancer = Balancer(proc, workdir, port, key, cfg, stats_socket, agent)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -232,6 +337,14 @@ def start(replicas: Sequence[str], port: int = DEFAULT_PORT, workdir: Path = DEF
     balancer.stop(grace=0)
     raise TimeoutError(f"haproxy not answering on {stats_socket} after {timeout:.0f} s; "
                        f"see {workdir / LOG_FILE}")
+
+
+def resolve_replica(spec: str) -> tuple[str, TorchServeClient | None]:
+    """`--replica`: HOST:PORT, or a replica's working directory (its inference address from its
+    config.properties, and a client of its management API for the agent)."""
+    if Path(spec).is_dir():
+        return addresses(spec)[0].removeprefix("http://"), TorchServeClient.from_workdir(spec)
+    return spec, None
 
 
 def print_states(stats_socket: Path) -> int:
@@ -253,25 +366,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("action", choices=["start", "check", "status"],
                         help="start: run HAProxy until SIGINT/SIGTERM; check: validate the "
                              "config; status: the replicas' state from the stats socket")
-    parser.add_argument("--replica", action="append", default=[], metavar="HOST:PORT",
-                        help="a replica's inference address (repeat for each replica)")
+    parser.add_argument("--replica", action="append", default=[], metavar="HOST:PORT|DIR",
+                        help="a replica's inference address, or its working directory (then the "
+                             "agent also watches its workers); repeat for each replica")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT,
                         help="loopback port clients send predictions to")
     parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR,
                         help="holds the key file, the stats socket and HAProxy's log")
     parser.add_argument("--model", default=repo.DEFAULT_MODEL,
-                        help="model the health check sends its tiny prediction to")
+                        help="model whose workers the agent watches")
     parser.add_argument("--config", type=Path, default=CONFIG, help="HAProxy config template")
     args = parser.parse_args(argv)
     if args.action == "status":
         return print_states(Path(args.workdir).resolve() / SOCKET_FILE)
     if not args.replica:
         parser.error("give each replica with --replica HOST:PORT")
+    replicas, watch = zip(*map(resolve_replica, args.replica))
     if args.action == "check":
-        done = check(args.replica, args.port, args.workdir, args.model, args.config)
+        done = check(replicas, args.port, args.workdir, args.model, args.config)
         print(done.stdout + done.stderr, end="")
         return done.returncode
-    balancer = start(args.replica, args.port, args.workdir, model=args.model, config=args.config)
+    balancer = start(replicas, args.port, args.workdir, model=args.model, config=args.config,
+                     watch=watch)
     # The key itself is never printed (stdout may be a log): read it from the file.
     print(f"HAProxy is balancing {len(args.replica)} replicas at {balancer.url}\n"
           f"  key file: {balancer.workdir / KEY_FILE}\n"
