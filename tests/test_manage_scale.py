@@ -139,6 +139,12 @@ def scale_under_traffic(srv, image: bytes, targets: tuple[int, ...]) -> tuple[Tr
     return traffic, steps, puts
 
 
+def distinct(puts: list) -> list:
+    """The PUTs of a step without consecutive repeats: manage.scale resends the same PUT when
+    the frontend answered it with its own race (500 ConcurrentModificationException)."""
+    return [p for i, p in enumerate(puts) if i == 0 or p != puts[i - 1]]
+
+
 def check_resends(traffic: Traffic, steps: list, down: int, batch: int, removed: int) -> None:
     """A request resent for a lost batch (500/507) was in flight during the scale-down; one
     resent after no answer (the client's timeout) was in flight during some scaling step (seen
@@ -167,7 +173,8 @@ def test_scale_1_3_1_under_traffic_every_request_200(srv, photos):
     assert all(o == 200 for o in outcomes), traffic.counts()
     for start, end in steps:  # requests were in flight while each scaling step ran
         assert traffic.answered_between(start, end + 0.5) >= 1
-    assert puts == [[(3, 3)], [(1, 2), (1, 1)]], puts  # up at once, down one worker per step
+    # Up at once, down one worker per step (a race resend repeats a PUT: seen 1 run in 10).
+    assert [distinct(step) for step in puts] == [[(3, 3)], [(1, 2), (1, 1)]], puts
     check_resends(traffic, steps, 1, srv.client.describe(MODEL)[0]["batchSize"], removed=2)
     assert srv.client.ready_workers(MODEL) == 1
 
@@ -179,6 +186,6 @@ def test_scale_down_3_to_1_and_back_to_2_under_traffic(srv, photos):
     print(f"\nscale 3-1-2: {traffic.counts()}, PUTs {puts}")
     outcomes = [o for _, o in traffic.outcomes]
     assert len(outcomes) >= 30 and all(o == 200 for o in outcomes), traffic.counts()
-    assert puts[1] == [(1, 2), (1, 1)], puts
+    assert distinct(puts[1]) == [(1, 2), (1, 1)], puts
     check_resends(traffic, steps, 1, srv.client.describe(MODEL)[0]["batchSize"], removed=2)
     assert srv.client.ready_workers(MODEL) == 2
