@@ -22,10 +22,9 @@ from ts.torch_handler.base_handler import BaseHandler
 from handler import responses
 from handler.batch import Batch
 from handler.device import place
-from handler.envelopes import envelope_of
+from handler.envelopes import PLAIN, RequestProtocol, envelope_of, request_header
 from handler.errors import HandlerError, InputError, NotServed, ServerError
 from handler.metrics import INFERENCE, POSTPROCESS, PREPROCESS, REQUEST, HandlerMetrics
-from handler.payload import payload_to_bytes
 from handler.preprocess_code import PreprocessCodeError
 from handler.preprocessing import PreprocessConfig, preprocess_image
 from handler.provenance import PACKAGE_DIR, installed_versions, sha256_file, verify_model_dir
@@ -90,8 +89,13 @@ class ImageClassifierHandler(BaseHandler):
         model's description, and the other requests of the batch are answered as usual."""
         start = time.perf_counter()
         self.context = context
-        answers = self.postprocess(self.inference(self.preprocess(data)))
-        out = envelope_of(context).respond(context, answers)
+        envelope = envelope_of(context)
+        # Each request's protocol (handler/envelopes.py) reads its image and shapes its answer.
+        protocols = [PLAIN if self._header(idx, "describe") == "True"
+                     else envelope.protocol_of(row, lambda name, i=idx: request_header(context, i, name))
+                     for idx, row in enumerate(data)]
+        answers = self.postprocess(self.inference(self.preprocess(data, protocols)))
+        out = envelope.respond(context, answers, protocols)
         context.metrics.add_time("HandlerTime", round((time.perf_counter() - start) * 1000, 2), None, "ms")
         return out
 
@@ -124,15 +128,16 @@ class ImageClassifierHandler(BaseHandler):
             for _ in range(2):
                 responses.top_k(self.runner(tensor.expand(batch, -1, -1, -1).contiguous()), self.top_k)
 
-    def preprocess(self, data: list[dict]) -> Batch:
+    def preprocess(self, data: list[dict], protocols: list[RequestProtocol] | None = None) -> Batch:
         batch = Batch(size=len(data))
+        protocols = protocols or [PLAIN] * len(data)
         tensors = []
         for idx, row in enumerate(data):
             if self._header(idx, "describe") == "True":
                 batch.described[idx] = self.describe_handle()
                 continue
             try:
-                tensors.append(self._tensor_of(idx, row))
+                tensors.append(self._tensor_of(idx, row, protocols[idx]))
                 batch.indices.append(idx)
             except InputError as err:
                 self._failed(batch, idx, err)
@@ -144,11 +149,11 @@ class ImageClassifierHandler(BaseHandler):
         self.metrics.batch_size(len(data))
         return batch
 
-    def _tensor_of(self, idx: int, row: dict) -> torch.Tensor:
+    def _tensor_of(self, idx: int, row: dict, protocol: RequestProtocol = PLAIN) -> torch.Tensor:
         if self._header(idx, "explain") == "True":
             raise NotServed("explanations")
         with self.metrics.timed(PREPROCESS):
-            tensor, (width, height) = preprocess_image(payload_to_bytes(row), self.preprocess_config)
+            tensor, (width, height) = preprocess_image(protocol.image(row), self.preprocess_config)
         if tuple(tensor.shape) != self.input_shape:  # a server fault of this request alone
             raise PreprocessCodeError(f"preprocessing returned shape {tuple(tensor.shape)}; the "
                                       f"model's input is {self.input_shape}")

@@ -19,6 +19,7 @@ import base64
 import binascii
 import json
 import re
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -134,3 +135,179 @@ def _b64(text: str) -> bytes:
         return base64.b64decode(raw, validate=True)
     except (binascii.Error, ValueError) as exc:  # UnicodeEncodeError is a ValueError
         raise BadInput("InvalidBase64", f"The image string is not valid base64: {exc}.") from exc
+
+
+# The Open Inference Protocol (KServe v2): one request, one input, one image --------------------
+#
+# A v2 request is recognised by its body alone (TorchServe tells the handler nothing about the
+# URL a request came in on): a JSON object with the key "inputs" (our own JSON form never has
+# one), or any body sent with Triton's binary-data header. Recognised, it is answered in v2 form
+# whatever is wrong with it; a body that is not even JSON cannot be known as v2.
+
+V2_DATATYPE = "BYTES"
+# Triton's binary-data extension: the JSON header's length; raw tensor data follows it.
+V2_BINARY_HEADER = "inference-header-content-length"
+V2_ACCEPTED = ('one input {"name": "image", "shape": [1], "datatype": "BYTES", '
+               '"data": ["<base64 of the encoded image>"]}')
+
+
+@dataclass(frozen=True)
+class V2Body:
+    """A v2 request as it arrived: its JSON document, the binary data after it (Triton's
+    extension), or why it could not be split into the two."""
+
+    doc: dict | None
+    tail: bytes = b""
+    error: BadInput | None = None
+
+    @property
+    def request_id(self) -> str | None:
+        value = (self.doc or {}).get("id")
+        return value if isinstance(value, str) else None
+
+
+def v2_body(row: dict, binary_header: str | None) -> V2Body | None:
+    """The v2 request this row is, or None when it is not one. Never raises: a malformed v2
+    request is still a v2 request, refused in v2 form later (v2_image)."""
+    body = row.get(BODY_KEY)
+    if binary_header is not None:
+        return _split_binary(body, binary_header)
+    if isinstance(body, dict):
+        return V2Body(body) if "inputs" in body else None
+    if isinstance(body, str):
+        body = body.encode("utf-8")
+    if not isinstance(body, (bytes, bytearray)) or bytes(body[:64]).lstrip()[:1] != b"{":
+        return None
+    try:
+        doc = _parse_json(bytes(body))
+    except BadInput:
+        return None  # not JSON: not recognisably v2; the plain reader refuses it
+    return V2Body(doc) if "inputs" in doc else None
+
+
+def _split_binary(body, header: str) -> V2Body:
+    if isinstance(body, dict):  # sent as application/json and parsed whole: there is no tail
+        return V2Body(body)
+    raw = body.encode("utf-8") if isinstance(body, str) else bytes(body or b"")
+    try:
+        length = int(header)
+    except ValueError:
+        length = -1
+    if not 0 < length <= len(raw):
+        return V2Body(None, error=BadInput("InvalidBinaryData", f"Inference-Header-Content-Length "
+                                           f"is {header!r}; the body has {len(raw)} bytes."))
+    try:
+        return V2Body(_parse_json(raw[:length]), raw[length:])
+    except BadInput as err:
+        return V2Body(None, error=err)
+
+
+def v2_image(body: V2Body) -> bytes:
+    """The encoded image of a v2 request, or BadInput (400). One request carries one image:
+    TorchServe batches requests, so a client gains nothing by packing several into one, and one
+    image per request keeps each request's cost budget and its own answer."""
+    if body.error is not None:
+        raise body.error
+    doc = body.doc
+    if "id" in doc and not isinstance(doc["id"], str):
+        raise BadInput("InvalidV2Request", "'id' must be a string.")
+    if not isinstance(doc.get("parameters", {}), dict):
+        raise BadInput("InvalidV2Request", "'parameters' must be an object.")
+    tensor = _one_input(doc.get("inputs"))
+    count = _element_count(tensor)
+    params = tensor.get("parameters", {})
+    if not isinstance(params, dict):
+        raise BadInput("InvalidV2Request", f"The input's 'parameters' must be an object; send {V2_ACCEPTED}.")
+    if "binary_data_size" in params:
+        elements = _binary_elements(params["binary_data_size"], body.tail)
+    elif body.tail:
+        raise BadInput("InvalidBinaryData", "The body carries binary data but no input names its "
+                       "binary_data_size.")
+    else:
+        elements = _json_elements(tensor.get("data"))
+    if len(elements) != count:
+        sent = len(elements) if len(elements) <= MAX_FIELDS else f"over {MAX_FIELDS}"
+        raise BadInput("ShapeMismatch", f"The input's shape {tensor['shape']} holds {count} "
+                       f"element(s) but its data has {sent}.")
+    if count != 1:
+        raise BadInput("TooManyImages" if count else "EmptyInput",
+                       f"The input holds {count} images; a request carries exactly one (send each "
+                       "image as its own request: the server batches them).")
+    return elements[0] if isinstance(elements[0], bytes) else _b64(elements[0])
+
+
+def _one_input(inputs) -> dict:
+    if not isinstance(inputs, list) or not inputs:
+        raise BadInput("InvalidV2Request", f"'inputs' must be a list holding {V2_ACCEPTED}.")
+    if len(inputs) > 1:
+        raise BadInput("TooManyInputs", f"The request has {len(inputs)} inputs; send {V2_ACCEPTED} "
+                       "(one image per request: the server batches requests).")
+    tensor = inputs[0]
+    if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
+        raise BadInput("InvalidV2Request", f"An input is an object with a string 'name'; send {V2_ACCEPTED}.")
+    if tensor.get("datatype") != V2_DATATYPE:
+        raise BadInput("UnsupportedDatatype", f"The input's datatype is {tensor.get('datatype')!r}; "
+                       "the model takes the encoded image (JPEG, PNG, ...) as one BYTES element.")
+    return tensor
+
+
+def _element_count(tensor: dict) -> int:
+    shape = tensor.get("shape")
+    if (not isinstance(shape, list) or not shape or len(shape) > MAX_JSON_DEPTH
+            or not all(type(d) is int and d >= 0 for d in shape)):
+        raise BadInput("InvalidV2Request", f"The input's shape must be a list of sizes, e.g. [1]; "
+                       f"got {shape!r}.")
+    return int(np.prod(shape, dtype=np.int64))
+
+
+def _json_elements(data) -> list:
+    """The BYTES elements of a JSON tensor, flattened (the protocol allows nested rows); each
+    a base64 string."""
+    if not isinstance(data, list):
+        raise BadInput("InvalidV2Request", f"The input's 'data' must be a list; send {V2_ACCEPTED}.")
+    flat, stack, steps = [], [data], 0
+    # Bounded: a request holds one element; a few more are enough to say how many it sent.
+    while stack and len(flat) <= MAX_FIELDS and steps < 8 * MAX_FIELDS:
+        item, steps = stack.pop(), steps + 1
+        if isinstance(item, list):
+            stack.extend(reversed(item))
+        elif isinstance(item, str):
+            flat.append(item)
+        else:
+            raise BadInput("InvalidV2Request", "A BYTES element in JSON is a string: the image "
+                           f"in base64, not a {type(item).__name__}.")
+    return flat
+
+
+def _binary_elements(size, tail: bytes) -> list[bytes]:
+    """Triton's binary BYTES tensor: each element a 4-byte little-endian length and its bytes."""
+    if type(size) is not int or size != len(tail):
+        raise BadInput("InvalidBinaryData", f"binary_data_size is {size!r}; {len(tail)} bytes of "
+                       "binary data follow the JSON header.")
+    elements, at = [], 0
+    while at < len(tail) and len(elements) <= MAX_FIELDS:
+        if at + 4 > len(tail):
+            raise BadInput("InvalidBinaryData", "A BYTES element's length prefix is cut short.")
+        length = int.from_bytes(tail[at:at + 4], "little")
+        if at + 4 + length > len(tail):
+            raise BadInput("InvalidBinaryData", f"A BYTES element declares {length} bytes; "
+                           f"{len(tail) - at - 4} follow.")
+        elements.append(tail[at + 4:at + 4 + length])
+        at += 4 + length
+    return elements
+
+
+def v2_requested_outputs(doc: dict, known: tuple[str, ...]) -> tuple[str, ...]:
+    """The output names a v2 request asks for, in its order (all of `known` when it names
+    none), or BadInput (400) for an unknown or repeated name."""
+    outputs = doc.get("outputs")
+    if outputs is None:
+        return known
+    if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
+        raise BadInput("InvalidV2Request", "'outputs' must be a list of objects {\"name\": ...}.")
+    names = tuple(o.get("name") for o in outputs)
+    unknown = [n for n in names if n not in known]
+    if unknown or len(set(names)) != len(names):
+        raise BadInput("UnknownOutput", f"The model's outputs are {', '.join(known)}, each named "
+                       f"once; the request asks for {list(names)}.")
+    return names or known

@@ -46,3 +46,34 @@ def prediction(probs: list[float], indices: list[int], labels: dict[str, str], m
 def reason_phrase(status: int) -> str:
     """A fixed reason phrase for the status line; the details travel in the JSON body."""
     return HTTP_PHRASES.get(status, "Error")
+
+
+# The Open Inference Protocol (KServe v2): a prediction as typed tensors, an error as {"error"}.
+# Three outputs, so that a v2 client reads each as an array (no JSON inside strings).
+V2_OUTPUTS = ("labels", "probabilities", "indices")
+_V2_FIELDS = {"labels": ("label", "BYTES"), "probabilities": ("probability", "FP32"),
+              "indices": ("index", "INT64")}
+
+
+def v2_prediction(body: dict, request_id: str, outputs: tuple[str, ...] = V2_OUTPUTS) -> dict:
+    """A prediction (`prediction`'s dict) as a v2 response: the k best classes, best first,
+    as the tensors `outputs` names, each of shape [k]."""
+    preds = body["predictions"]
+    return {"model_name": body["model"], "model_version": body["version"], "id": request_id,
+            "outputs": [{"name": name, "datatype": _V2_FIELDS[name][1], "shape": [len(preds)],
+                         "data": [p[_V2_FIELDS[name][0]] for p in preds]} for name in outputs]}
+
+
+def v2_error(body: dict) -> dict:
+    """An error's body ({"code", "type", "message"}) as the protocol's {"error": "..."}; the
+    type leads the message, so clients can still tell the kinds apart."""
+    return {"error": f"{body['type']}: {body['message']}"}
+
+
+def v2_metadata(model: str, version: str, top_k: int) -> dict:
+    """The model's v2 metadata (GET /v2/models/NAME): what v2_image reads, what v2_prediction
+    writes. TorchServe 0.12 does not serve this route; a proxy in front of it may."""
+    return {"name": model, "versions": [version], "platform": "torchserve",
+            "inputs": [{"name": "image", "datatype": "BYTES", "shape": [1]}],
+            "outputs": [{"name": name, "datatype": _V2_FIELDS[name][1], "shape": [top_k]}
+                        for name in V2_OUTPUTS]}
