@@ -24,7 +24,7 @@ from handler.batch import Batch
 from handler.device import place
 from handler.envelopes import PLAIN, RequestProtocol, envelope_of, request_header
 from handler.errors import HandlerError, InputError, NotServed, ServerError
-from handler.metrics import INFERENCE, POSTPROCESS, PREPROCESS, REQUEST, HandlerMetrics
+from handler.metrics import DECODE, INFERENCE, POSTPROCESS, PREPROCESS, REQUEST, HandlerMetrics
 from handler.preprocess_code import PreprocessCodeError
 from handler.preprocessing import PreprocessConfig, preprocess_image
 from handler.provenance import PACKAGE_DIR, installed_versions, sha256_file, verify_model_dir
@@ -72,7 +72,7 @@ class ImageClassifierHandler(BaseHandler):
         self.top_k = settings["top_k"]
         self.model_name = self.manifest["model"].get("modelName", "model")
         self.model_version = self.manifest["model"].get("modelVersion", "1.0")
-        self.metrics = HandlerMetrics(context.metrics, self.model_name)
+        self.metrics = HandlerMetrics.for_worker(context.metrics, self.model_name)  # + JSON logs, traces
         self._warm_up()
         self.initialized = True
         logger.info("Loaded %s v%s (%s, %d threads, %d labels; handler package %s)", self.model_name,
@@ -94,7 +94,9 @@ class ImageClassifierHandler(BaseHandler):
         protocols = [PLAIN if self._header(idx, "describe") == "True"
                      else envelope.protocol_of(row, lambda name, i=idx: request_header(context, i, name))
                      for idx, row in enumerate(data)]
+        requests = self.metrics.begin(context, len(data))  # observability: ids, log lines, spans
         answers = self.postprocess(self.inference(self.preprocess(data, protocols)))
+        answers = requests.finish(answers)  # each answer's request id (body, header); its log line
         out = envelope.respond(context, answers, protocols)
         context.metrics.add_time("HandlerTime", round((time.perf_counter() - start) * 1000, 2), None, "ms")
         return out
@@ -152,8 +154,10 @@ class ImageClassifierHandler(BaseHandler):
     def _tensor_of(self, idx: int, row: dict, protocol: RequestProtocol = PLAIN) -> torch.Tensor:
         if self._header(idx, "explain") == "True":
             raise NotServed("explanations")
-        with self.metrics.timed(PREPROCESS):
-            tensor, (width, height) = preprocess_image(protocol.image(row), self.preprocess_config)
+        with self.metrics.timed(PREPROCESS, request=idx):
+            with self.metrics.timed(DECODE, request=idx):  # observability: the payload's own span
+                image = protocol.image(row)
+            tensor, (width, height) = preprocess_image(image, self.preprocess_config)
         if tuple(tensor.shape) != self.input_shape:  # a server fault of this request alone
             raise PreprocessCodeError(f"preprocessing returned shape {tuple(tensor.shape)}; the "
                                       f"model's input is {self.input_shape}")

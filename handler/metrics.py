@@ -14,6 +14,11 @@ handler_input_errors_total, server faults (ServerError, 500) in handler_server_e
 both by `ErrorType`, so a wave of bad images never reads as a bug and a bug never hides among them.
 
 Metrics must never fail a request: every emit is guarded.
+
+`timed` is also where the logs and traces get their stage times: while a batch is followed
+(`begin`, handler/logs.py's BatchLog), each block's start, end and outcome is recorded there,
+for the request's JSON log line and its spans (handler/tracing.py). `for_worker` is the worker's
+instance: JSON logs installed, traces on when an OTLP endpoint is configured.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from contextlib import contextmanager
 from ts.metrics.dimension import Dimension
 from ts.metrics.metric_type_enum import MetricTypes
 
+from handler import logs, tracing
 from handler.errors import HandlerError, InputError
 
 logger = logging.getLogger(__name__)
@@ -39,13 +45,31 @@ BATCH_SIZE = "handler_batch_size"            # per batch: requests TorchServe pu
 IMAGE_MEGAPIXELS = "handler_image_megapixels"  # per request: width x height of the decoded image
 INPUT_ERRORS = "handler_input_errors_total"  # per request refused as the client's error, by type
 SERVER_ERRORS = "handler_server_errors_total"  # per request failed by a server fault, by type
+DECODE = "decode"  # per request: its payload to image bytes; a span and log timing, no metric
+# Each timed name's stage in logs and spans.
+STAGES = {DECODE: "decode", PREPROCESS: "preprocess", INFERENCE: "inference", POSTPROCESS: "postprocess"}
 
 
 class HandlerMetrics:
-    def __init__(self, metrics, model_name: str) -> None:
+    def __init__(self, metrics, model_name: str, tracer: tracing.Tracer | None = None) -> None:
         self._metrics = metrics
         # Level is added by TorchServe when missing; passing it fixes the dimension order.
         self._dims = [Dimension("ModelName", model_name), Dimension("Level", "Model")]
+        self.model_name = model_name
+        self.tracer = tracer
+        self.batch: logs.BatchLog | None = None  # the batch being followed, if any
+
+    @classmethod
+    def for_worker(cls, metrics, model_name: str) -> HandlerMetrics:
+        """The worker's metrics: its log lines in JSON from now on, its traces exported when an
+        OTLP endpoint is configured (handler/tracing.py)."""
+        logs.install()
+        return cls(metrics, model_name, tracing.from_env(model_name))
+
+    def begin(self, context, size: int) -> logs.BatchLog:
+        """Follow this batch: its request ids, the stages timed from now on, its log lines."""
+        self.batch = logs.BatchLog(context, size, self.model_name, self.tracer)
+        return self.batch
 
     def _emit(self, name: str, value: float, unit: str, metric_type: MetricTypes,
               extra: list[Dimension] | None = None) -> None:
@@ -64,12 +88,25 @@ class HandlerMetrics:
                        MetricTypes.HISTOGRAM)
 
     @contextmanager
-    def timed(self, name: str, times: int = 1) -> Iterator[None]:
+    def timed(self, name: str, times: int = 1, request: int | None = None) -> Iterator[None]:
         """Observe the block's wall time under `name` when it completes; a block that raises is
-        not observed (a refused request is counted by its error, not in a stage's latency)."""
-        start = time.perf_counter()
-        yield
-        self.observe(name, time.perf_counter() - start, times)
+        not observed (a refused request is counted by its error, not in a stage's latency).
+        `request`: the index of the request the block works for (None: the whole batch), for
+        the followed batch's log lines and spans, which also record a block that raised."""
+        start, start_ns = time.perf_counter(), time.time_ns()
+        try:
+            yield
+        except BaseException:
+            self._record(name, request, start_ns, failed=True)
+            raise
+        elapsed = time.perf_counter() - start
+        self._record(name, request, start_ns, failed=False)
+        if name != DECODE:
+            self.observe(name, elapsed, times)
+
+    def _record(self, name: str, request: int | None, start_ns: int, failed: bool) -> None:
+        if self.batch is not None:
+            self.batch.stage(STAGES.get(name, name), request, start_ns, time.time_ns(), failed)
 
     def image(self, width: int, height: int) -> None:
         """Megapixels of an image that preprocessing accepted (its header's size)."""
