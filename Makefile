@@ -15,7 +15,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BUILD_STAMP := $(VENV)/.build-installed
 DEV_STAMP := $(VENV)/.dev-installed
 
-.PHONY: help install install-dev java prometheus haproxy serve stop package photos test lint clean bench gpu-kit \
+.PHONY: help install install-dev java prometheus haproxy serve stop package photos test lint clean bench gpu-kit grpc-stubs \
 	engine image-base image
 
 help:
@@ -27,6 +27,7 @@ help:
 	@echo "make kube-play  the Kubernetes overlay's pod under podman kube play: ready, predictions, uid 1000, read-only; removed"
 	@echo "make test     install and run the test suite (unit + end-to-end on loopback, the image included)"
 	@echo "make lint     ruff"
+	@echo "make grpc-stubs  generate the gRPC client's stubs from TorchServe's jar into build/grpc/ (docs/grpc.md)"
 	@echo "make gpu-kit  what the GPU benchmark needs on a machine without TorchServe (BENCHMARKS.md)"
 	@echo "make bench    load benchmark, ours vs stock TorchServe (about 20 min; BENCH_ARGS=--quick)"
 
@@ -92,6 +93,11 @@ test: install-dev $(MAR) image
 
 lint: install-dev
 	$(PY) -m ruff check .
+
+# Python stubs for TorchServe's gRPC APIs from the installed jar's protos (git-ignored; the client
+# also generates them on first use).
+grpc-stubs: install-dev
+	$(PY) -m scripts.ops.grpc_stubs
 
 # Writes BENCHMARKS.md and docs/latency_vs_rate.png; raw results in build/bench/.
 bench: install-dev $(MAR)
