@@ -127,6 +127,10 @@ def _b64(text: str) -> bytes:
     """Standard or URL-safe base64, with or without padding, line breaks or a data: URL prefix."""
     if text.startswith("data:") and "," in text[:200]:
         text = text.split(",", 1)[1]
+    try:  # the common case first: standard, padded, unwrapped (a regex pass costs more than this)
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        pass
     try:
         raw = _WHITESPACE.sub(b"", text.encode("ascii"))
         raw = raw.replace(b"-", b"+").replace(b"_", b"/")

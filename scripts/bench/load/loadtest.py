@@ -11,6 +11,10 @@ are scripts/bench/stats.py's (linear between the closest ranks, numpy's default)
     python -m scripts.bench.load.loadtest --sweep 10:150:20 --slo-ms 50 --plot docs/latency_vs_rate.png
     # saturated throughput: 8 clients sending back to back (closed loop, for throughput only)
     python -m scripts.bench.load.loadtest --closed 8 --duration 20
+    # the same photos as Open Inference Protocol (v2) requests: POST /v2/models/NAME/infer
+    python -m scripts.bench.load.loadtest --protocol v2 --rate 50 --duration 60
+    # raw and v2 alternating at 50 rps, 30 s each, twice; batch sizes from /metrics per phase
+    python -m scripts.bench.load.loadtest --compare-protocols 2 --rate 50 --duration 30
 
 Sending: a scheduler thread hands each request at its intended time to a pool of sender threads
 (at most --concurrency in flight); each sender keeps one persistent HTTP/1.1 connection
@@ -21,6 +25,7 @@ shares the cores with the server). The bearer key is re-read whenever key_file.j
 from __future__ import annotations
 
 import argparse
+import base64
 import http.client
 import json
 import sys
@@ -37,6 +42,9 @@ from scripts.bench import stats
 from scripts.ops.server_config import KEY_FILE, KEY_RENEWAL_WAIT_S, KeyFile, addresses, auth_refused
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
+# What each protocol's request is: its path under the inference address, its Content-Type.
+PROTOCOLS = {"raw": ("/predictions/{model}", "application/octet-stream"),
+             "v2": ("/v2/models/{model}/infer", "application/json")}
 
 
 @dataclass
@@ -44,6 +52,7 @@ class Target:
     url: str
     key_file: Path | None = None
     timeout: float = 10.0
+    protocol: str = "raw"
     keys: KeyFile = field(init=False)
 
     def __post_init__(self) -> None:
@@ -53,10 +62,12 @@ class Target:
         self.path = parts.path or "/"
 
     @classmethod
-    def from_workdir(cls, workdir: Path, model: str, timeout: float = 10.0) -> Target:
+    def from_workdir(cls, workdir: Path, model: str, timeout: float = 10.0,
+                     protocol: str = "raw") -> Target:
         """The server scripts.ops.serve started in `workdir` (its config.properties and key file)."""
         inference = addresses(workdir)[0]
-        return cls(f"{inference}/predictions/{model}", Path(workdir) / KEY_FILE, timeout)
+        path = PROTOCOLS[protocol][0].format(model=model)
+        return cls(f"{inference}{path}", Path(workdir) / KEY_FILE, timeout, protocol)
 
 
 class Sender:
@@ -84,7 +95,8 @@ class Sender:
 
     def _post_once(self, body: bytes) -> tuple[str, str]:
         # application/octet-stream: a raw body as form-urlencoded fails in TorchServe's frontend.
-        headers = {"Content-Type": "application/octet-stream", **self.target.keys.headers("inference")}
+        headers = {"Content-Type": PROTOCOLS[self.target.protocol][1],
+                   **self.target.keys.headers("inference")}
         for attempt in (0, 1):
             conn = self._conn()
             try:
@@ -119,6 +131,77 @@ def load_images(folder: Path | None) -> list[bytes]:
     if not files:
         raise SystemExit(f"no images in {folder}")
     return [p.read_bytes() for p in files]
+
+
+def request_bodies(images: list[bytes], protocol: str) -> list[bytes]:
+    """Each photo as the protocol's request body: the bytes themselves, or a v2 request holding
+    the photo in base64 as its one BYTES input (built once, before sending)."""
+    if protocol == "raw":
+        return images
+    return [json.dumps({"id": f"load-{i}", "inputs": [
+        {"name": "image", "shape": [1], "datatype": "BYTES",
+         "data": [base64.b64encode(image).decode()]}]}).encode() for i, image in enumerate(images)]
+
+
+def batch_histogram(metrics_url: str) -> dict[str, float]:
+    """The handler's batch-size histogram on /metrics (handler_batch_size, all workers summed):
+    cumulative buckets by upper bound, and count (batches) and sum (requests)."""
+    import requests
+
+    text = requests.get(f"{metrics_url}/metrics", timeout=10).text
+    totals: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line.startswith("handler_batch_size_"):
+            continue
+        name, value = line.rsplit(" ", 1)
+        kind = name.split("{", 1)[0].removeprefix("handler_batch_size_")
+        if kind == "bucket":
+            kind = "le=" + name.split('le="', 1)[1].split('"', 1)[0]
+        totals[kind] = totals.get(kind, 0.0) + float(value)
+    return totals
+
+
+def batch_sizes(before: dict[str, float], after: dict[str, float]) -> dict:
+    """The batches formed between two readings: how many of 1, of 2, of 3-4 (the histogram's
+    default buckets 1, 2.5, 5), and the mean size."""
+    delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+    ones, upto2, upto5 = (delta.get(f"le={b}", 0.0) for b in ("1.0", "2.5", "5.0"))
+    count = delta.get("count", 0.0)
+    return {"batches": int(count), "of_1": int(ones), "of_2": int(upto2 - ones),
+            "of_3_4": int(upto5 - upto2), "mean": round(delta.get("sum", 0.0) / count, 2) if count else None}
+
+
+def compare_protocols(workdir: Path, model: str, images: list[bytes], rate: float, duration: float,
+                      warmup: float, rounds: int, concurrency: int = 64, timeout: float = 10.0,
+                      progress: bool = True) -> dict:
+    """Raw and v2 requests of the same photos against the same server, alternating `rounds`
+    times (raw, v2, raw, v2, ...) at `rate` for `duration` s each (after `warmup`): each
+    protocol's latencies over all its phases, and the batch sizes each phase formed."""
+    metrics_url = addresses(workdir)[2]
+    phases, latencies = [], {p: [] for p in PROTOCOLS}
+    errors = {p: 0 for p in PROTOCOLS}
+    for round_no in range(rounds):
+        for protocol in PROTOCOLS:
+            target = Target.from_workdir(workdir, model, timeout, protocol)
+            records: list = []
+            before = batch_histogram(metrics_url)
+            rep = run_open(target, request_bodies(images, protocol), rate, duration, warmup,
+                           concurrency, progress, records)
+            sizes = batch_sizes(before, batch_histogram(metrics_url))  # warm-up's batches too
+            start = min(r[0] for r in records) + warmup
+            latencies[protocol] += [(end - t) * 1000 for t, _, end, _ in records if t >= start]
+            errors[protocol] += rep["errors"]
+            phases.append({"round": round_no + 1, "protocol": protocol,
+                           "latency_ms": rep["latency_ms"], "errors": rep["errors"],
+                           "achieved_rps": rep["achieved_rps"], "batch_sizes": sizes})
+            time.sleep(1.0)  # the queue drains between phases
+    overall = {p: {"requests": len(lat), "errors": errors[p],
+                   "latency_ms": stats.summary(lat, ("p50", "p99", "p99.9", "max"))}
+               for p, lat in latencies.items()}
+    raw_p99, v2_p99 = overall["raw"]["latency_ms"]["p99"], overall["v2"]["latency_ms"]["p99"]
+    return {"mode": "compare", "rate": rate, "duration_s": duration, "warmup_s": warmup,
+            "rounds": rounds, "phases": phases, "overall": overall,
+            "v2_over_raw_p99": round(v2_p99 / raw_p99, 2) if raw_p99 else None}
 
 
 def summarize(records: list[tuple[float, float, float, str]], window: tuple[float, float],
@@ -328,6 +411,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds sent before measuring")
     parser.add_argument("--concurrency", type=int, default=64, help="cap on requests in flight")
     parser.add_argument("--timeout", type=float, default=10.0, help="per-request timeout (s)")
+    parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default="raw",
+                        help="raw image bodies (/predictions/NAME) or Open Inference Protocol v2 "
+                             "JSON (/v2/models/NAME/infer) of the same photos (with --workdir)")
+    parser.add_argument("--compare-protocols", type=int, metavar="ROUNDS",
+                        help="alternate raw and v2 at --rate for --duration each, ROUNDS times "
+                             "(with --workdir: batch sizes are read from its metrics address)")
     parser.add_argument("--closed", type=int, metavar="CLIENTS",
                         help="closed loop with CLIENTS back-to-back senders (saturated throughput)")
     parser.add_argument("--sweep", metavar="RATES", help="rate sweep: start:stop:step or a,b,c")
@@ -339,13 +428,27 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     try:
-        target = (Target(args.url, args.key_file, args.timeout) if args.url
-                  else Target.from_workdir(args.workdir, args.model, args.timeout))
+        target = (Target(args.url, args.key_file, args.timeout, args.protocol) if args.url
+                  else Target.from_workdir(args.workdir, args.model, args.timeout, args.protocol))
     except OSError as exc:
         print(f"error: no server config: {exc}", file=sys.stderr)
         return 2
     images = load_images(args.images)
     progress = not args.quiet
+    if args.compare_protocols:
+        if args.url:
+            parser.error("--compare-protocols needs --workdir (the server's metrics address)")
+        report = compare_protocols(args.workdir, args.model, images, args.rate, args.duration,
+                                   args.warmup, args.compare_protocols, args.concurrency,
+                                   args.timeout, progress)
+        report.update(images=len(images), passed=True)
+        text = json.dumps(report, indent=2)
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(text + "\n")
+        print(text if args.json else compare_table(report))
+        return 0
+    images = request_bodies(images, args.protocol)
     if args.sweep:
         report = sweep(target, images, parse_rates(args.sweep), args.duration, args.warmup,
                        args.slo_ms, args.concurrency, progress)
@@ -374,6 +477,22 @@ def verdict(report: dict, slo_ms: float) -> bool:
     if report["mode"] == "closed":
         return report["errors"] == 0
     return passes(report, slo_ms)
+
+
+def compare_table(report: dict) -> str:
+    """The protocol comparison as a Markdown table: each phase, then each protocol overall."""
+    lines = ["| Phase | Protocol | p50 ms | p99 ms | p99.9 ms | Errors | Batches (1 / 2 / 3-4), mean size |",
+             "|---|---|---|---|---|---|---|"]
+    for ph in report["phases"]:
+        lat, b = ph["latency_ms"], ph["batch_sizes"]
+        lines.append(f"| {ph['round']} | {ph['protocol']} | {lat['p50']} | {lat['p99']} | "
+                     f"{lat['p99.9']} | {ph['errors']} | {b['of_1']} / {b['of_2']} / {b['of_3_4']}, "
+                     f"{b['mean']} |")
+    for protocol, o in report["overall"].items():
+        lat = o["latency_ms"]
+        lines.append(f"| all | **{protocol}** | {lat['p50']} | {lat['p99']} | {lat['p99.9']} | "
+                     f"{o['errors']} of {o['requests']} | |")
+    return "\n".join(lines) + f"\n\nv2 p99 / raw p99: {report['v2_over_raw_p99']}"
 
 
 def headline(report: dict, slo_ms: float) -> str:
