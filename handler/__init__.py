@@ -18,7 +18,8 @@ file names), integrity.py (the unpacked archive against its pinned manifest, run
 torchserve_entry.py, standard library only), provenance.py (versions and imported modules at
 load), metrics.py (handler metrics, stage timing),
 batch.py (a batch's state), device.py (GPU or CPU, and precision), code_files.py (importing a
-model's own file: its architecture file, its preprocessing module).
+model's own file: its architecture file, its preprocessing module), request_ids.py, logs.py and
+tracing.py (each answer's request id, one JSON log line per request, OpenTelemetry spans).
 
 This package imports torch, numpy, Pillow, onnxruntime and TorchServe's `ts`, never `scripts`.
 """
