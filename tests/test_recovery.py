@@ -18,9 +18,9 @@ import time
 
 import pytest
 import requests
+from image_classifier_client.contract import lost
 
 from scripts.ops import manage
-from scripts.ops.client import worker_died
 from tests.support.inflight import burst, slow_photo
 from tests.support.servers import MODEL, serving
 
@@ -43,7 +43,7 @@ def send(srv, image: bytes) -> tuple[object, object]:
         try:
             resp = srv.client.predict(MODEL, image)
             outcomes.append(resp.status_code)
-            if not worker_died(resp):
+            if not lost(resp.status_code, resp.text):
                 break
         except requests.RequestException as exc:
             outcomes.append(type(exc).__name__)

@@ -6,19 +6,11 @@ The management API is reached over TCP or, for replicas behind the balancer, ove
 socket their config.properties names (`management_address=unix:/PATH`, scripts/ops/uds.py).
 
 The resend contract of a single server (no balancer in front; docs/operations.md, "Scale
-workers"): a prediction has no side effect, so `predict(retries=N)` sends a request again, at
-most N times, when TorchServe lost it rather than refused it:
-- 500 or 507 "Worker died." / "Worker scaled down.": the worker holding its batch crashed
-  (507 when its exit status was 137, i.e. SIGKILL or the OOM killer) or was removed by a
-  scale-down (TorchServe 0.12 does not drain a removed worker);
-- no answer within the client's timeout, or the connection reset: TorchServe 0.12 now and then
-  drops a request held by a worker it removes instead of failing it;
-- never on TorchServe's 503 (queue full: resending adds load where there is none to spare)
-  nor on 4xx. Behind the balancer, the edge's own 503 (its queue deadline passed, or no replica
-  UP) carries `Retry-After: 1`: that one is resent after the delay it names (at most
-  RETRY_AFTER_MAX_S), as HTTP says, still within the same budget.
-Each resend waits RESEND_WAIT_S x its number first (or Retry-After), so the worst case is
-bounded: (N + 1) timeouts plus the waits. RESEND_BUDGET is what the project's callers pass.
+workers") is the client library's (client/, image_classifier_client.contract): a prediction has
+no side effect, so `predict(retries=N)` sends it again, at most N times, when TorchServe lost it
+rather than refused it (500/507 "Worker died." / "Worker scaled down.", a timeout, a reset
+connection) or the balancer's edge asked for it later (503 with a short Retry-After); never on
+TorchServe's own 503 nor a 4xx. RESEND_BUDGET is what the project's callers pass.
 """
 
 from __future__ import annotations
@@ -26,6 +18,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,15 +32,9 @@ from scripts.ops.server_config import KEY_FILE, KEY_RENEWAL_WAIT_S, KeyFile, add
 # Raw image bodies must not go out as application/x-www-form-urlencoded (the default of many
 # clients): TorchServe's frontend fails those with HTTP 500 before any handler runs.
 IMAGE_HEADERS = {"Content-Type": "application/octet-stream"}
-# The resend contract (module docstring): at most this many resends of one prediction, the k-th
-# after k x RESEND_WAIT_S (a restarting worker, the remaining workers taking the queue over).
+# The resends the project's callers allow one prediction: image_classifier_client's RESEND_BUDGET
+# (tests/test_client_library.py checks they agree; this one needs no import of the library).
 RESEND_BUDGET = 2
-RESEND_WAIT_S = 0.1
-# The bodies TorchServe 0.12 gives the requests of a batch whose worker went away
-# (WorkerThread: "Worker died." when the process ended, "Worker scaled down." when removed).
-LOST_MESSAGES = ("Worker died", "Worker scaled down")
-# The longest Retry-After (s) a prediction waits for before its resend; a longer one is returned.
-RETRY_AFTER_MAX_S = 2.0
 
 
 def sample_jpeg(size: int = 64) -> bytes:
@@ -69,22 +56,6 @@ def sample_request(envelope: str | None = None, size: int = 64) -> tuple[bytes, 
     body = {"id": "probe", "inputs": [{"name": "input-0", "shape": [1], "datatype": "BYTES",
                                        "data": [base64.b64encode(image).decode()]}]}
     return json.dumps(body).encode(), {"Content-Type": "application/json"}
-
-
-def retry_after(resp: requests.Response) -> float | None:
-    """The delay a 503 with Retry-After (seconds) asks for, if short enough to wait here."""
-    try:
-        delay = float(resp.headers.get("Retry-After", ""))
-    except ValueError:
-        return None
-    return delay if resp.status_code == 503 and 0 <= delay <= RETRY_AFTER_MAX_S else None
-
-
-def worker_died(resp: requests.Response) -> bool:
-    """TorchServe answers 500 or 507 "Worker died." (507: the worker's exit status was 137) or
-    500 "Worker scaled down." to the requests a crashed or removed worker held (a whole batch).
-    A prediction has no side effect, so such a request can safely be resent."""
-    return resp.status_code in (500, 507) and any(m in resp.text for m in LOST_MESSAGES)
 
 
 @dataclass
@@ -132,29 +103,33 @@ class TorchServeClient:
                 session: requests.Session | None = None, retries: int = 0,
                 resent: list | None = None) -> requests.Response:
         """POST one raw image; returns the response (any status). `retries`: how many times to
-        resend a request TorchServe lost or the edge asked to resend later (the contract in the
-        module docstring); after the last one, a timeout or reset connection raises as requests
-        does. `resent`, when given, receives what each resent attempt got (status or exception
-        name), for callers that count them."""
-        wait = 0.0
-        for attempt in range(retries + 1):
-            time.sleep(wait)
+        resend a request TorchServe lost or the edge asked to resend later (the library's
+        contract, no limit on the total time: at most retries + 1 timeouts plus the waits);
+        after the last one, a timeout or reset connection raises as requests does. `resent`,
+        when given, receives what each resent attempt got (status or exception name)."""
+        if not retries:
+            return self._post(model, body, headers, session, self.timeout)
+        # Imported here: the runtime image's probes and warm-up send once, and it has no library.
+        from image_classifier_client.contract import RetryPolicy
+
+        attempts = RetryPolicy(resends=retries, total_s=math.inf).start(resent)
+        while True:
             try:
-                resp = self._send("POST", f"{self.inference_url}/predictions/{model}", "inference",
-                                  session, {**IMAGE_HEADERS, **(headers or {})}, data=body)
+                resp = self._post(model, body, headers, session, attempts.timeout(self.timeout))
             except (requests.Timeout, requests.ConnectionError) as exc:
-                if attempt == retries:
+                wait = attempts.after_error(type(exc).__name__)
+                if wait is None:
                     raise
-                outcome, wait = type(exc).__name__, RESEND_WAIT_S * (attempt + 1)
             else:
-                later = retry_after(resp)
-                if (later is None and not worker_died(resp)) or attempt == retries:
+                wait = attempts.after_answer(resp.status_code, resp.text, resp.headers.get("Retry-After"))
+                if wait is None:
                     return resp
-                outcome = resp.status_code
-                wait = later if later is not None else RESEND_WAIT_S * (attempt + 1)
-            if resent is not None:
-                resent.append(outcome)
-        return resp
+            time.sleep(wait)
+
+    def _post(self, model: str, body: bytes, headers: dict | None, session: requests.Session | None,
+              timeout: float) -> requests.Response:
+        return self._send("POST", f"{self.inference_url}/predictions/{model}", "inference", session,
+                          {**IMAGE_HEADERS, **(headers or {})}, data=body, timeout=timeout)
 
     def ping(self) -> requests.Response:
         return self._send("GET", f"{self.inference_url}/ping", "inference")
