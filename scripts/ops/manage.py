@@ -3,6 +3,8 @@
     python -m scripts.ops.manage status                   # workers: state, pid, memory; queue
     python -m scripts.ops.manage scale --min 3 --max 3    # returns when the workers are READY
     python -m scripts.ops.manage describe                 # the model's full description (JSON)
+    python -m scripts.ops.manage versions                 # every version loaded, the default first
+    python -m scripts.ops.manage set-default --version 2.0   # /predictions/NAME answers 2.0 from now on
 
 The server is found through its working directory (`--workdir`, default run/, as written by
 scripts.ops.serve): its config.properties gives the addresses, its key_file.json the bearer key.
@@ -123,17 +125,49 @@ def scale(client: TorchServeClient, model: str, min_workers: int, max_workers: i
     return st
 
 
+def versions(client: TorchServeClient, model: str) -> list[dict]:
+    """[{'version', 'default', 'ready', 'workers'}] of every version of `model` the server holds
+    (GET /models/NAME/all), the default one (GET /models/NAME's) first."""
+    default = client.describe(model)[0].get("modelVersion")
+    # client.py has no call for /models/NAME/all; _manage is its one management request.
+    resp = client._manage("GET", f"/models/{model}/all")
+    resp.raise_for_status()
+    out = [{"version": v.get("modelVersion"), "default": v.get("modelVersion") == default,
+            "ready": sum(w.get("status") == "READY" for w in v.get("workers", [])),
+            "workers": len(v.get("workers", []))} for v in resp.json()]
+    return sorted(out, key=lambda v: not v["default"])
+
+
+def set_default(client: TorchServeClient, model: str, version: str) -> list[dict]:
+    """Make `version` the one /predictions/NAME (no version in the path) answers; returns
+    versions() once the server reports it. Not kept across a restart: the first archive in
+    load_models is the default at start. Raises RuntimeError if refused (unknown version: 404)."""
+    resp = client._manage("PUT", f"/models/{model}/{version}/set-default")
+    if resp.status_code != 200:
+        raise RuntimeError(f"set-default refused: HTTP {resp.status_code} {resp.text.strip()}")
+    now = versions(client, model)
+    if now[0]["version"] != version:
+        raise RuntimeError(f"the default is still {now[0]['version']} after set-default {version}")
+    return now
+
+
+def format_versions(vs: list[dict]) -> str:
+    return "\n".join(f"  {v['version']:<10} {'default' if v['default'] else '':<8} "
+                     f"{v['ready']}/{v['workers']} workers READY" for v in vs)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=["status", "scale", "describe"])
+    parser.add_argument("action", choices=["status", "scale", "describe", "versions", "set-default"])
     parser.add_argument("--model", default=repo.DEFAULT_MODEL)
     parser.add_argument("--workdir", type=Path, default=repo.RUN_DIR,
                         help="server working directory (config.properties, key_file.json)")
     parser.add_argument("--min", type=int, dest="min_workers", help="scale: minimum workers")
     parser.add_argument("--max", type=int, dest="max_workers", help="scale: maximum workers")
     parser.add_argument("--timeout", type=float, default=120.0, help="scale: seconds to settle")
-    parser.add_argument("--json", action="store_true", help="status: print JSON")
+    parser.add_argument("--version", help="set-default: the model version to make the default")
+    parser.add_argument("--json", action="store_true", help="status, versions: print JSON")
     args = parser.parse_args(argv)
     try:
         client = TorchServeClient.from_workdir(args.workdir)
@@ -142,6 +176,12 @@ def main(argv: list[str] | None = None) -> int:
         elif args.action == "status":
             st = status(client, args.model)
             print(json.dumps(st) if args.json else format_status(st))
+        elif args.action in ("versions", "set-default"):
+            if args.action == "set-default" and not args.version:
+                parser.error("set-default needs --version")
+            vs = (set_default(client, args.model, args.version) if args.action == "set-default"
+                  else versions(client, args.model))
+            print(json.dumps(vs) if args.json else f"{args.model}:\n{format_versions(vs)}")
         else:
             if args.min_workers is None:
                 parser.error("scale needs --min (and optionally --max)")
