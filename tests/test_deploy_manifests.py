@@ -590,3 +590,20 @@ def test_foreground_entrypoint_fails_when_the_frontend_dies(tmp_path, default_ma
         if proc.poll() is None:
             proc.kill()
         serve.stop(tmp_path, grace=5)
+
+
+def test_kserve_canary_patch_documented_in_the_overlay_validates(docs):
+    """The InferenceService ships fully rolled out (no canaryTrafficPercent); the canary share and
+    the rollback its comments give (docs/canary.md) are fields KServe's schema accepts."""
+    isvc = docs["kserve"][("InferenceService", "image-classifier")]
+    assert "canaryTrafficPercent" not in isvc["spec"]["predictor"]
+    text = (ROOT / "deploy" / "overlays" / "kserve" / "inferenceservice.yaml").read_text()
+    documented = [int(v) for v in re.findall(r"^\s*#\s+canaryTrafficPercent: (\d+)\s*$", text, re.M)]
+    assert documented == [10, 0]  # the share, then the rollback
+    for percent in documented:
+        patched = copy.deepcopy(isvc)
+        patched["spec"]["predictor"]["canaryTrafficPercent"] = percent
+        assert validate.errors(patched) == []
+    misplaced = copy.deepcopy(isvc)
+    misplaced["spec"]["canaryTrafficPercent"] = 10  # on the spec, not the component: refused
+    assert validate.errors(misplaced)
