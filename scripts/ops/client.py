@@ -152,6 +152,16 @@ class TorchServeClient:
                   "synchronous": "true", "timeout": int(timeout)}
         return self._manage("PUT", f"/models/{model}", params=params, timeout=timeout + 10)
 
+    def describe_all(self, model: str) -> list[dict]:
+        """GET /models/NAME/all: every version the server holds, each with its workers."""
+        resp = self._manage("GET", f"/models/{model}/all")
+        resp.raise_for_status()
+        return resp.json()
+
+    def set_default(self, model: str, version: str) -> requests.Response:
+        """PUT /models/NAME/VERSION/set-default (any status: 404 for an unknown version)."""
+        return self._manage("PUT", f"/models/{model}/{version}/set-default")
+
     def metrics(self) -> str:
         resp = requests.get(f"{self.metrics_url}/metrics", timeout=self.timeout)
         resp.raise_for_status()

@@ -129,12 +129,9 @@ def versions(client: TorchServeClient, model: str) -> list[dict]:
     """[{'version', 'default', 'ready', 'workers'}] of every version of `model` the server holds
     (GET /models/NAME/all), the default one (GET /models/NAME's) first."""
     default = client.describe(model)[0].get("modelVersion")
-    # client.py has no call for /models/NAME/all; _manage is its one management request.
-    resp = client._manage("GET", f"/models/{model}/all")
-    resp.raise_for_status()
     out = [{"version": v.get("modelVersion"), "default": v.get("modelVersion") == default,
             "ready": sum(w.get("status") == "READY" for w in v.get("workers", [])),
-            "workers": len(v.get("workers", []))} for v in resp.json()]
+            "workers": len(v.get("workers", []))} for v in client.describe_all(model)]
     return sorted(out, key=lambda v: not v["default"])
 
 
@@ -142,7 +139,7 @@ def set_default(client: TorchServeClient, model: str, version: str) -> list[dict
     """Make `version` the one /predictions/NAME (no version in the path) answers; returns
     versions() once the server reports it. Not kept across a restart: the first archive in
     load_models is the default at start. Raises RuntimeError if refused (unknown version: 404)."""
-    resp = client._manage("PUT", f"/models/{model}/{version}/set-default")
+    resp = client.set_default(model, version)
     if resp.status_code != 200:
         raise RuntimeError(f"set-default refused: HTTP {resp.status_code} {resp.text.strip()}")
     now = versions(client, model)
