@@ -152,10 +152,11 @@ def test_probes_need_no_key_where_token_authorization_is_off(v2_server):
 
 
 def test_four_v2_requests_are_answered_in_one_batch_and_ready_checks_no_worker(v2_server, photos):
-    """One worker, busy with a slow image while four v2 requests queue: it takes the four as
-    one batch (handler_batch_size: 2 batches, 5 requests). Then with no worker at all,
-    /v2/health/ready still says ready, and our readiness probe does not. Last in the module: it
-    scales the model and restores 2 workers."""
+    """One worker, busy with a slow image while four v2 requests queue: it takes them batched
+    (handler_batch_size: 5 requests in 2 batches when all four were queued in time; 3 when the
+    slow image finished while the last were still arriving: never one batch per request). Then
+    with no worker at all, /v2/health/ready still says ready, and our readiness probe does not.
+    Last in the module: it scales the model and restores 2 workers."""
     client = v2_server.client
     assert client.scale(MODEL, 1).status_code == 200
     try:
@@ -170,7 +171,8 @@ def test_four_v2_requests_are_answered_in_one_batch_and_ready_checks_no_worker(v
         for i, resp in enumerate(resps):
             check_v2(resp, f"b{i}", "cat")
         after = batch_histogram(client.metrics())
-        assert (after[0] - before[0], after[1] - before[1]) == (2, 5), (before, after)
+        batches, requests_seen = after[0] - before[0], after[1] - before[1]
+        assert requests_seen == 5 and batches <= 3, (before, after)  # 4 v2 requests in <= 2 batches
         assert client.scale(MODEL, 0).status_code == 200
         assert requests.get(f"{client.inference_url}/v2/health/ready", timeout=10).json() == {"ready": True}
         done = subprocess.run([sys.executable, "-m", "scripts.ops.healthcheck", "ready", "--workdir",

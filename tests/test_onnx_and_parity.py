@@ -8,6 +8,7 @@ sample photo, sent one by one and then concurrently (so batches form), must get 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import zipfile
@@ -134,10 +135,11 @@ def test_served_predictions_equal_eager(both_served, photos, eager_probs, model)
 
 def test_each_archive_runs_its_own_backend(both_served):
     log = (Path(both_served.workdir) / "logs" / "model_log.log").read_text(errors="replace")
-    loaded = [line for line in log.splitlines() if "MODEL_LOG - Loaded " in line]
-    assert any("-onnx_" in line and "(onnx," in line for line in loaded), loaded
-    assert any("-torchscript_" in line and "(torchscript," in line for line in loaded), loaded
-    assert not any("-onnx_" in line and "(torchscript," in line for line in loaded), loaded
+    # "Loaded NAME vVERSION (FORMAT, ...": the worker's JSON lines (config/log4j2.xml)
+    loaded = re.findall(r"Loaded (\S+) v\S+ \((\w+),", log)
+    assert any("_onnx" in name and fmt == "onnx" for name, fmt in loaded), loaded
+    assert any("_torchscript" in name and fmt == "torchscript" for name, fmt in loaded), loaded
+    assert not any("_onnx" in name and fmt != "onnx" for name, fmt in loaded), loaded
 
 
 def test_default_archive_is_onnx_as_its_model_config_says(default_mar):

@@ -220,12 +220,21 @@ def worker_timeline(workdir: Path, launched: datetime | None = None) -> dict:
     for line in log.read_text(errors="replace").splitlines() if log.is_file() else []:
         for text, mark in marks.items():
             if text in line and mark not in seen:
-                seen[mark] = datetime.strptime(line[:23], "%Y-%m-%dT%H:%M:%S,%f")
+                seen[mark] = _line_time(line)
     if len(seen) < len(marks):
         return {}
     up = {"launch_to_worker_s": round((seen["started"] - launched).total_seconds(), 1)} if launched else {}
     return {**up, "hash_check_s": round((seen["verified"] - seen["started"]).total_seconds(), 1),
             "load_and_warm_up_s": round((seen["loaded"] - seen["verified"]).total_seconds(), 1)}
+
+
+def _line_time(line: str) -> datetime:
+    """A model_log line's time, local and naive like `launched`: a JSON line's "time" (UTC), or
+    the text layout's leading timestamp."""
+    if line.startswith("{"):
+        return datetime.fromisoformat(json.loads(line)["time"].replace("Z", "+00:00")).astimezone().replace(
+            tzinfo=None)
+    return datetime.strptime(line[:23], "%Y-%m-%dT%H:%M:%S,%f")
 
 
 def probe_load(strategy: str, model_pt: Path, checkpoint: Path, arch: str) -> None:
