@@ -43,6 +43,9 @@ from scripts.ops.server_config import KEY_FILE, KEY_RENEWAL_WAIT_S, KeyFile, add
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
 # What each protocol's request is: its path under the inference address, its Content-Type.
+# Sender threads started, each with its connection, before an open-loop run's first request:
+# 50 rps at 25 ms keeps 2 in flight; 16 covers a 300 ms stall at 50 rps without a new thread.
+PREWARM_THREADS = 16
 PROTOCOLS = {"raw": ("/predictions/{model}", "application/octet-stream"),
              "v2": ("/v2/models/{model}/infer", "application/json")}
 
@@ -76,6 +79,10 @@ class Sender:
     def __init__(self, target: Target) -> None:
         self.target = target
         self.local = threading.local()
+
+    def connect(self) -> None:
+        """Open this thread's connection now, so no request pays for it."""
+        self._conn().connect()
 
     def _conn(self) -> http.client.HTTPConnection:
         conn = getattr(self.local, "conn", None)
@@ -252,10 +259,31 @@ class Progress:
             print(file=sys.stderr, flush=True)
 
 
+def prewarm(pool: ThreadPoolExecutor, sender: Sender, threads: int, timeout: float = 10.0) -> None:
+    """Start `threads` sender threads and open each one's connection before the first timed
+    request. ThreadPoolExecutor starts a thread only when a request finds none idle, which is
+    at a stall: without this, the generator adds a thread and a TCP connection (and the
+    server's accept) to exactly the requests that are already late."""
+    barrier = threading.Barrier(threads + 1, timeout=timeout)
+
+    def hold() -> None:
+        try:
+            sender.connect()
+        except OSError:
+            pass  # the first request reports it
+        barrier.wait()
+
+    for _ in range(threads):
+        pool.submit(hold)
+    barrier.wait()
+
+
 def run_open(target: Target, images: list[bytes], rate: float, duration: float, warmup: float = 5.0,
-             concurrency: int = 64, progress: bool = True, records: list | None = None) -> dict:
+             concurrency: int = 64, progress: bool = True, records: list | None = None,
+             prewarm_threads: int = PREWARM_THREADS) -> dict:
     """Send at `rate` rps for warmup + duration seconds; statistics over the last `duration` s.
-    `records`, when given, receives every (intended, start, end, status) for windowed analysis."""
+    `records`, when given, receives every (intended, start, end, status) for windowed analysis.
+    `prewarm_threads` senders are started, each with its connection, before the first request."""
     sender = Sender(target)
     records = [] if records is None else records
     total = warmup + duration
@@ -267,8 +295,10 @@ def run_open(target: Target, images: list[bytes], rate: float, duration: float, 
         status = sender.post(body)
         records.append((intended, start, time.perf_counter(), status))  # list.append is atomic
 
-    t0 = time.perf_counter() + 0.05
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="send") as pool:
+        if prewarm_threads:
+            prewarm(pool, sender, min(prewarm_threads, concurrency))
+        t0 = time.perf_counter() + 0.05
         for i in range(count):
             intended = t0 + i / rate
             delay = intended - time.perf_counter()
@@ -411,6 +441,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds sent before measuring")
     parser.add_argument("--concurrency", type=int, default=64, help="cap on requests in flight")
     parser.add_argument("--timeout", type=float, default=10.0, help="per-request timeout (s)")
+    parser.add_argument("--prewarm", type=int, default=PREWARM_THREADS, metavar="THREADS",
+                        help="open loop: sender threads and connections opened before the first "
+                             "request (0: started on demand, at the first stall)")
     parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default="raw",
                         help="raw image bodies (/predictions/NAME) or Open Inference Protocol v2 "
                              "JSON (/v2/models/NAME/infer) of the same photos (with --workdir)")
@@ -457,7 +490,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.closed:
         report = run_closed(target, images, args.closed, args.duration, args.warmup, progress)
     else:
-        report = run_open(target, images, args.rate, args.duration, args.warmup, args.concurrency, progress)
+        report = run_open(target, images, args.rate, args.duration, args.warmup, args.concurrency,
+                          progress, prewarm_threads=args.prewarm)
         report["passes_slo"] = passes(report, args.slo_ms)
     report.update(url=target.url, images=len(images))
     report["passed"] = verdict(report, args.slo_ms)
