@@ -142,11 +142,14 @@ def load_images(folder: Path | None) -> list[bytes]:
 
 def request_bodies(images: list[bytes], protocol: str) -> list[bytes]:
     """Each photo as the protocol's request body: the bytes themselves, or a v2 request holding
-    the photo in base64 as its one BYTES input (built once, before sending)."""
+    the photo in base64 as its one BYTES input (built once, before sending). The v2 shape is
+    [1, 1], a batch of one image: our handler takes it as one image, and a batching Triton
+    (the benchmark's peer, triton_peer.py) requires the batch dimension, so both get the same
+    bytes."""
     if protocol == "raw":
         return images
     return [json.dumps({"id": f"load-{i}", "inputs": [
-        {"name": "image", "shape": [1], "datatype": "BYTES",
+        {"name": "image", "shape": [1, 1], "datatype": "BYTES",
          "data": [base64.b64encode(image).decode()]}]}).encode() for i, image in enumerate(images)]
 
 
