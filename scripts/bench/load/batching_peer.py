@@ -29,6 +29,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -176,6 +177,8 @@ def main() -> None:
     proc = start(args.model_dir, args.port, args.workers, args.max_batch, args.max_latency_ms)
     address = url(args.port, _model_name(args.model_dir))
     print(f"[batching-peer] serving {address} (Ctrl-C stops it)", flush=True)
+    # The server runs in its own session: Ctrl-C and SIGTERM reach only this process, which stops it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         proc.wait()
     except KeyboardInterrupt:
