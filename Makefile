@@ -29,7 +29,7 @@ help:
 	@echo "make lint     ruff"
 	@echo "make grpc-stubs  generate the gRPC client's stubs from TorchServe's jar into build/grpc/ (docs/grpc.md)"
 	@echo "make gpu-kit  what the GPU benchmark needs on a machine without TorchServe (BENCHMARKS.md)"
-	@echo "make bench    load benchmark, ours vs stock TorchServe (about 20 min; BENCH_ARGS=--quick)"
+	@echo "make bench    load benchmark: ours, the container, stock TorchServe, FastAPI, Triton, BentoML (BENCH_ARGS=--quick)"
 
 # TorchServe's frontend needs Java 17+.
 java:
@@ -99,8 +99,10 @@ lint: install-dev
 grpc-stubs: install-dev
 	$(PY) -m scripts.ops.grpc_stubs
 
-# Writes BENCHMARKS.md and docs/latency_vs_rate.png; raw results in build/bench/.
-bench: install-dev $(MAR)
+# Writes BENCHMARKS.md and docs/latency_vs_rate.png; raw results in build/bench/. The image is a
+# row of the table; the batching peers get their own venv (build/peers/venv, requirements-peers.txt).
+bench: install-dev $(MAR) image
+	$(PY) -m scripts.bench.load.peer_env
 	$(PY) -m scripts.bench.load.main $(BENCH_ARGS)
 
 # The GPU benchmark (scripts/bench/micro/gpu.py) on a GPU machine that has torch but not TorchServe:

@@ -92,6 +92,20 @@ def test_unpinned_archive_starts_with_one_line_unless_pins_are_required(store, c
                    {pins.REQUIRED_ENV: "1", pins.PIN_ENV: f"good.mar={sha256(store / 'good.mar')}"})
 
 
+def test_an_archive_without_our_manifests_runs_only_pinned(store):
+    foreign = store / "foreign.mar"
+    with zipfile.ZipFile(store / "good.mar") as src, zipfile.ZipFile(foreign, "w") as dst:
+        for item in src.infolist():
+            if item.filename != integrity.MANIFEST:
+                dst.writestr(item, src.read(item))
+    with pytest.raises(PinError, match="foreign.mar: not an archive of this project .* runs only pinned"):
+        check_pins(store, "f=foreign.mar", {})
+    env = check_pins(store, "f=foreign.mar", {pins.PIN_ENV: sha256(foreign)})
+    assert env[pins.MANIFESTS_ENV] == ""  # nothing for the workers to check it against
+    with pytest.raises(PinError, match="is not the pinned"):
+        check_pins(store, "f=foreign.mar", {pins.PIN_ENV: f"foreign.mar={sha256(store / 'good.mar')}"})
+
+
 @pytest.mark.parametrize("pin, expected", [
     ("0" * 64, "one bare digest, but 2 archives are served"),
     ("good.mar=xyz", "the pin for good.mar is not a SHA-256"),

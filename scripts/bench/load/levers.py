@@ -56,13 +56,14 @@ def levers(profile: Profile, only: list[str] | None) -> dict:
     for lever, variants in defs.items():
         if only and lever not in only:
             continue
-        services = [Service(f"lever-shipped-{lever}", repo.DEFAULT_MODEL, ours_mar())]
+        services = [Service(f"lever-shipped-{lever}", "torchserve", repo.DEFAULT_MODEL, ours_mar())]
         for name, settings, env, props in variants:
             settings = dict(settings)
             fmt = settings.pop("_format", None)
             fuse_pads = settings.pop("_fuse_pads", True)
             mar = variant_mar(f"lite0_{name}", settings, fmt, fuse_pads=fuse_pads)
-            services.append(Service(f"lever-{name}", f"lite0_{name}", mar, env, props))
+            services.append(Service(f"lever-{name}", "torchserve", f"lite0_{name}", mar, env=env,
+                                    overrides=props))
         try:
             for svc in services:
                 w = int(next((v[1].get("minWorkers", workers) for v in variants

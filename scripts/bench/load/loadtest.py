@@ -363,10 +363,12 @@ def sustained(report: dict) -> bool:
 
 def sweep(target: Target, images: list[bytes], rates: list[float], duration: float, warmup: float,
           slo_ms: float, concurrency: int = 64, progress: bool = True, misses: int = 2) -> dict:
-    """Run each rate in turn; stop after `misses` consecutive rates the server could not sustain.
+    """Run each rate in turn; stop after `misses` consecutive rates that missed the SLO (the
+    capacity is found: a higher rate cannot raise it) or could not be sustained.
 
     max_rps_under_slo: the highest rate below which every rate met the SLO (p99, zero errors);
-    max_rps_sustained: the same for keeping up at all (zero errors, >= 95% answered in time).
+    max_rps_sustained: the same for keeping up at all (zero errors, >= 95% answered in time),
+    among the rates run.
     """
     steps, best, kept, slo_ok, up_ok, missed = [], None, None, True, True, 0
     for rate in rates:
@@ -375,7 +377,7 @@ def sweep(target: Target, images: list[bytes], rates: list[float], duration: flo
         steps.append(rep)
         slo_ok, up_ok = slo_ok and rep["passes_slo"], up_ok and rep["sustained"]
         best, kept = (rate if slo_ok else best), (rate if up_ok else kept)
-        missed = 0 if rep["sustained"] else missed + 1
+        missed = 0 if rep["sustained"] and rep["passes_slo"] else missed + 1
         if progress:
             lat = rep["latency_ms"]
             print(f"[sweep] {rate:6g} rps: p50 {lat['p50']} p99 {lat['p99']} ms, errors "

@@ -1,26 +1,33 @@
-"""Benchmark our service against its limit (in-process) and its anchor (stock TorchServe).
+"""Benchmark our service against its limit (in-process), its anchor (stock TorchServe), the
+serving stacks users pick instead, and its own container, in one run.
 
-    python -m scripts.bench.load.main          # full run (about 20 min), writes BENCHMARKS.md + the plot
-    python -m scripts.bench.load.main --quick  # about 4 min, shorter windows, one repeat
+    python -m scripts.bench.load.main          # full run (about 70 min), writes BENCHMARKS.md + the plot
+    python -m scripts.bench.load.main --quick  # about 15 min, shorter windows, one repeat
+    python -m scripts.bench.load.main tune     # the batching peers' batch size and delay, chosen
+    python -m scripts.bench.load.main slo      # ours at 50 rps, 5 runs of 60 s: p99, p99.9, stalls
     python -m scripts.bench.load.main levers   # A/B of each tuning lever against the shipped config
     python -m scripts.bench.load.main micro    # model/decode levers in-process (no HTTP)
 
 One run measures, interleaved A/B/B/A so machine noise hits all alike:
-  limit   preprocess + forward of the shipped artifact in-process (no HTTP): batch-1 latency,
-          and throughput with the served workers x threads at the served batch size;
-  ours    our .mar (our handler, tuned model-config.yaml) behind TorchServe;
-  stock   TorchServe's `image_classifier` handler serving the same scripted model with
-          TorchServe's default model settings (no config file);
-  peer    what a user might write instead: FastAPI + uvicorn, 2 processes x 1 ORT thread, the
-          same model.onnx, preprocessing and JSON as ours, no batching (scripts/bench/load/peer.py);
-  before  our archive with the ONNX graph as torch emits it (artifacts.unfused_mar): what
-          shipped before the fused export;
-then ResNet-50 (random weights) saturated throughput, ours vs stock. Load comes from
-scripts.bench.load.loadtest in its own process, on the same 2 cores as the server.
+  limit     preprocess + forward of the shipped artifact in-process (no HTTP): batch-1 latency,
+            and throughput with the served workers x threads at the served batch size;
+  ours      our .mar (our handler, tuned model-config.yaml) behind TorchServe, raw requests;
+  ours_v2   the same server, the same photos as Open Inference Protocol (v2) requests;
+  container the runtime image (`make image`) as the README runs it, raw requests;
+  stock     TorchServe's `image_classifier` handler serving the same scripted model with
+            TorchServe's default model settings (no config file);
+  fastapi   what a user might write: FastAPI + uvicorn, no batching (peer.py);
+  triton    Triton Inference Server (pytriton) with its dynamic batcher, v2 requests (triton_peer.py);
+  bentoml   BentoML with adaptive batching, raw requests (batching_peer.py);
+  floor     no model: a trivial server, what the load generator itself costs (floor.py);
+every peer on the same model.onnx, handler.preprocessing and photos, 2 processes (or model
+instances) x 1 ORT thread on the 2 cores; then ResNet-50 (random weights) saturated throughput,
+ours vs stock. Load comes from scripts.bench.load.loadtest in its own process, on the same cores.
 
 Where each job lives: scripts.bench.workspace (folders, windows, photos) and scripts.bench.stats
 (percentiles, medians); here, artifacts (the archives), services (servers and load), inproc (the
-in-process limit, FLOPs), report (table, plot, BENCHMARKS.md), levers (levers and micro).
+in-process limit, FLOPs), report (table, plot, BENCHMARKS.md), levers (levers and micro), tune
+(the peers' batching settings), slo (the 50 rps runs and their stalls).
 """
 
 from __future__ import annotations
@@ -31,48 +38,77 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 
+from handler.provenance import sha256_file
 from scripts import repo
-from scripts.bench.load.artifacts import ours_mar, scripted, stock_mar, unfused_mar, unpack
+from scripts.bench.load.artifacts import ours_mar, scripted, stock_mar, unpack
 from scripts.bench.load.inproc import inproc, machine_gflops, model_gflop
 from scripts.bench.load.levers import levers, levers_markdown, micro
 from scripts.bench.load.report import PLOT, machine, report, save, summarize, table, write_section
 from scripts.bench.load.services import Service, at_rate, saturate, start, stop, sweep
+from scripts.bench.load.tune import BENTOML_KNOBS, TRITON_KNOBS, tune
 from scripts.bench.workspace import BENCH, LEVERS, QUICK, STORE, Profile, log
+from scripts.ops import pins
 from scripts.packaging import package
+
+# What each window measures: every service at 10 and 50 rps; the sweep for the servers compared
+# on capacity; saturation for all that can reach it (stock saturates at a few rps).
+SWEPT = ("ours", "stock", "fastapi", "triton", "bentoml")
+SATURATED = ("ours", "ours_v2", "container", "fastapi", "triton", "bentoml")
+
+
+def services() -> list[Service]:
+    model = repo.DEFAULT_MODEL
+    ours = Service("ours", "torchserve", model, ours_mar())
+    unpacked = unpack(ours.mar)
+    stock = stock_mar(scripted(model, "default"), "efficientnet_lite0_stock")
+    return [
+        ours,
+        Service("ours_v2", "torchserve", model, ours.mar, protocol="v2", shares=ours),
+        Service("container", "container", model),
+        Service("stock", "torchserve", "efficientnet_lite0_stock", stock, env=pinned(stock)),
+        Service("fastapi", "fastapi", model, model_dir=unpacked),
+        Service("triton", "triton", model, model_dir=unpacked, protocol="v2", knobs=dict(TRITON_KNOBS)),
+        Service("bentoml", "batching", model, model_dir=unpacked, knobs=dict(BENTOML_KNOBS)),
+        Service("floor", "floor", "floor"),
+    ]
+
+
+def pinned(mar: Path) -> dict:
+    """The environment that runs a stock archive: it has none of our manifests, so it runs only
+    pinned (scripts/ops/pins.py)."""
+    return {pins.PIN_ENV: f"{mar.name}={sha256_file(mar)}"}
 
 
 def run(profile: Profile, slo: float, resnet: bool) -> dict:
     BENCH.mkdir(parents=True, exist_ok=True)
-    ours = Service("ours", repo.DEFAULT_MODEL, ours_mar())
-    stock = Service("stock", "efficientnet_lite0_stock",
-                    stock_mar(scripted(repo.DEFAULT_MODEL, "default"), "efficientnet_lite0_stock"))
-    peer = Service("peer", repo.DEFAULT_MODEL, ours.mar, peer_dir=unpack(ours.mar))
-    # Our archive as it was before the fused export: the unfused graph, the same handler.
-    before = Service("before", "lite0_unfused_graph", unfused_mar("lite0_unfused_graph"))
-    services = [ours, stock, peer, before]
-    res = {"machine": machine(), "profile": profile.__dict__, "slo_ms": slo, "rounds": []}
+    svcs = services()
+    res = {"machine": machine(), "profile": profile.__dict__, "slo_ms": slo, "rounds": [],
+           "knobs": {s.label: s.knobs for s in svcs if s.knobs}, "load_before": os.getloadavg()}
     res["gflop_per_image"] = {"efficientnet_lite0": model_gflop(repo.DEFAULT_MODEL)}
     res["machine_gflops"] = {"1 thread": machine_gflops(1), f"{os.cpu_count()} threads":
                              machine_gflops(os.cpu_count() or 1)}
+    w = profile.warmup
     try:
-        for svc in services:
+        for svc in svcs:
             start(svc)
         for r in range(profile.repeats):
-            order = services if r % 2 == 0 else services[::-1]
-            rnd = {"inproc": inproc(ours.mar, 10 if profile.repeats > 1 else 6)}
+            order = svcs if r % 2 == 0 else svcs[::-1]
+            rnd = {"inproc": inproc(ours_mar(), 10 if profile.repeats > 1 else 6)}
             for svc in order:
-                rnd[f"{svc.label}_10"] = at_rate(svc, 10, profile.low, "10rps")
+                rnd[f"{svc.label}_10"] = at_rate(svc, 10, profile.low, "10rps", w)
             for svc in order:
-                rnd[f"{svc.label}_50"] = at_rate(svc, 50, profile.target, "50rps")
-            for svc in order:
-                rnd[f"{svc.label}_sweep"] = sweep(svc, profile.sweep, profile.step, slo)
-            for svc in (o for o in order if o is not stock):  # stock saturates at a few rps
+                rnd[f"{svc.label}_50"] = at_rate(svc, 50, profile.target, "50rps", w)
+            for svc in (o for o in order if o.label in SWEPT):
+                rnd[f"{svc.label}_sweep"] = sweep(svc, profile.sweep, profile.step, slo, w)
+            for svc in (o for o in order if o.label in SATURATED):
                 rnd[f"{svc.label}_sat"] = saturate(svc, profile.sat, clients=8)
+            rnd["load_after"] = os.getloadavg()
             res["rounds"].append(rnd)
             save(res)
     finally:
-        stop(services)
+        stop(svcs)
     if resnet:
         res["resnet50"] = run_resnet(profile)
     res["summary"] = summarize(res)
@@ -83,10 +119,10 @@ def run(profile: Profile, slo: float, resnet: bool) -> dict:
 def run_resnet(profile: Profile) -> dict:
     """Saturated throughput (closed loop, 4 clients) of ResNet-50 with random weights."""
     name = "resnet50_bench"
-    ours = Service("ours_resnet50", name, package.package("resnet50", "none", model_name=name,
-                                                          export_dir=STORE))
-    stock = Service("stock_resnet50", f"{name}_stock",
-                    stock_mar(scripted("resnet50", "none"), f"{name}_stock"))
+    ours = Service("ours_resnet50", "torchserve", name,
+                   package.package("resnet50", "none", model_name=name, export_dir=STORE))
+    stock_resnet = stock_mar(scripted("resnet50", "none"), f"{name}_stock")
+    stock = Service("stock_resnet50", "torchserve", f"{name}_stock", stock_resnet, env=pinned(stock_resnet))
     out: dict = {"gflop_per_image": model_gflop("resnet50"), "ours": [], "stock": []}
     try:
         for svc in (ours, stock):
@@ -102,7 +138,8 @@ def run_resnet(profile: Profile) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", nargs="?", choices=["run", "levers", "micro"], default="run")
+    parser.add_argument("action", nargs="?", choices=["run", "tune", "slo", "levers", "micro"], default="run")
+    parser.add_argument("--runs", type=int, default=5, help="slo: runs of 60 s at 50 rps")
     parser.add_argument("--quick", action="store_true", help="short windows, one repeat (about 4 min)")
     parser.add_argument("--repeats", type=int, help="interleaved repeats (default 2; quick 1)")
     parser.add_argument("--slo-ms", type=float, default=50.0, help="p99 objective (ms)")
@@ -118,7 +155,13 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM unwinds like Ctrl-C, so the finally blocks stop every server this run started.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     t0 = time.monotonic()
-    if args.action in ("levers", "micro"):
+    if args.action == "tune":
+        tune(profile)
+    elif args.action == "slo":
+        from scripts.bench.load.slo import slo_runs
+
+        slo_runs(args.runs, args.slo_ms, write=not args.no_write)
+    elif args.action in ("levers", "micro"):
         levers(profile, args.only) if args.action == "levers" else micro()
         if not args.no_write:
             write_section("levers", levers_markdown())
