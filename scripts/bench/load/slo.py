@@ -54,7 +54,15 @@ def window_stats(records: list, offset: float, slo_ms: float, pauses: list) -> d
     lo, hi = t0 + offset, max(r[2] for r in rows) + offset
     inside = [p for p in pauses if lo <= p[0] <= hi]
     by_jvm = sum(1 for a, b in slow if any(a <= end and end - ms / 1000 <= b for end, ms in inside))
+    seconds: dict[int, list[float]] = {}
+    for row, ms in zip(rows, lat):
+        if ms >= slo_ms:
+            intended = row[0]
+            seconds.setdefault(int(intended + offset), []).append(ms)
+    worst = sorted(seconds.items(), key=lambda kv: -len(kv[1]))[:3]
     return {"requests": len(rows), "errors": sum(1 for r in rows if r[3] != "200"),
+            "worst_seconds": [{"at": time.strftime("%H:%M:%S", time.gmtime(sec)), "over_slo": len(v),
+                               "max_ms": round(max(v), 1)} for sec, v in sorted(worst)],
             "latency_ms": stats.summary(lat, ("p50", "p99", "p99.9", "max")),
             "over_slo": len(slow), "over_slo_overlapping_jvm_pause": by_jvm,
             "jvm_pauses": len(inside), "jvm_pause_ms_max": round(max((p[1] for p in inside), default=0), 2),
@@ -116,6 +124,10 @@ def run_after_idle(target: Target, images: list[bytes]) -> tuple[dict, None]:
     return {"first": round(lat[0], 2), **stats.summary(lat, ("p50", "max"))}, None
 
 
+def worst_seconds(w: dict) -> str:
+    return "; ".join(f"{x['at']}: {x['over_slo']}, {x['max_ms']}" for x in w.get("worst_seconds", []))
+
+
 def render(res: dict) -> str:
     runs = res["runs"]
     met = sum(1 for w in runs if w["latency_ms"]["p99"] < res["slo_ms"] and not w["errors"])
@@ -123,15 +135,16 @@ def render(res: dict) -> str:
              f"{WARMUP_S:g} s of warm-up each), load average {res['load_before'][0]:.2f} before, "
              f"{res['load_after'][0]:.2f} after: **p99 < {res['slo_ms']:g} ms in {met} of {len(runs)}**.", "",
              "| Window | p50 | p99 | p99.9 | max (ms) | errors | requests over the SLO "
-             "| of them during a JVM pause | JVM pauses (max, total ms) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| of them during a JVM pause | JVM pauses (max, total ms) "
+             "| worst seconds (UTC: over, max ms) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, w in [("generator floor (floor.py, no model)", res["floor"])] + [
             (f"run {i}", w) for i, w in enumerate(runs, 1)]:
         lat = w["latency_ms"]
         jvm = (f"{w['over_slo_overlapping_jvm_pause']} | {w['jvm_pauses']} ({w['jvm_pause_ms_max']}, "
                f"{w['jvm_pause_ms_total']})") if name.startswith("run") else " | "
         lines.append(f"| {name} | {lat['p50']} | {lat['p99']} | {lat['p99.9']} | {lat['max']} | "
-                     f"{w['errors']} | {w['over_slo']} | {jvm} |")
+                     f"{w['errors']} | {w['over_slo']} | {jvm} | {worst_seconds(w)} |")
     idle = res["after_idle_ms"]
     lines += ["", f"After 30 s idle, 10 requests at 1 rps: first {idle['first']} ms, p50 {idle['p50']} ms, "
               f"max {idle['max']} ms."]

@@ -20,7 +20,7 @@ from scripts.bench.workspace import BENCH, Profile, log
 TRITON_KNOBS = {"instances": 2, "max_batch": 4, "delay_us": 1000}
 # BentoML has no fixed batching wait: it learns one, and max_latency_ms is a deadline past which
 # a request is refused with 503 (batching_peer.py).
-BENTOML_KNOBS = {"workers": 2, "max_batch": 4, "max_latency_ms": 1000.0}
+BENTOML_KNOBS = {"workers": 2, "max_batch": 8, "max_latency_ms": 100.0}
 GRID = {
     "triton": ("triton", TRITON_KNOBS, [{"max_batch": b, "delay_us": d}
                                          for b, d in ((4, 1000), (4, 5000), (8, 2000), (8, 10000))]),
