@@ -4,7 +4,6 @@ TorchServe answers, batches concurrent requests, and answers a bad image alone."
 from __future__ import annotations
 
 import json
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -12,6 +11,7 @@ import pytest
 from scripts.bench.load import batching_peer
 from scripts.ops import serve
 from tests.support.servers import MODEL
+from tests.test_peer import post
 
 pytestmark = pytest.mark.e2e
 
@@ -26,14 +26,6 @@ def peer(default_model_dir):
     yield port, batching_peer.url(port, MODEL)
     batching_peer.stop(proc)
 
-
-def post(url: str, body: bytes) -> tuple[int, dict]:
-    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/octet-stream"})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
 
 
 def burst(url: str, bodies: list[bytes]) -> list[tuple[int, dict]]:

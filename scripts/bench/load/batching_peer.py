@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -153,14 +152,11 @@ def start(model_dir: Path, port: int, workers: int = 2, max_batch: int = 4,
 
 
 def stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
-    """Stop `bentoml serve` (SIGTERM to its own process group: the arbiter and its workers)."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+    """Stop `bentoml serve` (its own process group: the arbiter and its workers, as peer.stop
+    stops uvicorn's), then remove its BentoML home."""
+    from scripts.bench.load import peer
+
+    peer.stop(proc, grace)
     log = getattr(proc, "log", None)
     if log is not None:
         shutil.rmtree(log.parent, ignore_errors=True)
