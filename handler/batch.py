@@ -19,6 +19,8 @@ class Batch:
     indices: list[int] = field(default_factory=list)
     errors: dict[int, HandlerError] = field(default_factory=dict)
     described: dict[int, dict] = field(default_factory=dict)  # describe requests: their answer
+    # Each request's protocol (handler/envelopes.py): how its answer is shaped.
+    protocols: list = field(default_factory=list)
     logits: torch.Tensor | None = None
     # When the handler took the batch: every request of it spends the whole batch's handler time.
     started: float = field(default_factory=time.perf_counter)

@@ -9,6 +9,7 @@ request (see `handle`).
 
 from __future__ import annotations
 
+import functools
 import gc
 import io
 import json
@@ -23,7 +24,7 @@ from ts.torch_handler.base_handler import BaseHandler
 from handler import responses
 from handler.batch import Batch
 from handler.device import place
-from handler.envelopes import PLAIN, RequestProtocol, envelope_of, request_header
+from handler.envelopes import PLAIN, Envelope, PlainEnvelope, RequestProtocol, envelope_of, request_header
 from handler.errors import HandlerError, InputError, NotServed, ServerError
 from handler.metrics import DECODE, INFERENCE, POSTPROCESS, PREPROCESS, REQUEST, HandlerMetrics
 from handler.preprocess_code import PreprocessCodeError
@@ -95,14 +96,12 @@ class ImageClassifierHandler(BaseHandler):
         start = time.perf_counter()
         self.context = context
         envelope = envelope_of(context)
-        # Each request's protocol (handler/envelopes.py) reads its image and shapes its answer.
-        protocols = [PLAIN if self._header(idx, "describe") == "True"
-                     else envelope.protocol_of(row, lambda name, i=idx: request_header(context, i, name))
-                     for idx, row in enumerate(data)]
         requests = self.metrics.begin(context, len(data))  # observability: ids, log lines, spans
-        answers = self.postprocess(self.inference(self.preprocess(data, protocols)))
+        batch = self.preprocess(data, envelope)
+        answers = self.postprocess(self.inference(batch))
         answers = requests.finish(answers)  # each answer's request id (body, header); its log line
-        out = envelope.respond(context, answers, protocols)
+        # Each request's protocol (read in preprocess, per request) shapes its own answer.
+        out = envelope.respond(context, answers, batch.protocols)
         context.metrics.add_time("HandlerTime", round((time.perf_counter() - start) * 1000, 2), None, "ms")
         return out
 
@@ -135,16 +134,21 @@ class ImageClassifierHandler(BaseHandler):
             for _ in range(2):
                 responses.top_k(self.runner(tensor.expand(batch, -1, -1, -1).contiguous()), self.top_k)
 
-    def preprocess(self, data: list[dict], protocols: list[RequestProtocol] | None = None) -> Batch:
-        batch = Batch(size=len(data))
-        protocols = protocols or [PLAIN] * len(data)
+    def preprocess(self, data: list[dict], envelope: Envelope | None = None) -> Batch:
+        """Each request read on its own, inside its own error handling: its describe header, its
+        protocol (from its body and headers: handler/envelopes.py), its image and tensor. Whatever
+        one request sent, or whatever bug it hits, fails that request alone."""
+        envelope = envelope or PlainEnvelope()
+        batch = Batch(size=len(data), protocols=[PLAIN] * len(data))
         tensors = []
         for idx, row in enumerate(data):
-            if self._header(idx, "describe") == "True":
-                batch.described[idx] = self.describe_handle()
-                continue
             try:
-                tensors.append(self._tensor_of(idx, row, protocols[idx]))
+                if self._header(idx, "describe") == "True":
+                    batch.described[idx] = self.describe_handle()
+                    continue
+                header = functools.partial(request_header, self.context, idx)  # by lower-case name
+                protocol = batch.protocols[idx] = envelope.protocol_of(row, header)
+                tensors.append(self._tensor_of(idx, row, protocol))
                 batch.indices.append(idx)
             except InputError as err:
                 self._failed(batch, idx, err)

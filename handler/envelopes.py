@@ -116,7 +116,10 @@ class KServeV2Envelope:
         return [json.dumps(answer.body) for answer in answers]
 
 
-def envelope_of(context) -> PlainEnvelope | KServeV2Envelope:
+Envelope = PlainEnvelope | KServeV2Envelope
+
+
+def envelope_of(context) -> Envelope:
     """The envelope of this call: TorchServe's kservev2 envelope sets `context.input_names`
     (the v2 inputs' names) before each call of `handle`, and deletes it after."""
     if getattr(context, "input_names", None) is not None:

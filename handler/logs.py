@@ -105,10 +105,16 @@ class BatchLog:
 
     @staticmethod
     def _request(context, idx: int) -> Request:
-        headers = request_ids.request_headers(context, idx)
-        own = request_ids.torchserve_id(context, idx)
-        chosen, refused = request_ids.choose(request_ids.header_of(headers, request_ids.HEADER), own)
-        return Request(idx, chosen, own, refused, dict(headers))
+        """Request idx's id and headers. Never raises: whatever a request's headers hold, its
+        batch goes on (the request then has an id of its own making)."""
+        try:
+            headers = request_ids.request_headers(context, idx)
+            own = request_ids.torchserve_id(context, idx)
+            chosen, refused = request_ids.choose(request_ids.header_of(headers, request_ids.HEADER), own)
+            return Request(idx, chosen, own, refused, dict(headers))
+        except Exception:
+            logger.debug("request %d: headers not read", idx, exc_info=True)
+            return Request(idx, request_ids.choose(None, None)[0], None, False)
 
     def stage(self, name: str, request: int | None, start_ns: int, end_ns: int, failed: bool) -> None:
         self.stages.append(Stage(name, request, start_ns, end_ns, failed))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
 from dataclasses import dataclass
 
@@ -192,7 +193,12 @@ def v2_body(row: dict, binary_header: str | None) -> V2Body | None:
 def _split_binary(body, header: str) -> V2Body:
     if isinstance(body, dict):  # sent as application/json and parsed whole: there is no tail
         return V2Body(body)
-    raw = body.encode("utf-8") if isinstance(body, str) else bytes(body or b"")
+    if isinstance(body, str):
+        body = body.encode("utf-8")
+    if not isinstance(body, (bytes, bytearray)):  # JSON that parsed to a number, list, null, ...
+        return V2Body(None, error=BadInput("InvalidV2Request", "A v2 request is a JSON object "
+                                           f"(then its binary data); the body is a {type(body).__name__}."))
+    raw = bytes(body)
     try:
         length = int(header)
     except ValueError:
@@ -260,8 +266,8 @@ def _element_count(tensor: dict) -> int:
     if (not isinstance(shape, list) or not shape or len(shape) > MAX_JSON_DEPTH
             or not all(type(d) is int and d >= 0 for d in shape)):
         raise BadInput("InvalidV2Request", f"The input's shape must be a list of sizes, e.g. [1]; "
-                       f"got {shape!r}.")
-    return int(np.prod(shape, dtype=np.int64))
+                       f"got {str(shape)[:80]!r}.")
+    return math.prod(shape)  # Python's integers: a dimension of 10**20 cannot overflow
 
 
 def _json_elements(data) -> list:

@@ -357,6 +357,41 @@ def test_batch_of_eight_with_bad_requests(batch8_server, pictures):
     assert worker_pids(srv, name) == pids
 
 
+# Requests whose reading once failed before their own error handling began: the first made
+# TorchServe answer 503 to every request batched with it.
+V2_HEADER = "Inference-Header-Content-Length"
+CRAFTED = {
+    "json number with a binary-data header": (
+        {"data": b"1.5", "headers": {"Content-Type": "application/json", V2_HEADER: "1"}},
+        "InvalidV2Request"),
+    "json list with a binary-data header": (
+        {"data": b"[1,2,3]", "headers": {"Content-Type": "application/json", V2_HEADER: "1"}},
+        "InvalidV2Request"),
+    "v2 shape past int64": (
+        {"json": {"inputs": [{"name": "image", "shape": [10**20], "datatype": "BYTES",
+                              "data": ["aGk="]}]}}, "ShapeMismatch"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CRAFTED))
+def test_a_crafted_request_fails_alone_in_its_batch(batch8_server, pictures, case):
+    """Seven photos and one crafted request in ONE batch: the crafted one gets its 400 in v2
+    form, each photo its label."""
+    srv, name = batch8_server
+    crafted, kind = CRAFTED[case]
+    photos = sorted(pictures)
+    good = [{"data": encode(pictures[photos[i % len(photos)]], "JPEG"),
+             "headers": {"Content-Type": "image/jpeg"}} for i in range(8)]
+    before = settled_batches(srv)
+    responses = send_together(srv, name, [crafted if i == 3 else good[i] for i in range(8)])
+    assert responses[3].status_code == 400, responses[3].text
+    assert responses[3].json()["error"].startswith(f"{kind}: "), responses[3].text
+    for i, resp in enumerate(responses):
+        if i != 3:
+            check_label(resp, photos[i % len(photos)])
+    assert settled_batches(srv) - before == 1, "the 8 requests did not form one batch"
+
+
 def test_worker_pids_unchanged(server, baseline_pids):
     """Runs last: after every hostile request above, the same workers are still serving."""
     assert worker_pids(server, MODEL) == baseline_pids

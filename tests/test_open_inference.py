@@ -77,6 +77,21 @@ def test_a_batch_mixes_raw_v2_and_malformed_v2_each_answered_alone(handler, cat)
     assert all(handler.context.get_response_content_type(i) == "application/json" for i in range(5))
 
 
+def test_a_request_whose_reading_fails_is_refused_alone(handler, cat):
+    """Protocol detection and v2 parsing run in each request's own error handling: a JSON number
+    sent with Triton's binary-data header, or a shape past int64, is that request's 400."""
+    huge = {"inputs": [{"name": "image", "shape": [10**20], "datatype": "BYTES", "data": ["aGk="]}]}
+    rows = [{"body": cat}, {"body": 1.5}, {"body": [1, 2, 3]}, {"body": huge}, {"body": cat}]
+    header = {"Inference-Header-Content-Length": "1"}
+    new_batch(handler.context, len(rows), [{}, header, header, {}, {}])
+    out = handler.handle(rows, handler.context)
+    assert statuses(handler.context) == {i: (400, "Bad Request") for i in (1, 2, 3)}
+    assert out[1]["error"].startswith("InvalidV2Request: ") and "float" in out[1]["error"]
+    assert out[2]["error"].startswith("InvalidV2Request: ")
+    assert out[3]["error"].startswith("ShapeMismatch: ")
+    assert top_index(out[0]) == top_index(out[4]) and top_index(out[0]) in EXPECTED_TOP1["cat"]
+
+
 def test_requested_outputs_in_their_order_and_the_request_id_fallback(handler, cat):
     rows = [{"body": v2(cat, None, outputs=[{"name": "indices"}, {"name": "labels"}])}]
     new_batch(handler.context, 1)
