@@ -27,6 +27,7 @@ from handler.device import place
 from handler.envelopes import PLAIN, Envelope, PlainEnvelope, RequestProtocol, envelope_of, request_header
 from handler.errors import HandlerError, InputError, NotServed, ServerError
 from handler.metrics import DECODE, INFERENCE, POSTPROCESS, PREPROCESS, REQUEST, HandlerMetrics
+from handler.payload import worker_decodes_bodies
 from handler.preprocess_code import PreprocessCodeError
 from handler.preprocessing import PreprocessConfig, preprocess_image
 from handler.provenance import PACKAGE_DIR, installed_versions, sha256_file, verify_model_dir
@@ -69,6 +70,9 @@ class ImageClassifierHandler(BaseHandler):
         self.placement = place(context.system_properties, backend_of(serialized),
                                settings["precision"], (provenance or {}).get("validation"))
         logger.info("Running on %s", self.placement.describe())
+        if worker_decodes_bodies():
+            logger.warning("decode_input_request is not false in config.properties: TorchServe's "
+                           "worker parses every JSON body before the handler's bounds (SECURITY.md)")
         self.runner = load_runner(model_dir / serialized, threads=threads, placement=self.placement,
                                   compile_model=settings["compile"])
         self.top_k = settings["top_k"]

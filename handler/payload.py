@@ -2,15 +2,18 @@
 
 TorchServe hands the handler a dict per request: a raw body under `body` (or `data`), a
 multipart upload under its form field name, and every query-string parameter under its own
-name, ahead of the body. Its worker pre-decodes by Content-Type: an `application/json` body
-that parses arrives as a dict (or list, number, ...), a `text/*` body that is valid UTF-8
-arrives as str; otherwise (an image sent as text/plain, say) as bytes.
+name, ahead of the body. Our servers set `decode_input_request=false`, so every body arrives as
+the bytes sent and `_parse_json` is the only JSON parser a request meets; a worker left with
+TorchServe's default pre-decodes by Content-Type (an `application/json` body that parses arrives
+as a dict, list, number, ...; a `text/*` body that is valid UTF-8 as str), and those are read too.
 
 Which input is the image: the raw body when there is one (query-string parameters are then
 ignored: `?data=x` cannot shadow the image); else one form field among FIELD_KEYS (two of them
 is ambiguous: refused), else the one uploaded file. Cheap bounds come first: at most
-MAX_FIELDS inputs per request, JSON nested at most MAX_JSON_DEPTH deep (checked before parsing;
-Python's parser would recurse into a 600 KB `{"a":{"a":...` until RecursionError).
+MAX_FIELDS inputs per request; JSON with at most MAX_JSON_CONTAINERS objects and lists,
+MAX_JSON_VALUES values, nested at most MAX_JSON_DEPTH deep, all counted from the bytes before
+parsing (Python's parser would recurse into a 600 KB `{"a":{"a":...` until RecursionError, and
+build a million dicts from 6.5 MB of `[{},{},...]`).
 """
 
 from __future__ import annotations
@@ -19,10 +22,9 @@ import base64
 import binascii
 import json
 import math
+import os
 import re
 from dataclasses import dataclass
-
-import numpy as np
 
 from handler.errors import BadInput
 
@@ -37,7 +39,20 @@ MAX_JSON_DEPTH = 8
 MAX_FIELDS = 16
 ACCEPTED = ("raw image bytes (Content-Type image/* or application/octet-stream), "
             "a multipart field 'data', or JSON {\"image\": \"<base64>\"}")
+# A v2 request with every optional part is a few dozen of each; ours is one object, one value.
+MAX_JSON_CONTAINERS = 64
+MAX_JSON_VALUES = 256
 _WHITESPACE = re.compile(rb"\s+")
+_NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
+_OPENERS = frozenset(b"[{")
+# What base64 text may hold: both alphabets, padding and line breaks.
+_BASE64_TEXT = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/-_= \t\r\n"
+
+
+def worker_decodes_bodies() -> bool:
+    """Whether TorchServe's worker parses JSON and text bodies before the handler sees them: its
+    frontend passes config.properties' decode_input_request to the worker as this variable."""
+    return os.environ.get("TS_DECODE_INPUT_REQUEST", "true") != "false"
 
 
 def payload_to_bytes(row: dict) -> bytes:
@@ -46,10 +61,9 @@ def payload_to_bytes(row: dict) -> bytes:
     if value is None:
         raise BadInput("EmptyInput", f"No image in the request; send {ACCEPTED}.")
     if isinstance(value, (bytes, bytearray)):
-        value = bytes(value)
-        if value.lstrip()[:1] == b"{":
-            return _from_json(_parse_json(value))
-        return value
+        return _from_bytes(bytes(value))
+    # A worker with decode_input_request left on (TorchServe's default) hands JSON and text
+    # bodies over already decoded.
     if isinstance(value, dict):
         return _from_json(value)
     if isinstance(value, str):
@@ -81,6 +95,21 @@ def _pick_field(row: dict):
     return None
 
 
+def _from_bytes(raw: bytes) -> bytes:
+    """A body as sent (decode_input_request=false: every body, whatever its Content-Type): JSON
+    when it opens like JSON, base64 when it is base64 text, else the image's own bytes. The bytes
+    decide, not the Content-Type, as for raw images (a JPEG sent as text/plain still works)."""
+    head = raw[:64].lstrip()
+    if head[:1] in (b"{", b"["):
+        return _from_json(_parse_json(raw))
+    if head and (head.startswith(b"data:") or not head.translate(None, _BASE64_TEXT)):
+        try:
+            return _b64(raw.decode("ascii"))
+        except (BadInput, UnicodeDecodeError):
+            pass  # not base64 after all: the decoder judges the bytes
+    return raw
+
+
 def _from_text(text: str) -> bytes:
     """A text body: JSON, a bare base64 string, or image bytes that happen to be valid UTF-8
     (a dark BMP sent as text/plain): those go on as the bytes sent, for the decoder to judge."""
@@ -96,14 +125,24 @@ def _from_text(text: str) -> bytes:
 
 def json_depth(raw: bytes) -> int:
     """Deepest nesting of brackets and braces, counted over the bytes (strings not parsed:
-    a bracket inside a string can only raise the count). Vectorised: 6 MB in tens of ms."""
-    arr = np.frombuffer(raw, dtype=np.uint8)
-    steps = (np.isin(arr, (ord("{"), ord("["))).astype(np.int32)
-             - np.isin(arr, (ord("}"), ord("]"))).astype(np.int32))
-    return int(np.cumsum(steps).max(initial=0))
+    a bracket inside a string can only raise the count). Only the brackets are visited."""
+    depth = deepest = 0
+    for char in raw.translate(None, _NOT_BRACKETS):
+        depth += 1 if char in _OPENERS else -1
+        deepest = max(deepest, depth)
+    return deepest
 
 
 def _parse_json(raw: bytes) -> dict:
+    """The one JSON reader of request bodies: the body's shape is bounded from its bytes before
+    Python's parser allocates anything (containers, values, nesting), so no body can make the
+    worker build millions of objects (a 6.5 MB `[{},{},...]` is 1.6 million dicts)."""
+    containers = sum(raw.count(b) for b in (b"{", b"[", b"}", b"]")) // 2
+    values = raw.count(b",") + 1
+    if containers > MAX_JSON_CONTAINERS or values > MAX_JSON_VALUES:
+        raise BadInput("InvalidJSON", f"The JSON body holds about {containers} objects or lists "
+                       f"and {values} values; at most {MAX_JSON_CONTAINERS} and {MAX_JSON_VALUES} "
+                       "are read. Send {\"image\": \"<base64>\"}.")
     if (depth := json_depth(raw)) > MAX_JSON_DEPTH:
         raise BadInput("InvalidJSON", f"The JSON body nests {depth} levels deep; at most "
                          f"{MAX_JSON_DEPTH} are read. Send {{\"image\": \"<base64>\"}}.")

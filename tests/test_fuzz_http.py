@@ -1,23 +1,26 @@
 """Bounded HTTP fuzzing of every endpoint and method of a real server, on loopback.
 
-Random methods, paths (every API route plus garbage), content types, headers and bodies (random
-bytes, cut and corrupted JPEGs, odd JSON, multipart) against the inference, management and
-metrics ports, with and without the bearer key. State-changing management calls of the first
-fuzz go without a key (refused); a second fuzz sends them WITH the management key: POST, PUT and
-DELETE on /models and /workflows with fuzzed names and parameters (URLs outside and inside the
-model store, through `..` and %-encoded, garbage; worker counts that do not change the served
-model's two). What must hold: no 5xx except those documented in
-docs/inputs-and-errors.md (a form-urlencoded body fails in the frontend before any handler; 501
-for explanations, which this model does not serve), no
-worker lost (the same pids), no model or workflow registered and nothing copied into the
-workflow store, and the server still classifies afterwards. The long run is
-`FUZZ_EXAMPLES=5000 pytest tests/test_fuzz_http.py` (results in docs/inputs-and-errors.md).
+Random methods, paths (every API route plus garbage), content types, headers (the key, and those
+the handler reads per request: Triton's binary-data length, describe, explain, X-Request-ID) and
+bodies (random bytes, cut and corrupted JPEGs, any JSON value, multipart) against the inference,
+management and metrics ports, with and without the bearer key. State-changing management calls of
+the first fuzz go without a key (refused); a second fuzz sends them WITH the management key: POST,
+PUT and DELETE on /models and /workflows with fuzzed names and parameters (URLs outside and inside
+the model store, through `..` and %-encoded, garbage; worker counts that do not change the served
+model's two). What must hold: no 5xx except those documented in docs/inputs-and-errors.md (a
+form-urlencoded body fails in the frontend before any handler; 501 for explanations, which this
+model does not serve), no worker lost (the same pids), every good prediction sent beside the fuzz
+answered 200, no model or workflow registered and nothing copied into the workflow store, and the
+server still classifies afterwards. The long run is `FUZZ_EXAMPLES=5000 pytest
+tests/test_fuzz_http.py` (results in docs/inputs-and-errors.md).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -62,6 +65,14 @@ requests_ = st.fixed_dictionaries({
     "content_type": st.sampled_from(CONTENT_TYPES),
     "body": bodies,
     "keyed": st.booleans(),
+    # Headers the handler reads per request: Triton's binary-data length, the describe and explain
+    # routes, the caller's request id.
+    "headers": st.dictionaries(
+        st.sampled_from(["Inference-Header-Content-Length", "describe", "explain", "X-Request-ID"]),
+        st.one_of(st.sampled_from(["1", "0", "-5", "3", "99999999999999999999", "True", "x", ""]),
+                  st.text(st.characters(codec="latin-1", exclude_categories=("Cc",)),
+                          max_size=20).map(str.strip)),
+        max_size=3),
 })
 
 
@@ -80,6 +91,7 @@ def send(server, req: dict) -> requests.Response:
             "metrics": client.metrics_url}[req["api"]]
     state_changing = req["api"] == "management" and req["method"] not in ("GET", "HEAD", "OPTIONS")
     headers = dict(client.auth_headers(req["api"]) if req["keyed"] and not state_changing else {})
+    headers.update(req["headers"])
     if req["content_type"]:
         headers["Content-Type"] = req["content_type"]
     return requests.request(req["method"], base + req["route"] + req["query"], data=req["body"],
@@ -91,10 +103,46 @@ def pids_before(server):
     return sorted(int(w["pid"]) for w in server.client.workers(MODEL))
 
 
+class Neighbours:
+    """Good predictions sent one after another beside the fuzz, from the first fuzzed request to
+    `stop`: whatever the fuzz sends, each must be answered 200 (a request fails only itself).
+    Bounded: at most MAX requests, and never past `stop` or 30 minutes."""
+
+    MAX = 20_000
+
+    def __init__(self, server) -> None:
+        self.url = f"{server.client.inference_url}/predictions/{MODEL}"
+        self.client = server.client
+        self.statuses: list[tuple[int, str]] = []
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + 1800
+        with requests.Session() as session:
+            while not self.done.wait(0.02) and len(self.statuses) < self.MAX and time.monotonic() < deadline:
+                resp = session.post(self.url, data=JPEG, timeout=60, headers={
+                    **self.client.auth_headers("inference"), "Content-Type": "image/jpeg"})
+                self.statuses.append((resp.status_code, resp.text[:200]))
+
+    def stop(self) -> list[tuple[int, str]]:
+        self.done.set()
+        self.thread.join(timeout=90)
+        return self.statuses
+
+
+@pytest.fixture(scope="module")
+def neighbours(server):
+    watcher = Neighbours(server)
+    yield watcher
+    watcher.stop()
+
+
 @settings(max_examples=EXAMPLES, deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(req=requests_)
-def test_no_undocumented_5xx(server, pids_before, req):
+def test_no_undocumented_5xx(server, pids_before, neighbours, req):
     resp = send(server, req)
     assert resp.status_code < 500 or documented_5xx(req, resp), (
         req, resp.status_code, resp.text[:300])
@@ -161,7 +209,11 @@ def test_keyed_state_changing_calls(server, pids_before, workflow_store_before, 
         assert resp.status_code >= 400, (call, resp.status_code, resp.text[:300])
 
 
-def test_after_the_fuzzing_the_same_workers_classify(server, pids_before, workflow_store_before):
+def test_after_the_fuzzing_the_same_workers_classify(server, pids_before, workflow_store_before,
+                                                      neighbours):
+    answered = neighbours.stop()
+    failed = [a for a in answered if a[0] != 200]
+    assert answered and not failed, (len(answered), failed[:5])
     assert sorted(int(w["pid"]) for w in server.client.workers(MODEL)) == pids_before
     assert server.client.models() == [MODEL]
     store, listed = workflow_store_before

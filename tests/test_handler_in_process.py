@@ -70,14 +70,14 @@ def test_batch_errors_are_per_request(handler, monkeypatch):
     real = classifier.preprocess_image
 
     def with_a_bug(data: bytes, cfg):
-        if data == b"trigger a bug":
+        if data == b"trigger a bug!":
             raise RuntimeError("an unexpected failure, not the client's fault")
         return real(data, cfg)
 
     monkeypatch.setattr(classifier, "preprocess_image", with_a_bug)
     good = encode(gradient(), "PNG")
     seen = len(handler.context.metrics.calls)
-    out = handle(handler, [{"body": good}, {"body": b"trigger a bug"}, {"body": b"garbage"},
+    out = handle(handler, [{"body": good}, {"body": b"trigger a bug!"}, {"body": b"garbage"},
                            {"data": good}, {}])
     counted = [name for name, _ in handler.context.metrics.calls[seen:] if name.endswith("_errors_total")]
     # The bug is a server fault, counted apart from the two client errors.

@@ -358,15 +358,16 @@ def test_batch_of_eight_with_bad_requests(batch8_server, pictures):
 
 
 # Requests whose reading once failed before their own error handling began: the first made
-# TorchServe answer 503 to every request batched with it.
+# TorchServe answer 503 to every request batched with it. The body arrives as bytes
+# (decode_input_request=false): its JSON header is what is refused.
 V2_HEADER = "Inference-Header-Content-Length"
 CRAFTED = {
     "json number with a binary-data header": (
         {"data": b"1.5", "headers": {"Content-Type": "application/json", V2_HEADER: "1"}},
-        "InvalidV2Request"),
+        "InvalidJSON"),
     "json list with a binary-data header": (
         {"data": b"[1,2,3]", "headers": {"Content-Type": "application/json", V2_HEADER: "1"}},
-        "InvalidV2Request"),
+        "InvalidJSON"),
     "v2 shape past int64": (
         {"json": {"inputs": [{"name": "image", "shape": [10**20], "datatype": "BYTES",
                               "data": ["aGk="]}]}}, "ShapeMismatch"),
