@@ -25,7 +25,7 @@ from pathlib import Path
 import psutil
 import requests
 
-from handler.settings import check_keys
+from handler.settings import ConfigError, check_keys
 from scripts import repo
 from scripts.ops import lifecycle, pins
 from scripts.ops.client import TorchServeClient, sample_request
@@ -34,8 +34,10 @@ from scripts.ops.server_config import (
     CONFIG_FILE,
     KEY_FILE,
     TORCHSERVE_KEYS,
+    check_code_keys,
     read_properties,
     store_urls,
+    write_properties,
 )
 
 PATH_KEYS = ("model_store", "metrics_config", "workflow_store")
@@ -88,18 +90,17 @@ def derive_config(workdir: Path, ports: tuple[int, int, int], models: str,
     return write_properties(workdir / CONFIG_FILE, props)
 
 
-def write_properties(path: Path, props: dict[str, str]) -> Path:
-    path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
-    return path
-
-
 def derived_properties(base: Path, ports: tuple[int, int, int], models: str, model_store: Path,
                        overrides: dict | None = None,
-                       base_properties: dict[str, str] | None = None) -> dict[str, str]:
+                       base_properties: dict[str, str] | None = None,
+                       allow_code_keys: frozenset[str] = frozenset()) -> dict[str, str]:
     """The settings a server runs with: `base`'s, with absolute paths, our ports and models.
-    Overrides are checked like the file: a misspelt one would otherwise be ignored by TorchServe."""
+    Overrides are checked like the file: a misspelt one would otherwise be ignored by TorchServe.
+    Keys that run code are refused from the file (server_config.CODE_KEYS) unless the operator
+    allowed them (`allow_code_keys`); overrides are the calling code's own, not checked so."""
     check_keys(overrides or {}, TORCHSERVE_KEYS, "config.properties overrides")
     props = dict(base_properties if base_properties is not None else read_properties(base))
+    check_code_keys(props, str(base), allow_code_keys)
     for key in PATH_KEYS:
         if key in props and not Path(props[key]).is_absolute():
             props[key] = str((base.parent / props[key]).resolve())
@@ -122,19 +123,21 @@ def start(workdir: Path = repo.RUN_DIR, models: str = f"{repo.DEFAULT_MODEL}={re
           ports: tuple[int, int, int] = DEFAULT_PORTS, model_store: Path = repo.MODEL_STORE,
           overrides: dict | None = None, env: dict | None = None,
           log_config: Path | None = LOG_CONFIG, config: Path = repo.SERVER_CONFIG,
-          config_properties: dict[str, str] | None = None) -> Server:
+          config_properties: dict[str, str] | None = None,
+          allow_code_keys: frozenset[str] = frozenset()) -> Server:
     """Launch TorchServe in its own process group, and its supervisor (scripts.ops.lifecycle),
     which holds the working directory's lock and keeps the key renewer running; returns at once
     (see wait_ready). `config_properties`: `config` as the caller already read it (else it is
-    read here, once). Raises lifecycle.AlreadyServing, PortInUse or pins.PinError before
-    launching anything."""
+    read here, once). Raises ConfigError (a key that runs code and is not in `allow_code_keys`),
+    lifecycle.AlreadyServing, PortInUse or pins.PinError before launching anything."""
     workdir = lifecycle.private_dir(Path(workdir).resolve())
     lock_fd = lifecycle.lock(workdir)
     try:
         if lifecycle.server_running(workdir):
             print(f"[serve] stopping the server left in {workdir} without its supervisor", flush=True)
             stop(workdir, grace=10)
-        props = derived_properties(Path(config), ports, models, model_store, overrides, config_properties)
+        props = derived_properties(Path(config), ports, models, model_store, overrides, config_properties,
+                                   allow_code_keys)
         lifecycle.check_ports({**props, **grpc_addresses(props)}, ADDRESS_KEYS + GRPC_KEYS)
         # The operator's pins (ARCHIVE_SHA256), before any archive code can run; what the
         # workers need to hold their extracted archive to the same bytes comes back.
@@ -328,6 +331,10 @@ def main(argv: list[str] | None = None) -> int:
                              "KServe: the mounted storage's config/config.properties)")
     parser.add_argument("--model-store", type=Path,
                         help="folder holding NAME.mar (default: the config's model_store)")
+    parser.add_argument("--allow-code-key", action="append", default=[], metavar="KEY",
+                        help="admit this config key although it makes TorchServe run code "
+                             "(system_metrics_cmd, plugins_path, vmargs beyond memory and "
+                             "compiler flags, ...: SECURITY.md); only for a config you wrote")
     parser.add_argument("--foreground", action="store_true",
                         help="stay attached until TorchServe exits; SIGTERM stops it gracefully "
                              "(the container entrypoint)")
@@ -336,14 +343,19 @@ def main(argv: list[str] | None = None) -> int:
         print("TorchServe stopped." if stop(args.workdir) else "TorchServe was not running.")
         return 0
     ports = DEFAULT_PORTS
-    base = read_properties(args.config)  # the one read of it: start() derives from this dict
+    try:
+        base = read_properties(args.config)  # the one read of it: start() derives from this dict
+    except ConfigError as exc:
+        return config_error(exc)
     store = args.model_store or Path(base.get("model_store", repo.MODEL_STORE))
     if not store.is_absolute():
         store = args.config.resolve().parent / store
     try:
         server = start(args.workdir, models=f"{args.model}={args.model}.mar", ports=ports, model_store=store,
                        overrides=listen_overrides(args.host, ports, token_auth_on(base)), config=args.config,
-                       config_properties=base)
+                       config_properties=base, allow_code_keys=frozenset(args.allow_code_key))
+    except ConfigError as exc:
+        return config_error(exc)
     except (lifecycle.LifecycleError, pins.PinError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -372,6 +384,13 @@ def main(argv: list[str] | None = None) -> int:
           f"{c.inference_url}/predictions/{args.model}\n"
           f"Stop it: make stop", flush=True)
     return run_foreground(server) if args.foreground else 0
+
+
+def config_error(exc: ConfigError) -> int:
+    """An operator's config mistake: one `error:` line per problem, exit status 2."""
+    for line in str(exc).splitlines():
+        print(f"error: {line}", file=sys.stderr)
+    return 2
 
 
 def listen_overrides(host: str, ports: tuple[int, int, int], token_auth: bool = True,

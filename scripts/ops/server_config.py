@@ -16,7 +16,9 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from handler.settings import check_keys
+import javaproperties
+
+from handler.settings import ConfigError, check_keys
 
 CONFIG_FILE = "config.properties"
 KEY_FILE = "key_file.json"
@@ -41,6 +43,28 @@ TORCHSERVE_KEYS = frozenset({
     "ts_header_key_sequence_end", "use_native_io", "io_ratio", "prefer_direct_buffer",
     "cpp_log_config", "torchelastic_ts", "vmargs", "plugins_path",
 })
+# Keys that make TorchServe run code of the config's choosing, and why (read in its 0.12 jar's
+# ConfigManager, WorkerLifeCycle, ModelManager and its Python launcher, ts/model_server.py). From a
+# file they are refused: a config.properties may come with a model (KServe's storage) or from a
+# ConfigMap; only the operator's command line admits one (serve start --allow-code-key KEY).
+CODE_KEYS = {
+    "system_metrics_cmd": "is a command the frontend runs every metric_time_interval",
+    "plugins_path": "puts jars on the frontend's class path",
+    "model_server_home": "is where the workers' ts/model_service_worker.py is run from",
+    "cpu_launcher_args": "are arguments for the workers' launcher command",
+    "vmargs": "are flags of the frontend's JVM (-javaagent, -XX:OnError run code)",
+    "install_py_dep_per_model": "pip-installs each archive's requirements.txt when true",
+    "cpu_launcher_enable": "starts the workers through a launcher command when true",
+    "enable_envvars_config": "lets TS_* environment variables set every key here, unchecked",
+}
+# The code keys a file may set to "false" (TorchServe reads any other spelling of true as true).
+CODE_SWITCHES = ("install_py_dep_per_model", "cpu_launcher_enable", "enable_envvars_config")
+# The JVM flags a file may give in vmargs: heap, stack, compiler, collector and the OOM exit.
+VM_FLAGS = re.compile(
+    r"-Xm[sx]\d+[kmgKMG]?|-Xss\d+[kmgKMG]?|-XX:TieredStopAtLevel=[0-4]"
+    r"|-XX:[+-](?:ExitOnOutOfMemoryError|UseG1GC|UseSerialGC|UseParallelGC|UseContainerSupport)"
+    r"|-XX:(?:Max|Min|Initial)RAMPercentage=\d+(?:[.]\d+)?|-XX:ActiveProcessorCount=\d+"
+    r"|-XX:(?:MaxDirectMemorySize|MaxMetaspaceSize)=\d+[kmgKMG]?")
 # TorchServe's answer to a missing, wrong or expired bearer key (HTTP 400 in 0.12).
 AUTH_REFUSED = "Token Authorization failed"
 # How long a client waits before resending a request whose key was just renewed: TorchServe
@@ -66,17 +90,61 @@ DEFAULT_ADDRESSES = ("http://127.0.0.1:8080", "http://127.0.0.1:8081", "http://1
 
 
 def read_properties(path: str | Path, strict: bool = True) -> dict[str, str]:
-    """key=value lines of a Java properties file (comments and blank lines skipped). Strict:
-    a key TorchServe does not know is an error naming the key and the file."""
-    props = {}
-    for line in Path(path).read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith(("#", "!")) and "=" in line:
-            key, value = line.split("=", 1)
-            props[key.strip()] = value.strip()
+    """A Java properties file as TorchServe's frontend reads it (`=`, `:` or whitespace
+    separators, escapes, continued lines; the last of a repeated key wins). Strict: a key
+    TorchServe does not know is an error naming the key and the file."""
+    with open(path, "rb") as f:  # bytes: read as ISO-8859-1, as java.util.Properties does
+        props = javaproperties.load(f)
     if strict:
         check_keys(props, TORCHSERVE_KEYS, str(path))
     return props
+
+
+def write_properties(path: Path, props: dict[str, str]) -> Path:
+    """`key=value` lines that TorchServe's frontend (java.util.Properties) and its Python launcher
+    (which reads vmargs and plugins_path by splitting on '=') both read as `props`. Java's own
+    escaping would not do: the launcher would pass `-XX\\:...` to the JVM. A value neither reads
+    alike (a backslash, a line break, surrounding space, non-ASCII) is an error naming the key."""
+    lines = []
+    for key, value in props.items():
+        line = f"{key}={value}"
+        if not line.isascii() or value != value.strip() or javaproperties.loads(line) != {key: value}:
+            raise ConfigError(f"{path}: {key}={value!r} cannot be written so that TorchServe's "
+                              "frontend and launcher read it alike: drop the backslash, line "
+                              "break, surrounding space or non-ASCII character")
+        lines.append(line + "\n")
+    path.write_text("".join(lines))
+    return path
+
+
+def code_key_problems(props: dict[str, str], allowed: frozenset[str] = frozenset()) -> dict[str, str]:
+    """Each key in `props` that would make TorchServe run code (CODE_KEYS) and is not in
+    `allowed`, with what is wrong: a switch set to anything but false, a vmargs flag outside
+    VM_FLAGS, any value of the others."""
+    problems = {}
+    for key, why in CODE_KEYS.items():
+        value = props.get(key)
+        if key in allowed or value is None:
+            continue
+        if key == "vmargs":
+            flags = [flag for flag in value.split() if not VM_FLAGS.fullmatch(flag)]
+            if flags:
+                problems[key] = (f"vmargs flag {flags[0]!r} is not a JVM memory, compiler or "
+                                 f"collector flag; vmargs {why}")
+        elif key not in CODE_SWITCHES or value != "false":
+            problems[key] = f"{key}={value} {why}"
+    return problems
+
+
+def check_code_keys(props: dict[str, str], where: str, allowed: frozenset[str] = frozenset()) -> None:
+    """Raise ConfigError with one line per code key `props` (read from `where`) sets, each
+    naming what to do; `allowed`: the keys the operator admitted on the command line."""
+    check_keys(allowed, CODE_KEYS, "--allow-code-key")
+    problems = code_key_problems(props, allowed)
+    if problems:
+        raise ConfigError("\n".join(
+            f"{where}: {problem}: remove it, or pass --allow-code-key {key} to serve start "
+            "if you wrote it yourself" for key, problem in problems.items()))
 
 
 def store_urls(model_store: str | Path) -> str:
