@@ -69,14 +69,16 @@ RUN --mount=type=secret,id=ca --mount=type=bind,from=wheels,target=/wheels \
     && cd /opt/venv/lib/python3.*/site-packages/torch \
     && rm -rf include test && find bin -type f ! -name torch_shm_manager -delete
 
-# The archive `make package` built, checked against the sha256 given as a build argument.
+# The archive `make package` built, checked against the sha256 given as a build argument, and
+# its signature beside it where it was signed (`package --sign-key`: efficientnet_lite0.mar.sig;
+# the glob copies it when present).
 FROM base AS archive
 ARG MAR_SHA256
-COPY model_store/efficientnet_lite0.mar /model_store/
+COPY model_store/efficientnet_lite0.mar* /model_store/
 RUN test -n "${MAR_SHA256}" || { echo "build argument MAR_SHA256 is required" >&2; exit 1; }; \
     echo "${MAR_SHA256}  /model_store/efficientnet_lite0.mar" | sha256sum -c - \
-    # readable by the server's user (the build may write it owner-only)
-    && chmod 0644 /model_store/efficientnet_lite0.mar
+    # readable by the server's user (the build may write them owner-only)
+    && chmod 0644 /model_store/*
 
 FROM base AS runtime
 RUN useradd --create-home --uid 1000 --shell /usr/sbin/nologin model-server
@@ -91,11 +93,14 @@ COPY config/metrics.yaml config/log4j2.xml config/
 COPY handler handler
 COPY scripts/__init__.py scripts/repo.py scripts/
 COPY scripts/ops scripts/ops
-COPY --from=archive /model_store/efficientnet_lite0.mar model_store/
+COPY --from=archive /model_store/ model_store/
 # The operator's pin, from outside the archive (scripts/ops/pins.py): the entrypoint hashes every
 # archive it serves before TorchServe starts and refuses one that is not pinned or not the
 # pinned one; the workers hold their unpacked copy to it (handler/integrity.py). An archive
 # mounted in place of this one (KServe's storage) needs its own ARCHIVE_SHA256 in the pod spec.
+# Signatures (scripts/ops/signature.py): run with ARCHIVE_VERIFY_KEY=PATH of the public key,
+# mounted read-only (-v ./archive.pub:/keys/archive.pub:ro -e ARCHIVE_VERIFY_KEY=/keys/archive.pub),
+# and the entrypoint refuses an archive without a signature beside it that verifies with that key.
 ARG MAR_SHA256
 ENV ARCHIVE_PINS_REQUIRED=1 \
     ARCHIVE_SHA256=efficientnet_lite0.mar=${MAR_SHA256}

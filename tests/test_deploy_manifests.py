@@ -53,7 +53,7 @@ def manifests() -> dict[str, dict[tuple[str, str], dict]]:
         for doc in validate.render(overlay):
             name = doc["metadata"]["name"]
             if doc["kind"] == "ConfigMap":
-                name = name.rsplit("-", 1)[0]  # configMapGenerator's content hash
+                name = re.sub(r"-[a-z0-9]{10}$", "", name)  # configMapGenerator's content hash
             docs[overlay][(doc["kind"], name)] = doc
     return docs
 
@@ -100,7 +100,8 @@ def test_every_manifest_parses_and_is_known(docs):
         ("NetworkPolicy", "image-classifier-ingress")}
     assert set(docs["kserve"]) == shared | {
         ("InferenceService", "image-classifier"), ("NetworkPolicy", "image-classifier-knative"),
-        ("NetworkPolicy", "image-classifier-storage-initializer"), ("Sidecar", "image-classifier")}
+        ("NetworkPolicy", "image-classifier-storage-initializer"), ("Sidecar", "image-classifier"),
+        ("ConfigMap", "image-classifier-archive-key")}
 
 
 @pytest.mark.parametrize("overlay", validate.overlays())
@@ -391,17 +392,22 @@ def test_dockerfile_base_user_ports_and_copies():
     # From the build context only (COPY --from=STAGE copies between stages).
     copied = [src for args in instructions("COPY") if not args.startswith("--from=")
               for src in shlex.split(args)[:-1]]
-    assert f"model_store/{MODEL}.mar" in copied and "config.properties" in copied
-    assert f"COPY --from=archive /model_store/{MODEL}.mar model_store/" in " ".join(
+    # the archive and, where it was signed, its signature (scripts/ops/signature.py)
+    assert f"model_store/{MODEL}.mar*" in copied and "config.properties" in copied
+    assert "COPY --from=archive /model_store/ model_store/" in " ".join(
         f"{ins} {args}" for ins, args in dockerfile() if ins == "COPY")
-    for src in copied:
+    archive_glob = f"model_store/{MODEL}.mar*"
+    sources = [s for src in copied
+               for s in ([f"model_store/{MODEL}.mar", f"model_store/{MODEL}.mar.sig"]
+                         if src == archive_glob else [src])]
+    for src in sources:
         excluded = False
         for pattern in ignored:  # Docker's rule: the last matching line wins
             negate = pattern.startswith("!")
             if fnmatch.fnmatch(src, pattern.lstrip("!")) or src.startswith(pattern.lstrip("!") + "/"):
                 excluded = not negate
         assert not excluded, f"{src} is excluded by .dockerignore"
-        if src.endswith(".mar"):  # a build output: `make package` writes it
+        if src.startswith("model_store/"):  # build outputs: `make package` writes them
             assert "MAR := model_store/$(MODEL).mar" in (ROOT / "Makefile").read_text()
         else:
             assert (ROOT / src).exists(), src
@@ -607,3 +613,21 @@ def test_kserve_canary_patch_documented_in_the_overlay_validates(docs):
     misplaced = copy.deepcopy(isvc)
     misplaced["spec"]["canaryTrafficPercent"] = 10  # on the spec, not the component: refused
     assert validate.errors(misplaced)
+
+
+def test_the_kserve_pod_requires_a_signature_with_the_mounted_key(docs, tmp_path):
+    """ARCHIVE_VERIFY_KEY names a file of the mounted ConfigMap (a missing signature is then an
+    error: scripts/ops/signature.py); the storage carries the signature beside the archive."""
+    overlay = docs["kserve"]
+    predictor = overlay[("InferenceService", "image-classifier")]["spec"]["predictor"]
+    (container,) = predictor["containers"]
+    key = Path({e["name"]: e["value"] for e in container["env"]}["ARCHIVE_VERIFY_KEY"])
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == str(key.parent)]
+    assert mount["readOnly"] is True
+    (volume,) = [v for v in predictor["volumes"] if v["name"] == mount["name"]]
+    assert key.name in overlay[("ConfigMap", volume["configMap"]["name"])]["data"]
+    mar = tmp_path / f"{MODEL}.mar"
+    mar.write_bytes(b"archive")
+    (tmp_path / f"{MODEL}.mar.sig").write_bytes(b"signature")
+    out = kserve_storage.stage(tmp_path / "storage", mar)
+    assert sorted(p.name for p in (out / "model-store").iterdir()) == [f"{MODEL}.mar", f"{MODEL}.mar.sig"]

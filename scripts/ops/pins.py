@@ -6,6 +6,12 @@ recompute it. So what may run is pinned from outside, in the server's environmen
     ARCHIVE_SHA256=efficientnet_lite0.mar=5d71ef6f...        one NAME.mar=HEX per archive, comma-separated
     ARCHIVE_SHA256=5d71ef6f...                               a bare HEX when one archive is served
     ARCHIVE_PINS_REQUIRED=1                                  refuse to start with an archive unpinned
+    ARCHIVE_VERIFY_KEY=archive.pub                           every archive signed with its private key
+
+ARCHIVE_VERIFY_KEY (scripts/ops/signature.py) makes a signature, NAME.mar.sig beside NAME.mar,
+required of every archive served: an unsigned archive, one whose bytes are not the ones signed
+and one signed with another key are refused; an archive whose signature verifies counts as
+pinned (a pin, if given too, must hold as well).
 
 `check_pins` hashes every archive the server is about to load (streamed) and raises PinError,
 naming the archive, the pinned and the actual digest, on any difference; a pin for an archive
@@ -21,8 +27,9 @@ even if the store or the extracted copy changed since); PYTHONDONTWRITEBYTECODE=
 a worker refuses to load (it cannot tell bytecode it wrote from bytecode planted); and
 ARCHIVE_PINS_REQUIRED as given.
 
-Standard library only (with handler/integrity.py, which is too): it runs before anything is
-served, in the runtime image as on a development machine.
+Standard library only (with handler/integrity.py, which is too; signature.py imports its
+packages only when a key is given): it runs before anything is served, in the runtime image as on
+a development machine.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from handler import integrity
+from scripts.ops import signature
 
 PIN_ENV = "ARCHIVE_SHA256"
 REQUIRED_ENV = integrity.REQUIRED_ENV
@@ -113,12 +121,17 @@ def check_pins(model_store: Path, models: str, environ: Mapping[str, str]) -> di
     archives = served_archives(model_store, models)
     pins = parse_pins(environ.get(PIN_ENV, ""), archives)
     required = integrity.required(environ)
+    verifying = _verifier(environ)
     manifests = []
     for name in archives:
         path = Path(model_store) / name
         if not path.is_file():
             raise PinError(f"{name}: no such archive in {model_store}")
+        signed = _signed_digest(path, verifying)
         actual, manifest_pair = archive_digests(path)
+        if signed is not None:
+            _check_signed(name, actual, signed)
+            pins.setdefault(name, signed)  # verified: as good as the operator's own pin
         if manifest_pair is None and name not in pins:
             # No provenance.json: no worker-side check can hold it to anything, so its pin is
             # the whole check (the benchmark's stock TorchServe archive is such a one).
@@ -138,3 +151,32 @@ def check_pins(model_store: Path, models: str, environ: Mapping[str, str]) -> di
     if required:
         env[REQUIRED_ENV] = "1"
     return env
+
+
+def _verifier(environ: Mapping[str, str]) -> object | None:
+    """The signature verifier for ARCHIVE_VERIFY_KEY, or None where it is not set."""
+    key = environ.get(signature.VERIFY_KEY_ENV, "").strip()
+    if not key:
+        return None
+    try:
+        return signature.verifier(Path(key))
+    except signature.SignatureError as exc:
+        raise PinError(str(exc)) from exc
+
+
+def _signed_digest(path: Path, verifying: object | None) -> str | None:
+    """The SHA-256 `path`'s signature vouches for (verified), or None where none is required."""
+    if verifying is None:
+        return None
+    try:
+        return signature.signed_digest(path, verifying)
+    except signature.SignatureError as exc:
+        raise PinError(str(exc)) from exc
+
+
+def _check_signed(name: str, actual: str, signed: str) -> None:
+    # The signature was verified against the path, the digest taken through another open: an
+    # archive replaced in between is caught here, so the manifests handed on are the signed ones.
+    if actual != signed:
+        raise PinError(f"{name}: sha256 {actual} is not the one its signature vouches for ({signed}): "
+                       "the archive changed while it was checked; not starting")

@@ -136,13 +136,15 @@ def start(workdir: Path = repo.RUN_DIR, models: str = f"{repo.DEFAULT_MODEL}={re
         if lifecycle.server_running(workdir):
             print(f"[serve] stopping the server left in {workdir} without its supervisor", flush=True)
             stop(workdir, grace=10)
+        # The operator's pins (ARCHIVE_SHA256) and signature key (ARCHIVE_VERIFY_KEY), before
+        # any archive code can run and before the ports: a refused archive is refused whatever
+        # else is wrong. What the workers need to hold their extracted archive to the same bytes
+        # comes back.
+        env = {**(env or {})}
+        env.update(pins.check_pins(Path(model_store).resolve(), models, {**os.environ, **env}))
         props = derived_properties(Path(config), ports, models, model_store, overrides, config_properties,
                                    allow_code_keys)
         lifecycle.check_ports({**props, **grpc_addresses(props)}, ADDRESS_KEYS + GRPC_KEYS)
-        # The operator's pins (ARCHIVE_SHA256), before any archive code can run; what the
-        # workers need to hold their extracted archive to the same bytes comes back.
-        env = {**(env or {})}
-        env.update(pins.check_pins(Path(model_store).resolve(), models, {**os.environ, **env}))
         return _launch(workdir, props, ports, model_store, env, log_config, lock_fd)
     finally:
         os.close(lock_fd)  # the supervisor holds its own copy from here on
@@ -356,7 +358,10 @@ def main(argv: list[str] | None = None) -> int:
                        config_properties=base, allow_code_keys=frozenset(args.allow_code_key))
     except ConfigError as exc:
         return config_error(exc)
-    except (lifecycle.LifecycleError, pins.PinError) as exc:
+    except pins.PinError as exc:  # the archive is refused: the operator's to fix, not a restart's
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except lifecycle.LifecycleError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     pending = args.workdir / WARM_UP_PENDING  # the readiness probe says no until it is gone

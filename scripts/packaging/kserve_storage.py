@@ -3,6 +3,7 @@
     OUT/config/config.properties          <- config/kserve/config.properties
     OUT/config/metrics.yaml               <- config/metrics.yaml (metrics_config)
     OUT/model-store/efficientnet_lite0.mar  <- packaged with config/kserve/model-config.yaml
+    OUT/model-store/efficientnet_lite0.mar.sig  <- its signature, where it was signed (package --sign-key)
 
     python -m scripts.packaging.kserve_storage build/kserve     # then copy OUT to the storageUri
     python -m scripts.packaging.kserve_storage build/kserve --mar path/to/efficientnet_lite0.mar
@@ -17,19 +18,22 @@ import tempfile
 from pathlib import Path
 
 from scripts import repo
+from scripts.ops import signature
 from scripts.packaging import package
 
 KSERVE_CONFIG = repo.CONFIG_DIR / "kserve"
 
 
 def stage(out: Path, mar: Path) -> Path:
-    """Copy the variant's config.properties, the metrics declarations and the archive into
-    KServe's layout under `out`."""
+    """Copy the variant's config.properties, the metrics declarations and the archive (with its
+    signature, where one lies beside it) into KServe's layout under `out`."""
     (out / "config").mkdir(parents=True, exist_ok=True)
     (out / "model-store").mkdir(parents=True, exist_ok=True)
     shutil.copy2(KSERVE_CONFIG / "config.properties", out / "config" / "config.properties")
     shutil.copy2(repo.CONFIG_DIR / "metrics.yaml", out / "config" / "metrics.yaml")
     shutil.copy2(mar, out / "model-store" / mar.name)
+    if signature.signature_path(mar).is_file():
+        shutil.copy2(signature.signature_path(mar), out / "model-store")
     return out
 
 

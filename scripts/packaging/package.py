@@ -34,6 +34,8 @@ from handler import layout
 from handler.preprocessing import PreprocessConfig
 from handler.settings import ConfigError, load_model_config, model_config_blocks
 from scripts import repo
+from scripts.ops import signature
+from scripts.ops.signature import SignatureError
 from scripts.packaging.export import (
     ExportError,
     architecture_record,
@@ -252,6 +254,7 @@ def package(arch: str | ModelSpec = repo.DEFAULT_MODEL, checkpoint: str = "defau
     t0 = time.perf_counter()
     mar = run_archiver(stage, model_name, version, artifact, Path(export_dir), archive_format)
     make_reproducible(mar, manifest["build"]["built_at"])  # same inputs -> same bytes
+    signature.signature_path(mar).unlink(missing_ok=True)  # an older build's: other bytes
     size = sum(f.stat().st_size for f in mar.rglob("*")) if mar.is_dir() else mar.stat().st_size
     print(f"[package] wrote {mar} ({size / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f} s; "
           f"sha256 {hash_file(mar)[:16] if mar.is_file() else '-'}", flush=True)
@@ -328,14 +331,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--export-path", type=Path, default=repo.MODEL_STORE)
     parser.add_argument("--archive-format", choices=["default", "tgz", "no-archive"],
                         default="default")
+    parser.add_argument("--sign-key", type=Path,
+                        help="PEM elliptic-curve private key (P-256/384/521): writes NAME.mar.sig "
+                             "beside the archive, verified at start with ARCHIVE_VERIFY_KEY "
+                             "(scripts/ops/signature.py)")
     args = parser.parse_args(argv)
+    if args.sign_key and args.archive_format != "default":
+        parser.error("--sign-key signs a .mar: it takes --archive-format default")
     try:
         spec = ModelSpec(arch=None if args.model_file else args.arch, model_file=args.model_file,
                          model_class=args.model_class, model_kwargs=parse_kwargs(args.model_kwargs))
-        package(spec, args.checkpoint, args.model_name, args.version, args.num_classes,
-                args.preprocess, args.labels, args.model_config, args.format, args.export_path,
-                args.archive_format, preprocess_code=args.preprocess_code,
-                calibration_dir=args.calibration_dir, eval_dir=args.eval_dir)
+        mar = package(spec, args.checkpoint, args.model_name, args.version, args.num_classes,
+                      args.preprocess, args.labels, args.model_config, args.format, args.export_path,
+                      args.archive_format, preprocess_code=args.preprocess_code,
+                      calibration_dir=args.calibration_dir, eval_dir=args.eval_dir)
+        if args.sign_key:
+            print(f"[package] signed: {signature.sign(mar, args.sign_key)}", flush=True)
+    except SignatureError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except SourceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
