@@ -136,14 +136,14 @@ def start(workdir: Path = repo.RUN_DIR, models: str = f"{repo.DEFAULT_MODEL}={re
         if lifecycle.server_running(workdir):
             print(f"[serve] stopping the server left in {workdir} without its supervisor", flush=True)
             stop(workdir, grace=10)
-        # The operator's pins (ARCHIVE_SHA256) and signature key (ARCHIVE_VERIFY_KEY), before
-        # any archive code can run and before the ports: a refused archive is refused whatever
-        # else is wrong. What the workers need to hold their extracted archive to the same bytes
-        # comes back.
-        env = {**(env or {})}
-        env.update(pins.check_pins(Path(model_store).resolve(), models, {**os.environ, **env}))
+        # The configuration first (no file may carry a key that runs code); then the operator's
+        # pins (ARCHIVE_SHA256) and signature key (ARCHIVE_VERIFY_KEY), before any archive code
+        # can run and before the ports: a refused archive is refused whatever else is wrong.
+        # What the workers need to hold their extracted archive to the same bytes comes back.
         props = derived_properties(Path(config), ports, models, model_store, overrides, config_properties,
                                    allow_code_keys)
+        env = {**(env or {})}
+        env.update(pins.check_pins(Path(model_store).resolve(), models, {**os.environ, **env}))
         lifecycle.check_ports({**props, **grpc_addresses(props)}, ADDRESS_KEYS + GRPC_KEYS)
         return _launch(workdir, props, ports, model_store, env, log_config, lock_fd)
     finally:
