@@ -31,6 +31,7 @@ from handler.provenance import sha256_stream
 from handler.settings import HANDLER_DEFAULTS
 from scripts import repo
 from scripts.ops.pins import PIN_ENV
+from scripts.ops.verified_copy import zip_problems
 
 
 class Archive:
@@ -38,7 +39,14 @@ class Archive:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.zip = None if self.path.is_dir() else zipfile.ZipFile(self.path)
+        self.zip = None
+        if not self.path.is_dir():
+            # What a local-header reader (Java's, TorchServe's) would unpack must be what is shown.
+            with open(self.path, "rb") as fh:
+                if problems := zip_problems(fh):
+                    raise ValueError("its local headers and central directory disagree: "
+                                     + "; ".join(problems))
+            self.zip = zipfile.ZipFile(self.path)
 
     def names(self) -> list[str]:
         """Every file of the archive but the archiver's own MAR-INF/MANIFEST.json: bytecode and

@@ -36,17 +36,19 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 import zipfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from handler import integrity
-from scripts.ops import signature
+from scripts.ops import signature, verified_copy
 
 PIN_ENV = "ARCHIVE_SHA256"
 REQUIRED_ENV = integrity.REQUIRED_ENV
 MANIFESTS_ENV = integrity.MANIFESTS_ENV
-CHUNK = 1 << 20
 
 logger = logging.getLogger(__name__)
 
@@ -98,37 +100,64 @@ def archive_digests(path: Path) -> tuple[str, str | None]:
     """(the archive's SHA-256, "PROVENANCE_SHA256:MAR_INF_SHA256" of its two manifests, as
     ARCHIVE_MANIFESTS holds them), both read through one open file: the manifests are those of
     the bytes hashed, even if the path is replaced meanwhile."""
-    digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(CHUNK), b""):
-            digest.update(chunk)
+        digest, _ = integrity.sha256_stream(fh)
         fh.seek(0)
-        try:
-            with zipfile.ZipFile(fh) as zf:
-                if integrity.MANIFEST not in zf.namelist():
-                    return digest.hexdigest(), None  # not one of ours: no manifests to hand on
-                manifests = [hashlib.sha256(zf.read(name)).hexdigest()
-                             for name in (integrity.MANIFEST, integrity.ARCHIVER_MANIFEST)]
-        except (KeyError, zipfile.BadZipFile) as exc:
-            raise PinError(f"{path.name}: cannot read {integrity.MANIFEST} and "
-                           f"{integrity.ARCHIVER_MANIFEST} from it ({exc})") from exc
-    return digest.hexdigest(), ":".join(manifests)
+        return digest, _manifest_pair(fh, path.name)
+
+
+def _manifest_pair(fh: BinaryIO, name: str) -> str | None:
+    try:
+        with zipfile.ZipFile(fh) as zf:
+            if integrity.MANIFEST not in zf.namelist():
+                return None  # not one of ours: no manifests to hand on
+            return ":".join(hashlib.sha256(zf.read(member)).hexdigest()
+                            for member in (integrity.MANIFEST, integrity.ARCHIVER_MANIFEST))
+    except (KeyError, zipfile.BadZipFile) as exc:
+        raise PinError(f"{name}: cannot read {integrity.MANIFEST} and "
+                       f"{integrity.ARCHIVER_MANIFEST} from it ({exc})") from exc
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What TorchServe is started with once every archive passed: its workers' environment, and
+    the store and load_models of the verified copies (verified_copy.py)."""
+
+    env: dict[str, str]
+    model_store: Path
+    models: str
 
 
 def check_pins(model_store: Path, models: str, environ: Mapping[str, str]) -> dict[str, str]:
     """Check every archive `models` loads from `model_store` against ARCHIVE_SHA256 in `environ`;
     raise PinError on the first difference. Returns the environment TorchServe's workers need."""
+    return _check(Path(model_store), models, environ, None).env
+
+
+def verified_copies(model_store: Path, models: str, environ: Mapping[str, str], store: Path) -> Checked:
+    """check_pins, each archive checked through a private copy in `store` (emptied first), which
+    is then unpacked there (verified_copy.unpack): TorchServe is to load those folders, never
+    the store's .mar files."""
+    return _check(Path(model_store), models, environ, verified_copy.fresh_store(store))
+
+
+def _check(model_store: Path, models: str, environ: Mapping[str, str], store: Path | None) -> Checked:
     archives = served_archives(model_store, models)
     pins = parse_pins(environ.get(PIN_ENV, ""), archives)
     required = integrity.required(environ)
     verifying = _verifier(environ)
     manifests = []
     for name in archives:
-        path = Path(model_store) / name
+        path = model_store / name
         if not path.is_file():
             raise PinError(f"{name}: no such archive in {model_store}")
         signed = _signed_digest(path, verifying)
-        actual, manifest_pair = archive_digests(path)
+        if store is None:
+            actual, manifest_pair = archive_digests(path)
+        else:
+            actual = verified_copy.copy_and_hash(path, store / name)
+            with open(store / name, "rb") as fh:
+                manifest_pair = _manifest_pair(fh, name)
         if signed is not None:
             _check_signed(name, actual, signed)
             pins.setdefault(name, signed)  # verified: as good as the operator's own pin
@@ -147,10 +176,33 @@ def check_pins(model_store: Path, models: str, environ: Mapping[str, str]) -> di
             logger.warning("archive not pinned: %s (sha256 %s; set %s to pin it)", name, actual, PIN_ENV)
         if manifest_pair is not None:
             manifests.append(manifest_pair)
+        if store is not None:
+            _unpack(store / name, manifest_pair is not None)
     env = {MANIFESTS_ENV: ",".join(manifests), "PYTHONDONTWRITEBYTECODE": "1"}
     if required:
         env[REQUIRED_ENV] = "1"
-    return env
+    return Checked(env, store or model_store, models if store is None else _folders(models))
+
+
+def _unpack(copy: Path, ours: bool) -> None:
+    """The checked copy unpacked beside it into a folder named after it, then removed."""
+    folder = copy.with_suffix("")
+    try:
+        verified_copy.unpack(copy, folder, manifest=ours)
+    except (verified_copy.UnsafeArchive, integrity.IntegrityError) as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise PinError(str(exc)) from exc
+    finally:
+        copy.unlink()
+
+
+def _folders(models: str) -> str:
+    """load_models naming the verified folders instead of the archives ("NAME=FILE.mar" ->
+    "NAME=FILE"; "all" stays all: the verified store holds only those folders)."""
+    if models.strip() == "all":
+        return "all"
+    items = [item.strip() for item in models.split(",") if item.strip()]
+    return ",".join(item.removesuffix(".mar") for item in items)
 
 
 def _verifier(environ: Mapping[str, str]) -> object | None:

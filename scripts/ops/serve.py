@@ -49,6 +49,8 @@ WARM_UP_S = 5.0
 WARM_UP_CONCURRENCY = 4
 # In the working directory from the start until the warm-up is done (scripts.ops.healthcheck).
 WARM_UP_PENDING = "warm_up.pending"
+# In the working directory: the archives' verified copies TorchServe loads (pins.verified_copies).
+VERIFIED_STORE = "models"
 # One line per request in the access log, no per-request chatter elsewhere (see the file).
 LOG_CONFIG = repo.CONFIG_DIR / "log4j2.xml"
 
@@ -104,19 +106,23 @@ def derived_properties(base: Path, ports: tuple[int, int, int], models: str, mod
     for key in PATH_KEYS:
         if key in props and not Path(props[key]).is_absolute():
             props[key] = str((base.parent / props[key]).resolve())
-    props["model_store"] = str(Path(model_store).resolve())
-    # The archives directly in the store this server loads from, and no other URL: not the
-    # folder config.properties names (the image's), which would admit nothing here.
-    props["allowed_urls"] = store_urls(props["model_store"])
+    props.update(loading(model_store, models))
     for key, port in zip(ADDRESS_KEYS, ports):
         props[key] = f"http://127.0.0.1:{port}"
-    props["load_models"] = models
     if tuple(ports) != DEFAULT_PORTS:
         # TorchServe also listens for gRPC (7070/7071 by default): a second server on other HTTP
         # ports would fail to bind those, so it gets free ones too.
         props.update(zip(GRPC_KEYS, map(str, free_ports(2))))
     props.update(overrides or {})
     return props
+
+
+def loading(model_store: Path, models: str) -> dict[str, str]:
+    """The settings that say what TorchServe loads: the store, its models, and as the only URLs
+    it may copy an archive from, those directly in that store (not the folder config.properties
+    names, the image's, which would admit nothing here)."""
+    store = str(Path(model_store).resolve())
+    return {"model_store": store, "allowed_urls": store_urls(store), "load_models": models}
 
 
 def start(workdir: Path = repo.RUN_DIR, models: str = f"{repo.DEFAULT_MODEL}={repo.DEFAULT_MODEL}.mar",
@@ -142,10 +148,15 @@ def start(workdir: Path = repo.RUN_DIR, models: str = f"{repo.DEFAULT_MODEL}={re
         # What the workers need to hold their extracted archive to the same bytes comes back.
         props = derived_properties(Path(config), ports, models, model_store, overrides, config_properties,
                                    allow_code_keys)
+        # TorchServe loads the verified copies unpacked in the working directory, never the store's
+        # archives (scripts/ops/verified_copy.py).
         env = {**(env or {})}
-        env.update(pins.check_pins(Path(model_store).resolve(), models, {**os.environ, **env}))
+        checked = pins.verified_copies(Path(model_store).resolve(), models, {**os.environ, **env},
+                                       workdir / VERIFIED_STORE)
+        env.update(checked.env)
+        props.update(loading(checked.model_store, checked.models))
         lifecycle.check_ports({**props, **grpc_addresses(props)}, ADDRESS_KEYS + GRPC_KEYS)
-        return _launch(workdir, props, ports, model_store, env, log_config, lock_fd)
+        return _launch(workdir, props, ports, checked.model_store, env, log_config, lock_fd)
     finally:
         os.close(lock_fd)  # the supervisor holds its own copy from here on
 
