@@ -31,7 +31,7 @@ from PIL import Image, ImageOps
 
 from handler import preprocess_code
 from handler.errors import BadInput, InputError, TooLarge, UnsupportedMedia
-from handler.settings import ConfigError, check_keys
+from handler.settings import ConfigError, check_keys, inside
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +131,8 @@ class PreprocessConfig:
     @classmethod
     def load(cls, path: str | Path) -> PreprocessConfig:
         """From a preprocess.json file; its `"code"` module, if any, is imported from the file's
-        folder (a module that does not import is a ConfigError naming it)."""
+        folder, never from outside it (a module outside it, or one that does not import, is a
+        ConfigError naming it)."""
         path = Path(path)
         try:
             raw = json.loads(path.read_text())
@@ -140,8 +141,9 @@ class PreprocessConfig:
         cfg = cls.from_dict(raw, str(path))
         if cfg.code is None:
             return cfg
+        code = inside(path.parent, cfg.code, f"{path} (code)")
         try:
-            return replace(cfg, transform=preprocess_code.load(path.parent / cfg.code))
+            return replace(cfg, transform=preprocess_code.load(code))
         except preprocess_code.PreprocessCodeError as exc:
             raise ConfigError(str(exc)) from exc
 
