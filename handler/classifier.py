@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from ts.torch_handler.base_handler import BaseHandler
 
-from handler import responses
+from handler import layout, responses
 from handler.batch import Batch
 from handler.device import place
 from handler.envelopes import PLAIN, Envelope, PlainEnvelope, RequestProtocol, envelope_of, request_header
@@ -33,7 +33,7 @@ from handler.preprocessing import PreprocessConfig, preprocess_image
 from handler.provenance import PACKAGE_DIR, installed_versions, sha256_file, verify_model_dir
 from handler.responses import Answer
 from handler.runner import backend_of, load_runner
-from handler.settings import handler_settings
+from handler.settings import handler_settings, inside
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +63,11 @@ class ImageClassifierHandler(BaseHandler):
         self.settings = settings
         provenance = verify_model_dir(model_dir, settings["manifest"])
         self.loaded = loaded_description(model_dir / settings["manifest"], provenance or {})
-        self.preprocess_config = PreprocessConfig.load(model_dir / settings["preprocess_config"])
-        self.labels = json.loads((model_dir / settings["labels"]).read_text())
+        # The archive's own settings name these files: they may not reach outside it.
+        where = f"{layout.MODEL_CONFIG} (handler: %s)"
+        self.preprocess_config = PreprocessConfig.load(
+            inside(model_dir, settings["preprocess_config"], where % "preprocess_config"))
+        self.labels = json.loads(inside(model_dir, settings["labels"], where % "labels").read_text())
         threads = settings["threads"]
         serialized = self.manifest["model"]["serializedFile"]
         self.placement = place(context.system_properties, backend_of(serialized),

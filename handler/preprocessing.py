@@ -31,7 +31,7 @@ from PIL import Image, ImageOps
 
 from handler import preprocess_code
 from handler.errors import BadInput, InputError, TooLarge, UnsupportedMedia
-from handler.settings import ConfigError, check_keys
+from handler.settings import ConfigError, check_keys, inside
 
 logger = logging.getLogger(__name__)
 
@@ -67,13 +67,15 @@ class PreprocessConfig:
     channel_order: str = "RGB"
     background_rgb: tuple[int, int, int] = (255, 255, 255)
     fast_jpeg_draft: bool = True
-    # Declarative steps before the resize: greyscale (kept 3 channels), then padding to a square
-    # of this colour (letterbox); "crop": "none" resizes the whole image to input_size.
+    # Declarative steps before the resize: greyscale (kept 3 channels), then fitting into the
+    # resize's square padded with this colour (letterbox); "crop": "none" resizes the whole image
+    # to input_size.
     greyscale: bool = False
     letterbox_rgb: tuple[int, int, int] | None = None
     crop: str = "center"
     # Preprocessing as code: a file beside preprocess.json defining preprocess(image) -> array,
-    # which then replaces the steps above (the sizes, mean and std are not needed).
+    # which then replaces the steps above (the sizes, mean and std are not needed; a large JPEG
+    # is decoded reduced to the module's declared INPUT_SIZE instead of resize_size).
     code: str | None = None
     transform: preprocess_code.Transform | None = field(default=None, compare=False, repr=False)
     # ---- limits: per request at most about 256 MiB of extra worker memory and 0.5 s of CPU ----
@@ -129,7 +131,8 @@ class PreprocessConfig:
     @classmethod
     def load(cls, path: str | Path) -> PreprocessConfig:
         """From a preprocess.json file; its `"code"` module, if any, is imported from the file's
-        folder (a module that does not import is a ConfigError naming it)."""
+        folder, never from outside it (a module outside it, or one that does not import, is a
+        ConfigError naming it)."""
         path = Path(path)
         try:
             raw = json.loads(path.read_text())
@@ -138,8 +141,9 @@ class PreprocessConfig:
         cfg = cls.from_dict(raw, str(path))
         if cfg.code is None:
             return cfg
+        code = inside(path.parent, cfg.code, f"{path} (code)")
         try:
-            return replace(cfg, transform=preprocess_code.load(path.parent / cfg.code))
+            return replace(cfg, transform=preprocess_code.load(code))
         except preprocess_code.PreprocessCodeError as exc:
             raise ConfigError(str(exc)) from exc
 
@@ -293,8 +297,9 @@ def _too_many_pixels(cfg: PreprocessConfig, detail: str) -> TooLarge:
 def decode_rgb(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
     """Decode pixels (reduced in libjpeg when large), honour EXIF orientation, return RGB."""
     try:
-        if cfg.fast_jpeg_draft and cfg.resize_size and FORMAT_ALIASES.get(img.format, img.format) == "JPEG":
-            _draft_for_resize(img, cfg.resize_size)
+        side = draft_side(cfg)
+        if cfg.fast_jpeg_draft and side and FORMAT_ALIASES.get(img.format, img.format) == "JPEG":
+            _draft_for_resize(img, side)
         img.load()
         img = _exif_upright(img)
         return _to_rgb(img, cfg.background_rgb)
@@ -313,10 +318,16 @@ def _exif_upright(img: Image.Image) -> Image.Image:
         return img
 
 
-def _draft_for_resize(img: Image.Image, resize_size: int) -> None:
-    # libjpeg decodes at 1/2, 1/4, 1/8 scale for free; keep the short side >= resize_size.
+def draft_side(cfg: PreprocessConfig) -> int:
+    """The short side a JPEG keeps at least when decoded reduced: what the resize needs, or what
+    the model's code declares (handler/preprocess_code.py); 0 before the code is loaded."""
+    return cfg.transform.decode_side if cfg.transform is not None else cfg.resize_size
+
+
+def _draft_for_resize(img: Image.Image, side: int) -> None:
+    # libjpeg decodes at 1/2, 1/4, 1/8 scale for free; keep the short side >= side.
     w, h = img.size
-    scale = resize_size / min(w, h)
+    scale = side / min(w, h)
     if scale < 0.5:
         img.draft("RGB", (math.ceil(w * scale), math.ceil(h * scale)))
 
@@ -358,14 +369,16 @@ def resize_crop(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
 
 
 def steps(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
-    """The declarative steps before the resize: greyscale, then letterbox to a square."""
+    """The declarative steps before the resize: greyscale, then letterbox: the image fitted into
+    the square the resize makes (resize_size, or input_size without a crop) and padded."""
     if cfg.greyscale:
         img = img.convert("L").convert("RGB")
     if cfg.letterbox_rgb is not None and img.width != img.height:
-        side = max(img.size)
-        canvas = Image.new("RGB", (side, side), cfg.letterbox_rgb)
-        canvas.paste(img, ((side - img.width) // 2, (side - img.height) // 2))
-        img = canvas
+        # Fitted first: a canvas of the input's long side squared would cost a 20:1 panorama of
+        # 12 MP 720 MB; this one is at most resize_size squared.
+        side = cfg.input_size if cfg.crop == "none" else cfg.resize_size
+        img = ImageOps.pad(img, (side, side), method=INTERPOLATIONS[cfg.interpolation],
+                           color=cfg.letterbox_rgb)
     return img
 
 

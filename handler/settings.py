@@ -127,6 +127,20 @@ def _checked(key: str, value: object, where: str) -> object:
         raise ConfigError(f"{where}: {exc}") from exc
 
 
+def inside(folder: str | Path, value: object, where: str) -> Path:
+    """`value`, a relative path, resolved (symlinks followed) inside `folder`: the one check for
+    every path an archive names. Anything else (an absolute path, a `..` out of it, a symlink
+    pointing out) is a ConfigError naming `where` and the value."""
+    base = Path(folder).resolve()
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}: expected a file name inside the model directory, got {value!r}")
+    path = (base / value).resolve()  # an absolute value replaces base, and so fails below
+    if not path.is_relative_to(base):
+        raise ConfigError(f"{where}: {value!r} leads outside the model directory; name a file "
+                          "inside the archive, relative to its root")
+    return path
+
+
 def load_model_config(path: str | Path) -> dict:
     """The whole model-config.yaml, checked (TorchServe's keys and our blocks)."""
     import yaml

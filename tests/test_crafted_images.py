@@ -1,16 +1,21 @@
 """Crafted images just under and just over every input limit (scripts/bench/micro/crafted_images.py):
 16-bit, palette and animated PNG, lossless and animated WebP, plain and RLE BMP, a GIF of a
-thousand frames, progressive JPEG, thousands of JPEG scans, 6 MB of EXIF.
+thousand frames, progressive JPEG, thousands of JPEG scans, 6 MB of EXIF, a 20:1 panorama.
 
-In-process, each is accepted or refused with its own status and type. Sent to a real server one
-at a time, each accepted one costs the workers at most the budget of docs/inputs-and-errors.md
-(0.5 s of CPU, 256 MiB) with a margin for a busy machine (3x for CPU, 2x for memory), each
-refused one is answered 4xx JSON, and no worker dies; the two costliest sent at once stay
-within twice the memory budget."""
+In-process, each is accepted or refused with its own status and type, through the default
+model's preprocess.json and through a preprocessing module (docs/examples/letterbox_preprocess.py,
+as `package --preprocess-code` ships it). Sent to a real server one at a time (the default
+archive, and EfficientNet-Lite0 packaged with that module), each accepted one costs the workers
+at most the budget of docs/inputs-and-errors.md (0.5 s of CPU, 256 MiB) with a margin for a busy
+machine (3x for CPU, 2x for memory), each refused one is answered 4xx JSON, and no worker dies;
+the two costliest sent at once stay within twice the memory budget."""
 
 from __future__ import annotations
 
 import concurrent.futures
+import shutil
+import subprocess
+import sys
 import threading
 import time
 
@@ -18,13 +23,16 @@ import psutil
 import pytest
 import requests
 
+from handler import layout
 from handler.errors import InputError
 from handler.preprocessing import PreprocessConfig, preprocess_bytes
 from scripts import repo
-from scripts.bench.micro import crafted_images
-from tests.support.servers import MODEL
+from scripts.bench.micro import crafted_images, request_cost
+from tests.support.servers import MODEL, serving
 
 CFG = PreprocessConfig.load(repo.CONFIG_DIR / MODEL / "preprocess.json")
+CODE = repo.ROOT / "docs" / "examples" / "letterbox_preprocess.py"
+CODE_MODEL = "crafted_code_test"
 BUDGET_CPU_S, BUDGET_MIB = 0.5, 256  # docs/inputs-and-errors.md, "Per-request cost budget"
 # On this shared machine a worker's CPU time for the same image moved up to 4x within a day
 # (lossless WebP 12 MP: 0.33 s, then 1.31 s); memory does not stretch like that. The exact
@@ -47,14 +55,22 @@ def test_the_corpus_covers_every_costly_kind_on_both_sides(cases):
     assert all(len(c.data) <= CFG.max_bytes for c in cases)
 
 
-def test_each_case_in_process(cases):
+@pytest.fixture(scope="module")
+def code_cfg(tmp_path_factory) -> PreprocessConfig:
+    """The example module staged beside its preprocess.json, with the default limits."""
+    return PreprocessConfig.load(request_cost.code_config(CODE, tmp_path_factory.mktemp("code")))
+
+
+@pytest.mark.parametrize("with_code", [False, True], ids=["preprocess_json", "preprocess_code"])
+def test_each_case_in_process(cases, code_cfg, with_code):
+    cfg = code_cfg if with_code else CFG
     for case in cases:
         if case.status == 200:
-            shape = tuple(preprocess_bytes(case.data, CFG).shape)
+            shape = tuple(preprocess_bytes(case.data, cfg).shape)
             assert shape == (3, CFG.input_size, CFG.input_size), case.name
         else:
             with pytest.raises(InputError) as err:
-                preprocess_bytes(case.data, CFG)
+                preprocess_bytes(case.data, cfg)
             assert (err.value.status, err.value.error_type) == (case.status, case.error_type), case.name
 
 
@@ -87,46 +103,76 @@ class WorkerCost:
         self.grew_mib = max(b - a for a, b in zip(self.rss0, self.peak)) / 2**20
 
 
-def worker_pids(server) -> list[int]:
-    return sorted(int(w["pid"]) for w in server.client.workers(MODEL))
+def worker_pids(server, model: str) -> list[int]:
+    return sorted(int(w["pid"]) for w in server.client.workers(model))
 
 
-def post(server, data: bytes) -> requests.Response:
-    return requests.post(f"{server.client.inference_url}/predictions/{MODEL}", data=data, timeout=60,
+def post(server, model: str, data: bytes) -> requests.Response:
+    return requests.post(f"{server.client.inference_url}/predictions/{model}", data=data, timeout=60,
                          headers={**server.client.auth_headers("inference"),
                                   "Content-Type": "application/octet-stream"})
 
 
+@pytest.fixture(scope="module")
+def code_server(tmp_path_factory):
+    """EfficientNet-Lite0 packaged with the example preprocessing module, served alone."""
+    tmp = tmp_path_factory.mktemp("crafted_code")
+    try:
+        proc = subprocess.run([sys.executable, "-m", "scripts.packaging.package", "--arch", MODEL,
+                               "--preprocess-code", str(CODE), "--model-name", CODE_MODEL,
+                               "--export-path", str(tmp / "store")],
+                              capture_output=True, text=True, timeout=600, cwd=repo.ROOT)
+    finally:
+        shutil.rmtree(repo.BUILD_DIR / CODE_MODEL, ignore_errors=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    with serving(tmp / "server", tmp / "store", f"{CODE_MODEL}={CODE_MODEL}.mar", model=CODE_MODEL) as srv:
+        yield srv
+
+
+@pytest.fixture(params=["default", "preprocess_code"])
+def served(request) -> tuple:
+    """(server, model name): the default archive, and the one with a preprocessing module."""
+    if request.param == "default":
+        return request.getfixturevalue("server"), MODEL
+    return request.getfixturevalue("code_server"), CODE_MODEL
+
+
+def test_the_example_module_declares_its_input_size(code_cfg):
+    assert code_cfg.code == layout.PREPROCESS_CODE and code_cfg.transform.decode_side == 224
+
+
 @pytest.mark.e2e
-def test_each_case_served_within_the_budget_and_no_worker_dies(server, cases):
-    pids = worker_pids(server)
+def test_each_case_served_within_the_budget_and_no_worker_dies(served, cases):
+    server, model = served
+    pids = worker_pids(server, model)
     rows = []
     for case in cases:
         with WorkerCost(pids) as cost:
-            resp = post(server, case.data)
+            resp = post(server, model, case.data)
         rows.append((case.name, resp.status_code, round(cost.cpu_s, 3), round(cost.grew_mib)))
         assert resp.status_code == case.status, (case.name, resp.text[:300])
         if case.status != 200:
             assert resp.json()["type"] == case.error_type, (case.name, resp.text[:300])
         assert cost.cpu_s < CPU_MARGIN * BUDGET_CPU_S, rows[-1]
         assert cost.grew_mib < MEMORY_MARGIN * BUDGET_MIB, rows[-1]
-    print("\ncrafted images served (name, status, worker CPU s, peak RSS growth MiB):")
+    print(f"\ncrafted images served by {model} (name, status, worker CPU s, peak RSS growth MiB):")
     for row in rows:
         print("  ", row)
-    assert worker_pids(server) == pids  # no worker died or was replaced
+    assert worker_pids(server, model) == pids  # no worker died or was replaced
 
 
 @pytest.mark.e2e
-def test_the_two_costliest_at_once_stay_within_twice_the_budget(server, cases):
+def test_the_two_costliest_at_once_stay_within_twice_the_budget(served, cases):
     """Two accepted worst cases arriving together may land in one batch of one worker: its
     memory then holds both."""
+    server, model = served
     by_name = {c.name: c for c in cases}
     pair = [by_name["webp_lossless_under"].data, by_name["png16_under"].data]
-    pids = worker_pids(server)
+    pids = worker_pids(server, model)
     with WorkerCost(pids) as cost, concurrent.futures.ThreadPoolExecutor(2) as pool:
-        statuses = [r.status_code for r in pool.map(lambda d: post(server, d), pair)]
+        statuses = [r.status_code for r in pool.map(lambda d: post(server, model, d), pair)]
     print(f"\ntwo at once: statuses {statuses}, worker CPU {cost.cpu_s:.2f} s, "
           f"peak RSS growth of one worker {cost.grew_mib:.0f} MiB")
     assert statuses == [200, 200]
     assert cost.grew_mib < MEMORY_MARGIN * 2 * BUDGET_MIB
-    assert worker_pids(server) == pids
+    assert worker_pids(server, model) == pids

@@ -32,6 +32,7 @@ from handler.preprocessing import (
     decode_rgb,
     open_image,
     preprocess_bytes,
+    steps,
     to_tensor,
 )
 from handler.settings import ConfigError
@@ -413,3 +414,61 @@ def test_code_that_does_not_import_is_a_config_error(tmp_path):
     (tmp_path / "preprocess.json").write_text(json.dumps({"code": "pre.py"}))
     with pytest.raises(ConfigError, match="pre.py failed to import: ImportError: needs cv2"):
         PreprocessConfig.load(tmp_path / "preprocess.json")
+
+
+# ---- the per-request cost budget with letterboxing and with preprocessing code ----
+
+def noise_jpeg(width: int, height: int) -> bytes:
+    """A baseline JPEG with a photo's entropy (noise at 1/64 of the size, upscaled)."""
+    noise = np.random.default_rng(1).integers(0, 255, (height // 64, width // 64, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(noise).resize((width, height)).save(buf, "JPEG", quality=85)
+    return buf.getvalue()
+
+
+RECORDING_CODE = """
+from pathlib import Path
+
+import numpy as np
+{declaration}
+
+
+def preprocess(image):
+    Path(__file__).with_suffix(".seen").write_text("%d %d" % image.size)
+    return np.zeros((3, 8, 8), dtype=np.float32)
+"""
+
+
+def received_size(tmp_path, declaration: str, body: bytes) -> tuple[int, int]:
+    """The size of the image a preprocessing module is handed for `body`."""
+    (tmp_path / "pre.py").write_text(RECORDING_CODE.format(declaration=declaration))
+    (tmp_path / "preprocess.json").write_text(json.dumps({"code": "pre.py"}))
+    cfg = PreprocessConfig.load(tmp_path / "preprocess.json")
+    preprocess_bytes(body, cfg)
+    width, height = (tmp_path / "pre.seen").read_text().split()
+    return int(width), int(height)
+
+
+def test_code_that_declares_its_input_size_gets_a_large_jpeg_decoded_reduced(tmp_path):
+    # 4000 x 3000: libjpeg's 1/8 scale keeps the short side (375) above the declared 224.
+    assert received_size(tmp_path, "INPUT_SIZE = (224, 224)", noise_jpeg(4000, 3000)) == (500, 375)
+
+
+def test_code_without_a_declared_size_gets_a_large_jpeg_decoded_reduced_to_the_default(tmp_path):
+    # 1/2 scale keeps the short side (1500) above the default 1024; 1/4 would not.
+    assert received_size(tmp_path, "", noise_jpeg(4000, 3000)) == (2000, 1500)
+
+
+def test_code_declaring_a_bad_input_size_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"INPUT_SIZE must be \(width, height\)"):
+        received_size(tmp_path, "INPUT_SIZE = 224.5", noise_jpeg(64, 64))
+
+
+@pytest.mark.parametrize("crop, side", [("none", 32), ("center", 40)])
+def test_letterbox_canvas_is_bounded_by_the_output_not_the_input(crop, side):
+    # A 20:1 strip: the square canvas of its long side would be 2000 x 2000.
+    cfg = PreprocessConfig.from_dict({**STEPS_BASE, "resize_size": 40, "letterbox_rgb": [0, 0, 255],
+                                      "crop": crop})
+    boxed = steps(solid(2000, 100, (255, 0, 0)), cfg)
+    assert boxed.size == (side, side)
+    assert boxed.getpixel((side // 2, 0)) == (0, 0, 255) and boxed.getpixel((side // 2, side // 2))[0] > 200

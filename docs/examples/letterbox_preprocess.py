@@ -1,7 +1,9 @@
 """An example preprocessing module (`--preprocess-code`): what a notebook's transforms.Compose
 of letterbox + resize + normalize becomes. The worker calls `preprocess` with the decoded,
 upright RGB image and stacks what it returns; export validation calls it on the same photos'
-bytes through the same path first.
+bytes through the same path first. INPUT_SIZE lets the worker decode a large JPEG reduced to
+just above it; ImageOps.pad fits the image into SIZE before padding, so no canvas is larger than
+the output.
 
 Notebook equivalent:
     transforms.Compose([Letterbox(fill=(124, 116, 104)), transforms.Resize((224, 224), BICUBIC),
@@ -12,6 +14,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 SIZE = (224, 224)
+INPUT_SIZE = SIZE  # what the worker decodes a large JPEG down to (never below), not the full photo
 FILL = (124, 116, 104)  # the dataset's mean colour, so padding looks like "nothing"
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)

@@ -3,7 +3,8 @@
 Each case is a real encoding an attacker could send for little bandwidth and much work: 16-bit
 and palette PNG, APNG, lossless and animated WebP, plain and RLE BMP (Pillow decodes RLE in
 Python), a GIF of a thousand frames, progressive JPEG, a JPEG with thousands of scans, a JPEG
-with 6 MB of EXIF. Every case built "under" must be accepted (200) at a cost within the budget of
+with 6 MB of EXIF, a 20:1 panorama (the widest aspect ratio accepted: what a letterbox pads).
+Every case built "under" must be accepted (200) at a cost within the budget of
 docs/inputs-and-errors.md; every case "over" must be refused (4xx) from the header, before any
 pixel is decoded. `python -m scripts.bench.micro.request_cost --corpus` measures each one;
 tests/test_crafted_images.py sends them to a real server.
@@ -35,6 +36,13 @@ def size_at(pixels: int, over: bool) -> tuple[int, int]:
     w = int((pixels * 4 / 3) ** 0.5)
     h = pixels // w
     return (w, h + 1) if over else (w, h)
+
+
+def panorama_size(pixels: int, aspect: float, over: bool) -> tuple[int, int]:
+    """The widest size with at most `pixels` pixels and long side / short side <= `aspect`, or
+    one pixel wider than that ratio."""
+    h = int((pixels / aspect) ** 0.5)
+    return (int(h * aspect) + 1, h) if over else (min(int(h * aspect), pixels // h), h)
 
 
 def _save(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -195,6 +203,10 @@ def corpus(cfg: PreprocessConfig) -> list[Case]:
                       "TooManyScans"))
     cases.append(Case("jpeg_scans_thousands", jpeg_many_scans(small, 5000), 413, "TooManyScans"))
     cases.append(Case("jpeg_exif_6mb", jpeg_huge_exif((640, 480), cfg.max_bytes - 70_000), 200))
+    cases.append(Case("panorama_webp_under", webp_lossless(panorama_size(cap("WEBP"), cfg.max_aspect_ratio,
+                                                                          False)), 200))
+    cases.append(Case("panorama_webp_over", webp_lossless(panorama_size(cap("WEBP"), cfg.max_aspect_ratio,
+                                                                        True)), 400, "AspectRatioTooLarge"))
     cases.append(Case("bmp_rle_noops_under", bmp_rle_noops((64, 48), cap_bytes(cfg, "BMP_RLE") - 2048), 200))
     cases.append(Case("bmp_rle_noops_over", bmp_rle_noops((64, 48), cap_bytes(cfg, "BMP_RLE") + 2), 413,
                       "PayloadTooLarge"))
