@@ -16,10 +16,7 @@ import concurrent.futures
 import shutil
 import subprocess
 import sys
-import threading
-import time
 
-import psutil
 import pytest
 import requests
 
@@ -29,6 +26,7 @@ from handler.preprocessing import PreprocessConfig, preprocess_bytes
 from scripts import repo
 from scripts.bench.micro import crafted_images, request_cost
 from tests.support.servers import MODEL, serving
+from tests.support.workers import WorkerCost
 
 CFG = PreprocessConfig.load(repo.CONFIG_DIR / MODEL / "preprocess.json")
 CODE = repo.ROOT / "docs" / "examples" / "letterbox_preprocess.py"
@@ -72,35 +70,6 @@ def test_each_case_in_process(cases, code_cfg, with_code):
             with pytest.raises(InputError) as err:
                 preprocess_bytes(case.data, cfg)
             assert (err.value.status, err.value.error_type) == (case.status, case.error_type), case.name
-
-
-class WorkerCost:
-    """CPU seconds the workers spent and their peak RSS growth (MiB, any one worker) while a
-    block ran; RSS sampled every 2 ms."""
-
-    def __init__(self, pids: list[int]) -> None:
-        self.procs = [psutil.Process(p) for p in pids]
-
-    def __enter__(self) -> WorkerCost:
-        self.rss0 = [p.memory_info().rss for p in self.procs]
-        self.peak = list(self.rss0)
-        self.cpu0 = sum(sum(p.cpu_times()[:2]) for p in self.procs)
-        self.done = threading.Event()
-        self.sampler = threading.Thread(target=self._sample, daemon=True)
-        self.sampler.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self.done.wait(0.002):
-            for i, p in enumerate(self.procs):
-                self.peak[i] = max(self.peak[i], p.memory_info().rss)
-
-    def __exit__(self, *exc) -> None:
-        time.sleep(0.05)  # the worker's last samples after it answered
-        self.done.set()
-        self.sampler.join()
-        self.cpu_s = sum(sum(p.cpu_times()[:2]) for p in self.procs) - self.cpu0
-        self.grew_mib = max(b - a for a, b in zip(self.rss0, self.peak)) / 2**20
 
 
 def worker_pids(server, model: str) -> list[int]:
