@@ -49,12 +49,10 @@ pkg/specgen/generate/kube/kube.go at v4.3.1):
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -68,6 +66,7 @@ import yaml
 
 from scripts import repo
 from scripts.deploy.validate import render
+from scripts.ops.serve import free_ports
 from scripts.packaging.sample_photos import EXPECTED_TOP1, jpeg_bytes, load_photos
 
 OVERLAY = "kubernetes"
@@ -90,14 +89,6 @@ READ_ONLY_PATHS = ("/home/model-server/probe", f"{APP_DIR}/probe", "/probe")
 def local_image() -> str:
     version = tomllib.loads((repo.ROOT / "pyproject.toml").read_text())["project"]["version"]
     return f"{IMAGE_NAME}:{version}"
-
-
-def free_ports(count: int) -> list[int]:
-    with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
 
 
 def rendered() -> tuple[dict, list[dict]]:

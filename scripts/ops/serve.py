@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -71,15 +72,42 @@ class Server:
         return self.process is None or self.process.poll() is None
 
 
+# Ports handed out below the kernel's ephemeral range: a port found free there could be taken by
+# any outgoing connection before TorchServe binds it seconds later (seen: "Failed to bind to address
+# /127.0.0.1:45809 ... Address already in use" at a test server's start). Below the range only
+# another listener can take it.
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+LOWEST_PORT = 10000
+_handed_out: set[int] = set()
+
+
 def free_ports(n: int = 3) -> tuple[int, ...]:
-    """n loopback ports free right now (bound together, so they differ)."""
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = tuple(s.getsockname()[1] for s in socks)
-    for s in socks:
-        s.close()
-    return ports
+    """n loopback ports free right now, below the ephemeral range, none handed out before by this
+    process (a server that has not bound its ports yet does not show as a listener)."""
+    try:
+        highest = int(EPHEMERAL_RANGE.read_text().split()[0]) - 1
+    except (OSError, ValueError, IndexError):
+        highest = 32767
+    candidates = list(range(LOWEST_PORT, highest + 1))
+    random.shuffle(candidates)
+    ports = []
+    for port in candidates:
+        if port not in _handed_out and _bindable(port):
+            ports.append(port)
+            _handed_out.add(port)
+            if len(ports) == n:
+                return tuple(ports)
+    raise RuntimeError(f"fewer than {n} free loopback ports between {LOWEST_PORT} and {highest}")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the JVM binds
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def derive_config(workdir: Path, ports: tuple[int, int, int], models: str,
