@@ -107,7 +107,7 @@ ENV ARCHIVE_PINS_REQUIRED=1 \
 # `python -m scripts.ops...` run from this WORKDIR finds the packages (the repository's layout).
 # No PYTHONPATH: TorchServe puts it ahead of the model directory in the worker, where the
 # archive's own `handler` package must win. The root filesystem is read-only at run time; the
-# one writable folder is /tmp (a tmpfs or volume), where TorchServe unpacks the archive, and run/
+# one writable folder is /tmp (a tmpfs or volume), where serve start unpacks the verified archive, and run/
 # (keys, logs, worker sockets, derived config) is a link into it: one mount, owned by whoever runs
 # the server (podman 4.3 mounts a tmpfs elsewhere root-owned, 0755, whatever mode it is given).
 RUN mkdir -p workflow_store && ln -s /tmp/run run
