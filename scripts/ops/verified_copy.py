@@ -110,9 +110,9 @@ def unsafe_name(name: str, is_link: bool = False) -> str | None:
         return "a symbolic link"
     if name.startswith("/") or "\\" in name or "\x00" in name or ".." in parts or ":" in parts[0]:
         return "a path out of the model folder"
+    # A .pth file is harmless here: the interpreter reads them in site-packages folders only,
+    # never in a PYTHONPATH folder (weights.pth is the eager format's state dict).
     top = parts[0]
-    if len(parts) == 1 and top.endswith(".pth"):
-        return "a .pth file (site-packages path hooks)"
     module = top if len(parts) > 1 else _module_name(top)
     if module is None or not module.isidentifier():
         return None
