@@ -14,6 +14,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # One stamp per requirements set: runtime < build < dev (each file includes the one before).
 BUILD_STAMP := $(VENV)/.build-installed
 DEV_STAMP := $(VENV)/.dev-installed
+CLIENT_STAMP := $(VENV)/.client-installed
 
 .PHONY: help install install-dev java prometheus haproxy serve stop package photos test lint clean bench gpu-kit grpc-stubs \
 	engine image-base image
@@ -68,6 +69,13 @@ $(DEV_STAMP): $(BUILD_STAMP) requirements-dev.txt
 	$(PIP) -r requirements-dev.txt
 	touch $@
 
+# The client library and its `classify` CLI (client/: httpx only), so that the README's Operate
+# block works right after `make serve`.
+$(CLIENT_STAMP): $(BUILD_STAMP) client/pyproject.toml
+	@echo "[make] installing the client library (client/) into $(VENV)"
+	$(PIP) httpx==0.28.1 -e ./client
+	touch $@
+
 install: java $(BUILD_STAMP)
 
 install-dev: install haproxy $(DEV_STAMP)
@@ -78,7 +86,7 @@ $(MAR): $(BUILD_STAMP) $(MAR_INPUTS)
 package: install
 	$(PY) -m scripts.packaging.package --arch $(MODEL)
 
-serve: install $(MAR)
+serve: install $(CLIENT_STAMP) $(MAR)
 	$(PY) -m scripts.ops.serve start --model $(MODEL)
 
 photos: install

@@ -1,12 +1,14 @@
 """Preprocessing as code: a module of the model's own, shipped in the archive and hashed in its
 manifest, defining
 
-    def preprocess(image: PIL.Image.Image) -> numpy.ndarray   # C x H x W float32
+    def preprocess(image: PIL.Image.Image) -> numpy.ndarray | torch.Tensor   # C x H x W float32
 
-for what no preprocess.json can say. It receives the image after the header checks, the decode,
-EXIF orientation and the conversion to RGB (handler/preprocessing.py), and returns the model's
-input. Export validation runs this same file on the validation photos; the worker runs it on
-every request.
+for what no preprocess.json can say. `preprocess` may be any callable, e.g. a notebook's
+`preprocess = transforms.Compose([...])` (torchvision transforms v1 or v2), and may return a
+numpy array or a torch tensor (a v2 `tv_tensors.Image` included). It receives the image after
+the header checks, the decode, EXIF orientation and the conversion to RGB
+(handler/preprocessing.py), and returns the model's input. Export validation runs this same
+file on the validation photos; the worker runs it on every request.
 
 The module may also declare the size of the input it makes,
 
@@ -45,10 +47,10 @@ class PreprocessCodeError(ValueError):
 class Transform:
     """The module's `preprocess` function and the short side its image keeps at least."""
 
-    function: Callable[[Image.Image], np.ndarray]
+    function: Callable[[Image.Image], np.ndarray | torch.Tensor]
     decode_side: int = DEFAULT_INPUT_SIDE
 
-    def __call__(self, img: Image.Image) -> np.ndarray:
+    def __call__(self, img: Image.Image) -> np.ndarray | torch.Tensor:
         return self.function(img)
 
 
@@ -63,7 +65,8 @@ def load(path: str | Path) -> Transform:
         raise PreprocessCodeError(str(exc)) from exc
     function = getattr(module, FUNCTION, None)
     if not callable(function):
-        raise PreprocessCodeError(f"{path} defines no function {FUNCTION}(image) -> numpy.ndarray")
+        raise PreprocessCodeError(f"{path} defines no callable {FUNCTION}(image) -> numpy.ndarray "
+                                  "or torch.Tensor")
     return Transform(function, _decode_side(getattr(module, SIZE, None), path))
 
 
@@ -78,11 +81,9 @@ def _decode_side(size: object, path: Path) -> int:
 
 
 def to_tensor(transform: Transform, img: Image.Image, shape: tuple[int, ...] | None = None) -> torch.Tensor:
-    """Run the transform; its output must be a finite C x H x W float32 array (of `shape`, when
-    given: the shape every request of a batch must share)."""
-    arr = transform(img)
-    if not isinstance(arr, np.ndarray):
-        raise PreprocessCodeError(f"{FUNCTION}() returned {type(arr).__name__}, not a numpy.ndarray")
+    """Run the transform; its output must be a finite C x H x W float32 array or tensor (of
+    `shape`, when given: the shape every request of a batch must share)."""
+    arr = as_array(transform(img))
     if arr.dtype != np.float32:
         raise PreprocessCodeError(f"{FUNCTION}() returned dtype {arr.dtype}, not float32")
     if arr.ndim != 3:
@@ -93,3 +94,14 @@ def to_tensor(transform: Transform, img: Image.Image, shape: tuple[int, ...] | N
     if not np.isfinite(arr).all():
         raise PreprocessCodeError(f"{FUNCTION}() returned NaN or infinite values")
     return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def as_array(out: object) -> np.ndarray:
+    """The transform's output as a numpy array: a tensor (a torchvision v2 tv_tensor is one) is
+    read as it is, on the CPU, its dtype kept for the checks that follow."""
+    if isinstance(out, torch.Tensor):
+        return out.detach().cpu().as_subclass(torch.Tensor).numpy()
+    if isinstance(out, np.ndarray):
+        return out
+    raise PreprocessCodeError(f"{FUNCTION}() returned {type(out).__name__}, not a numpy.ndarray or "
+                              "torch.Tensor")

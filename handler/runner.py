@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from handler import layout
-from handler.code_files import import_file
+from handler.code_files import import_file, import_module
 from handler.device import ON_CPU, Placement
 
 BACKENDS = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".pt2": "torch-export",
@@ -79,11 +79,13 @@ class ModuleRunner:
 
 
 def eager_model(weights: Path, compile_model: bool = False) -> torch.nn.Module:
-    """The architecture file's class, built with architecture.json's kwargs, the state dict
-    loaded with weights_only=True (no code runs from the weights file)."""
+    """The architecture file's class (or the code folder's module's: architecture.json's
+    "module", imported by name from the model directory), built with architecture.json's
+    kwargs, the state dict loaded with weights_only=True (no code runs from the weights file)."""
     model_dir = weights.parent
     record = json.loads((model_dir / layout.ARCHITECTURE).read_text())
-    module = import_file(model_dir / layout.MODEL_FILE, "archived_model_file")
+    module = (import_module(record["module"]) if record.get("module")
+              else import_file(model_dir / layout.MODEL_FILE, "archived_model_file"))
     model = getattr(module, record["class"])(**record.get("kwargs", {}))
     model.load_state_dict(torch.load(str(weights), map_location="cpu", weights_only=True), strict=True)
     model.eval()

@@ -631,3 +631,12 @@ def test_the_kserve_pod_requires_a_signature_with_the_mounted_key(docs, tmp_path
     (tmp_path / f"{MODEL}.mar.sig").write_bytes(b"signature")
     out = kserve_storage.stage(tmp_path / "storage", mar)
     assert sorted(p.name for p in (out / "model-store").iterdir()) == [f"{MODEL}.mar", f"{MODEL}.mar.sig"]
+
+
+def test_make_serve_installs_the_client_library_before_serving():
+    """The README's Operate block runs `classify` right after `make serve` (dry run: nothing runs)."""
+    plan = subprocess.run(["make", "-n", "-B", "serve"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60).stdout
+    client = plan.find("-e ./client")
+    assert client != -1, plan
+    assert client < plan.find("-m scripts.ops.serve start")

@@ -222,12 +222,13 @@ def export(model: nn.Module, out: Path, fmt: str, input_size: int | tuple[int, .
 
 def write_eager(model: nn.Module, out: Path, source: Source | None, num_classes: int | None) -> None:
     """The state dict, the architecture file as layout.MODEL_FILE, its class and kwargs."""
-    if source is None or source.architecture_file is None:
+    if source is None or (source.architecture_file is None and source.code_module is None):
         name = source.name if source is not None else "this model"
         raise ExportError(f"--format eager needs an architecture file, and {name} is built by a "
                           f"library: use {INSTEAD['eager']}")
     torch.save(model.state_dict(), str(out))
-    shutil.copy2(source.architecture_file, out.parent / layout.MODEL_FILE)
+    if source.architecture_file is not None:  # else the code folder's module, staged beside it
+        shutil.copy2(source.architecture_file, out.parent / layout.MODEL_FILE)
     record = architecture_record(source, num_classes, "eager")
     (out.parent / layout.ARCHITECTURE).write_text(json.dumps(record, indent=2, sort_keys=True))
 

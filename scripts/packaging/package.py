@@ -28,6 +28,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from handler import layout
@@ -36,6 +38,7 @@ from handler.settings import ConfigError, load_model_config, model_config_blocks
 from scripts import repo
 from scripts.ops import signature
 from scripts.ops.signature import SignatureError
+from scripts.packaging import code_dir
 from scripts.packaging.export import (
     ExportError,
     architecture_record,
@@ -220,31 +223,35 @@ def package(arch: str | ModelSpec = repo.DEFAULT_MODEL, checkpoint: str = "defau
     `fuse_pads=False` (the benchmark's unfused "before" archive, BENCHMARKS.md; not a model
     setting nor a command-line option) exports the ONNX graph as torch emits it.
     `calibration_dir`, `eval_dir`: the INT8 export's photo folders (both, or neither)."""
-    source = source_of(arch)
-    model_name = model_name or default_model_name(source)
-    config_dir = repo.CONFIG_DIR / model_name
-    if not config_dir.is_dir():
-        config_dir = repo.CONFIG_DIR / repo.DEFAULT_MODEL
-    model_config = Path(model_config or config_dir / layout.MODEL_CONFIG)
-    config_format = export_format(model_config)  # checks every key of the model config first
-    export_settings = model_config_blocks(load_model_config(model_config), model_config)["export"]
-    fmt = fmt or config_format
-    if fmt not in layout.SERIALIZED_FILE:
-        raise ExportError(f"format {fmt!r} is not one of {sorted(layout.SERIALIZED_FILE)}")
-    check_export_dir(Path(export_dir), model_name)
-    int8_photos = int8_photo_dirs(fmt, calibration_dir, eval_dir)
-    checkpoint_path = resolve_checkpoint(checkpoint, source)
-    label_map = model_labels(source, labels, config_dir, checkpoint_path, num_classes)
+    spec = arch if isinstance(arch, ModelSpec) else ModelSpec(arch=arch)
+    code_files = _code_files(spec.code_dir)
+    with _servable_imports(spec):  # the model's code imports from its folder alone
+        source = source_of(arch)
+        model_name = model_name or default_model_name(source)
+        config_dir = repo.CONFIG_DIR / model_name
+        if not config_dir.is_dir():
+            config_dir = repo.CONFIG_DIR / repo.DEFAULT_MODEL
+        model_config = Path(model_config or config_dir / layout.MODEL_CONFIG)
+        config_format = export_format(model_config)  # checks every key of the model config first
+        export_settings = model_config_blocks(load_model_config(model_config), model_config)["export"]
+        fmt = fmt or config_format
+        if fmt not in layout.SERIALIZED_FILE:
+            raise ExportError(f"format {fmt!r} is not one of {sorted(layout.SERIALIZED_FILE)}")
+        check_export_dir(Path(export_dir), model_name)
+        int8_photos = int8_photo_dirs(fmt, calibration_dir, eval_dir)
+        checkpoint_path = resolve_checkpoint(checkpoint, source)
+        label_map = model_labels(source, labels, config_dir, checkpoint_path, num_classes)
 
-    stage = repo.BUILD_DIR / model_name
-    shutil.rmtree(stage, ignore_errors=True)
-    stage.mkdir(parents=True)
-    staged_preprocess = stage_preprocessing(stage, source, preprocess,
-                                            config_dir / layout.PREPROCESS_CONFIG, preprocess_code)
-    artifact = layout.SERIALIZED_FILE[fmt]
-    validation = export_and_validate(source, checkpoint_path, staged_preprocess, stage / artifact, fmt,
-                                     len(label_map), export_settings["int8_guard"], fuse_pads,
-                                     preprocess_code, int8_photos)
+        stage = repo.BUILD_DIR / model_name
+        shutil.rmtree(stage, ignore_errors=True)
+        stage.mkdir(parents=True)
+        code_dir.stage(spec.code_dir, code_files, stage)
+        staged_preprocess = stage_preprocessing(stage, source, preprocess,
+                                                config_dir / layout.PREPROCESS_CONFIG, preprocess_code)
+        artifact = layout.SERIALIZED_FILE[fmt]
+        validation = export_and_validate(source, checkpoint_path, staged_preprocess, stage / artifact, fmt,
+                                         len(label_map), export_settings["int8_guard"], fuse_pads,
+                                         preprocess_code, int8_photos)
     stage_files(stage, label_map, model_config,
                 architecture_record(source, validation["num_classes"], fmt), source.architecture_file)
     manifest = build_manifest(stage, model_name=model_name, version=version, arch=source.name,
@@ -259,6 +266,26 @@ def package(arch: str | ModelSpec = repo.DEFAULT_MODEL, checkpoint: str = "defau
     print(f"[package] wrote {mar} ({size / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f} s; "
           f"sha256 {hash_file(mar)[:16] if mar.is_file() else '-'}", flush=True)
     return mar
+
+
+@contextmanager
+def _servable_imports(spec: ModelSpec) -> Iterator[None]:
+    """The block imports the model's code from its folder; every module it imported must be one
+    the worker can import too (code_dir.importing)."""
+    try:
+        with code_dir.importing(spec.code_dir, spec.model_file):
+            yield
+    except code_dir.CodeDirError as exc:
+        raise ExportError(str(exc)) from exc
+
+
+def _code_files(folder: Path | None) -> list[Path]:
+    if folder is None:
+        return []
+    try:
+        return code_dir.code_files(folder)
+    except code_dir.CodeDirError as exc:
+        raise ExportError(str(exc)) from exc
 
 
 def int8_photo_dirs(fmt: str, calibration_dir: Path | None, eval_dir: Path | None
@@ -298,7 +325,13 @@ def main(argv: list[str] | None = None) -> int:
                              "(a save_pretrained folder)")
     parser.add_argument("--model-file", type=Path,
                         help="your own architecture file (shipped in the archive as model.py)")
-    parser.add_argument("--model-class", help="the nn.Module class in --model-file (default: its only one)")
+    parser.add_argument("--model-class",
+                        help="the nn.Module class in --model-file (default: its only one), or "
+                             "package.module:Class in --code-dir")
+    parser.add_argument("--code-dir", type=Path,
+                        help="your research code folder: every .py under it (packages too) ships in "
+                             "the archive, and the model file, the class and the preprocessing "
+                             "module import from it at packaging and in the worker")
     parser.add_argument("--model-kwargs", help="JSON object of the class's constructor arguments")
     parser.add_argument("--checkpoint", default="default",
                         help="state-dict file, 'default' (the source's own weights: Lite0's packaged "
@@ -339,8 +372,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.sign_key and args.archive_format != "default":
         parser.error("--sign-key signs a .mar: it takes --archive-format default")
     try:
-        spec = ModelSpec(arch=None if args.model_file else args.arch, model_file=args.model_file,
-                         model_class=args.model_class, model_kwargs=parse_kwargs(args.model_kwargs))
+        own_code = args.model_file or ":" in (args.model_class or "")
+        spec = ModelSpec(arch=None if own_code else args.arch, model_file=args.model_file,
+                         model_class=args.model_class, model_kwargs=parse_kwargs(args.model_kwargs),
+                         code_dir=args.code_dir)
         mar = package(spec, args.checkpoint, args.model_name, args.version, args.num_classes,
                       args.preprocess, args.labels, args.model_config, args.format, args.export_path,
                       args.archive_format, preprocess_code=args.preprocess_code,

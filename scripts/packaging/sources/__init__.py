@@ -28,6 +28,8 @@ class ModelSpec:
     model_file: Path | None = None
     model_class: str | None = None
     model_kwargs: dict = field(default_factory=dict)
+    # A research code folder shipped with the model (scripts/packaging/code_dir.py).
+    code_dir: Path | None = None
 
 
 class Source:
@@ -38,6 +40,9 @@ class Source:
     # The file that defines the architecture, shipped in the archive (TorchServe's model file);
     # None where a library builds it (its name and version go to architecture.json instead).
     architecture_file: Path | None = None
+    # The code folder's module defining the architecture (--model-class module:Class), where the
+    # eager format's loader imports it from; None otherwise.
+    code_module: str | None = None
     # False: the architecture fixes its outputs (its own kwargs); --num-classes is checked, not set.
     sets_num_classes: bool = True
 
