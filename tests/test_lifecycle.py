@@ -81,6 +81,50 @@ def test_make_clean_runs_the_idle_check_first():
     assert check < delete
 
 
+@pytest.fixture
+def bystander():
+    """An unrelated live process leading its own session, as a daemon whose pid a reboot gave
+    to a stale pid file would."""
+    proc = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    yield proc
+    proc.kill()
+    proc.wait(5)
+
+
+def _other_record(pid: int) -> str:
+    """A record of `pid` as another process that once had it (started an hour earlier)."""
+    started = psutil.Process(pid).create_time() - 3600
+    return json.dumps({"pid": pid, "create_time": started, "cmdline": ["sleep", "300"]})
+
+
+@pytest.mark.parametrize("record", ["bare pid", "another process"])
+def test_a_stale_pid_file_leaves_the_process_it_names_alone(tmp_path, bystander, record):
+    (tmp_path / "config.properties").write_text("")
+    text = str(bystander.pid) if record == "bare pid" else _other_record(bystander.pid)
+    names = (lifecycle.PID_FILE, lifecycle.SUPERVISOR_PID, lifecycle.KEY_RENEWER_PID)
+    for name in names:
+        (tmp_path / name).write_text(text)
+    running = lifecycle.server_running(tmp_path)  # True: serve.start would stop() it
+    lifecycle.stop_supervisor(tmp_path)  # what serve.start does before it launches
+    assert serve.stop(tmp_path, grace=1, drain_timeout=0)  # make stop
+    time.sleep(0.5)
+    assert bystander.poll() is None, f"pid {bystander.pid} was signalled ({bystander.returncode})"
+    assert not running
+    assert not [name for name in names if (tmp_path / name).exists()]  # stale: removed
+
+
+def test_a_pid_file_identifies_its_process_which_alone_is_signalled(tmp_path, bystander):
+    pid_file = tmp_path / lifecycle.SUPERVISOR_PID
+    lifecycle.write_pid(pid_file, bystander.pid)
+    assert stat.S_IMODE(pid_file.stat().st_mode) == 0o600
+    assert lifecycle.read_pid(pid_file).pid == bystander.pid
+    assert subprocess.run([sys.executable, "-m", "scripts.ops.lifecycle", "alive", str(pid_file)],
+                          cwd=repo.ROOT).returncode == 0
+    lifecycle.stop_supervisor(tmp_path)
+    bystander.wait(5)  # psutil.wait_procs may have reaped it already
+    assert not psutil.pid_exists(bystander.pid)  # the recorded process itself was ended
+
+
 # ---- against a real server ----
 
 @pytest.fixture(scope="module")
@@ -105,7 +149,7 @@ def test_the_workdir_and_the_key_file_are_private_from_creation(srv):
 @pytest.mark.e2e
 def test_a_second_start_on_the_same_workdir_is_refused_and_the_first_keeps_serving(srv, capsys):
     key_file_before = (srv.workdir / "key_file.json").read_text()
-    supervisor = (srv.workdir / lifecycle.SUPERVISOR_PID).read_text()
+    supervisor = lifecycle.read_pid(srv.workdir / lifecycle.SUPERVISOR_PID).pid
     with pytest.raises(lifecycle.AlreadyServing, match=f"pid {supervisor} holds"):
         serve.start(srv.workdir, ports=serve.free_ports())
     assert serve.main(["start", "--workdir", str(srv.workdir)]) == 1
@@ -127,13 +171,14 @@ def test_another_server_on_the_same_ports_is_refused_naming_the_port(srv, tmp_pa
 @pytest.mark.e2e
 def test_a_killed_key_renewer_is_restarted(srv):
     pid_file = srv.workdir / lifecycle.KEY_RENEWER_PID
-    old = int(pid_file.read_text())
+    old = lifecycle.read_pid(pid_file).pid
     psutil.Process(old).kill()
     deadline = time.monotonic() + RESTART_WAIT_S
     new = old
     while time.monotonic() < deadline and new == old:
         time.sleep(0.2)
-        new = int(pid_file.read_text()) if pid_file.is_file() else old
+        renewer = lifecycle.read_pid(pid_file)
+        new = renewer.pid if renewer else old
     assert new != old, f"no new key renewer {RESTART_WAIT_S} s after the kill"
     assert "scripts.ops.keys" in " ".join(psutil.Process(new).cmdline())
     assert "key renewer exited" in (srv.workdir / "supervisor.out").read_text()

@@ -91,8 +91,9 @@ class Container:
         return lines
 
     def process_alive(self, pid_file: str) -> bool:
-        """Whether the pid written in `pid_file` (under run/) is a live process in the container."""
-        return self.exec("sh", "-c", f"kill -0 \"$(cat {APP_DIR}/run/{pid_file})\"").returncode == 0
+        """Whether the process `pid_file` (under run/) recorded still runs in the container."""
+        return self.exec("python", "-m", "scripts.ops.lifecycle", "alive",
+                         f"{APP_DIR}/run/{pid_file}").returncode == 0
 
     def logs(self) -> str:
         return engine_run("logs", self.name, check=False).stdout[-4000:]

@@ -12,6 +12,7 @@ import json
 import os
 import posixpath
 import re
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,6 +135,23 @@ def addresses(workdir: str | Path) -> tuple[str, str, str]:
     """(inference, management, metrics) base URLs of the server whose working directory this is."""
     props = read_properties(Path(workdir) / CONFIG_FILE)
     return tuple(props.get(k, d) for k, d in zip(ADDRESS_KEYS, DEFAULT_ADDRESSES))
+
+
+def write_private(path: str | Path, text: str) -> Path:
+    """Write `text` to `path` (mode 0600) whole or not at all: a temporary file in the same folder,
+    flushed to disk, then renamed over `path`. A reader sees the old file or the new one, never a
+    part; a full disk fails here and leaves the old file as it was."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:  # mkstemp creates it 0600
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
 
 
 def read_keys(key_file: str | Path) -> dict[str, str]:
