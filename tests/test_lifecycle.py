@@ -125,6 +125,30 @@ def test_a_pid_file_identifies_its_process_which_alone_is_signalled(tmp_path, by
     assert not psutil.pid_exists(bystander.pid)  # the recorded process itself was ended
 
 
+def test_stop_leaves_the_files_of_a_server_started_meanwhile(tmp_path, monkeypatch, capsys):
+    """Once the supervisor is gone the lock is free: a start may take it and write its own pid
+    and key files before stop's last step, which must not remove them."""
+    (tmp_path / "config.properties").write_text("")
+    (tmp_path / lifecycle.PID_FILE).write_text(str(2**31 - 1))  # a server that is gone
+    real_stop_supervisor, held = lifecycle.stop_supervisor, []
+
+    def then_a_start(workdir, *args, **kwargs):
+        real_stop_supervisor(workdir, *args, **kwargs)
+        held.append(lifecycle.lock(workdir))  # the new server's supervisor holds it
+        (workdir / lifecycle.PID_FILE).write_text("the new server")
+        (workdir / "key_file.json").write_text("the new server's keys")
+
+    monkeypatch.setattr(lifecycle, "stop_supervisor", then_a_start)
+    try:
+        serve.stop(tmp_path, grace=1, drain_timeout=0)
+    finally:
+        for fd in held:
+            os.close(fd)
+    assert (tmp_path / "key_file.json").read_text() == "the new server's keys"
+    assert (tmp_path / lifecycle.PID_FILE).read_text() == "the new server"
+    assert "a new server started there meanwhile" in capsys.readouterr().out  # it saw the lock
+
+
 # ---- against a real server ----
 
 @pytest.fixture(scope="module")

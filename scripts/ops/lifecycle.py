@@ -51,6 +51,7 @@ RESTART_PAUSE_MAX_S = 30.0
 # command line).
 START_TIME_TOLERANCE_S = 1.0
 CMDLINE_WAIT_S = 2.0
+KILL_WAIT_S = 2.0
 
 
 class LifecycleError(RuntimeError):
@@ -311,6 +312,7 @@ def stop_supervisor(workdir: Path, records: dict[str, str | None] | None = None,
     for proc in alive:
         with contextlib.suppress(psutil.Error):
             proc.kill()
+    psutil.wait_procs(alive, timeout=KILL_WAIT_S)  # the lock is free once the holder is gone
 
 
 def running_under(root: Path) -> list[str]:

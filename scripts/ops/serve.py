@@ -286,14 +286,29 @@ def _group(pgid: int, name: str | None = None) -> list[int]:
 
 
 def stop(workdir: Path = repo.RUN_DIR, grace: float = 30.0, drain_timeout: float = 20.0) -> bool:
-    """Stop the server of `workdir` gracefully (_halt), then its supervisor and key renewer, then
-    remove the files they leave; returns whether a server's pid file was there. Only processes
-    their pid files still identify are signalled (lifecycle.recorded_process)."""
+    """Stop the server of `workdir` gracefully (_halt), then its supervisor and key renewer, then,
+    holding the working directory's lock, remove the files they leave; returns whether a
+    server's pid file was there. Only processes their pid files still identify are signalled
+    (lifecycle.recorded_process), and only files that still hold what this stop read first are
+    removed: a server started meanwhile keeps its own."""
     workdir = Path(workdir).resolve()
     records = lifecycle.read_records(workdir)
+    if not any(records.values()):
+        return False
     _halt(workdir, records[lifecycle.PID_FILE], grace, drain_timeout)
     lifecycle.stop_supervisor(workdir, records)
-    lifecycle.clear(workdir, records)
+    # The supervisor held the lock while the server ran; now that it is gone a start may take
+    # the lock and write its own files at any moment: remove ours only while holding it.
+    try:
+        lock_fd = lifecycle.lock(workdir)
+    except lifecycle.AlreadyServing:
+        print(f"[serve] a new server started there meanwhile ({workdir}): its files are left as "
+              "they are", flush=True)
+    else:
+        try:
+            lifecycle.clear(workdir, records)
+        finally:
+            os.close(lock_fd)
     return records[lifecycle.PID_FILE] is not None
 
 
