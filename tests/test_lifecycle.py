@@ -231,3 +231,27 @@ def test_an_archive_not_the_pinned_one_is_refused_before_torchserve_starts(tmp_p
                     model_store=default_mar.parent, env=pin)
     assert not (tmp_path / "run" / lifecycle.PID_FILE).exists()  # nothing was launched
     assert lifecycle.holder(tmp_path / "run") is None
+
+
+@pytest.mark.e2e
+def test_ctrl_c_during_the_warm_up_stops_the_server_it_never_announced(tmp_path, default_mar, monkeypatch):
+    """`make serve` interrupted after READY, before the announcement: no server is left running
+    and no warm_up.pending is left for the readiness probe to say not-ready about forever."""
+    real_start, workdir = serve.start, tmp_path / "run"
+    monkeypatch.setattr(serve, "start", lambda *args, **kwargs: real_start(
+        *args, **{**kwargs, "ports": serve.free_ports(), "model_store": default_mar.parent}))
+
+    def interrupted(*args, **kwargs) -> int:
+        raise KeyboardInterrupt  # what Python raises on the Ctrl-C's SIGINT
+
+    monkeypatch.setattr(serve, "warm_up", interrupted)
+    try:
+        try:
+            code = serve.main(["start", "--workdir", str(workdir)])
+        except KeyboardInterrupt:
+            code = "KeyboardInterrupt"
+        assert not (workdir / serve.WARM_UP_PENDING).exists()
+        assert code == 130
+        assert not lifecycle.server_running(workdir) and lifecycle.holder(workdir) is None
+    finally:
+        serve.stop(workdir, grace=5)

@@ -47,6 +47,7 @@ WARM_UP_S = 5.0
 WARM_UP_CONCURRENCY = 4
 # In the working directory from the start until the warm-up is done (scripts.ops.healthcheck).
 WARM_UP_PENDING = "warm_up.pending"
+INTERRUPTED = 130  # the shell's status for a command ended by Ctrl-C (128 + SIGINT)
 # One line per request in the access log, no per-request chatter elsewhere (see the file).
 LOG_CONFIG = repo.CONFIG_DIR / "log4j2.xml"
 
@@ -375,13 +376,22 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     pending = args.workdir / WARM_UP_PENDING  # the readiness probe says no until it is gone
     pending.touch()
+    # SIGTERM (docker stop) before the announcement is handled as Ctrl-C is.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         took = wait_ready(server, args.model, timeout=args.timeout, warm=True)
     except (RuntimeError, TimeoutError) as exc:
         print(f"\nerror: {exc}", file=sys.stderr)
         stop(args.workdir)
         return 1
-    pending.unlink()
+    except KeyboardInterrupt:
+        # Nobody was told the server is there: an interrupted start means "do not start".
+        print("\ninterrupted before TorchServe was announced: stopping it", file=sys.stderr, flush=True)
+        stop(args.workdir, grace=10)
+        return INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        pending.unlink(missing_ok=True)
     c = server.client
     key_file = args.workdir / KEY_FILE
     # The key itself is never printed (a container's stdout is its log): read it from the file,
@@ -398,6 +408,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{c.inference_url}/predictions/{args.model}\n"
           f"Stop it: make stop", flush=True)
     return run_foreground(server) if args.foreground else 0
+
+
+def _interrupt(signum: int, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def listen_overrides(host: str, ports: tuple[int, int, int], token_auth: bool = True,
