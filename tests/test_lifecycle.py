@@ -12,7 +12,6 @@ import stat
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime, timedelta
 
 import psutil
 import pytest
@@ -20,16 +19,10 @@ import pytest
 from scripts import repo
 from scripts.ops import healthcheck, keys, lifecycle, pins, serve
 from scripts.ops.client import sample_request
+from tests.support.keys import write_key_file
 from tests.support.servers import MODEL, serving
 
 RESTART_WAIT_S = 10.0
-
-
-def _key_file(path, expires_in_s: float) -> None:
-    expiry = (datetime.now(UTC) + timedelta(seconds=expires_in_s)).isoformat().replace("+00:00", "Z")
-    path.write_text(json.dumps({"management": {"key": "m", keys.EXPIRY_FIELD: expiry},
-                                "inference": {"key": "i", keys.EXPIRY_FIELD: expiry},
-                                "API": {"key": "a"}}))
 
 
 # ---- without a server ----
@@ -66,7 +59,7 @@ def test_private_dir_narrows_an_existing_folder(tmp_path):
 @pytest.mark.parametrize("left_s, expiring", [(30, True), (-5, True), (20 * 60, False)])
 def test_readiness_fails_when_the_keys_are_about_to_expire(tmp_path, left_s, expiring):
     (tmp_path / "config.properties").write_text("token_expiration_min=60\n")
-    _key_file(tmp_path / "key_file.json", left_s)
+    write_key_file(tmp_path / "key_file.json", left_s)
     message = healthcheck.keys_expiring(tmp_path, tmp_path / "key_file.json")
     assert bool(message) is expiring
     if expiring:

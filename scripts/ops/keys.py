@@ -4,9 +4,13 @@ TorchServe 0.12 expires its inference and management keys `token_expiration_min`
 making them (60 by default) and never renews them by itself; after that every call, `/ping`
 included, is refused. Its management API renews on request: `GET /token?type=inference` (or
 `management`) with the API key, which does not expire, makes a fresh key of that type and
-rewrites key_file.json. The renewer does that at half the expiry, so the key in the file is
-always valid. Clients re-read the file when it changes (server_config.KeyFile) and resend once
-a request that raced a renewal (server_config.auth_refused).
+rewrites key_file.json. The renewer does that once less than half of the keys' lifetime is
+left, so the key in the file is always valid. It reads the time left from the key file's expiry
+on the wall clock, which TorchServe expires keys by, every few seconds: a suspend or a clock
+step is noticed within a poll, and a restarted renewer renews keys already past half their life
+at once (a schedule on the monotonic clock missed both). Clients re-read the file when it
+changes (server_config.KeyFile) and resend once a request that raced a renewal
+(server_config.auth_refused).
 
 serve.start's supervisor (scripts.ops.lifecycle) runs one renewer per server and restarts it if
 it dies; it stops when the server's pid file goes.
@@ -33,11 +37,8 @@ from scripts.ops.server_config import CONFIG_FILE, KEY_FILE, addresses, read_key
 KINDS = ("inference", "management")
 DEFAULT_EXPIRY_MIN = 60.0  # TorchServe's token_expiration_min default
 EXPIRY_FIELD = "expiration time"  # key_file.json: {"inference": {"key": ..., "expiration time": ISO}}
-
-
-def renewal_interval(workdir: Path) -> float:
-    """Seconds between renewals: half of the server's token_expiration_min."""
-    return expiry_s(workdir) / 2
+POLL_S = 2.0  # how often the key file's expiry is compared with the wall clock
+RETRY_S = 5.0  # after a failed renewal (the server not up yet, or restarting)
 
 
 def expiry_s(workdir: Path) -> float:
@@ -66,21 +67,32 @@ def rotate(workdir: Path, timeout: float = 10.0) -> None:
         resp.raise_for_status()
 
 
-def renew_forever(workdir: Path, interval: float | None = None, poll: float = 1.0) -> int:
-    """Renew both keys every `interval` s (default: half the expiry) while the server runs."""
-    interval = interval or renewal_interval(workdir)
-    due = time.monotonic() + interval
-    print(f"[keys] renewing the bearer keys every {interval:.0f} s", flush=True)
+def renewal_due(left: float | None, lifetime: float) -> bool:
+    """Whether to renew now: at most half of the keys' `lifetime` is `left` (seconds, by the wall
+    clock; None: no key expires)."""
+    return left is not None and left <= lifetime / 2
+
+
+def renew_forever(workdir: Path, poll: float = POLL_S) -> int:
+    """While the server runs, renew both keys whenever the key file says less than half of their
+    lifetime (token_expiration_min) is left; checked every `poll` s."""
+    workdir = Path(workdir)
+    lifetime, key_file = expiry_s(workdir), workdir / KEY_FILE
+    print(f"[keys] renewing the bearer keys once less than {lifetime / 2:.0f} s of their "
+          f"{lifetime:.0f} s is left (checked every {poll:g} s)", flush=True)
+    retry_at = 0.0
     while server_running(workdir):
-        if time.monotonic() >= due:
+        try:
+            due = renewal_due(seconds_left(key_file), lifetime)
+        except (OSError, ValueError, KeyError):
+            due = False  # not written yet: TorchServe writes it as it starts
+        if due and time.monotonic() >= retry_at:
             try:
                 rotate(workdir)
                 print(f"[keys] renewed at {time.strftime('%H:%M:%S')}", flush=True)
-                due = time.monotonic() + interval
             except (OSError, KeyError, ValueError, requests.RequestException) as exc:
-                # Not up yet, or restarting: try again soon, well before the key runs out.
-                print(f"[keys] renewal failed ({exc}); retrying", flush=True)
-                due = time.monotonic() + min(5.0, interval / 4)
+                print(f"[keys] renewal failed ({exc}); retrying in {RETRY_S:g} s", flush=True)
+                retry_at = time.monotonic() + RETRY_S
         time.sleep(poll)
     return 0
 
@@ -91,8 +103,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("action", choices=["renew", "rotate"])
     parser.add_argument("--workdir", type=Path, default=repo.RUN_DIR,
                         help="server working directory (config.properties, key_file.json)")
-    parser.add_argument("--interval", type=float, help="renew: seconds between renewals "
-                        "(default: half of token_expiration_min)")
     args = parser.parse_args(argv)
     if args.action == "rotate":
         try:
@@ -102,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print("keys renewed")
         return 0
-    return renew_forever(args.workdir, args.interval)
+    return renew_forever(args.workdir)
 
 
 if __name__ == "__main__":
