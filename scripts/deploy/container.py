@@ -18,7 +18,7 @@ import requests
 from scripts import repo
 from scripts.ops.client import TorchServeClient
 from scripts.ops.serve import WARM_UP_PENDING, free_ports
-from scripts.ops.server_config import KEY_FILE
+from scripts.ops.server_config import KEY_FILE, write_private
 
 IMAGE_NAME = "localhost/image-classifier-service"
 APP_DIR = "/home/model-server/app"
@@ -69,7 +69,7 @@ class Container:
         out = self.exec("cat", f"{APP_DIR}/run/{KEY_FILE}")
         if out.returncode:
             raise FileNotFoundError(f"no key file in {self.name} yet: {out.stderr.strip()}")
-        (self.key_dir / KEY_FILE).write_text(out.stdout)
+        write_private(self.key_dir / KEY_FILE, out.stdout)
 
     def key_file_mode_and_owner(self) -> tuple[str, str]:
         """(octal mode, owner name) of run/key_file.json inside the container."""

@@ -22,21 +22,27 @@ it dies; it stops when the server's pid file goes.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import requests
 
 from scripts import repo
 from scripts.ops.lifecycle import server_running
-from scripts.ops.server_config import CONFIG_FILE, KEY_FILE, addresses, read_keys, read_properties
+from scripts.ops.server_config import (
+    CONFIG_FILE,
+    KEY_FILE,
+    KeyFile,
+    addresses,
+    first_expiry,
+    read_key_file,
+    read_properties,
+)
 
 KINDS = ("inference", "management")
 DEFAULT_EXPIRY_MIN = 60.0  # TorchServe's token_expiration_min default
-EXPIRY_FIELD = "expiration time"  # key_file.json: {"inference": {"key": ..., "expiration time": ISO}}
 POLL_S = 2.0  # how often the key file's expiry is compared with the wall clock
 RETRY_S = 5.0  # after a failed renewal (the server not up yet, or restarting)
 
@@ -48,19 +54,20 @@ def expiry_s(workdir: Path) -> float:
 
 
 def seconds_left(key_file: Path, now: datetime | None = None) -> float | None:
-    """Seconds until the first of the expiring keys in key_file.json expires (None: none expires)."""
-    doc = json.loads(Path(key_file).read_text())
-    expiries = [datetime.fromisoformat(entry[EXPIRY_FIELD]) for entry in doc.values()
-                if isinstance(entry, dict) and EXPIRY_FIELD in entry]
-    if not expiries:
-        return None
-    return (min(expiries) - (now or datetime.now(UTC))).total_seconds()
+    """Seconds until the first of the expiring keys in key_file.json expires (None: none expires).
+    ValueError for a file that is not whole (server_config.read_key_file)."""
+    expiry = first_expiry(read_key_file(key_file))
+    return None if expiry is None else (expiry - (now or datetime.now(UTC))).total_seconds()
 
 
-def rotate(workdir: Path, timeout: float = 10.0) -> None:
-    """Renew the inference and management keys now (TorchServe rewrites key_file.json)."""
+def rotate(workdir: Path, timeout: float = 10.0, keys: KeyFile | None = None) -> None:
+    """Renew the inference and management keys now (TorchServe rewrites key_file.json). `keys`:
+    the renewer's KeyFile, whose last good API key still renews when the file is truncated."""
+    key_file = keys or KeyFile(Path(workdir) / KEY_FILE)
+    api_key = key_file.key("API")
+    if api_key is None:
+        raise ValueError(f"no API key could be read from {key_file.path}")
     management = addresses(workdir)[1]
-    api_key = read_keys(Path(workdir) / KEY_FILE)["API"]
     for kind in KINDS:
         resp = requests.get(f"{management}/token", params={"type": kind},
                             headers={"Authorization": f"Bearer {api_key}"}, timeout=timeout)
@@ -77,18 +84,22 @@ def renew_forever(workdir: Path, poll: float = POLL_S) -> int:
     """While the server runs, renew both keys whenever the key file says less than half of their
     lifetime (token_expiration_min) is left; checked every `poll` s."""
     workdir = Path(workdir)
-    lifetime, key_file = expiry_s(workdir), workdir / KEY_FILE
+    lifetime, keys = expiry_s(workdir), KeyFile(workdir / KEY_FILE)
     print(f"[keys] renewing the bearer keys once less than {lifetime / 2:.0f} s of their "
           f"{lifetime:.0f} s is left (checked every {poll:g} s)", flush=True)
-    retry_at = 0.0
+    retry_at, renewed_until = 0.0, None
     while server_running(workdir):
-        try:
-            due = renewal_due(seconds_left(key_file), lifetime)
-        except (OSError, ValueError, KeyError):
-            due = False  # not written yet: TorchServe writes it as it starts
-        if due and time.monotonic() >= retry_at:
+        # The last good file's expiry (None until TorchServe has written one whole), or what our
+        # last renewal made, when the file lags it (a full disk truncated TorchServe's rewrite).
+        left = keys.seconds_left()
+        if renewed_until is not None:
+            ours = (renewed_until - datetime.now(UTC)).total_seconds()
+            left = ours if left is None else max(left, ours)
+        if renewal_due(left, lifetime) and time.monotonic() >= retry_at:
             try:
-                rotate(workdir)
+                renewing_at = datetime.now(UTC)
+                rotate(workdir, keys=keys)
+                renewed_until = renewing_at + timedelta(seconds=lifetime)
                 print(f"[keys] renewed at {time.strftime('%H:%M:%S')}", flush=True)
             except (OSError, KeyError, ValueError, requests.RequestException) as exc:
                 print(f"[keys] renewal failed ({exc}); retrying in {RETRY_S:g} s", flush=True)

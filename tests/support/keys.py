@@ -6,11 +6,11 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from scripts.ops import keys
+from scripts.ops.server_config import EXPIRY_FIELD
 
 
 def write_key_file(path: Path, expires_in_s: float, inference: str = "i") -> None:
     expiry = (datetime.now(UTC) + timedelta(seconds=expires_in_s)).isoformat().replace("+00:00", "Z")
-    path.write_text(json.dumps({"management": {"key": "m", keys.EXPIRY_FIELD: expiry},
-                                "inference": {"key": inference, keys.EXPIRY_FIELD: expiry},
+    path.write_text(json.dumps({"management": {"key": "m", EXPIRY_FIELD: expiry},
+                                "inference": {"key": inference, EXPIRY_FIELD: expiry},
                                 "API": {"key": "a"}}))
