@@ -204,6 +204,28 @@ def test_a_killed_key_renewer_is_restarted(srv):
 
 
 @pytest.mark.e2e
+def test_a_killed_supervisor_takes_its_renewer_along_and_start_recovers(tmp_path, default_mar):
+    workdir = tmp_path / "run"
+    with serving(workdir, default_mar.parent, min_ready=0):
+        supervisor = lifecycle.read_pid(workdir / lifecycle.SUPERVISOR_PID)
+        renewer = lifecycle.read_pid(workdir / lifecycle.KEY_RENEWER_PID)
+        supervisor.kill()
+        _, alive = psutil.wait_procs([renewer], timeout=RESTART_WAIT_S)
+        assert not alive, f"the key renewer outlived its supervisor by {RESTART_WAIT_S} s"
+        assert "is gone: stopping" in (workdir / "key_renewer.out").read_text()
+        # make serve again: the server left without its supervisor is replaced by a supervised one.
+        server = serve.start(workdir, ports=serve.free_ports(), model_store=default_mar.parent)
+        serve.wait_ready(server, MODEL, min_ready=0, progress=False)
+        new_supervisor = lifecycle.read_pid(workdir / lifecycle.SUPERVISOR_PID)
+        deadline = time.monotonic() + RESTART_WAIT_S
+        while (new_renewer := lifecycle.read_pid(workdir / lifecycle.KEY_RENEWER_PID)) is None:
+            assert time.monotonic() < deadline, "no key renewer after the new start"
+            time.sleep(0.2)
+        assert new_supervisor.pid != supervisor.pid and new_renewer.ppid() == new_supervisor.pid
+        assert lifecycle.holder(workdir) == str(new_supervisor.pid)
+
+
+@pytest.mark.e2e
 def test_idle_names_the_running_server_then_passes_once_it_stopped(tmp_path, default_mar):
     root = tmp_path / "run"
     with serving(root / "replica1", default_mar.parent, min_ready=0):

@@ -13,7 +13,10 @@ changes (server_config.KeyFile) and resend once a request that raced a renewal
 (server_config.auth_refused).
 
 serve.start's supervisor (scripts.ops.lifecycle) runs one renewer per server and restarts it if
-it dies; it stops when the server's pid file goes.
+it dies; it stops when the server is gone, or its supervisor (checked every poll). A server
+whose supervisor was killed is no longer renewed: `serve start` on its working directory
+replaces it with a supervised one, and `healthcheck ready` fails once its keys have less than a
+quarter of their life left.
 
     python -m scripts.ops.keys renew --workdir run     # what serve.start runs
     python -m scripts.ops.keys rotate --workdir run    # renew both keys once, now
@@ -22,6 +25,7 @@ it dies; it stops when the server's pid file goes.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from datetime import UTC, datetime, timedelta
@@ -88,7 +92,14 @@ def renew_forever(workdir: Path, poll: float = POLL_S) -> int:
     print(f"[keys] renewing the bearer keys once less than {lifetime / 2:.0f} s of their "
           f"{lifetime:.0f} s is left (checked every {poll:g} s)", flush=True)
     retry_at, renewed_until = 0.0, None
+    # Ends with the process that started it (the supervisor): a renewer that outlived a killed
+    # supervisor would renew for a server nobody supervises, and nothing would restart it.
+    parent = os.getppid()
     while server_running(workdir):
+        if os.getppid() != parent:
+            print(f"[keys] the process that started this renewer (pid {parent}) is gone: "
+                  "stopping", flush=True)
+            return 1
         # The last good file's expiry (None until TorchServe has written one whole), or what our
         # last renewal made, when the file lags it (a full disk truncated TorchServe's rewrite).
         left = keys.seconds_left()
