@@ -38,7 +38,7 @@ from urllib.parse import urlsplit
 import psutil
 
 from scripts import repo
-from scripts.ops.server_config import CONFIG_FILE, KEY_FILE, write_private
+from scripts.ops.server_config import KEY_FILE, write_private
 
 LOCK_FILE = "serve.lock"
 SUPERVISOR_PID = "supervisor.pid"
@@ -214,8 +214,9 @@ def server_group(workdir: Path, record: str | None) -> int | None:
     it runs; else None. TorchServe leads its own group, so the group's number is its pid. With
     the leader alive, it must be the recorded process. Once the leader is gone, the kernel does
     not give its number to a new process while the group has members, but a group formed after
-    ours ended could have it: it is ours only if a member names this working directory's config
-    on its command line (the Java frontend: -f WORKDIR/config.properties)."""
+    ours ended could have it: it is ours only if a member names a path in this working directory
+    on its command line (the Java frontend: -f WORKDIR/config.properties; a worker left by a dead
+    frontend: --sock-name WORKDIR/tmp/.ts.sock.N)."""
     pid = _recorded_pid(record)
     if pid is None and record and record.strip().isdigit():
         pid = int(record)  # written before pid files held records: only the member check holds
@@ -223,10 +224,10 @@ def server_group(workdir: Path, record: str | None) -> int | None:
         return None
     if recorded_process(record) is not None:
         return pid
-    config = str(Path(workdir).resolve() / CONFIG_FILE)
+    inside = f"{Path(workdir).resolve()}/"
     for proc in psutil.process_iter(["cmdline"]):
         with contextlib.suppress(psutil.Error, OSError):
-            if os.getpgid(proc.pid) == pid and config in (proc.info["cmdline"] or ()):
+            if os.getpgid(proc.pid) == pid and any(inside in arg for arg in proc.info["cmdline"] or ()):
                 return pid
     return None
 
