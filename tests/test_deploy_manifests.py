@@ -21,7 +21,7 @@ import yaml
 
 from scripts import repo
 from scripts.deploy import validate
-from scripts.ops import serve
+from scripts.ops import lifecycle, serve
 from scripts.ops.server_config import read_properties
 from scripts.packaging import kserve_storage
 from tests.support.servers import MODEL, ROOT
@@ -561,7 +561,7 @@ def test_foreground_entrypoint_drains_on_sigterm(tmp_path, default_mar):
         from tests.support.inflight import burst, slow_photo
 
         client = serve.TorchServeClient.from_workdir(tmp_path, timeout=60)
-        pgid = int((tmp_path / "torchserve.pid").read_text())
+        pgid = lifecycle.read_pid(tmp_path / lifecycle.PID_FILE).pid
         # A burst of slow requests; SIGTERM once at least 8 are written and unanswered.
         result = burst(f"{client.inference_url}/predictions/{MODEL}", slow_photo(),
                        lambda: client.auth_headers("inference"),
@@ -586,7 +586,7 @@ def test_foreground_entrypoint_fails_when_the_frontend_dies(tmp_path, default_ma
                             stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         assert proc.stdout.readline().strip() == "READY"
-        pgid = int((tmp_path / "torchserve.pid").read_text())
+        pgid = lifecycle.read_pid(tmp_path / lifecycle.PID_FILE).pid
         (java,) = serve._group(pgid, "java")
         os.kill(java, signal.SIGKILL)
         assert proc.wait(60) == 1

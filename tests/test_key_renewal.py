@@ -18,6 +18,7 @@ from tests.support.servers import MODEL, serving
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 EXPIRY_MIN = 1
 PAST_EXPIRY_S = 75  # the first keys expire 60 s after start
+RENEWED_WITHIN_S = 45  # renewed once at most 30 s of the 60 s are left, checked every 2 s
 
 
 @pytest.fixture(scope="module")
@@ -71,3 +72,26 @@ def test_every_client_path_works_past_key_expiry(short_keys_server, photos, tmp_
     assert proc.returncode == 0 and json.loads(proc.stdout)["ready"] >= 1, proc.stderr
     renewals = (workdir / "key_renewer.out").read_text().count("renewed at")
     assert renewals >= 2, (workdir / "key_renewer.out").read_text()
+
+
+def test_a_truncated_key_file_is_renewed_and_clients_keep_the_last_good_keys(short_keys_server, photos):
+    """A full disk truncates key_file.json as TorchServe rewrites it. Clients keep the keys they
+    read last; the renewer renews with the API key it read before, and TorchServe's next
+    rewrite of the file (the disk has room again) is whole."""
+    srv, key_file = short_keys_server, short_keys_server.workdir / KEY_FILE
+    before = read_keys(key_file)
+    image = photos["cat.jpg"].read_bytes()
+    assert srv.client.predict(MODEL, image).status_code == 200  # the client has read the keys
+    whole = key_file.read_bytes()
+    key_file.write_bytes(whole[: len(whole) // 2])
+    assert srv.client.predict(MODEL, image).status_code == 200
+    deadline, now = time.monotonic() + RENEWED_WITHIN_S, None
+    while now is None and time.monotonic() < deadline:
+        try:
+            now = read_keys(key_file)
+        except ValueError:
+            time.sleep(0.5)
+    assert now is not None, (f"key_file.json still truncated {RENEWED_WITHIN_S} s later: "
+                             + (srv.workdir / "key_renewer.out").read_text()[-300:])
+    assert now["inference"] != before["inference"]
+    assert srv.client.predict(MODEL, image).status_code == 200

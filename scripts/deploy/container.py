@@ -18,7 +18,7 @@ import requests
 from scripts import repo
 from scripts.ops.client import TorchServeClient
 from scripts.ops.serve import WARM_UP_PENDING, free_ports
-from scripts.ops.server_config import KEY_FILE
+from scripts.ops.server_config import KEY_FILE, write_private
 
 IMAGE_NAME = "localhost/image-classifier-service"
 APP_DIR = "/home/model-server/app"
@@ -69,7 +69,7 @@ class Container:
         out = self.exec("cat", f"{APP_DIR}/run/{KEY_FILE}")
         if out.returncode:
             raise FileNotFoundError(f"no key file in {self.name} yet: {out.stderr.strip()}")
-        (self.key_dir / KEY_FILE).write_text(out.stdout)
+        write_private(self.key_dir / KEY_FILE, out.stdout)
 
     def key_file_mode_and_owner(self) -> tuple[str, str]:
         """(octal mode, owner name) of run/key_file.json inside the container."""
@@ -91,8 +91,9 @@ class Container:
         return lines
 
     def process_alive(self, pid_file: str) -> bool:
-        """Whether the pid written in `pid_file` (under run/) is a live process in the container."""
-        return self.exec("sh", "-c", f"kill -0 \"$(cat {APP_DIR}/run/{pid_file})\"").returncode == 0
+        """Whether the process `pid_file` (under run/) recorded still runs in the container."""
+        return self.exec("python", "-m", "scripts.ops.lifecycle", "alive",
+                         f"{APP_DIR}/run/{pid_file}").returncode == 0
 
     def logs(self) -> str:
         return engine_run("logs", self.name, check=False).stdout[-4000:]

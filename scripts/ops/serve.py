@@ -52,6 +52,7 @@ WARM_UP_CONCURRENCY = 4
 WARM_UP_PENDING = "warm_up.pending"
 # In the working directory: the archives' verified copies TorchServe loads (pins.verified_copies).
 VERIFIED_STORE = "models"
+INTERRUPTED = 130  # the shell's status for a command ended by Ctrl-C (128 + SIGINT)
 # One line per request in the access log, no per-request chatter elsewhere (see the file).
 LOG_CONFIG = repo.CONFIG_DIR / "log4j2.xml"
 
@@ -167,9 +168,10 @@ def start(workdir: Path = repo.RUN_DIR, models: str = f"{repo.DEFAULT_MODEL}={re
     workdir = lifecycle.private_dir(Path(workdir).resolve())
     lock_fd = lifecycle.lock(workdir)
     try:
-        if lifecycle.server_running(workdir):
+        left = lifecycle.read_records(workdir)[lifecycle.PID_FILE]
+        if lifecycle.server_group(workdir, left) is not None:
             print(f"[serve] stopping the server left in {workdir} without its supervisor", flush=True)
-            stop(workdir, grace=10)
+            _halt(workdir, left, grace=10)
         # The configuration first (no file may carry a key that runs code); then the operator's
         # pins (ARCHIVE_SHA256) and signature key (ARCHIVE_VERIFY_KEY), before any archive code
         # can run and before the ports: a refused archive is refused whatever else is wrong.
@@ -198,8 +200,11 @@ def grpc_addresses(props: dict[str, str]) -> dict[str, str]:
 def _launch(workdir: Path, props: dict[str, str], ports: tuple[int, int, int], model_store: Path,
             env: dict | None, log_config: Path | None, lock_fd: int) -> Server:
     (workdir / "tmp").mkdir(exist_ok=True)
-    (workdir / KEY_FILE).unlink(missing_ok=True)
-    lifecycle.stop_supervisor(workdir)  # one left by a server that died without stop()
+    # What a server that died without stop() left: a renewer that outlived its supervisor is
+    # stopped (by identity), every pid file and the key file removed (TorchServe writes a new one).
+    records = lifecycle.read_records(workdir)
+    lifecycle.stop_supervisor(workdir, records)
+    lifecycle.clear(workdir, records)
     config = write_properties(workdir / CONFIG_FILE, props)
     run_env = {**os.environ, **(env or {}),
                # TorchServe keeps one global pid file in the temp dir (TMPDIR) and its worker sockets
@@ -217,7 +222,7 @@ def _launch(workdir: Path, props: dict[str, str], ports: tuple[int, int, int], m
     proc = subprocess.Popen(cmd, cwd=workdir, env=run_env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True, umask=0o077)
     log.close()
-    (workdir / lifecycle.PID_FILE).write_text(str(proc.pid))
+    lifecycle.write_pid(workdir / lifecycle.PID_FILE, proc.pid)
     lifecycle.start_supervisor(workdir, lock_fd, renew_keys=token_auth_on(props))
     client = TorchServeClient(*(f"http://127.0.0.1:{p}" for p in ports),
                               key_file=workdir / KEY_FILE)
@@ -326,34 +331,56 @@ def _group(pgid: int, name: str | None = None) -> list[int]:
 
 
 def stop(workdir: Path = repo.RUN_DIR, grace: float = 30.0, drain_timeout: float = 20.0) -> bool:
-    """Stop gracefully: drain in-flight requests, SIGTERM the Java frontend (it stops listening and
-    unloads the workers), wait up to `grace` s for the process group, then SIGKILL what is left.
+    """Stop the server of `workdir` gracefully (_halt), then its supervisor and key renewer, then,
+    holding the working directory's lock, remove the files they leave; returns whether a
+    server's pid file was there. Only processes their pid files still identify are signalled
+    (lifecycle.recorded_process), and only files that still hold what this stop read first are
+    removed: a server started meanwhile keeps its own."""
+    workdir = Path(workdir).resolve()
+    records = lifecycle.read_records(workdir)
+    if not any(records.values()):
+        return False
+    _halt(workdir, records[lifecycle.PID_FILE], grace, drain_timeout)
+    lifecycle.stop_supervisor(workdir, records)
+    # The supervisor held the lock while the server ran; now that it is gone a start may take
+    # the lock and write its own files at any moment: remove ours only while holding it.
+    try:
+        lock_fd = lifecycle.lock(workdir)
+    except lifecycle.AlreadyServing:
+        print(f"[serve] a new server started there meanwhile ({workdir}): its files are left as "
+              "they are", flush=True)
+    else:
+        try:
+            lifecycle.clear(workdir, records)
+        finally:
+            os.close(lock_fd)
+    return records[lifecycle.PID_FILE] is not None
+
+
+def _halt(workdir: Path, record: str | None, grace: float, drain_timeout: float = 20.0) -> None:
+    """Drain in-flight requests, SIGTERM the Java frontend (it stops listening and unloads the
+    workers), wait up to `grace` s for the process group, then SIGKILL what is left; only when
+    `record` (torchserve.pid's text) names a group of this server (lifecycle.server_group).
 
     Signalling the whole group at once would kill the Python workers mid-request.
     """
-    pid_file = Path(workdir) / "torchserve.pid"
-    if not pid_file.is_file():
-        return False
-    pgid = int(pid_file.read_text())
-    if _group(pgid):
-        drain(workdir, drain_timeout)
-        # The Java frontend first: it stops listening, then unloads its workers.
-        for pid in _group(pgid, "java") or [pgid]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and _group(pgid, "java"):
+    pgid = lifecycle.server_group(workdir, record)
+    if pgid is None or not _group(pgid):
+        return
+    drain(workdir, drain_timeout)
+    # The Java frontend first: it stops listening, then unloads its workers.
+    for pid in _group(pgid, "java") or [pgid]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and _group(pgid, "java"):
+        time.sleep(0.2)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, sig)
+        while time.monotonic() < deadline and _group(pgid):
             time.sleep(0.2)
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pgid, sig)
-            while time.monotonic() < deadline and _group(pgid):
-                time.sleep(0.2)
-            deadline = time.monotonic() + 5
-    pid_file.unlink(missing_ok=True)
-    lifecycle.stop_supervisor(Path(workdir))
-    (Path(workdir) / KEY_FILE).unlink(missing_ok=True)
-    return True
+        deadline = time.monotonic() + 5
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -405,13 +432,22 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     pending = args.workdir / WARM_UP_PENDING  # the readiness probe says no until it is gone
     pending.touch()
+    # SIGTERM (docker stop) before the announcement is handled as Ctrl-C is.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         took = wait_ready(server, args.model, timeout=args.timeout, warm=True)
     except (RuntimeError, TimeoutError) as exc:
         print(f"\nerror: {exc}", file=sys.stderr)
         stop(args.workdir)
         return 1
-    pending.unlink()
+    except KeyboardInterrupt:
+        # Nobody was told the server is there: an interrupted start means "do not start".
+        print("\ninterrupted before TorchServe was announced: stopping it", file=sys.stderr, flush=True)
+        stop(args.workdir, grace=10)
+        return INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        pending.unlink(missing_ok=True)
     c = server.client
     key_file = args.workdir / KEY_FILE
     # The key itself is never printed (a container's stdout is its log): read it from the file,
@@ -435,6 +471,10 @@ def config_error(exc: ConfigError) -> int:
     for line in str(exc).splitlines():
         print(f"error: {line}", file=sys.stderr)
     return 2
+
+
+def _interrupt(signum: int, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def listen_overrides(host: str, ports: tuple[int, int, int], token_auth: bool = True,

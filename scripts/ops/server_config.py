@@ -12,8 +12,10 @@ import json
 import os
 import posixpath
 import re
+import tempfile
 import threading
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import javaproperties
@@ -22,6 +24,10 @@ from handler.settings import ConfigError, check_keys
 
 CONFIG_FILE = "config.properties"
 KEY_FILE = "key_file.json"
+# key_file.json: {"inference": {"key": ..., "expiration time": ISO}, "management": {...},
+# "API": {"key": ...}}; the API key does not expire.
+KEY_KINDS = ("inference", "management", "API")
+EXPIRY_FIELD = "expiration time"
 # Keys TorchServe 0.12 reads from config.properties (its frontend's ConfigManager, plus `vmargs`
 # and `plugins_path`, which its Python launcher reads).
 TORCHSERVE_KEYS = frozenset({
@@ -204,10 +210,46 @@ def addresses(workdir: str | Path) -> tuple[str, str, str]:
     return tuple(props.get(k, d) for k, d in zip(ADDRESS_KEYS, DEFAULT_ADDRESSES))
 
 
+def write_private(path: str | Path, text: str) -> Path:
+    """Write `text` to `path` (mode 0600) whole or not at all: a temporary file in the same folder,
+    flushed to disk, then renamed over `path`. A reader sees the old file or the new one, never a
+    part; a full disk fails here and leaves the old file as it was."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:  # mkstemp creates it 0600
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def read_key_file(key_file: str | Path) -> dict[str, dict]:
+    """key_file.json as TorchServe writes it, every key in it; ValueError for one that is not
+    whole: TorchServe rewrites the file in place when a key is renewed, and a full disk leaves
+    it truncated (or empty) while TorchServe already uses the new key."""
+    doc = json.loads(Path(key_file).read_text())
+    missing = [kind for kind in KEY_KINDS if not (
+        isinstance(doc, dict) and isinstance(doc.get(kind), dict) and isinstance(doc[kind].get("key"), str))]
+    if missing:
+        raise ValueError(f"{key_file} has no {', '.join(missing)} key: partly written, or not "
+                         "TorchServe's key file")
+    return doc
+
+
 def read_keys(key_file: str | Path) -> dict[str, str]:
     """{'inference': ..., 'management': ..., 'API': ...} from TorchServe's key_file.json."""
-    doc = json.loads(Path(key_file).read_text())
-    return {name: entry["key"] for name, entry in doc.items() if isinstance(entry, dict) and "key" in entry}
+    return {kind: entry["key"] for kind, entry in read_key_file(key_file).items() if kind in KEY_KINDS}
+
+
+def first_expiry(doc: dict[str, dict]) -> datetime | None:
+    """When the first of the expiring keys of a read_key_file() document expires (None: none)."""
+    expiries = [datetime.fromisoformat(entry[EXPIRY_FIELD]) for entry in doc.values()
+                if isinstance(entry, dict) and EXPIRY_FIELD in entry]
+    return min(expiries) if expiries else None
 
 
 def auth_refused(status: int, body: str) -> bool:
@@ -218,30 +260,40 @@ def auth_refused(status: int, body: str) -> bool:
 @dataclass
 class KeyFile:
     """The bearer keys of key_file.json, re-read only when the file changes (size or mtime): safe
-    to call per request from many threads."""
+    to call per request from many threads. A file that does not read whole (read_key_file) keeps
+    the last good keys and is read again on the next call."""
 
     path: Path | None
 
     def __post_init__(self) -> None:
         self._stamp: tuple[int, int] | None = None
-        self._keys: dict[str, str] = {}
+        self._doc: dict[str, dict] = {}
         self._lock = threading.Lock()
 
-    def key(self, api: str) -> str | None:
+    def _current(self) -> dict[str, dict]:
         if self.path is None:
-            return None
+            return {}
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
-            return self._keys.get(api)
+            return self._doc
         stamp = (st.st_mtime_ns, st.st_size)
         if stamp != self._stamp:
             with self._lock:
                 try:
-                    self._keys, self._stamp = read_keys(self.path), stamp
+                    self._doc, self._stamp = read_key_file(self.path), stamp
                 except (OSError, ValueError, KeyError):
-                    pass  # being rewritten: keep the previous keys, retry on the next call
-        return self._keys.get(api)
+                    pass  # being rewritten, or truncated: keep the last good keys, retry
+        return self._doc
+
+    def key(self, api: str) -> str | None:
+        return self._current().get(api, {}).get("key")
+
+    def seconds_left(self, now: datetime | None = None) -> float | None:
+        """Seconds until the first expiring key of the last good file expires (None: none does,
+        or no file was read whole yet)."""
+        expiry = first_expiry(self._current())
+        return None if expiry is None else (expiry - (now or datetime.now(UTC))).total_seconds()
 
     def headers(self, api: str) -> dict[str, str]:
         key = self.key(api)
