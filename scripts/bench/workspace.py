@@ -29,9 +29,13 @@ class Profile:
     # 10 rps first: where the stock handler can still meet the SLO; a sweep stops after two
     # rates in a row miss the SLO (the capacity is found) or cannot be sustained.
     sweep: str = "10,30:120:10"
+    # Windows per sweep rate and per saturation, interleaved across services: a rate passes on
+    # its median window's p99 (scripts/bench/load/main.py capacity_windows).
+    windows: int = 3
 
 
-QUICK = Profile(repeats=1, low=8, target=15, step=7, sat=10, warmup=3, sweep="10,30:120:20")
+# The quick profile measures each rate in one window: its capacities are single windows.
+QUICK = Profile(repeats=1, low=8, target=15, step=7, sat=10, warmup=3, sweep="10,30:120:20", windows=1)
 LEVERS = Profile(repeats=2, low=6, target=0, step=0, sat=8)  # one lever = many servers x windows
 
 

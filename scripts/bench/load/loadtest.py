@@ -361,6 +361,48 @@ def sustained(report: dict) -> bool:
     return report["errors"] == 0 and report["achieved_rps"] >= 0.95 * report["offered_rps"]
 
 
+# A window with errors (or no answer) counts as missing the SLO by any margin: its p99 reads as
+# this (finite, so a median across windows stays a number; reported as None).
+MISSED_MS = 1e9
+
+
+def window_p99(report: dict) -> float:
+    """A window's p99 as a verdict reads it (MISSED_MS for a window with errors)."""
+    p99 = report["latency_ms"]["p99"]
+    return MISSED_MS if report["errors"] or p99 is None else p99
+
+
+def rate_verdict(rate: float, windows: list[dict], slo_ms: float) -> dict:
+    """One rate measured in several windows: it passes when the median window's p99 meets the
+    SLO (one slow window neither makes nor breaks a capacity). Reports the windows' p99 spread
+    and the median window's own figures (for the plot)."""
+    if not windows:
+        raise ValueError(f"rate {rate:g}: no window measured")
+    ordered = sorted(windows, key=window_p99)
+    middle = ordered[(len(ordered) - 1) // 2]  # the lower median: a window that was measured
+    p99s = [window_p99(w) for w in windows]
+    median = stats.median(p99s)
+    return {"offered_rps": rate, "windows": len(windows), "passes_slo": median < slo_ms,
+            "p99": {"min": _finite(min(p99s)), "median": _finite(median), "max": _finite(max(p99s))},
+            "errors": sum(w["errors"] for w in windows), "latency_ms": middle["latency_ms"],
+            "achieved_rps": middle["achieved_rps"]}
+
+
+def _finite(value: float) -> float | None:
+    return None if value >= MISSED_MS / 2 else round(value, 2)  # a median half way to a miss
+
+
+def capacity(steps: list[dict]) -> float | None:
+    """The highest rate below which every rate run (in increasing order) passed; None when the
+    first did not."""
+    best = None
+    for step in steps:
+        if not step["passes_slo"]:
+            break
+        best = step["offered_rps"]
+    return best
+
+
 def sweep(target: Target, images: list[bytes], rates: list[float], duration: float, warmup: float,
           slo_ms: float, concurrency: int = 64, progress: bool = True, misses: int = 2) -> dict:
     """Run each rate in turn; stop after `misses` consecutive rates that missed the SLO (the

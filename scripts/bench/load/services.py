@@ -3,7 +3,9 @@
 scripts.bench.load.loadtest in its own process, its backlog drained after each window.
 
 Kinds: torchserve (ours, stock), container (the runtime image, as the README runs it),
-fastapi (peer.py), triton (triton_peer.py), batching (batching_peer.py, BentoML), floor
+fastapi (peer.py), triton (triton_peer.py: pytriton's callable), triton_repo (our archive as a
+Triton model repository, scripts.deploy.triton_repo, served by triton_server.py), batching
+(batching_peer.py, BentoML), floor
 (floor.py, no model: the load generator's own floor). A service with `shares` measures another
 one's server (ours in the v2 protocol)."""
 
@@ -66,6 +68,8 @@ def start(svc: Service, workers: int = 2) -> None:
 
         svc.proc = triton_peer.start(svc.model_dir, port, **svc.knobs)
         svc.url = triton_peer.url(port, svc.model)
+    elif svc.kind == "triton_repo":
+        start_triton_repo(svc, port)
     elif svc.kind == "batching":
         from scripts.bench.load import batching_peer
 
@@ -96,6 +100,18 @@ def start_torchserve(svc: Service, workers: int) -> None:
         raise
 
 
+def start_triton_repo(svc: Service, port: int) -> None:
+    """The archive written as a Triton model repository (its knobs: instances, max_batch,
+    delay_us) and served by the bundled tritonserver."""
+    from scripts.bench.load import triton_peer, triton_server
+    from scripts.deploy import triton_repo
+
+    repository = svc.workdir / "repository"
+    triton_repo.write_repository(svc.mar, repository, **svc.knobs)
+    svc.proc = triton_server.start(repository, port, svc.model, log_path=svc.workdir / "tritonserver.log")
+    svc.url = triton_peer.url(port, svc.model)
+
+
 def start_container(svc: Service, workers: int) -> None:
     """The image as the README runs it (read-only, tmpfs, ports on loopback), its keys copied out."""
     from scripts.deploy.container import run_container
@@ -116,7 +132,9 @@ def stop(services: list[Service]) -> None:
             from scripts.bench.load import batching_peer, peer, triton_peer
 
             # every peer runs in its own process group; Triton's and BentoML's stop theirs whole
-            {"triton": triton_peer.stop, "batching": batching_peer.stop}.get(svc.kind, peer.stop)(svc.proc)
+            stopper = {"triton": triton_peer.stop, "triton_repo": triton_peer.stop,
+                       "batching": batching_peer.stop}
+            stopper.get(svc.kind, peer.stop)(svc.proc)
             svc.proc = None
         if svc.box is not None:
             svc.box.remove()
@@ -175,9 +193,6 @@ def at_rate(svc: Service, rate: float, seconds: float, tag: str, warmup: float =
     return load(svc, "--rate", str(rate), "--duration", str(seconds), "--warmup", str(warmup), tag=tag)
 
 
-def sweep(svc: Service, rates: str, seconds: float, slo: float, warmup: float = 5) -> dict:
-    return load(svc, "--sweep", rates, "--duration", str(seconds), "--warmup", str(warmup),
-                "--slo-ms", str(slo), tag="sweep")
 
 
 def saturate(svc: Service, seconds: float, clients: int = 8) -> dict:

@@ -172,18 +172,25 @@ def start(model_dir: Path, port: int, instances: int = 2, max_batch: int = 4, de
         proc = subprocess.Popen(cmd, env=peer_env.env(), stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     proc.log_path = log_path
+    wait_ready(proc, port, model, timeout, "the Triton peer")
+    return proc
+
+
+def wait_ready(proc: subprocess.Popen, port: int, model: str, timeout: float, what: str) -> None:
+    """Return once Triton on `port` and `model` are ready (v2 health routes); else stop `proc`
+    and raise, quoting the end of its log (`proc.log_path`)."""
     base = f"http://{HOST}:{port}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"the Triton peer exited with {proc.returncode}; its last lines "
-                               f"({log_path}):\n{tail(log_path)}")
+            raise RuntimeError(f"{what} exited with {proc.returncode}; its last lines "
+                               f"({proc.log_path}):\n{tail(proc.log_path)}")
         if _ready(f"{base}/v2/health/ready") and _ready(f"{base}/v2/models/{model}/ready"):
-            return proc
+            return
         time.sleep(0.5)
     stop(proc)
-    raise TimeoutError(f"the Triton peer was not ready within {timeout:.0f} s; its last lines "
-                       f"({log_path}):\n{tail(log_path)}")
+    raise TimeoutError(f"{what} was not ready within {timeout:.0f} s; its last lines "
+                       f"({proc.log_path}):\n{tail(proc.log_path)}")
 
 
 def _ready(address: str) -> bool:

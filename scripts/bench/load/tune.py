@@ -18,25 +18,30 @@ from scripts.bench.workspace import BENCH, Profile, log
 
 # The settings `make bench` runs, chosen by this grid (BENCHMARKS.md has the run).
 TRITON_KNOBS = {"instances": 2, "max_batch": 4, "delay_us": 1000}
+# Our archive as a Triton repository: the same grid, stub processes instead of threads. Until a
+# `tune` run chooses otherwise, the archive's own settings as TRITON_KNOBS has them.
+TRITON_REPO_KNOBS = {"instances": 2, "max_batch": 4, "delay_us": 1000}
 # BentoML has no fixed batching wait: it learns one, and max_latency_ms is a deadline past which
 # a request is refused with 503 (batching_peer.py).
 BENTOML_KNOBS = {"workers": 2, "max_batch": 8, "max_latency_ms": 100.0}
+TRITON_GRID = [{"max_batch": b, "delay_us": d} for b, d in ((4, 1000), (4, 5000), (8, 2000), (8, 10000))]
 GRID = {
-    "triton": ("triton", TRITON_KNOBS, [{"max_batch": b, "delay_us": d}
-                                         for b, d in ((4, 1000), (4, 5000), (8, 2000), (8, 10000))]),
+    "triton": ("triton", TRITON_KNOBS, TRITON_GRID),
+    "triton_repo": ("triton_repo", TRITON_REPO_KNOBS, TRITON_GRID),
     "bentoml": ("batching", BENTOML_KNOBS, [{"max_batch": b, "max_latency_ms": d}
                                             for b, d in ((4, 100.0), (4, 1000.0), (8, 100.0), (8, 1000.0))]),
 }
 
 
 def tune(profile: Profile, slo_ms: float = 50.0) -> dict:
-    model_dir = unpack(ours_mar())
+    mar = ours_mar()
+    model_dir = unpack(mar)
     out: dict = {}
     for label, (kind, base, grid) in GRID.items():
         rows = []
         for knobs in grid:
-            svc = Service(f"tune-{label}", kind, repo.DEFAULT_MODEL, model_dir=model_dir,
-                          protocol="v2" if kind == "triton" else "raw", knobs={**base, **knobs})
+            svc = Service(f"tune-{label}", kind, repo.DEFAULT_MODEL, mar, model_dir=model_dir,
+                          protocol="v2" if kind.startswith("triton") else "raw", knobs={**base, **knobs})
             try:
                 start(svc)
                 sat = saturate(svc, 10)
