@@ -21,7 +21,10 @@ class Batch:
     described: dict[int, dict] = field(default_factory=dict)  # describe requests: their answer
     # Each request's protocol (handler/envelopes.py): how its answer is shaped.
     protocols: list = field(default_factory=list)
-    logits: torch.Tensor | None = None
+    # The head's probabilities, one row per decodable request (its views averaged), and the
+    # model's own number of outputs (1 for a binary head served as two classes).
+    probs: torch.Tensor | None = None
+    width: int = 0
     # When the handler took the batch: every request of it spends the whole batch's handler time.
     started: float = field(default_factory=time.perf_counter)
 

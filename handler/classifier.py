@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from ts.torch_handler.base_handler import BaseHandler
 
-from handler import layout, responses
+from handler import head, layout, responses
 from handler.batch import Batch
 from handler.device import place
 from handler.envelopes import PLAIN, Envelope, PlainEnvelope, RequestProtocol, envelope_of, request_header
@@ -79,6 +79,9 @@ class ImageClassifierHandler(BaseHandler):
         self.runner = load_runner(model_dir / serialized, threads=threads, placement=self.placement,
                                   compile_model=settings["compile"])
         self.top_k = settings["top_k"]
+        self.head = head.load(model_dir)
+        # The most rows one forward takes: TorchServe's batch size, whatever views multiply it by.
+        self.most_rows = int(context.system_properties.get("batch_size") or 1)
         self.model_name = self.manifest["model"].get("modelName", "model")
         self.model_version = self.manifest["model"].get("modelVersion", "1.0")
         self.metrics = HandlerMetrics.for_worker(context.metrics, self.model_name)  # + JSON logs, traces
@@ -121,7 +124,7 @@ class ImageClassifierHandler(BaseHandler):
     def describe_handle(self) -> dict:
         """What `GET /models/NAME?customized=true` adds to the management API's description."""
         return {"model": self.model_name, "version": self.model_version,
-                "backend": self.runner.backend, "top_k": self.top_k,
+                "backend": self.runner.backend, "top_k": self.top_k, "head": self.head.record(),
                 "device": self.placement.device, "precision": self.placement.dtype, **self.loaded}
 
     def _warm_up(self) -> None:
@@ -133,13 +136,15 @@ class ImageClassifierHandler(BaseHandler):
         buf = io.BytesIO()
         image.save(buf, "JPEG", quality=90)
         tensor = preprocess_image(buf.getvalue(), self.preprocess_config)[0]
-        # Every request's tensor must have this shape to be stacked with its neighbours; the
-        # model's own preprocessing code is held to it per request (_tensor_of).
+        # Every request's tensor (C x H x W, or V x C x H x W with views) must have this shape to
+        # be stacked with its neighbours; the model's own preprocessing code is held to it per
+        # request (_tensor_of).
         self.input_shape = tuple(tensor.shape)
-        largest = int(self.context.system_properties.get("batch_size") or 1)
-        for batch in sorted({1, largest}):
+        for batch in sorted({1, self.most_rows}):
             for _ in range(2):
-                responses.top_k(self.runner(tensor.expand(batch, -1, -1, -1).contiguous()), self.top_k)
+                probs, width = head.answer_probabilities(
+                    self.runner, tensor.expand(batch, *tensor.shape).contiguous(), self.head, self.most_rows)
+                responses.ranked(probs, self.top_k, self.head.predicted(probs, width))
 
     def preprocess(self, data: list[dict], envelope: Envelope | None = None) -> Batch:
         """Each request read on its own, inside its own error handling: its describe header, its
@@ -187,18 +192,20 @@ class ImageClassifierHandler(BaseHandler):
     def inference(self, batch: Batch, *args, **kwargs) -> Batch:
         with self.metrics.timed(INFERENCE):
             if batch.tensor is not None:
-                batch.logits = self.runner(batch.tensor)
+                batch.probs, batch.width = head.answer_probabilities(self.runner, batch.tensor,
+                                                                     self.head, self.most_rows)
         return batch
 
     def postprocess(self, batch: Batch) -> list[Answer]:
         """One Answer per request, in request order: its prediction, description or error."""
         with self.metrics.timed(POSTPROCESS):
             answers: list[Answer | None] = [None] * batch.size
-            if batch.logits is not None:
-                probs, indices = responses.top_k(batch.logits, self.top_k)
-                for row, idx in enumerate(batch.indices):
-                    answers[idx] = Answer(responses.prediction(probs[row], indices[row], self.labels,
-                                                               self.model_name, self.model_version))
+            if batch.probs is not None:
+                marks = self.head.predicted(batch.probs, batch.width)
+                for idx, best in zip(batch.indices, responses.ranked(batch.probs, self.top_k, marks)):
+                    answers[idx] = Answer(responses.prediction(best.probs, best.indices, self.labels,
+                                                               self.model_name, self.model_version,
+                                                               best.predicted))
             for idx, description in batch.described.items():
                 answers[idx] = Answer(description)
             for idx, err in batch.errors.items():

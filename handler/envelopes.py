@@ -37,7 +37,7 @@ from handler.payload import (
     v2_image,
     v2_requested_outputs,
 )
-from handler.responses import V2_OUTPUTS, Answer, reason_phrase, v2_error, v2_prediction
+from handler.responses import V2_KNOWN, Answer, reason_phrase, v2_error, v2_prediction
 
 JSON = "application/json"  # TorchServe's default Content-Type would be text/plain
 Header = Callable[[str], "str | None"]  # a request's header by lower-case name
@@ -69,11 +69,11 @@ class OpenInferenceProtocol:
 
     def __init__(self, body: V2Body) -> None:
         self.body = body
-        self.outputs = V2_OUTPUTS
+        self.outputs = V2_KNOWN
 
     def image(self, row: dict) -> bytes:
         image = v2_image(self.body)  # the whole request is checked before any pixel is decoded
-        self.outputs = v2_requested_outputs(self.body.doc, V2_OUTPUTS)
+        self.outputs = v2_requested_outputs(self.body.doc, V2_KNOWN)
         return image
 
     def render(self, answer: Answer, request_id: str | None) -> dict:

@@ -3,9 +3,12 @@ manifest, defining
 
     def preprocess(image: PIL.Image.Image) -> numpy.ndarray | torch.Tensor   # C x H x W float32
 
-for what no preprocess.json can say. `preprocess` may be any callable, e.g. a notebook's
-`preprocess = transforms.Compose([...])` (torchvision transforms v1 or v2), and may return a
-numpy array or a torch tensor (a v2 `tv_tensors.Image` included). It receives the image after
+for what no preprocess.json can say. It may also return V x C x H x W: V views of the image
+(test-time augmentation: a flip, five or ten crops), each run through the model and its head,
+the answer the mean of the views' probabilities (handler/head.py). `preprocess` may be any
+callable, e.g. a notebook's `preprocess = transforms.Compose([...])` (torchvision transforms
+v1 or v2), and may return a numpy array or a torch tensor (a v2 `tv_tensors.Image` included).
+It receives the image after
 the header checks, the decode, EXIF orientation and the conversion to RGB
 (handler/preprocessing.py), and returns the model's input. Export validation runs this same
 file on the validation photos; the worker runs it on every request.
@@ -81,13 +84,14 @@ def _decode_side(size: object, path: Path) -> int:
 
 
 def to_tensor(transform: Transform, img: Image.Image, shape: tuple[int, ...] | None = None) -> torch.Tensor:
-    """Run the transform; its output must be a finite C x H x W float32 array or tensor (of
-    `shape`, when given: the shape every request of a batch must share)."""
+    """Run the transform; its output must be a finite C x H x W (or V x C x H x W: views) float32
+    array or tensor (of `shape`, when given: the shape every request of a batch must share)."""
     arr = as_array(transform(img))
     if arr.dtype != np.float32:
         raise PreprocessCodeError(f"{FUNCTION}() returned dtype {arr.dtype}, not float32")
-    if arr.ndim != 3:
-        raise PreprocessCodeError(f"{FUNCTION}() returned shape {arr.shape}, not C x H x W")
+    if arr.ndim not in (3, 4) or 0 in arr.shape:
+        raise PreprocessCodeError(f"{FUNCTION}() returned shape {arr.shape}, not C x H x W (or "
+                                  "V x C x H x W: V views of the image)")
     if shape is not None and tuple(arr.shape) != tuple(shape):
         raise PreprocessCodeError(f"{FUNCTION}() returned shape {arr.shape}; the validated shape is "
                                   f"{tuple(shape)}")

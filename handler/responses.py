@@ -1,5 +1,7 @@
-"""What a client gets: logits -> the top-k classes with labels and probabilities, and each
-request's Answer (its JSON body and HTTP status), which an envelope (handler/envelopes.py) sends."""
+"""What a client gets: the head's probabilities (handler/head.py) -> the top-k classes with
+labels and probabilities (and, for a head that predicts a set, which classes are in it), and
+each request's Answer (its JSON body and HTTP status), which an envelope (handler/envelopes.py)
+sends."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from http.client import responses as HTTP_PHRASES
 import torch
 
 from handler.errors import HandlerError
+from handler.head import SOFTMAX
 
 
 @dataclass(frozen=True)
@@ -24,23 +27,41 @@ class Answer:
 
 
 def top_k(logits: torch.Tensor, k: int) -> tuple[list[list[float]], list[list[int]]]:
-    """Softmax probabilities and class indices of the k best classes, per row."""
-    probs = torch.softmax(logits.float(), dim=1)
-    top_p, top_i = probs.topk(min(k, probs.shape[1]), dim=1)
-    return top_p.tolist(), top_i.tolist()
+    """Softmax probabilities and class indices of the k best classes, per row (the default
+    head: what the benchmarks' peers answer)."""
+    ranks = ranked(SOFTMAX.probabilities(logits), k)
+    return [r.probs for r in ranks], [r.indices for r in ranks]
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """One request's classes, most probable first, and which are predicted (None: no set)."""
+
+    probs: list[float]
+    indices: list[int]
+    predicted: list[bool] | None = None
+
+
+def ranked(probs: torch.Tensor, k: int, predicted: torch.Tensor | None = None) -> list[Ranked]:
+    """Per row: the k most probable classes, and any further ones the head predicts, so that a
+    client reads the whole predicted set from the answer whatever k is."""
+    out = []
+    for row in range(probs.shape[0]):
+        count = k if predicted is None else max(k, int(predicted[row].sum()))
+        top_p, top_i = probs[row].topk(min(count, probs.shape[1]))
+        marks = None if predicted is None else predicted[row, top_i].tolist()
+        out.append(Ranked(top_p.tolist(), top_i.tolist(), marks))
+    return out
 
 
 def prediction(probs: list[float], indices: list[int], labels: dict[str, str], model: str,
-               version: str) -> dict:
-    """One request's answer."""
-    return {
-        "model": model,
-        "version": version,
-        "predictions": [
-            {"index": i, "label": labels.get(str(i), str(i)), "probability": round(p, 6)}
-            for p, i in zip(probs, indices)
-        ],
-    }
+               version: str, predicted: list[bool] | None = None) -> dict:
+    """One request's answer; each class carries `predicted` where the head predicts a set."""
+    rows = [{"index": i, "label": labels.get(str(i), str(i)), "probability": round(p, 6)}
+            for p, i in zip(probs, indices)]
+    for row, mark in zip(rows, predicted or ()):
+        row["predicted"] = bool(mark)
+    return {"model": model, "version": version, "predictions": rows}
 
 
 def reason_phrase(status: int) -> str:
@@ -49,19 +70,24 @@ def reason_phrase(status: int) -> str:
 
 
 # The Open Inference Protocol (KServe v2): a prediction as typed tensors, an error as {"error"}.
-# Three outputs, so that a v2 client reads each as an array (no JSON inside strings).
+# Three outputs, so that a v2 client reads each as an array (no JSON inside strings), and a
+# fourth where the model's head predicts a set (sigmoid, binary): whether each class is in it.
 V2_OUTPUTS = ("labels", "probabilities", "indices")
+V2_PREDICTED = "predicted"
+V2_KNOWN = (*V2_OUTPUTS, V2_PREDICTED)
 _V2_FIELDS = {"labels": ("label", "BYTES"), "probabilities": ("probability", "FP32"),
-              "indices": ("index", "INT64")}
+              "indices": ("index", "INT64"), V2_PREDICTED: ("predicted", "BOOL")}
 
 
-def v2_prediction(body: dict, request_id: str, outputs: tuple[str, ...] = V2_OUTPUTS) -> dict:
+def v2_prediction(body: dict, request_id: str, outputs: tuple[str, ...] = V2_KNOWN) -> dict:
     """A prediction (`prediction`'s dict) as a v2 response: the k best classes, best first,
-    as the tensors `outputs` names, each of shape [k]."""
+    as the tensors `outputs` names, each of shape [k] (`predicted` only where the head marks)."""
     preds = body["predictions"]
+    marked = bool(preds) and "predicted" in preds[0]
+    names = [name for name in outputs if name != V2_PREDICTED or marked]
     return {"model_name": body["model"], "model_version": body["version"], "id": request_id,
             "outputs": [{"name": name, "datatype": _V2_FIELDS[name][1], "shape": [len(preds)],
-                         "data": [p[_V2_FIELDS[name][0]] for p in preds]} for name in outputs]}
+                         "data": [p[_V2_FIELDS[name][0]] for p in preds]} for name in names]}
 
 
 def v2_error(body: dict) -> dict:
@@ -70,10 +96,12 @@ def v2_error(body: dict) -> dict:
     return {"error": f"{body['type']}: {body['message']}"}
 
 
-def v2_metadata(model: str, version: str, top_k: int) -> dict:
+def v2_metadata(model: str, version: str, top_k: int, marked: bool = False) -> dict:
     """The model's v2 metadata (GET /v2/models/NAME): what v2_image reads, what v2_prediction
-    writes. TorchServe 0.12 does not serve this route; a proxy in front of it may."""
+    writes (`marked`: the head predicts a set). TorchServe 0.12 does not serve this route; a
+    proxy in front of it may."""
+    names = V2_KNOWN if marked else V2_OUTPUTS
     return {"name": model, "versions": [version], "platform": "torchserve",
             "inputs": [{"name": "image", "datatype": "BYTES", "shape": [1]}],
             "outputs": [{"name": name, "datatype": _V2_FIELDS[name][1], "shape": [top_k]}
-                        for name in V2_OUTPUTS]}
+                        for name in names]}

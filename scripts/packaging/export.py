@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from handler import layout
+from handler.head import SOFTMAX, Head, in_chunks, mean_of_views, served_classes, views_of
 from handler.preprocessing import PreprocessConfig, preprocess_bytes
 from handler.runner import load_runner
 from handler.settings import ConfigError
@@ -47,6 +48,10 @@ INSTEAD = {"torchscript": "--format onnx or torch-export", "onnx": "--format tor
            "eager": "--format onnx or torch-export"}
 # The largest batch a torch.export program accepts (TorchServe's batchSize stays far below).
 MAX_EXPORT_BATCH = 64
+# Probabilities a model outputs itself (--activation none): each in [0, 1] and each row's sum 1,
+# within float rounding.
+PROBABILITY_SLACK = 1e-6
+ROW_SUM_TOLERANCE = 1e-3
 # A head width no real layer has: built with it, the classifier head's keys are the ones that show it.
 PROBE_CLASSES = 7919
 
@@ -233,12 +238,13 @@ def write_eager(model: nn.Module, out: Path, source: Source | None, num_classes:
     (out.parent / layout.ARCHITECTURE).write_text(json.dumps(record, indent=2, sort_keys=True))
 
 
-def architecture_record(source: Source, num_classes: int | None, fmt: str) -> dict:
+def architecture_record(source: Source, num_classes: int | None, fmt: str, head: Head = SOFTMAX) -> dict:
     """What the serialized model is (architecture.json), for people, tools and the eager loader:
     ONNX, TorchScript and torch.export need no model code, so without this the artifact would
-    not say what it holds."""
+    not say what it holds. `head`: what turns its outputs into probabilities (handler/head.py)."""
     record = {"arch": source.name, "num_classes": num_classes, "format": fmt,
-              "serialized_file": layout.SERIALIZED_FILE[fmt], **source.record(num_classes)}
+              "serialized_file": layout.SERIALIZED_FILE[fmt], "head": head.record(),
+              **source.record(num_classes)}
     if source.architecture_file is not None:
         record["model_file"] = layout.MODEL_FILE
     return record
@@ -252,24 +258,56 @@ def validation_batch(cfg: PreprocessConfig) -> tuple[list[str], torch.Tensor]:
 
 
 def validate(model: nn.Module, artifact: Path, cfg: PreprocessConfig, fmt: str,
-             photos: tuple[list[str], torch.Tensor] | None = None) -> dict:
-    """Compare the artifact's logits with the eager model's on real photos (`photos`: the
-    validation batch when the caller has it already)."""
+             photos: tuple[list[str], torch.Tensor] | None = None, head: Head = SOFTMAX) -> dict:
+    """Compare the artifact's outputs with the eager model's on real photos (`photos`: the
+    validation batch when the caller has it already), and the answers' probabilities through
+    `head` (each photo's views averaged, as the worker computes them)."""
     names, batch = photos or validation_batch(cfg)
+    rows, views = views_of(batch)
     with torch.inference_mode():
-        eager = model.eval()(batch)
-    exported = load_runner(artifact, threads=torch.get_num_threads())(batch)
+        eager = in_chunks(model.eval(), rows, MAX_EXPORT_BATCH)
+    exported = in_chunks(load_runner(artifact, threads=torch.get_num_threads()), rows, MAX_EXPORT_BATCH)
     diff = (eager - exported).abs().max().item()
-    agree = (eager.argmax(1) == exported.argmax(1)).float().mean().item()
+    eager_p = mean_of_views(head.probabilities(eager), views)
+    served_p = mean_of_views(head.probabilities(exported), views)
+    prob_diff = (eager_p - served_p).abs().max().item()
+    agree = (eager_p.argmax(1) == served_p.argmax(1)).float().mean().item()
     return {
         "format": fmt,
         "images": names,
+        "views": views,
+        "head": head.record(),
         "top1_agreement": agree,
         "max_abs_logit_diff": diff,
+        "max_abs_prob_diff": prob_diff,
         "tolerance": TOLERANCE[fmt],
-        "eager_top1": eager.argmax(1).tolist(),
-        "passed": agree == 1.0 and diff <= TOLERANCE[fmt],
+        "eager_top1": eager_p.argmax(1).tolist(),
+        "passed": agree == 1.0 and diff <= TOLERANCE[fmt] and prob_diff <= TOLERANCE[fmt],
     }
+
+
+def check_head(head: Head, outputs: torch.Tensor) -> None:
+    """The head fits the eager model's outputs on the validation photos, or ExportError with
+    what to do: a single logit is read through a sigmoid whatever the activation, so it cannot
+    be a probability already; `none` takes probabilities, each in [0, 1], each row summing to 1."""
+    if head.activation != "none":
+        return
+    if outputs.shape[1] == 1:
+        raise ExportError("--activation none with a head of width 1: a single output is read as a "
+                          "logit (p = sigmoid(logit / T)); drop the model's final sigmoid and "
+                          "package without --activation none")
+    low, high = outputs.min().item(), outputs.max().item()
+    if low < -PROBABILITY_SLACK or high > 1 + PROBABILITY_SLACK:
+        raise ExportError(f"--activation none, but the model's outputs on the validation photos "
+                          f"range over [{low:.3g}, {high:.3g}], not probabilities: they are logits; "
+                          "package with --activation softmax (one class) or sigmoid (multi-label)")
+    sums = outputs.sum(dim=1)
+    worst = (sums - 1).abs().max().item()
+    if worst > ROW_SUM_TOLERANCE:
+        raise ExportError(f"--activation none, but the model's rows sum to {sums.min().item():.4f}.."
+                          f"{sums.max().item():.4f}, not 1 (tolerance {ROW_SUM_TOLERANCE}): per-class "
+                          "probabilities (a final sigmoid)? Drop it from forward and package with "
+                          "--activation sigmoid, which applies it and marks the predicted set")
 
 
 def load_preprocess(path: Path) -> PreprocessConfig:
@@ -364,30 +402,32 @@ def check_preprocessing(cfg: PreprocessConfig, preprocess: Path, origin: Path | 
     return report
 
 
-def eager_width(model: nn.Module, batch: torch.Tensor, source: Source, preprocess: Path) -> int:
-    """The model's number of outputs on the validation inputs, or why it cannot take them."""
+def eager_outputs(model: nn.Module, rows: torch.Tensor, source: Source, preprocess: Path) -> torch.Tensor:
+    """The model's N x outputs on the validation inputs (one row per view), or why it cannot
+    take them."""
     try:
         with torch.inference_mode():
-            logits = model(batch[:2])
+            logits = in_chunks(model, rows, MAX_EXPORT_BATCH)
     except Exception as exc:  # e.g. an input size the architecture does not accept (ViT: 224)
-        raise ExportError(f"{source.name} failed on {'x'.join(map(str, batch.shape[1:]))} inputs "
+        raise ExportError(f"{source.name} failed on {'x'.join(map(str, rows.shape[1:]))} inputs "
                           f"from {preprocess}: {last_line(exc)}") from exc
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
         raise ExportError(f"{source.name} returned {type(logits).__name__} "
                           f"{getattr(logits, 'shape', '')}; a classifier returns N x classes logits")
-    return int(logits.shape[1])
+    return logits
 
 
 def export_and_validate(arch: str | ModelSpec | Source, checkpoint: Path | None, preprocess: Path,
                         out: Path, fmt: str = "torchscript", num_classes: int | None = None,
                         int8_guard: dict | None = None, fuse_pads: bool = True,
                         preprocess_code: Path | None = None,
-                        int8_photos: tuple[Path, Path] | None = None) -> dict:
+                        int8_photos: tuple[Path, Path] | None = None, head: Head = SOFTMAX) -> dict:
     """The whole export step; raises ExportError when validation fails. `preprocess_code`: the
     user's file the config's "code" module was copied from, named in errors. `int8_guard`: the
     thresholds of the INT8 accuracy guard (fmt onnx-int8), else quantize.GUARD_DEFAULTS.
     `fuse_pads=False` writes the ONNX graph as torch emits it: the benchmark's unfused "before"
-    archive (BENCHMARKS.md), a parameter for it alone, never a model-config setting."""
+    archive (BENCHMARKS.md), a parameter for it alone, never a model-config setting. `head`: what
+    the worker turns the outputs into (handler/head.py), checked against them and validated."""
     source = source_of(arch)
     cfg = load_preprocess(preprocess)
     code_report = check_preprocessing(cfg, preprocess, preprocess_code)
@@ -400,20 +440,28 @@ def export_and_validate(arch: str | ModelSpec | Source, checkpoint: Path | None,
             load_checkpoint(model, checkpoint)
     model.eval()
     photos = validation_batch(cfg)
-    batch = photos[1]
-    num_classes = eager_width(model, batch, source, preprocess)
-    if wanted is not None and num_classes != wanted:
+    rows, views = views_of(photos[1])
+    outputs = eager_outputs(model, rows, source, preprocess)
+    num_classes = int(outputs.shape[1])
+    if wanted is not None and num_classes == 1 and wanted not in (1, 2):
+        raise ExportError(f"{source.name} has one output, served as two classes (1 - p, p); the labels "
+                          f"(or --num-classes) give {wanted}: list two names, the negative class first")
+    if wanted is not None and served_classes(num_classes) != served_classes(wanted):
         raise ExportError(f"{source.name} has {num_classes} outputs, not {wanted} (from --num-classes, "
                           "the checkpoint or the labels)")
+    check_head(head, outputs)
+    if views > 1 and fmt == "onnx-int8":
+        raise ExportError(f"{preprocess_code or preprocess} returns {views} views per image: the INT8 "
+                          "guard calibrates and judges single views; use --format onnx")
     print(f"[export] exporting {fmt} -> {out}", flush=True)
     try:
         if fmt == "onnx-int8":
-            report = export_int8(model, out, cfg, int8_guard, tuple(batch.shape[1:]), int8_photos)
+            report = export_int8(model, out, cfg, int8_guard, tuple(rows.shape[1:]), int8_photos)
         else:
-            export(model, out, fmt, tuple(batch.shape[1:]), fusable=fuse_pads, source=source,
+            export(model, out, fmt, tuple(rows.shape[1:]), fusable=fuse_pads, source=source,
                    num_classes=num_classes)
-            with step("validating against the eager model on real photos"):
-                report = validate(model, out, cfg, fmt, photos)
+            with step("validating against the eager model and its head on real photos"):
+                report = validate(model, out, cfg, fmt, photos, head)
     except ExportError:
         raise
     except Exception as exc:
@@ -423,7 +471,7 @@ def export_and_validate(arch: str | ModelSpec | Source, checkpoint: Path | None,
         report["preprocess_code"] = code_report
     if fmt == "torchscript":  # what lets a GPU worker run it in reduced precision (handler/device.py)
         with step("checking reduced precision against FP32 on real photos"):
-            reduced = precision.select(model, batch)
+            reduced = precision.select(model, rows)
         report["reduced_precision"] = reduced
         tried = ", ".join(f"{dtype} max |prob diff| {r['max_abs_prob_diff']:.4f}"
                           for dtype, r in reduced["candidates"].items())
@@ -432,7 +480,8 @@ def export_and_validate(arch: str | ModelSpec | Source, checkpoint: Path | None,
     report["num_classes"] = num_classes
     report["export_seconds"] = round(time.perf_counter() - t0, 2)
     print(f"[export] top-1 agreement {report['top1_agreement']:.3f}, max |logit diff| "
-          f"{report['max_abs_logit_diff']:.2e} (tolerance {report['tolerance']:.0e}) "
+          f"{report['max_abs_logit_diff']:.2e}, max |prob diff| {report.get('max_abs_prob_diff', 0):.2e} "
+          f"through the {head.activation} head (tolerance {report['tolerance']:.0e}) "
           f"in {report['export_seconds']} s", flush=True)
     if not report["passed"]:
         raise ExportError(f"Exported model disagrees with the eager model: {report}")

@@ -33,6 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from handler import layout
+from handler.head import ACTIVATIONS, SOFTMAX, Head, served_classes
 from handler.preprocessing import PreprocessConfig
 from handler.settings import ConfigError, load_model_config, model_config_blocks
 from scripts import repo
@@ -69,7 +70,11 @@ def read_labels(path: Path) -> dict:
 
 def load_labels(labels: dict, num_classes: int, path: Path | str) -> dict:
     """Labels as {"0": "name", ...} (`path`: where they come from, for errors); their count
-    must equal the model's outputs."""
+    must equal the model's outputs, two for a single output (binary: 1 - p and p)."""
+    if num_classes == 1 and len(labels) != 2:
+        raise ExportError(f"Labels file {path} has {len(labels)} entries; the model has one output, "
+                          "served as two classes (1 - p, p): list two names, the negative class first")
+    num_classes = served_classes(num_classes)
     if len(labels) != num_classes:
         raise ExportError(f"Labels file {path} has {len(labels)} entries but the model has "
                           f"{num_classes} outputs (from the checkpoint's head or --num-classes)")
@@ -217,12 +222,13 @@ def package(arch: str | ModelSpec = repo.DEFAULT_MODEL, checkpoint: str = "defau
             model_config: Path | None = None, fmt: str | None = None,
             export_dir: Path = repo.MODEL_STORE, archive_format: str = "default", *,
             preprocess_code: Path | None = None, calibration_dir: Path | None = None,
-            eval_dir: Path | None = None, fuse_pads: bool = True) -> Path:
+            eval_dir: Path | None = None, fuse_pads: bool = True, head: Head = SOFTMAX) -> Path:
     """Export, validate, stage, write the manifest and archive; returns the .mar path. `arch`:
     a name (sources.resolve) or a ModelSpec (an architecture file, class and kwargs).
     `fuse_pads=False` (the benchmark's unfused "before" archive, BENCHMARKS.md; not a model
     setting nor a command-line option) exports the ONNX graph as torch emits it.
-    `calibration_dir`, `eval_dir`: the INT8 export's photo folders (both, or neither)."""
+    `calibration_dir`, `eval_dir`: the INT8 export's photo folders (both, or neither). `head`:
+    the output head the worker applies (handler/head.py), recorded in architecture.json."""
     spec = arch if isinstance(arch, ModelSpec) else ModelSpec(arch=arch)
     code_files = _code_files(spec.code_dir)
     with _servable_imports(spec):  # the model's code imports from its folder alone
@@ -240,7 +246,7 @@ def package(arch: str | ModelSpec = repo.DEFAULT_MODEL, checkpoint: str = "defau
         check_export_dir(Path(export_dir), model_name)
         int8_photos = int8_photo_dirs(fmt, calibration_dir, eval_dir)
         checkpoint_path = resolve_checkpoint(checkpoint, source)
-        label_map = model_labels(source, labels, config_dir, checkpoint_path, num_classes)
+        label_map, width = model_labels(source, labels, config_dir, checkpoint_path, num_classes)
 
         stage = repo.BUILD_DIR / model_name
         shutil.rmtree(stage, ignore_errors=True)
@@ -250,10 +256,10 @@ def package(arch: str | ModelSpec = repo.DEFAULT_MODEL, checkpoint: str = "defau
                                                 config_dir / layout.PREPROCESS_CONFIG, preprocess_code)
         artifact = layout.SERIALIZED_FILE[fmt]
         validation = export_and_validate(source, checkpoint_path, staged_preprocess, stage / artifact, fmt,
-                                         len(label_map), export_settings["int8_guard"], fuse_pads,
-                                         preprocess_code, int8_photos)
+                                         width, export_settings["int8_guard"], fuse_pads,
+                                         preprocess_code, int8_photos, head)
     stage_files(stage, label_map, model_config,
-                architecture_record(source, validation["num_classes"], fmt), source.architecture_file)
+                architecture_record(source, validation["num_classes"], fmt, head), source.architecture_file)
     manifest = build_manifest(stage, model_name=model_name, version=version, arch=source.name,
                               fmt=fmt, checkpoint=checkpoint_path, validation=validation)
     (stage / layout.MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
@@ -304,17 +310,30 @@ def int8_photo_dirs(fmt: str, calibration_dir: Path | None, eval_dir: Path | Non
 
 
 def model_labels(source: Source, labels: Path | None, config_dir: Path, checkpoint: Path | None,
-                 num_classes: int | None) -> dict:
-    """--labels, else the model's own (a Hugging Face config's id2label), else the config
-    folder's; their count is the model's number of outputs, checked against --num-classes or
-    the checkpoint's head now, and against the built model at export."""
+                 num_classes: int | None) -> tuple[dict, int]:
+    """(labels, the model's number of outputs): --labels, else the model's own (a Hugging Face
+    config's id2label), else the config folder's; their count is the model's number of outputs
+    (two for one output), checked against --num-classes or the checkpoint's head now, and
+    against the built model at export."""
     own = source.labels() if labels is None else None
     path = Path(labels or config_dir / layout.LABELS)
     found = own if own is not None else read_labels(path)
     where = f"{source.name}'s config" if own is not None else str(path)
     # The model's outputs: --num-classes, else the checkpoint's head, else (random init) the labels.
-    wanted = resolve_num_classes(source, checkpoint, num_classes, fallback=len(found))
-    return load_labels(found, wanted or len(found), where)
+    wanted = resolve_num_classes(source, checkpoint, num_classes, fallback=len(found)) or len(found)
+    return load_labels(found, wanted, where), wanted
+
+
+def head_of(activation: str, temperature: float, threshold: float | None) -> Head:
+    """The output head the flags describe; a threshold is the sigmoid head's alone."""
+    if threshold is not None and activation != "sigmoid":
+        raise ExportError(f"--threshold marks the classes a sigmoid head predicts; with --activation "
+                          f"{activation} the answer's best class is the prediction: add --activation "
+                          "sigmoid or drop --threshold")
+    try:
+        return Head(activation, temperature, SOFTMAX.threshold if threshold is None else threshold)
+    except ConfigError as exc:
+        raise ExportError(f"--activation/--temperature/--threshold: {exc}") from exc
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -361,6 +380,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-dir", type=Path,
                         help="onnx-int8: a folder of other photos (and their LABELS.tsv: file, class "
                              "index) the accuracy guard judges on, each photo once")
+    parser.add_argument("--activation", choices=ACTIVATIONS, default=SOFTMAX.activation,
+                        help="the model's output head: softmax (one class per image), sigmoid "
+                             "(multi-label: each class's own probability, the classes at or above "
+                             "--threshold predicted) or none (forward returns probabilities already). "
+                             "A single output (binary) is always two classes, 1 - p and p, with "
+                             "p = sigmoid(logit / T)")
+    parser.add_argument("--temperature", type=float, default=SOFTMAX.temperature,
+                        help="divides the logits before the activation (calibration); default 1")
+    parser.add_argument("--threshold", type=float,
+                        help=f"with --activation sigmoid: the probability from which a class is "
+                             f"predicted (default {SOFTMAX.threshold})")
     parser.add_argument("--export-path", type=Path, default=repo.MODEL_STORE)
     parser.add_argument("--archive-format", choices=["default", "tgz", "no-archive"],
                         default="default")
@@ -379,7 +409,8 @@ def main(argv: list[str] | None = None) -> int:
         mar = package(spec, args.checkpoint, args.model_name, args.version, args.num_classes,
                       args.preprocess, args.labels, args.model_config, args.format, args.export_path,
                       args.archive_format, preprocess_code=args.preprocess_code,
-                      calibration_dir=args.calibration_dir, eval_dir=args.eval_dir)
+                      calibration_dir=args.calibration_dir, eval_dir=args.eval_dir,
+                      head=head_of(args.activation, args.temperature, args.threshold))
         if args.sign_key:
             print(f"[package] signed: {signature.sign(mar, args.sign_key)}", flush=True)
     except SignatureError as exc:

@@ -52,7 +52,7 @@ def parse_args(argv: list | None) -> argparse.Namespace:
 def table(name: str, result: Classification) -> str:
     rows = [f"{name}  ({result.model} {result.version}, {result.protocol})",
             f"  {'#':>2}  {'index':>5}  {'prob':>7}  label"]
-    rows += [f"  {rank:>2}  {p.index:>5}  {p.probability:>7.4f}  {p.label}"
+    rows += [f"  {rank:>2}  {p.index:>5}  {p.probability:>7.4f}  {p.label}{'  *' if p.predicted else ''}"
              for rank, p in enumerate(result.predictions, 1)]
     return "\n".join(rows)
 
