@@ -35,15 +35,19 @@ from handler.preprocessing import PreprocessConfig
 from handler.settings import ConfigError, load_model_config, model_config_blocks
 from scripts import repo
 from scripts.ops import signature
+from scripts.ops.labelled import LabelledSetError, PhotoFolder, labelled_folder
 from scripts.ops.signature import SignatureError
+from scripts.packaging import accuracy
 from scripts.packaging.export import (
     ExportError,
     architecture_record,
     export_and_validate,
+    load_preprocess,
     resolve_checkpoint,
     resolve_num_classes,
     source_of,
 )
+from scripts.packaging.golden import stage_golden
 from scripts.packaging.manifest import PROGRESS_MIN_BYTES, build_manifest, hash_file
 from scripts.packaging.reproducible import make_reproducible
 from scripts.packaging.sources import ModelSpec, Source, SourceError, parse_kwargs
@@ -214,12 +218,16 @@ def package(arch: str | ModelSpec = repo.DEFAULT_MODEL, checkpoint: str = "defau
             model_config: Path | None = None, fmt: str | None = None,
             export_dir: Path = repo.MODEL_STORE, archive_format: str = "default", *,
             preprocess_code: Path | None = None, calibration_dir: Path | None = None,
-            eval_dir: Path | None = None, fuse_pads: bool = True) -> Path:
+            eval_dir: Path | None = None, fuse_pads: bool = True,
+            expect_top1: float | None = None) -> Path:
     """Export, validate, stage, write the manifest and archive; returns the .mar path. `arch`:
     a name (sources.resolve) or a ModelSpec (an architecture file, class and kwargs).
     `fuse_pads=False` (the benchmark's unfused "before" archive, BENCHMARKS.md; not a model
     setting nor a command-line option) exports the ONNX graph as torch emits it.
-    `calibration_dir`, `eval_dir`: the INT8 export's photo folders (both, or neither)."""
+    `calibration_dir`: the INT8 export's calibration photos (with `eval_dir`, which its guard
+    judges on). `eval_dir`, any format: labelled photos the artifact's and the eager model's
+    top-1/top-5 are measured on (provenance.json's validation.accuracy); `expect_top1`: refuse
+    the archive when this top-1 lies outside the artifact's 95% interval there."""
     source = source_of(arch)
     model_name = model_name or default_model_name(source)
     config_dir = repo.CONFIG_DIR / model_name
@@ -233,6 +241,7 @@ def package(arch: str | ModelSpec = repo.DEFAULT_MODEL, checkpoint: str = "defau
         raise ExportError(f"format {fmt!r} is not one of {sorted(layout.SERIALIZED_FILE)}")
     check_export_dir(Path(export_dir), model_name)
     int8_photos = int8_photo_dirs(fmt, calibration_dir, eval_dir)
+    eval_photos = accuracy_photos(eval_dir, expect_top1)
     checkpoint_path = resolve_checkpoint(checkpoint, source)
     label_map = model_labels(source, labels, config_dir, checkpoint_path, num_classes)
 
@@ -244,7 +253,10 @@ def package(arch: str | ModelSpec = repo.DEFAULT_MODEL, checkpoint: str = "defau
     artifact = layout.SERIALIZED_FILE[fmt]
     validation = export_and_validate(source, checkpoint_path, staged_preprocess, stage / artifact, fmt,
                                      len(label_map), export_settings["int8_guard"], fuse_pads,
-                                     preprocess_code, int8_photos)
+                                     preprocess_code, int8_photos, eval_photos)
+    if expect_top1 is not None:
+        accuracy.check_expected(validation["accuracy"], expect_top1)
+    stage_golden(stage, stage / artifact, load_preprocess(staged_preprocess), fmt)
     stage_files(stage, label_map, model_config,
                 architecture_record(source, validation["num_classes"], fmt), source.architecture_file)
     manifest = build_manifest(stage, model_name=model_name, version=version, arch=source.name,
@@ -261,12 +273,29 @@ def package(arch: str | ModelSpec = repo.DEFAULT_MODEL, checkpoint: str = "defau
     return mar
 
 
+def accuracy_photos(eval_dir: Path | None, expect_top1: float | None) -> PhotoFolder | None:
+    """The labelled photos of --eval-dir, read before any export; --expect-top1 needs them."""
+    if expect_top1 is not None and not 0.0 <= expect_top1 <= 1.0:
+        raise ExportError(f"--expect-top1 {expect_top1} is not a fraction between 0 and 1 (e.g. 0.873)")
+    if eval_dir is None:
+        if expect_top1 is not None:
+            raise ExportError("--expect-top1 needs --eval-dir: the labelled photos to measure top-1 on")
+        return None
+    try:
+        return labelled_folder(eval_dir)
+    except LabelledSetError as exc:
+        raise ExportError(f"--eval-dir: {exc}") from exc
+
+
 def int8_photo_dirs(fmt: str, calibration_dir: Path | None, eval_dir: Path | None
                     ) -> tuple[Path, Path] | None:
+    """The INT8 guard's (calibration, evaluation) folders; other formats take no calibration."""
+    if fmt != "onnx-int8":
+        if calibration_dir is not None:
+            raise ExportError("--calibration-dir goes with --format onnx-int8")
+        return None
     if calibration_dir is None and eval_dir is None:
         return None
-    if fmt != "onnx-int8":
-        raise ExportError("--calibration-dir and --eval-dir go with --format onnx-int8")
     if calibration_dir is None or eval_dir is None:
         raise ExportError("--calibration-dir and --eval-dir go together: calibrate on one set, "
                           "judge on the other")
@@ -326,8 +355,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="onnx-int8: a folder of photos to calibrate on (default: the small "
                              "built-in set)")
     parser.add_argument("--eval-dir", type=Path,
-                        help="onnx-int8: a folder of other photos (and their LABELS.tsv: file, class "
-                             "index) the accuracy guard judges on, each photo once")
+                        help="a folder of labelled photos (LABELS.tsv: file, class index): top-1 and "
+                             "top-5 of the packaged model and of the eager one, through the served "
+                             "preprocessing, into provenance.json; onnx-int8: the photos its "
+                             "accuracy guard judges on, each photo once")
+    parser.add_argument("--expect-top1", type=float,
+                        help="the top-1 the model was validated with (e.g. 0.873): refuse to package "
+                             "when it lies outside the packaged model's 95%% interval on --eval-dir")
     parser.add_argument("--export-path", type=Path, default=repo.MODEL_STORE)
     parser.add_argument("--archive-format", choices=["default", "tgz", "no-archive"],
                         default="default")
@@ -338,13 +372,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.sign_key and args.archive_format != "default":
         parser.error("--sign-key signs a .mar: it takes --archive-format default")
+    if args.expect_top1 is not None and args.eval_dir is None:
+        parser.error("--expect-top1 needs --eval-dir: the labelled photos to measure top-1 on")
     try:
         spec = ModelSpec(arch=None if args.model_file else args.arch, model_file=args.model_file,
                          model_class=args.model_class, model_kwargs=parse_kwargs(args.model_kwargs))
         mar = package(spec, args.checkpoint, args.model_name, args.version, args.num_classes,
                       args.preprocess, args.labels, args.model_config, args.format, args.export_path,
                       args.archive_format, preprocess_code=args.preprocess_code,
-                      calibration_dir=args.calibration_dir, eval_dir=args.eval_dir)
+                      calibration_dir=args.calibration_dir, eval_dir=args.eval_dir,
+                      expect_top1=args.expect_top1)
         if args.sign_key:
             print(f"[package] signed: {signature.sign(mar, args.sign_key)}", flush=True)
     except SignatureError as exc:
@@ -353,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     except SourceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except ExportError as exc:
+    except (ExportError, accuracy.AccuracyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
