@@ -25,7 +25,7 @@ from handler import golden, layout, provenance
 from handler.preprocessing import PreprocessConfig, preprocess_bytes
 from handler.runner import load_runner
 from scripts import repo
-from scripts.ops import evaluate, serve
+from scripts.ops import evaluate, inspect_mar, serve
 from scripts.ops.labelled import LABELS_FILE
 from scripts.packaging import package, quantize
 from scripts.packaging.sample_photos import jpeg_bytes, load_photos
@@ -102,6 +102,12 @@ def test_evaluate_against_a_live_server_matches_packaging(tmp_path, evaluated_ma
         rc = evaluate.main(["--eval-dir", str(labelled), "--model", "lite0_eval", "--workdir",
                             str(workdir), "--json"])
         report = json.loads(capsys.readouterr().out)
+        url = serve.TorchServeClient.from_workdir(workdir).management_url
+        same = inspect_mar.main([str(evaluated_mar), "--server", url, "--model", "lite0_eval",
+                                 "--key-file", str(workdir / "key_file.json")])
+        side_by_side = capsys.readouterr().out
+    assert same == 0 and "export vs running" in side_by_side
+    assert re.search(r"  environment\.pillow\.libjpeg +export \S+ +running \S+", side_by_side)
     assert rc == 0 and report["errors"] == {}
     assert report["served"] == report["packaged"]["served"]
     assert report["set"]["content_sha256"] == report["packaged"]["set"]["content_sha256"]
