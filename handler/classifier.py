@@ -15,13 +15,14 @@ import io
 import json
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from PIL import Image
 from ts.torch_handler.base_handler import BaseHandler
 
-from handler import head, layout, responses
+from handler import golden, head, layout, responses
 from handler.batch import Batch
 from handler.device import place
 from handler.envelopes import PLAIN, Envelope, PlainEnvelope, RequestProtocol, envelope_of, request_header
@@ -30,7 +31,7 @@ from handler.metrics import DECODE, INFERENCE, POSTPROCESS, PREPROCESS, REQUEST,
 from handler.payload import worker_decodes_bodies
 from handler.preprocess_code import PreprocessCodeError
 from handler.preprocessing import PreprocessConfig, preprocess_image
-from handler.provenance import PACKAGE_DIR, installed_versions, sha256_file, verify_model_dir
+from handler.provenance import PACKAGE_DIR, environment, installed_versions, sha256_file, verify_model_dir
 from handler.responses import Answer
 from handler.runner import backend_of, load_runner
 from handler.settings import handler_settings, inside
@@ -45,6 +46,7 @@ def loaded_description(manifest_path: Path, provenance: dict) -> dict:
     return {"manifest_sha256": sha256_file(manifest_path) if manifest_path.is_file() else None,
             "files": {name: entry.get("sha256") for name, entry in provenance.get("files", {}).items()},
             "versions": {"exported": provenance.get("versions", {}), "running": installed_versions()},
+            "environment": {"exported": provenance.get("environment", {}), "running": environment()},
             "validation": provenance.get("validation", {}),
             "preprocessing": provenance.get("preprocessing", {})}
 
@@ -67,6 +69,8 @@ class ImageClassifierHandler(BaseHandler):
         where = f"{layout.MODEL_CONFIG} (handler: %s)"
         self.preprocess_config = PreprocessConfig.load(
             inside(model_dir, settings["preprocess_config"], where % "preprocess_config"))
+        if settings["full_jpeg_decode"]:
+            self.preprocess_config = replace(self.preprocess_config, fast_jpeg_draft=False)
         self.labels = json.loads(inside(model_dir, settings["labels"], where % "labels").read_text())
         threads = settings["threads"]
         serialized = self.manifest["model"]["serializedFile"]
@@ -78,8 +82,10 @@ class ImageClassifierHandler(BaseHandler):
                            "worker parses every JSON body before the handler's bounds (SECURITY.md)")
         self.runner = load_runner(model_dir / serialized, threads=threads, placement=self.placement,
                                   compile_model=settings["compile"])
-        self.top_k = settings["top_k"]
         self.head = head.load(model_dir)
+        # This machine's answers to the archive's golden photos must be the packaged ones.
+        golden.replay(model_dir, self.runner, self.preprocess_config, provenance or {}, self.head)
+        self.top_k = settings["top_k"]
         # The most rows one forward takes: TorchServe's batch size, whatever views multiply it by.
         self.most_rows = int(context.system_properties.get("batch_size") or 1)
         self.model_name = self.manifest["model"].get("modelName", "model")

@@ -14,6 +14,8 @@ A .mar (and the build folder it is zipped from) holds, at its root:
     model-config.yaml     TorchServe's model settings and our `handler:` block (MODEL_CONFIG)
     architecture.json     what the serialized model is (ARCHITECTURE)
     provenance.json       sha256 of every other file, versions, validation (MANIFEST)
+    golden/               a few photos and the artifact's own answers to them (answers.json),
+                          replayed by every worker before READY (GOLDEN_DIR, handler/golden.py)
     MAR-INF/MANIFEST.json written by torch-model-archiver
 """
 
@@ -31,6 +33,8 @@ LABELS = "index_to_name.json"
 MODEL_CONFIG = "model-config.yaml"
 ARCHITECTURE = "architecture.json"
 MANIFEST = "provenance.json"
+GOLDEN_DIR = "golden"
+GOLDEN_ANSWERS = f"{GOLDEN_DIR}/answers.json"
 MAR_INF = "MAR-INF"
 ARCHIVER_MANIFEST = f"{MAR_INF}/MANIFEST.json"
 # Folders in a model directory that are not part of what was built: the archiver's own

@@ -19,6 +19,7 @@ TorchServe's worker imports it, so a CPU-only runtime with another torch serves 
 from __future__ import annotations
 
 import logging
+import platform
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
@@ -26,7 +27,8 @@ from handler import integrity, layout
 from handler.integrity import IntegrityError, sha256_stream
 
 __all__ = ["IntegrityError", "sha256_stream", "sha256_file", "built_files", "find_mismatches",
-           "verify_model_dir", "installed_versions", "running_versions", "version_mismatches"]
+           "verify_model_dir", "installed_versions", "running_versions", "version_mismatches",
+           "environment", "environment_differences"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +37,9 @@ CHECKED_VERSIONS = {"torchscript": ("torch", "torchvision"), "onnx": ()}
 # The libraries a worker's description reports (GET /models/NAME?customized=true).
 DESCRIBED_VERSIONS = ("torch", "torchvision", "onnxruntime", "torchserve", "numpy", "pillow")
 PACKAGE_DIR = Path(__file__).resolve().parent
+# CPU features the kernels of torch, ONNX Runtime and libjpeg choose between (/proc/cpuinfo names).
+CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16",
+             "avx_vnni", "amx_tile", "amx_int8", "amx_bf16", "asimd", "sve")
 
 
 def sha256_file(path: str | Path, on_progress: Callable[[int], None] | None = None) -> str:
@@ -73,6 +78,57 @@ def installed_versions(libs: tuple[str, ...] = DESCRIBED_VERSIONS) -> dict[str, 
         except metadata.PackageNotFoundError:
             continue
     return found
+
+
+def environment() -> dict:
+    """What answers depend on beyond package versions: Pillow's libjpeg and zlib builds, ONNX
+    Runtime's version and providers, torch's chosen CPU capability, the CPU's instruction sets
+    (Linux's /proc/cpuinfo; left out elsewhere). Cheap: read once per worker and per build."""
+    from PIL import features
+
+    found = {"pillow": {"libjpeg": features.version("jpg"), "zlib": features.version("zlib"),
+                        "libjpeg_turbo": features.version("libjpeg_turbo")},
+             "torch_cpu_capability": _torch_cpu_capability(), "cpu_flags": _cpu_flags()}
+    try:
+        import onnxruntime
+    except ImportError:  # a TorchScript-only runtime
+        return found
+    found["onnxruntime"] = {"version": onnxruntime.__version__,
+                            "providers": onnxruntime.get_available_providers()}
+    return found
+
+
+def _torch_cpu_capability() -> str | None:
+    import torch
+
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def _cpu_flags() -> list[str] | None:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
+                  if line.startswith(("flags", "Features"))), [])
+    return sorted(set(flags) & set(CPU_FLAGS))
+
+
+def environment_differences(manifest: dict) -> list[str]:
+    """Each library version and environment entry that differs from the export's, one line each."""
+    exported = {**{f"versions.{k}": v for k, v in manifest.get("versions", {}).items()},
+                **_flat("environment", manifest.get("environment", {}))}
+    versions = {"python": platform.python_version(),
+                **installed_versions(tuple(manifest.get("versions", {})))}
+    running = {**{f"versions.{k}": v for k, v in versions.items()}, **_flat("environment", environment())}
+    return [f"{key}: exported {exported[key]}, running {running.get(key)}" for key in sorted(exported)
+            if key in running and running[key] != exported[key]]
+
+
+def _flat(prefix: str, value: object) -> dict[str, object]:
+    if not isinstance(value, dict):
+        return {prefix: value}
+    return {k: v for key, item in value.items() for k, v in _flat(f"{prefix}.{key}", item).items()}
 
 
 def archive_format(manifest: dict) -> str:

@@ -37,12 +37,16 @@ HANDLER_DEFAULTS = {
     "precision": "auto",
     # eager archives only: torch.compile the model at load (slower start, maybe faster forward)
     "compile": False,
+    # true: decode every JPEG at full size, whatever preprocess.json's fast_jpeg_draft says (large
+    # photos then cost more to decode, and their answers may change: the golden answers,
+    # handler/golden.py, refuse the load when they do)
+    "full_jpeg_decode": False,
 }
 # int8_guard: the INT8 accuracy guard's thresholds (scripts/packaging/quantize.py checks its keys).
 EXPORT_DEFAULTS = {"format": "torchscript", "int8_guard": {}}
 # Environment variable -> the handler setting it overrides: a container can change these
 # without rebuilding the archive (whose model-config.yaml is hashed into the manifest).
-HANDLER_ENV = {"HANDLER_THREADS": "threads"}
+HANDLER_ENV = {"HANDLER_THREADS": "threads", "HANDLER_FULL_JPEG_DECODE": "full_jpeg_decode"}
 
 
 class ConfigError(ValueError):
@@ -71,7 +75,7 @@ def positive_int(value: object) -> int:
 # The handler settings whose values are checked here (the others: where they are used, e.g.
 # `precision` in handler/device.py, `manifest` in handler/provenance.py).
 HANDLER_CHECKS: dict[str, Callable[[object], object]] = {"threads": positive_int, "top_k": positive_int,
-                                                         "compile": boolean}
+                                                         "compile": boolean, "full_jpeg_decode": boolean}
 
 
 def check_keys(found: Iterable[str], known: Iterable[str], where: str) -> None:

@@ -124,7 +124,7 @@ def test_int8_from_photo_folders_records_both_sets_and_top1(tmp_path):
 
 
 def test_photo_folders_need_the_int8_format_and_each_other(tmp_path):
-    with pytest.raises(ExportError, match="go with --format onnx-int8"):
-        package(model_name="x", fmt="onnx", export_dir=tmp_path, calibration_dir=tmp_path, eval_dir=tmp_path)
+    with pytest.raises(ExportError, match="--calibration-dir goes with --format onnx-int8"):
+        package(model_name="x", fmt="onnx", export_dir=tmp_path, calibration_dir=tmp_path)
     with pytest.raises(ExportError, match="go together"):
         package(model_name="x", fmt="onnx-int8", export_dir=tmp_path, calibration_dir=tmp_path)

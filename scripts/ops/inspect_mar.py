@@ -126,7 +126,34 @@ def running_description(management_url: str, model: str, key: str | None = None,
 
 def compare_running(management_url: str, model: str, info: dict, key: str | None = None) -> list[str]:
     """How the running server's loaded model differs from the inspected archive; [] = the same."""
-    running = running_description(management_url, model, key)
+    return loaded_differences(running_description(management_url, model, key), info, model)
+
+
+def environment_side_by_side(running: dict) -> list[str]:
+    """The export's and the running worker's libraries and environment, one line per entry
+    (`*` where they differ): what answers depend on beyond the files (the golden answers,
+    handler/golden.py, prove they still agree)."""
+    rows = []
+    for block in ("versions", "environment"):
+        pair = running.get(block, {})
+        exported, now = _flat(pair.get("exported", {})), _flat(pair.get("running", {}))
+        for key in sorted(set(exported) | set(now)):
+            mark = " " if exported.get(key) == now.get(key) else "*"
+            built, found = exported.get(key, "-"), now.get(key, "-")
+            rows.append(f"{mark} {block}.{key:<28} export {built!s:<24} running {found}")
+    return rows
+
+
+def _flat(value: dict, prefix: str = "") -> dict[str, object]:
+    out = {}
+    for key, item in value.items():
+        name = f"{prefix}{key}"
+        out.update(_flat(item, f"{name}.") if isinstance(item, dict) else {name: item})
+    return out
+
+
+def loaded_differences(running: dict, info: dict, model: str) -> list[str]:
+    """How a worker's description of what it loaded differs from the inspected archive."""
     if "manifest_sha256" not in running:
         return [f"the server's description of {model} carries no hashes (not this project's handler?)"]
     problems = []
@@ -224,17 +251,22 @@ def main(argv: list[str] | None = None) -> int:
 
 def _compare_main(args: argparse.Namespace, info: dict) -> int:
     try:
-        problems = compare_running(args.server, args.model, info, _server_key(args))
+        running = running_description(args.server, args.model, _server_key(args))
+        problems = loaded_differences(running, info, args.model)
     except (OSError, ValueError, KeyError, IndexError, requests.RequestException) as exc:
         print(f"error: cannot ask {args.server} about {args.model}: {exc}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps({"same": not problems, "differences": problems}, indent=2))
+        print(json.dumps({"same": not problems, "differences": problems,
+                          "environment": {k: running.get(k, {}) for k in ("versions", "environment")}},
+                         indent=2))
     elif problems:
         print(f"DIFFERENT: {args.server} {args.model} is not {args.archive}:\n  " + "\n  ".join(problems))
     else:
         print(f"SAME: {args.server} {args.model} loaded {args.archive} "
               f"({len(info['files'])} files and {layout.MANIFEST} match)")
+    if not args.json:
+        print("export vs running (* differs):\n  " + "\n  ".join(environment_side_by_side(running)))
     return 1 if problems else 0
 
 

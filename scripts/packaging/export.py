@@ -37,6 +37,7 @@ from handler.preprocessing import PreprocessConfig, preprocess_bytes
 from handler.runner import load_runner
 from handler.settings import ConfigError
 from scripts import repo
+from scripts.ops.labelled import PhotoFolder
 from scripts.packaging import onnx_graph, precision, sources
 from scripts.packaging.sample_photos import validation_images
 from scripts.packaging.sources import ModelSpec, Source, SourceError
@@ -421,13 +422,16 @@ def export_and_validate(arch: str | ModelSpec | Source, checkpoint: Path | None,
                         out: Path, fmt: str = "torchscript", num_classes: int | None = None,
                         int8_guard: dict | None = None, fuse_pads: bool = True,
                         preprocess_code: Path | None = None,
-                        int8_photos: tuple[Path, Path] | None = None, head: Head = SOFTMAX) -> dict:
+                        int8_photos: tuple[Path, Path] | None = None, head: Head = SOFTMAX,
+                        eval_photos: PhotoFolder | None = None) -> dict:
     """The whole export step; raises ExportError when validation fails. `preprocess_code`: the
     user's file the config's "code" module was copied from, named in errors. `int8_guard`: the
     thresholds of the INT8 accuracy guard (fmt onnx-int8), else quantize.GUARD_DEFAULTS.
     `fuse_pads=False` writes the ONNX graph as torch emits it: the benchmark's unfused "before"
     archive (BENCHMARKS.md), a parameter for it alone, never a model-config setting. `head`: what
-    the worker turns the outputs into (handler/head.py), checked against them and validated."""
+    the worker turns the outputs into (handler/head.py), checked against them and validated.
+    `eval_photos`: labelled photos the artifact's and the eager model's accuracy is measured on
+    (report["accuracy"], scripts/packaging/accuracy.py)."""
     source = source_of(arch)
     cfg = load_preprocess(preprocess)
     code_report = check_preprocessing(cfg, preprocess, preprocess_code)
@@ -485,7 +489,21 @@ def export_and_validate(arch: str | ModelSpec | Source, checkpoint: Path | None,
           f"in {report['export_seconds']} s", flush=True)
     if not report["passed"]:
         raise ExportError(f"Exported model disagrees with the eager model: {report}")
+    if eval_photos is not None:
+        report["accuracy"] = measured_accuracy(model, out, cfg, eval_photos)
     return report
+
+
+def measured_accuracy(model: nn.Module, artifact: Path, cfg: PreprocessConfig, photos: PhotoFolder) -> dict:
+    """The artifact's and the eager model's top-1/top-5 on labelled photos (accuracy.py)."""
+    from scripts.packaging import accuracy
+
+    runner = load_runner(artifact, threads=torch.get_num_threads())
+    with step(f"accuracy on {len(photos.labels)} labelled photos of {photos.folder}"):
+        try:
+            return accuracy.measure(runner, model, cfg, photos)
+        except accuracy.AccuracyError as exc:
+            raise ExportError(str(exc)) from exc
 
 
 def main(argv: list[str] | None = None) -> int:

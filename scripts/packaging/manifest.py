@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from handler import layout
-from handler.provenance import built_files, installed_versions, sha256_file
+from handler.provenance import built_files, environment, installed_versions, sha256_file
 from scripts import repo
 
 # Timings vary run to run; they would make two builds of the same inputs differ.
@@ -89,6 +89,7 @@ def build_manifest(stage: Path, model_name: str, version: str, arch: str, fmt: s
         "files": files,
         "preprocessing": json.loads((stage / layout.PREPROCESS_CONFIG).read_text()),
         "versions": library_versions(),
+        "environment": environment(),
         "validation": {k: v for k, v in validation.items() if k not in VOLATILE_VALIDATION_KEYS},
         "build": {"git_commit": commit, "built_at": build_time(commit_time)},
     }

@@ -38,16 +38,19 @@ from handler.preprocessing import PreprocessConfig
 from handler.settings import ConfigError, load_model_config, model_config_blocks
 from scripts import repo
 from scripts.ops import signature
+from scripts.ops.labelled import LabelledSetError, PhotoFolder, labelled_folder
 from scripts.ops.signature import SignatureError
-from scripts.packaging import code_dir
+from scripts.packaging import accuracy, code_dir
 from scripts.packaging.export import (
     ExportError,
     architecture_record,
     export_and_validate,
+    load_preprocess,
     resolve_checkpoint,
     resolve_num_classes,
     source_of,
 )
+from scripts.packaging.golden import stage_golden
 from scripts.packaging.manifest import PROGRESS_MIN_BYTES, build_manifest, hash_file
 from scripts.packaging.reproducible import make_reproducible
 from scripts.packaging.sources import ModelSpec, Source, SourceError, parse_kwargs
@@ -222,13 +225,17 @@ def package(arch: str | ModelSpec = repo.DEFAULT_MODEL, checkpoint: str = "defau
             model_config: Path | None = None, fmt: str | None = None,
             export_dir: Path = repo.MODEL_STORE, archive_format: str = "default", *,
             preprocess_code: Path | None = None, calibration_dir: Path | None = None,
-            eval_dir: Path | None = None, fuse_pads: bool = True, head: Head = SOFTMAX) -> Path:
+            eval_dir: Path | None = None, fuse_pads: bool = True, head: Head = SOFTMAX,
+            expect_top1: float | None = None) -> Path:
     """Export, validate, stage, write the manifest and archive; returns the .mar path. `arch`:
     a name (sources.resolve) or a ModelSpec (an architecture file, class and kwargs).
     `fuse_pads=False` (the benchmark's unfused "before" archive, BENCHMARKS.md; not a model
     setting nor a command-line option) exports the ONNX graph as torch emits it.
-    `calibration_dir`, `eval_dir`: the INT8 export's photo folders (both, or neither). `head`:
-    the output head the worker applies (handler/head.py), recorded in architecture.json."""
+    `calibration_dir`: the INT8 export's calibration photos (with `eval_dir`, which its guard
+    judges on). `eval_dir`, any format: labelled photos the artifact's and the eager model's
+    top-1/top-5 are measured on (provenance.json's validation.accuracy); `expect_top1`: refuse
+    the archive when this top-1 lies outside the artifact's 95% interval there. `head`: the
+    output head the worker applies (handler/head.py), recorded in architecture.json."""
     spec = arch if isinstance(arch, ModelSpec) else ModelSpec(arch=arch)
     code_files = _code_files(spec.code_dir)
     with _servable_imports(spec):  # the model's code imports from its folder alone
@@ -245,6 +252,7 @@ def package(arch: str | ModelSpec = repo.DEFAULT_MODEL, checkpoint: str = "defau
             raise ExportError(f"format {fmt!r} is not one of {sorted(layout.SERIALIZED_FILE)}")
         check_export_dir(Path(export_dir), model_name)
         int8_photos = int8_photo_dirs(fmt, calibration_dir, eval_dir)
+        eval_photos = accuracy_photos(eval_dir, expect_top1)
         checkpoint_path = resolve_checkpoint(checkpoint, source)
         label_map, width = model_labels(source, labels, config_dir, checkpoint_path, num_classes)
 
@@ -257,9 +265,13 @@ def package(arch: str | ModelSpec = repo.DEFAULT_MODEL, checkpoint: str = "defau
         artifact = layout.SERIALIZED_FILE[fmt]
         validation = export_and_validate(source, checkpoint_path, staged_preprocess, stage / artifact, fmt,
                                          width, export_settings["int8_guard"], fuse_pads,
-                                         preprocess_code, int8_photos, head)
-    stage_files(stage, label_map, model_config,
-                architecture_record(source, validation["num_classes"], fmt, head), source.architecture_file)
+                                         preprocess_code, int8_photos, head, eval_photos)
+        if expect_top1 is not None:
+            accuracy.check_expected(validation["accuracy"], expect_top1)
+        architecture = architecture_record(source, validation["num_classes"], fmt, head)
+        stage_files(stage, label_map, model_config, architecture, source.architecture_file)
+        # After the files the eager format loads from (model.py, architecture.json).
+        stage_golden(stage, stage / artifact, load_preprocess(staged_preprocess), fmt, head)
     manifest = build_manifest(stage, model_name=model_name, version=version, arch=source.name,
                               fmt=fmt, checkpoint=checkpoint_path, validation=validation)
     (stage / layout.MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
@@ -294,12 +306,29 @@ def _code_files(folder: Path | None) -> list[Path]:
         raise ExportError(str(exc)) from exc
 
 
+def accuracy_photos(eval_dir: Path | None, expect_top1: float | None) -> PhotoFolder | None:
+    """The labelled photos of --eval-dir, read before any export; --expect-top1 needs them."""
+    if expect_top1 is not None and not 0.0 <= expect_top1 <= 1.0:
+        raise ExportError(f"--expect-top1 {expect_top1} is not a fraction between 0 and 1 (e.g. 0.873)")
+    if eval_dir is None:
+        if expect_top1 is not None:
+            raise ExportError("--expect-top1 needs --eval-dir: the labelled photos to measure top-1 on")
+        return None
+    try:
+        return labelled_folder(eval_dir)
+    except LabelledSetError as exc:
+        raise ExportError(f"--eval-dir: {exc}") from exc
+
+
 def int8_photo_dirs(fmt: str, calibration_dir: Path | None, eval_dir: Path | None
                     ) -> tuple[Path, Path] | None:
+    """The INT8 guard's (calibration, evaluation) folders; other formats take no calibration."""
+    if fmt != "onnx-int8":
+        if calibration_dir is not None:
+            raise ExportError("--calibration-dir goes with --format onnx-int8")
+        return None
     if calibration_dir is None and eval_dir is None:
         return None
-    if fmt != "onnx-int8":
-        raise ExportError("--calibration-dir and --eval-dir go with --format onnx-int8")
     if calibration_dir is None or eval_dir is None:
         raise ExportError("--calibration-dir and --eval-dir go together: calibrate on one set, "
                           "judge on the other")
@@ -378,8 +407,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="onnx-int8: a folder of photos to calibrate on (default: the small "
                              "built-in set)")
     parser.add_argument("--eval-dir", type=Path,
-                        help="onnx-int8: a folder of other photos (and their LABELS.tsv: file, class "
-                             "index) the accuracy guard judges on, each photo once")
+                        help="a folder of labelled photos (LABELS.tsv: file, class index): top-1 and "
+                             "top-5 of the packaged model and of the eager one, through the served "
+                             "preprocessing, into provenance.json; onnx-int8: the photos its "
+                             "accuracy guard judges on, each photo once")
+    parser.add_argument("--expect-top1", type=float,
+                        help="the top-1 the model was validated with (e.g. 0.873): refuse to package "
+                             "when it lies outside the packaged model's 95%% interval on --eval-dir")
     parser.add_argument("--activation", choices=ACTIVATIONS, default=SOFTMAX.activation,
                         help="the model's output head: softmax (one class per image), sigmoid "
                              "(multi-label: each class's own probability, the classes at or above "
@@ -401,6 +435,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.sign_key and args.archive_format != "default":
         parser.error("--sign-key signs a .mar: it takes --archive-format default")
+    if args.expect_top1 is not None and args.eval_dir is None:
+        parser.error("--expect-top1 needs --eval-dir: the labelled photos to measure top-1 on")
     try:
         own_code = args.model_file or ":" in (args.model_class or "")
         spec = ModelSpec(arch=None if own_code else args.arch, model_file=args.model_file,
@@ -410,7 +446,8 @@ def main(argv: list[str] | None = None) -> int:
                       args.preprocess, args.labels, args.model_config, args.format, args.export_path,
                       args.archive_format, preprocess_code=args.preprocess_code,
                       calibration_dir=args.calibration_dir, eval_dir=args.eval_dir,
-                      head=head_of(args.activation, args.temperature, args.threshold))
+                      head=head_of(args.activation, args.temperature, args.threshold),
+                      expect_top1=args.expect_top1)
         if args.sign_key:
             print(f"[package] signed: {signature.sign(mar, args.sign_key)}", flush=True)
     except SignatureError as exc:
@@ -419,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     except SourceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except ExportError as exc:
+    except (ExportError, accuracy.AccuracyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -34,6 +34,8 @@ from PIL import Image, ImageOps
 
 from handler.errors import InputError
 from handler.preprocessing import PreprocessConfig, preprocess_bytes, to_tensor
+from scripts.ops.labelled import LABELS_FILE, LabelledSetError, PhotoFolder, wilson
+from scripts.ops.labelled import photo_folder as read_folder
 
 # The guard's defaults, overridden by the model config's `export: int8_guard:` block.
 GUARD_DEFAULTS = {
@@ -56,6 +58,19 @@ class GuardError(RuntimeError):
     """The INT8 graph fails its accuracy guard: it must not be packaged."""
 
 
+# The folder reader and the interval live in scripts.ops.labelled (a live server's evaluation
+# uses them too); the guard's tests and callers reach them here as well.
+__all__ = ["LABELS_FILE", "GuardError", "photo_folder", "wilson"]
+
+
+def photo_folder(path: str | Path) -> PhotoFolder:
+    """scripts.ops.labelled.photo_folder (the one reader of LABELS.tsv), its errors the guard's."""
+    try:
+        return read_folder(path)
+    except LabelledSetError as exc:
+        raise GuardError(str(exc)) from exc
+
+
 def guard_settings(given: dict | None) -> dict:
     """GUARD_DEFAULTS updated by `given`; an unknown key is an error, not a silent default."""
     given = dict(given or {})
@@ -63,43 +78,6 @@ def guard_settings(given: dict | None) -> dict:
     if unknown:
         raise GuardError(f"export.int8_guard: unknown key(s) {unknown}; known: {sorted(GUARD_DEFAULTS)}")
     return {**GUARD_DEFAULTS, **given}
-
-
-LABELS_FILE = "LABELS.tsv"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-
-
-@dataclass(frozen=True)
-class PhotoFolder:
-    """Photos of a folder (file name -> encoded bytes) and their labels from LABELS.tsv."""
-
-    folder: Path
-    photos: dict[str, bytes]
-    labels: dict[str, int]
-
-    def describe(self) -> dict:
-        digest = hashlib.sha256("".join(sorted(hashlib.sha256(b).hexdigest()
-                                                for b in self.photos.values())).encode()).hexdigest()
-        return {"folder": str(self.folder), "photos": len(self.photos), "labelled": len(self.labels),
-                "content_sha256": digest}
-
-
-def photo_folder(path: str | Path) -> PhotoFolder:
-    """The images of a folder (sorted by name) and LABELS.tsv's labels for them, if present."""
-    folder = Path(path)
-    if not folder.is_dir():
-        raise GuardError(f"{folder} is not a folder of photos")
-    photos = {f.name: f.read_bytes() for f in sorted(folder.iterdir())
-              if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES}
-    if not photos:
-        raise GuardError(f"{folder} holds no photos ({', '.join(IMAGE_SUFFIXES)})")
-    labels = {}
-    if (folder / LABELS_FILE).is_file():
-        for line in (folder / LABELS_FILE).read_text().splitlines():
-            cells = line.split("\t")
-            if len(cells) >= 2 and cells[0] in photos and cells[1].strip().isdigit():
-                labels[cells[0]] = int(cells[1])
-    return PhotoFolder(folder, photos, labels)
 
 
 def check_disjoint(calibration: PhotoFolder, evaluation: PhotoFolder) -> None:
@@ -239,13 +217,6 @@ def _logits(path: Path, batch: np.ndarray) -> np.ndarray:
     session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     return np.concatenate([session.run(None, {"input": batch[i:i + 16]})[0]
                            for i in range(0, len(batch), 16)])
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> list[float]:
-    """Wilson score 95% interval for k successes of n."""
-    p, d = k / n, 1 + z * z / n
-    c, h = (p + z * z / (2 * n)) / d, z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return [round(max(0.0, c - h), 3), round(min(1.0, c + h), 3)]
 
 
 def evaluate(fp32: Path, int8: Path, cfg: PreprocessConfig, settings: dict) -> dict:
