@@ -97,7 +97,7 @@ stop:
 
 test: install-dev $(MAR) image
 	$(PY) -m ruff check .
-	$(PY) -m pytest -v
+	$(PY) -m pytest -v --durations=15
 
 lint: install-dev
 	$(PY) -m ruff check .
