@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --progress-bar on
 MODEL := efficientnet_lite0
 MAR := model_store/$(MODEL).mar
+# What `make serve` serves: MODELS=a,b serves model_store/a.mar and b.mar, each with its own workers.
+MODELS := $(MODEL)
 # What the default archive is built from: a change to any of these rebuilds it.
 MAR_INPUTS := $(wildcard handler/*.py) $(wildcard config/$(MODEL)/*) $(wildcard scripts/packaging/*.py) \
 	$(wildcard scripts/packaging/architectures/*.py)
@@ -21,6 +23,7 @@ CLIENT_STAMP := $(VENV)/.client-installed
 
 help:
 	@echo "make serve    install (into .venv), build $(MAR) if stale, start TorchServe, wait for READY"
+	@echo "              (MODELS=a,b: model_store/a.mar and b.mar on one server, each READY and warmed)"
 	@echo "make photos   write sample photos to photos/ (something to send to the server)"
 	@echo "make stop     stop the server started by make serve (in-flight requests finish first)"
 	@echo "make package  export, validate and archive the default model into $(MAR)"
@@ -87,7 +90,7 @@ package: install
 	$(PY) -m scripts.packaging.package --arch $(MODEL)
 
 serve: install $(CLIENT_STAMP) $(MAR)
-	$(PY) -m scripts.ops.serve start --model $(MODEL)
+	$(PY) -m scripts.ops.serve start --model $(MODELS)
 
 photos: install
 	$(PY) -m scripts.packaging.sample_photos photos

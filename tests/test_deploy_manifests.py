@@ -421,7 +421,7 @@ def test_entrypoint_is_make_serve_in_the_foreground():
     entry = json.loads(instructions("ENTRYPOINT")[0])
     recipe = (ROOT / "Makefile").read_text().split("\nserve:", 1)[1].split("\n")[1].split()
     assert recipe[0] == "$(PY)" and entry[0] == "python"
-    make_args = [MODEL if a == "$(MODEL)" else a for a in recipe[1:]]
+    make_args = [MODEL if a in ("$(MODEL)", "$(MODELS)") else a for a in recipe[1:]]  # MODELS=MODEL
     assert entry[1:1 + len(make_args)] == make_args  # -m scripts.ops.serve start --model efficientnet_lite0
     assert entry[1 + len(make_args):] == ["--host", "0.0.0.0", "--foreground"]
     usage = subprocess.run([sys.executable, "-m", "scripts.ops.serve", "--help"],

@@ -1,18 +1,20 @@
 """Container / Kubernetes probe for the TorchServe service.
 
-    python -m scripts.ops.healthcheck ready [--min-workers N]   # readiness
+    python -m scripts.ops.healthcheck ready [--min-workers N]   # readiness, every model served
+    python -m scripts.ops.healthcheck ready --model NAME        # readiness of one model
     python -m scripts.ops.healthcheck live                      # liveness
 
-ready: `serve start` has finished its warm-up (no WORKDIR/warm_up.pending), the model has at
-       least N READY workers (default: its minWorkers; the management API, which does not
-       queue behind predictions) AND the model answers. `GET /ping` alone is not
-       enough: it says "Healthy" while every worker of the only model crash-loops. "Answers" is
-       read first from the frontend's Prometheus counters, which do not queue either: requests
-       answered since the previous probe (kept in WORKDIR/health_state.json) prove it under
-       traffic; requests received with none answered is not ready. Only when no traffic arrived
-       since the previous probe (the queue is then empty) does the probe send its own tiny
-       prediction. So under overload the probe does not wait in the queue it is judging, and
-       every replica does not go unready at once.
+ready: `serve start` has finished its warm-up (no WORKDIR/warm_up.pending), each model served
+       (config.properties' load_models; `--model`: that one alone) has at least N READY workers
+       (default: its minWorkers; the management API, which does not queue behind predictions)
+       AND the models answer. `GET /ping` alone is not enough: it says "Healthy" while every
+       worker of the only model crash-loops. "Answers" is read first from the frontend's
+       Prometheus counters, which do not queue either: requests answered since the previous
+       probe (kept in WORKDIR/health_state.json) prove it under traffic; requests received with
+       none answered is not ready. Those counters are the whole server's, not each model's.
+       Only when no traffic arrived since the previous probe (the queue is then empty) does the
+       probe send its own tiny prediction, one to each model. So under overload the probe does
+       not wait in the queue it is judging, and every replica does not go unready at once.
        Not ready either when the bearer keys expire within a quarter of their life (the
        renewer renews them at half): every client would soon be refused.
 live:  the frontend answers /ping (restarting the container will not fix a model that fails to
@@ -36,15 +38,52 @@ from scripts import repo
 from scripts.ops.client import TorchServeClient, sample_request
 from scripts.ops.keys import expiry_s, seconds_left
 from scripts.ops.serve import WARM_UP_PENDING, in_flight
-from scripts.ops.server_config import CONFIG_FILE, read_properties
+from scripts.ops.server_config import CONFIG_FILE, ModelChoiceError, read_properties, served_models
 
 STATE_FILE = "health_state.json"
 
 OK, NOT_READY, UNREACHABLE = 0, 1, 2
 
 
-def check_ready(client: TorchServeClient, model: str, min_workers: int | None = None,
+def ready_models(client: TorchServeClient, workdir: Path, model: str | None) -> list[str]:
+    """The models `ready` checks: `model`, else every model the server's config names, else
+    (load_models=all) every model the server lists."""
+    if model:
+        return [model]
+    try:
+        return served_models(workdir)
+    except ModelChoiceError:
+        return client.models()
+
+
+def check_ready(client: TorchServeClient, models: list[str], min_workers: int | None = None,
                 state: Path | None = None, envelope: str | None = None) -> tuple[int, str]:
+    """Ready when every model in `models` has its READY workers and answers (the module's
+    docstring). The traffic counters are the whole server's: under traffic they stand for every
+    model; without traffic each model answers a prediction of its own."""
+    if not models:
+        return NOT_READY, "no model is served"
+    counts = []
+    for model in models:
+        code, workers = check_workers(client, model, min_workers)
+        if code != OK:
+            return code, f"{model}: {workers}"
+        counts.append(f"{model}: {workers}")
+    ready = ", ".join(counts)
+    verdict = traffic_verdict(client, state)
+    if verdict is not None:
+        code, how = verdict
+        return code, f"{'ready' if code == OK else 'not ready'}: {ready}; {how}"
+    for model in models:
+        code, answer = check_prediction(client, model, envelope)
+        if code != OK:
+            return code, f"{model}: {answer}"
+    return OK, f"ready: {ready}; prediction ok"
+
+
+def check_workers(client: TorchServeClient, model: str, min_workers: int | None) -> tuple[int, str]:
+    """OK and "N READY workers" when `model` has at least `min_workers` READY (default: its
+    minWorkers, at least 1), else why not."""
     try:
         version = client.describe(model)[0]
     except requests.HTTPError as exc:
@@ -56,10 +95,11 @@ def check_ready(client: TorchServeClient, model: str, min_workers: int | None = 
     ready = states.count("READY")
     if ready < max(need, 1):
         return NOT_READY, f"{ready} READY workers of {need} required ({', '.join(states) or 'none'})"
-    verdict = traffic_verdict(client, state)
-    if verdict is not None:
-        code, how = verdict
-        return code, f"{'ready' if code == OK else 'not ready'}: {ready} READY workers, {how}"
+    return OK, f"{ready} READY workers"
+
+
+def check_prediction(client: TorchServeClient, model: str, envelope: str | None) -> tuple[int, str]:
+    """OK when `model` answers the probe's tiny prediction."""
     try:
         body, headers = sample_request(envelope)
         resp = client.predict(model, body, headers=headers)
@@ -67,7 +107,7 @@ def check_ready(client: TorchServeClient, model: str, min_workers: int | None = 
         return UNREACHABLE, f"inference API unreachable: {exc}"
     if resp.status_code != 200 or "predictions" not in resp.text:
         return NOT_READY, f"prediction answered HTTP {resp.status_code}: {resp.text[:200]}"
-    return OK, f"ready: {ready} READY workers, prediction ok"
+    return OK, "prediction ok"
 
 
 def traffic_verdict(client: TorchServeClient, state: Path | None) -> tuple[int, str] | None:
@@ -123,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("probe", choices=["ready", "live"])
-    parser.add_argument("--model", default=repo.DEFAULT_MODEL)
+    parser.add_argument("--model", help="ready: this model only (default: every model the server "
+                                        "serves)")
     parser.add_argument("--workdir", type=Path, default=repo.RUN_DIR,
                         help="server working directory (config.properties, key_file.json)")
     parser.add_argument("--min-workers", type=int, help="default: the model's minWorkers")
@@ -138,13 +179,18 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"unreachable: {exc}", file=sys.stderr)
         return UNREACHABLE
+    try:
+        models = ready_models(client, args.workdir, args.model) if args.probe == "ready" else []
+    except (OSError, requests.RequestException, ValueError) as exc:
+        print(f"management API unreachable: {exc}", file=sys.stderr)
+        return UNREACHABLE
     expiring = None if auth_off or args.probe != "ready" else keys_expiring(args.workdir, client.key_file)
     if args.probe == "ready" and (args.workdir / WARM_UP_PENDING).exists():
         code, message = NOT_READY, "warming up (serve start sends predictions before it announces READY)"
     elif expiring:
         code, message = NOT_READY, expiring
     else:
-        code, message = (check_ready(client, args.model, args.min_workers, args.workdir / STATE_FILE,
+        code, message = (check_ready(client, models, args.min_workers, args.workdir / STATE_FILE,
                                      props.get("service_envelope"))
                          if args.probe == "ready" else check_live(client))
     print(message, file=sys.stdout if code == OK else sys.stderr)

@@ -6,6 +6,7 @@
     python -m scripts.ops.manage versions                 # every version loaded, the default first
     python -m scripts.ops.manage set-default --version 2.0   # /predictions/NAME answers 2.0 from now on
 
+With several models served (`serve start --model a,b`), name one with `--model`.
 The server is found through its working directory (`--workdir`, default run/, as written by
 scripts.ops.serve): its config.properties gives the addresses, its key_file.json the bearer key.
 """
@@ -23,6 +24,7 @@ import requests
 
 from scripts import repo
 from scripts.ops.client import TorchServeClient
+from scripts.ops.server_config import ModelChoiceError, chosen_model
 
 # TorchServe 0.12's frontend sometimes answers a scale-down with 500 ConcurrentModificationException:
 # WorkLoadManager.modelChanged shuts a worker down while its batch is being answered, and
@@ -157,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=["status", "scale", "describe", "versions", "set-default"])
-    parser.add_argument("--model", default=repo.DEFAULT_MODEL)
+    parser.add_argument("--model", help="default: the one model the server serves (with several: "
+                                        "name one)")
     parser.add_argument("--workdir", type=Path, default=repo.RUN_DIR,
                         help="server working directory (config.properties, key_file.json)")
     parser.add_argument("--min", type=int, dest="min_workers", help="scale: minimum workers")
@@ -166,6 +169,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", help="set-default: the model version to make the default")
     parser.add_argument("--json", action="store_true", help="status, versions: print JSON")
     args = parser.parse_args(argv)
+    try:
+        args.model = chosen_model(args.workdir, args.model)
+    except ModelChoiceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: no server config: {exc}", file=sys.stderr)
+        return 1
     try:
         client = TorchServeClient.from_workdir(args.workdir)
         if args.action == "describe":

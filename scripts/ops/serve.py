@@ -1,10 +1,11 @@
-"""Start TorchServe with our config, wait until the model's workers are READY, or stop it.
+"""Start TorchServe with our config, wait until each model's workers are READY, or stop it.
 
 Each server gets its own working directory (key file, logs, pid file, worker sockets, derived
 config), and a server on other than the default ports gets free gRPC ports too, so a development
 server and test servers can run side by side.
 
     python -m scripts.ops.serve start        # serve model_store/efficientnet_lite0.mar (make serve)
+    python -m scripts.ops.serve start --model a,b   # a.mar and b.mar (make serve MODELS=a,b)
     python -m scripts.ops.serve stop         # (make stop)
 """
 
@@ -14,6 +15,7 @@ import argparse
 import contextlib
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -52,6 +54,8 @@ WARM_UP_CONCURRENCY = 4
 WARM_UP_PENDING = "warm_up.pending"
 # In the working directory: the archives' verified copies TorchServe loads (pins.verified_copies).
 VERIFIED_STORE = "models"
+# TorchServe's own rule for a model name; it also keeps a name from leaving the store (../x).
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 INTERRUPTED = 130  # the shell's status for a command ended by Ctrl-C (128 + SIGINT)
 # One line per request in the access log, no per-request chatter elsewhere (see the file).
 LOG_CONFIG = repo.CONFIG_DIR / "log4j2.xml"
@@ -233,6 +237,41 @@ def token_auth_on(props: dict[str, str]) -> bool:
     return props.get("disable_token_authorization", "false") != "true"
 
 
+def model_names(text: str, model_store: Path) -> list[str]:
+    """The models `--model` names ("a,b"), each a model name with NAME.mar in `model_store`, none
+    twice; ValueError with the one line that says what is wrong, before anything starts."""
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise ValueError(f"--model {text!r}: an empty model name; give NAME[,NAME...], each with "
+                         f"NAME.mar in {model_store}")
+    for name in names:
+        if not MODEL_NAME.fullmatch(name):
+            raise ValueError(f"--model {name!r}: not a model name (letters, digits, '_', '-', '.'; "
+                             "a letter or digit first)")
+        if names.count(name) > 1:
+            raise ValueError(f"--model {text!r}: {name} is named twice; name each model once")
+    for name in names:
+        if not (Path(model_store) / f"{name}.mar").is_file():
+            there = sorted(p.stem for p in Path(model_store).glob("*.mar"))
+            raise ValueError(f"--model {name}: no {name}.mar in {model_store} (archives there: "
+                             f"{', '.join(there) or 'none'}); package it there or name one of those")
+    return names
+
+
+def load_models(names: list[str]) -> str:
+    """TorchServe's load_models for `names`: each model from its own archive, NAME=NAME.mar."""
+    return ",".join(f"{name}={name}.mar" for name in names)
+
+
+def wait_all_ready(server: Server, models: list[str], timeout: float, warm: bool = True) -> float:
+    """wait_ready for each model in turn, all within `timeout` s; returns seconds waited. The
+    server is ready only when every model it serves is READY (and warmed)."""
+    t0 = time.monotonic()
+    for model in models:
+        wait_ready(server, model, timeout=max(1.0, timeout - (time.monotonic() - t0)), warm=warm)
+    return time.monotonic() - t0
+
+
 def wait_ready(server: Server, model: str, min_ready: int = 1, timeout: float = 180.0,
                progress: bool = True, warm: bool = False) -> float:
     """Poll the management API until `min_ready` workers are READY, then (warm) send warm-up
@@ -249,7 +288,7 @@ def wait_ready(server: Server, model: str, min_ready: int = 1, timeout: float = 
             # TorchServe reports a worker whose model is still loading as UNLOADING.
             states = [w.get("status", "?") for w in workers]
             states = [STARTUP_LABELS.get(state, state) for state in states]
-            status = f"workers: {', '.join(states) or 'none yet'}"
+            status = f"{model} workers: {', '.join(states) or 'none yet'}"
             if states.count("READY") >= min_ready:
                 if progress:
                     print(f"\r[serve] {status} after {time.monotonic() - t0:.1f} s   ", flush=True)
@@ -279,7 +318,7 @@ def warm_up(server: Server, model: str, seconds: float = WARM_UP_S, progress: bo
             list(pool.map(lambda _: server.client.predict(model, body, headers), range(WARM_UP_CONCURRENCY)))
             sent += WARM_UP_CONCURRENCY
     if progress:
-        print(f"[serve] warmed up with {sent} requests in {seconds:g} s", flush=True)
+        print(f"[serve] {model} warmed up with {sent} requests in {seconds:g} s", flush=True)
     return sent
 
 
@@ -387,7 +426,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=["start", "stop"])
-    parser.add_argument("--model", default=repo.DEFAULT_MODEL, help="model name (NAME.mar)")
+    parser.add_argument("--model", default=repo.DEFAULT_MODEL,
+                        help="model name, or names comma-separated (a,b): each NAME.mar in the "
+                             "model store, served with its own workers and settings")
     parser.add_argument("--workdir", type=Path, default=repo.RUN_DIR,
                         help="holds key_file.json, logs/ and the pid file")
     parser.add_argument("--timeout", type=float, default=180, help="seconds to wait for READY")
@@ -419,7 +460,12 @@ def main(argv: list[str] | None = None) -> int:
     if not store.is_absolute():
         store = args.config.resolve().parent / store
     try:
-        server = start(args.workdir, models=f"{args.model}={args.model}.mar", ports=ports, model_store=store,
+        names = model_names(args.model, store)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        server = start(args.workdir, models=load_models(names), ports=ports, model_store=store,
                        overrides=listen_overrides(args.host, ports, token_auth_on(base)), config=args.config,
                        config_properties=base, allow_code_keys=frozenset(args.allow_code_key))
     except ConfigError as exc:
@@ -435,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM (docker stop) before the announcement is handled as Ctrl-C is.
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        took = wait_ready(server, args.model, timeout=args.timeout, warm=True)
+        took = wait_all_ready(server, names, timeout=args.timeout, warm=True)
     except (RuntimeError, TimeoutError) as exc:
         print(f"\nerror: {exc}", file=sys.stderr)
         stop(args.workdir)
@@ -448,22 +494,28 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
         pending.unlink(missing_ok=True)
+    print(announcement(server, names, took, args.workdir / KEY_FILE), flush=True)
+    return run_foreground(server) if args.foreground else 0
+
+
+def announcement(server: Server, models: list[str], took: float, key_file: Path) -> str:
+    """What `serve start` prints once every model is READY and warmed: each model's URLs."""
     c = server.client
-    key_file = args.workdir / KEY_FILE
+    urls = [f"  {model}:\n"
+            f"    inference:  {c.inference_url}/predictions/{model}\n"
+            f"    management: {c.management_url}/models/{model}\n" for model in models]
     # The key itself is never printed (a container's stdout is its log): read it from the file,
     # which the key renewer keeps current.
-    print(f"TorchServe is serving {args.model} ({took:.1f} s to READY)\n"
-          f"  inference:  {c.inference_url}/predictions/{args.model}\n"
-          f"  management: {c.management_url}/models/{args.model}\n"
-          f"  metrics:    {c.metrics_url}/metrics\n"
-          f"  key file:   {key_file} (renewed before it expires; re-read it)\n"
-          f"Try it (make photos writes photos/cat.jpg):\n"
-          f"  AUTH=$(python3 -c \"import json;print('Authorization: Bearer',"
-          f"json.load(open('{key_file}'))['inference']['key'])\")\n"
-          f"  curl -H @<(echo \"$AUTH\") -T photos/cat.jpg "
-          f"{c.inference_url}/predictions/{args.model}\n"
-          f"Stop it: make stop", flush=True)
-    return run_foreground(server) if args.foreground else 0
+    return (f"TorchServe is serving {', '.join(models)} ({took:.1f} s to READY)\n"
+            + "".join(urls)
+            + f"  metrics:    {c.metrics_url}/metrics\n"
+            f"  key file:   {key_file} (renewed before it expires; re-read it)\n"
+            f"Try it (make photos writes photos/cat.jpg):\n"
+            f"  AUTH=$(python3 -c \"import json;print('Authorization: Bearer',"
+            f"json.load(open('{key_file}'))['inference']['key'])\")\n"
+            f"  curl -H @<(echo \"$AUTH\") -T photos/cat.jpg "
+            f"{c.inference_url}/predictions/{models[0]}\n"
+            f"Stop it: make stop")
 
 
 def config_error(exc: ConfigError) -> int:

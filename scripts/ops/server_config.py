@@ -210,6 +210,36 @@ def addresses(workdir: str | Path) -> tuple[str, str, str]:
     return tuple(props.get(k, d) for k, d in zip(ADDRESS_KEYS, DEFAULT_ADDRESSES))
 
 
+class ModelChoiceError(ValueError):
+    """The model a tool is to talk to is not given and cannot be told: several are served."""
+
+
+def served_models(workdir: str | Path) -> list[str]:
+    """The model names the server of `workdir` was started with, each once, in order: its
+    config.properties' load_models ("NAME=FOLDER,..." as serve writes it; an item without a name
+    is named after its file, as TorchServe names it). Read from the file, not asked of the
+    server: a model that failed to register is still one the server should serve."""
+    text = read_properties(Path(workdir) / CONFIG_FILE).get("load_models", "").strip()
+    if text == "all" or not text:
+        raise ModelChoiceError(f"{Path(workdir) / CONFIG_FILE} does not name its models "
+                               f"(load_models={text}): name the model with --model")
+    names = [item.split("=", 1)[0].strip() if "=" in item else Path(item.strip()).name.removesuffix(".mar")
+             for item in text.split(",") if item.strip()]
+    return list(dict.fromkeys(names))
+
+
+def chosen_model(workdir: str | Path, model: str | None) -> str:
+    """`model` where given, else the one model the server of `workdir` serves; ModelChoiceError
+    listing them where it serves several."""
+    if model:
+        return model
+    names = served_models(workdir)
+    if len(names) != 1:
+        raise ModelChoiceError(f"this server serves {len(names)} models ({', '.join(names)}): "
+                               "name one with --model")
+    return names[0]
+
+
 def write_private(path: str | Path, text: str) -> Path:
     """Write `text` to `path` (mode 0600) whole or not at all: a temporary file in the same folder,
     flushed to disk, then renamed over `path`. A reader sees the old file or the new one, never a

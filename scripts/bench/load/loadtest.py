@@ -39,7 +39,15 @@ from urllib.parse import urlsplit
 
 from scripts import repo
 from scripts.bench import stats
-from scripts.ops.server_config import KEY_FILE, KEY_RENEWAL_WAIT_S, KeyFile, addresses, auth_refused
+from scripts.ops.server_config import (
+    KEY_FILE,
+    KEY_RENEWAL_WAIT_S,
+    KeyFile,
+    ModelChoiceError,
+    addresses,
+    auth_refused,
+    chosen_model,
+)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
 # What each protocol's request is: its path under the inference address, its Content-Type.
@@ -480,7 +488,8 @@ def main(argv: list[str] | None = None) -> int:
     where.add_argument("--url", help="prediction URL, e.g. http://127.0.0.1:8080/predictions/NAME")
     where.add_argument("--workdir", type=Path, default=repo.RUN_DIR,
                        help="working dir of a server started by scripts.ops.serve (default: run/)")
-    parser.add_argument("--model", default=repo.DEFAULT_MODEL, help="model name (with --workdir)")
+    parser.add_argument("--model", help="model name (with --workdir; default: the one model the "
+                                        "server serves)")
     parser.add_argument("--key-file", type=Path, help="TorchServe key_file.json (with --url)")
     parser.add_argument("--images", type=Path, help="folder of photos, cycled (default: sample photos)")
     parser.add_argument("--rate", type=float, default=50.0, help="requests per second (open loop)")
@@ -508,8 +517,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     try:
+        if not args.url:
+            args.model = chosen_model(args.workdir, args.model)
         target = (Target(args.url, args.key_file, args.timeout, args.protocol) if args.url
                   else Target.from_workdir(args.workdir, args.model, args.timeout, args.protocol))
+    except ModelChoiceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"error: no server config: {exc}", file=sys.stderr)
         return 2
