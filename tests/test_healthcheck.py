@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 import time
-import zipfile
 
 import pytest
 
@@ -106,24 +105,23 @@ def test_unreachable_server(tmp_path):
         assert done.returncode == 2 and "unreachable" in done.stderr
 
 
+LOAD_REFUSED = "environment variable HANDLER_THREADS"
+
+
 @pytest.fixture(scope="module")
 def crash_looping(tmp_path_factory, default_mar):
-    """A TorchServe whose only model fails to load on every try (its labels file was altered
-    after packaging, so the integrity check refuses it): workers never become READY."""
-    store = tmp_path_factory.mktemp("broken_store")
-    with zipfile.ZipFile(default_mar) as src, zipfile.ZipFile(store / default_mar.name, "w") as dst:
-        for item in src.infolist():
-            data = src.read(item)
-            if item.filename == "index_to_name.json":
-                data = data.replace(b"tabby", b"tampered")
-            dst.writestr(item, data)
+    """A TorchServe whose only model fails to load on every try: its workers inherit a handler
+    setting that does not parse (HANDLER_THREADS=two, refused by the strict settings reader at
+    initialize), so they never become READY. An altered archive cannot do it: serve start
+    refuses that before TorchServe runs."""
     workdir = tmp_path_factory.mktemp("broken_ts")
     # min_ready=0: no worker ever turns READY; wait only until the frontend lists the model.
-    with serving(workdir, store, f"{MODEL}={default_mar.name}", min_ready=0) as srv:
+    with serving(workdir, default_mar.parent, f"{MODEL}={default_mar.name}", min_ready=0,
+                 env={"HANDLER_THREADS": "two"}) as srv:
         log = workdir / "logs" / "model_log.log"
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:  # until a worker has tried to load and failed
-            if log.is_file() and "IntegrityError" in log.read_text(errors="replace"):
+            if log.is_file() and LOAD_REFUSED in log.read_text(errors="replace"):
                 break
             time.sleep(0.5)
         yield srv
@@ -131,7 +129,7 @@ def crash_looping(tmp_path_factory, default_mar):
 
 def test_crash_looping_model_is_not_ready_although_ping_is_healthy(crash_looping):
     log = (crash_looping.workdir / "logs" / "model_log.log").read_text(errors="replace")
-    assert "IntegrityError" in log  # the workers really failed to load
+    assert LOAD_REFUSED in log  # the workers really failed to load
     ping = crash_looping.client.ping()
     assert ping.status_code == 200 and json.loads(ping.text)["status"] == "Healthy"
     assert crash_looping.client.ready_workers(MODEL) == 0

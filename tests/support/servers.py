@@ -31,12 +31,12 @@ def refuse_outside_e2e() -> None:
 
 def start_server(workdir: Path, models: str, model_store: Path, overrides: dict | None = None,
                  min_ready: int = 1, model: str = MODEL, timeout: float = 180.0,
-                 warm: bool = False) -> serve.Server:
+                 warm: bool = False, env: dict | None = None) -> serve.Server:
     """Start TorchServe on free loopback ports and wait until `model` has `min_ready` READY
     workers (0: until the frontend lists it); stops it on failure. Prefer `serving`."""
     refuse_outside_e2e()
     server = serve.start(workdir, models=models, ports=free_ports(), model_store=model_store,
-                         overrides=overrides)
+                         overrides=overrides, env=env)
     try:
         serve.wait_ready(server, model, min_ready=min_ready, timeout=timeout, progress=False, warm=warm)
     except BaseException:
@@ -48,11 +48,13 @@ def start_server(workdir: Path, models: str, model_store: Path, overrides: dict 
 @contextlib.contextmanager
 def serving(workdir: Path, model_store: Path, models: str = f"{MODEL}={MODEL}.mar",
             overrides: dict | None = None, min_ready: int = 1, model: str = MODEL,
-            timeout: float = 180.0, grace: float = 10.0) -> Iterator[serve.Server]:
+            timeout: float = 180.0, grace: float = 10.0,
+            env: dict | None = None) -> Iterator[serve.Server]:
     """A TorchServe started by start_server, stopped (drained, `grace` s) when the block ends,
-    whatever happened in it. Module fixtures yield from inside the block."""
+    whatever happened in it. Module fixtures yield from inside the block. `env`: added to the
+    server's environment, which its workers inherit."""
     server = start_server(workdir, models, model_store, overrides=overrides, min_ready=min_ready,
-                          model=model, timeout=timeout)
+                          model=model, timeout=timeout, env=env)
     try:
         yield server
     finally:
