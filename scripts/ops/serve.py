@@ -454,6 +454,8 @@ def main(argv: list[str] | None = None) -> int:
     ports = DEFAULT_PORTS
     try:
         base = read_properties(args.config)  # the one read of it: start() derives from this dict
+        # The file's keys first, whatever the archives: a key that runs code is named at once.
+        check_code_keys(base, str(args.config), frozenset(args.allow_code_key))
     except ConfigError as exc:
         return config_error(exc)
     store = args.model_store or Path(base.get("model_store", repo.MODEL_STORE))
