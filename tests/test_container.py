@@ -92,7 +92,7 @@ def test_healthcheck_ready(container: Container):
     """The image's own HEALTHCHECK command, run by the engine, and the probe run by hand."""
     assert engine_run("healthcheck", "run", container.name, check=False).returncode == 0
     out = container.exec("python", "-m", "scripts.ops.healthcheck", "ready", "--workdir", "run")
-    assert out.returncode == 0 and "ready: 2 READY workers" in out.stdout, out.stdout + out.stderr
+    assert out.returncode == 0 and f"ready: {MODEL}: 2 READY workers" in out.stdout, out.stdout + out.stderr
     # The check reads run/key_file.json: it survives key expiry because the key renewer, started
     # by serve (its pid in run/key_renewer.pid), keeps that file current.
     assert container.process_alive(KEY_RENEWER_PID)
