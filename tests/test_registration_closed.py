@@ -68,14 +68,15 @@ def refused(resp: requests.Response, status: int, kind: str, text: str = "") -> 
     assert text in body["message"], body
 
 
-def test_registration_and_scaling_without_the_key_and_registration_with_it(srv, photos, tmp_path):
-    store = Path(srv.properties["model_store"])
+def test_registration_and_scaling_without_the_key_and_registration_with_it(srv, photos, tmp_path,
+                                                                          default_mar):
+    store = Path(srv.properties["model_store"])  # the verified copies serve start unpacked
     workflow_store = Path(srv.properties["workflow_store"])
     assert read_properties(srv.workdir / "config.properties")["enable_model_api"] == "false"
     in_workflow_store = sorted(p.name for p in workflow_store.iterdir())
     outside = tmp_path / "outside"
     outside.mkdir()
-    shutil.copy(store / f"{MODEL}.mar", outside / "other.mar")
+    shutil.copy(default_mar, outside / "other.mar")
     marker = tmp_path / "intruder_ran"
     (outside / "intruder.war").write_bytes(workflow_archive(marker))
     with zipfile.ZipFile(outside / "intruder.war") as war:  # the same workflow, unpacked
