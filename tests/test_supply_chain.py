@@ -12,6 +12,7 @@ import sys
 
 import pytest
 
+from handler.integrity import sha256_file
 from scripts.deploy import lock, sbom
 from tests.support.servers import ROOT
 
@@ -69,8 +70,8 @@ def test_lock_text_hashes_each_wheel_once(tmp_path):
         wheels.append(tmp_path / name)
     text = lock.lock_text(wheels, [lock.REQUIREMENTS], verify=False)
     lines = [line for line in text.splitlines() if line and not line.startswith("#")]
-    assert lines == [f"pyyaml==6.0.3 --hash=sha256:{lock.sha256(wheels[1])}",
-                     f"torch==2.13.0+cpu --hash=sha256:{lock.sha256(wheels[0])}"]
+    assert lines == [f"pyyaml==6.0.3 --hash=sha256:{sha256_file(wheels[1])}",
+                     f"torch==2.13.0+cpu --hash=sha256:{sha256_file(wheels[0])}"]
     assert all(LINE.fullmatch(line) for line in lines)
 
 

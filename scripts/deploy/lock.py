@@ -17,7 +17,6 @@ mirror or cache that served other bytes fails the run.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import re
 import subprocess
@@ -26,6 +25,7 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
+from handler.integrity import sha256_file
 from scripts import repo
 
 REQUIREMENTS = repo.ROOT / "requirements-image.txt"
@@ -75,14 +75,6 @@ def wheel_name_version(filename: str) -> tuple[str, str]:
     return canonical(name), version
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def download(requirements: Path, dest: Path) -> list[Path]:
     """Resolve and download every wheel for the image's platform (pip's own settings apply)."""
     cmd = [sys.executable, "-m", "pip", "download", "--only-binary=:all:", "--progress-bar", "off",
@@ -111,7 +103,7 @@ def lock_text(wheels: list[Path], sources: list[Path], verify: bool = True) -> s
                            sources=", ".join(p.relative_to(repo.ROOT).as_posix() for p in sources))]
     for i, wheel in enumerate(sorted(wheels, key=lambda w: wheel_name_version(w.name)), 1):
         name, version = wheel_name_version(wheel.name)
-        digest = sha256(wheel)
+        digest = sha256_file(wheel)
         where = "hashed"
         if verify and "+" not in version:  # a local version (+cpu) is not on PyPI
             published = pypi_hashes(name).get(wheel.name)
