@@ -11,5 +11,5 @@ uses; `markdown`, rewriting a generated section of BENCHMARKS.md or RELIABILITY.
 build/bench/ with its windows and sample photos.
 
 Imports go one way: `load` uses the shared modules; `scenarios` uses them and `load.loadtest`;
-`micro` uses only the shared modules (tests/test_bench_imports.py checks it).
+`micro` uses only the shared modules (tests/unit/bench/test_bench_imports.py checks it).
 """

@@ -10,8 +10,8 @@ import pytest
 
 from scripts.bench.load import batching_peer
 from scripts.ops import serve
+from tests.e2e.bench.test_peer import post
 from tests.support.servers import MODEL
-from tests.test_peer import post
 
 pytestmark = pytest.mark.e2e
 

@@ -10,18 +10,9 @@ real one cannot produce the case on demand; each stub test says why.
 from __future__ import annotations
 
 import asyncio
-import http.server
 import json
-import os
-import shutil
 import subprocess
 import sys
-import threading
-import time
-import venv
-from collections.abc import Iterator
-from contextlib import contextmanager
-from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -30,17 +21,12 @@ from image_classifier_client import (
     AuthError,
     Client,
     ClientError,
-    Overloaded,
-    RetryPolicy,
     Unavailable,
-    contract,
 )
-from image_classifier_client.keys import KeySource
-from image_classifier_client.wire import content_type
 
-from scripts.ops import client as ops_client
 from scripts.ops.server_config import KEY_FILE
 from scripts.packaging.sample_photos import EXPECTED_TOP1
+from tests.support.client_cli import classify
 from tests.support.servers import MODEL, ROOT
 
 PHOTOS = ("cat", "coffee", "rocket", "temple")
@@ -112,12 +98,6 @@ def test_key_renewal_survived(server, jpegs):
         stale.classify(jpegs["cat"], MODEL)  # the old key is gone: the renewal was real
 
 
-def classify(*args: str, env: dict | None = None, exe: str | None = None) -> subprocess.CompletedProcess:
-    cmd = [exe] if exe else [sys.executable, "-m", "image_classifier_client"]
-    return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=120, cwd=ROOT,
-                          env={**os.environ, **(env or {})})
-
-
 @pytest.mark.e2e
 def test_cli_table_json_and_exit_codes(server, photos, tmp_path):
     url, key = server.client.inference_url, str(key_file_of(server))
@@ -147,38 +127,10 @@ def test_cli_table_json_and_exit_codes(server, photos, tmp_path):
     assert done.returncode == 1
 
 
-# ---- the package on its own: a fresh venv, its one dependency ------------------------------
-
-@contextmanager
-def fresh_venv(tmp: Path) -> Iterator[Path]:
-    """A venv without the system's packages, holding only the client and what it requires,
-    installed from wheels built and collected here (pip wheel: the client, httpx at the version
-    this environment runs, their dependencies), then with --no-index."""
-    wheels, env, source = tmp / "wheels", tmp / "venv", tmp / "client"
-    # A copy: setuptools builds in the source folder, and the checkout stays as it is.
-    shutil.copytree(ROOT / "client", source, ignore=shutil.ignore_patterns("build", "*.egg-info"))
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-build-isolation", "-w",
-                            str(wheels), str(source), f"httpx=={metadata.version('httpx')}"],
-                           capture_output=True, text=True, timeout=300)
-    assert built.returncode == 0, built.stderr[-2000:]
-    venv.create(env, with_pip=True, system_site_packages=False)
-    installed = subprocess.run([str(env / "bin" / "python"), "-m", "pip", "install", "-q", "--no-index",
-                                "--find-links", str(wheels), "image-classifier-client"],
-                               capture_output=True, text=True, timeout=300)
-    assert installed.returncode == 0, installed.stderr[-2000:]
-    yield env
-
-
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory) -> Iterator[Path]:
-    with fresh_venv(tmp_path_factory.mktemp("client_install")) as env:
-        yield env
-
-
 @pytest.mark.e2e
-def test_the_installed_cli_classifies(installed, server, photos):
+def test_the_installed_cli_classifies(installed_client, server, photos):
     done = classify(str(photos["cat.jpg"]), "--url", server.client.inference_url, "--model", MODEL,
                     "--json", env={"IMAGE_CLASSIFIER_KEY_FILE": str(key_file_of(server))},
-                    exe=str(installed / "bin" / "classify"))
+                    exe=str(installed_client / "bin" / "classify"))
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)[0]["predictions"][0]["index"] in EXPECTED_TOP1["cat"]

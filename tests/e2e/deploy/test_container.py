@@ -19,6 +19,7 @@ from scripts.ops import inspect_mar
 from scripts.ops.lifecycle import KEY_RENEWER_PID
 from scripts.ops.server_config import read_keys
 from scripts.packaging.sample_photos import EXPECTED_TOP1, load_photos
+from tests.e2e.handler.test_input_contract import HOSTILE_REQUESTS, check_error, check_label, post
 from tests.support.container import (
     APP_DIR,
     Container,
@@ -30,7 +31,6 @@ from tests.support.container import (
 from tests.support.images import encode
 from tests.support.inflight import burst, slow_photo
 from tests.support.servers import MODEL
-from tests.test_input_contract import HOSTILE_REQUESTS, check_error, check_label, post
 
 pytestmark = pytest.mark.e2e
 MAR = repo.MODEL_STORE / f"{MODEL}.mar"

@@ -3,29 +3,15 @@ ports, probe commands, entrypoint, storage layout, resources) agrees with the re
 
 from __future__ import annotations
 
-import copy
-import fnmatch
-import importlib.util
-import json
 import os
-import re
-import shlex
 import signal
 import subprocess
 import sys
-import tomllib
-from pathlib import Path
 
 import pytest
-import yaml
 
-from scripts import repo
-from scripts.deploy import validate
 from scripts.ops import lifecycle, serve
-from scripts.ops.server_config import read_properties
-from scripts.packaging import kserve_storage
 from tests.support.servers import MODEL, ROOT
-
 
 FOREGROUND = """
 import sys

@@ -8,14 +8,13 @@ The adaptation itself is checked offline first: only the fields kube_play.adapt 
 
 from __future__ import annotations
 
-import copy
 import os
 
 import pytest
 
 from scripts.deploy import kube_play
 from scripts.packaging.sample_photos import EXPECTED_TOP1
-from tests.support.container import require_image
+from tests.support.container import container_spec, require_image
 
 # Measured: 30 s from `kube play` to ready at load average 5 on 2 cores (the probes' own periods
 # included). The manifest's startupProbe allows 36 x 5 s = 180 s before the kubelet would restart
@@ -33,11 +32,6 @@ def pod(tmp_path_factory):
         yield box
     finally:
         kube_play.down(box)
-
-
-def container_spec(deployment: dict) -> dict:
-    return next(c for c in deployment["spec"]["template"]["spec"]["containers"]
-                if c["name"] == kube_play.CONTAINER)
 
 
 @pytest.mark.e2e

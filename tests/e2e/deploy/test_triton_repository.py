@@ -13,7 +13,6 @@ import requests
 
 from scripts.bench.load import loadtest, triton_server
 from scripts.deploy import triton_repo
-from scripts.ops import pins
 from scripts.ops.serve import free_ports
 from tests.support.servers import MODEL
 

@@ -20,26 +20,17 @@ import sys
 import pytest
 import requests
 
-from handler import layout
-from handler.errors import InputError
-from handler.preprocessing import PreprocessConfig, preprocess_bytes
 from scripts import repo
-from scripts.bench.micro import crafted_images, request_cost
+from tests.support.crafted import CODE
 from tests.support.servers import MODEL, serving
 from tests.support.workers import WorkerCost
 
-CFG = PreprocessConfig.load(repo.CONFIG_DIR / MODEL / "preprocess.json")
 CODE_MODEL = "crafted_code_test"
 BUDGET_CPU_S, BUDGET_MIB = 0.5, 256  # docs/inputs-and-errors.md, "Per-request cost budget"
 # On this shared machine a worker's CPU time for the same image moved up to 4x within a day
 # (lossless WebP 12 MP: 0.33 s, then 1.31 s); memory does not stretch like that. The exact
 # budget is held in a fresh process by `python -m scripts.bench.micro.request_cost --corpus`.
 CPU_MARGIN, MEMORY_MARGIN = 3.0, 2.0
-
-
-@pytest.fixture(scope="module")
-def cases() -> list[crafted_images.Case]:
-    return crafted_images.corpus(CFG)
 
 
 def worker_pids(server, model: str) -> list[int]:
@@ -60,12 +51,28 @@ def served(request) -> tuple:
     return request.getfixturevalue("code_server"), CODE_MODEL
 
 
+@pytest.fixture(scope="module")
+def code_server(tmp_path_factory):
+    """EfficientNet-Lite0 packaged with the example preprocessing module, served alone."""
+    tmp = tmp_path_factory.mktemp("crafted_code")
+    try:
+        proc = subprocess.run([sys.executable, "-m", "scripts.packaging.package", "--arch", MODEL,
+                               "--preprocess-code", str(CODE), "--model-name", CODE_MODEL,
+                               "--export-path", str(tmp / "store")],
+                              capture_output=True, text=True, timeout=600, cwd=repo.ROOT)
+    finally:
+        shutil.rmtree(repo.BUILD_DIR / CODE_MODEL, ignore_errors=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    with serving(tmp / "server", tmp / "store", f"{CODE_MODEL}={CODE_MODEL}.mar", model=CODE_MODEL) as srv:
+        yield srv
+
+
 @pytest.mark.e2e
-def test_each_case_served_within_the_budget_and_no_worker_dies(served, cases):
+def test_each_case_served_within_the_budget_and_no_worker_dies(served, crafted_cases):
     server, model = served
     pids = worker_pids(server, model)
     rows = []
-    for case in cases:
+    for case in crafted_cases:
         with WorkerCost(pids) as cost:
             resp = post(server, model, case.data)
         rows.append((case.name, resp.status_code, round(cost.cpu_s, 3), round(cost.grew_mib)))
@@ -81,11 +88,11 @@ def test_each_case_served_within_the_budget_and_no_worker_dies(served, cases):
 
 
 @pytest.mark.e2e
-def test_the_two_costliest_at_once_stay_within_twice_the_budget(served, cases):
-    """Two accepted worst cases arriving together may land in one batch of one worker: its
+def test_the_two_costliest_at_once_stay_within_twice_the_budget(served, crafted_cases):
+    """Two accepted worst crafted_cases arriving together may land in one batch of one worker: its
     memory then holds both."""
     server, model = served
-    by_name = {c.name: c for c in cases}
+    by_name = {c.name: c for c in crafted_cases}
     pair = [by_name["webp_lossless_under"].data, by_name["png16_under"].data]
     pids = worker_pids(server, model)
     with WorkerCost(pids) as cost, concurrent.futures.ThreadPoolExecutor(2) as pool:

@@ -12,7 +12,7 @@ form-urlencoded body fails in the frontend before any handler; 501 for explanati
 model does not serve), no worker lost (the same pids), every good prediction sent beside the fuzz
 answered 200, no model or workflow registered and nothing copied into the workflow store, and the
 server still classifies afterwards. The long run is `FUZZ_EXAMPLES=5000 pytest
-tests/test_fuzz_http.py` (results in docs/inputs-and-errors.md).
+tests/e2e/handler/test_fuzz_http.py` (results in docs/inputs-and-errors.md).
 """
 
 from __future__ import annotations

@@ -6,20 +6,15 @@ from __future__ import annotations
 import http.server
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from handler import request_ids, tracing
-from tests.support.servers import MODEL, ROOT, serving
+from tests.support.servers import MODEL, serving
+from tests.support.traces import PARENT_SPAN, TRACE_ID, TRACEPARENT
 
-TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
-PARENT_SPAN = "b7ad6b7169203331"
-TRACEPARENT = f"00-{TRACE_ID}-{PARENT_SPAN}-01"
 STAGES = {"decode", "preprocess", "inference", "postprocess"}
 
 

@@ -6,38 +6,16 @@ client (tritonclient) against a real TorchServe, in JSON and in Triton's binary-
 from __future__ import annotations
 
 import base64
-import json
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import requests
 
-from handler import torchserve_entry
-from handler.errors import BadInput
-from handler.payload import V2Body, v2_body, v2_image, v2_requested_outputs
-from handler.responses import V2_OUTPUTS, v2_metadata
+from handler.responses import V2_OUTPUTS
 from scripts.packaging.sample_photos import EXPECTED_TOP1
-from tests.support.context import make_context, new_batch, statuses
+from tests.support.open_inference import top_index, v2
 from tests.support.servers import MODEL
-
-
-def v2(image: bytes, request_id: str | None = "a", **extra) -> dict:
-    doc = {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
-                       "data": [base64.b64encode(image).decode()]}], **extra}
-    return doc if request_id is None else {"id": request_id, **doc}
-
-
-@pytest.fixture(scope="module")
-def cat(photos) -> bytes:
-    return photos["cat.jpg"].read_bytes()
-
-
-def top_index(answer: dict) -> int:
-    if "predictions" in answer:
-        return answer["predictions"][0]["index"]
-    return {o["name"]: o for o in answer["outputs"]}["indices"]["data"][0]
-
 
 # ---- e2e: a third-party v2 client against a real TorchServe ----
 

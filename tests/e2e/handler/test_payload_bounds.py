@@ -10,12 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from handler import payload
-from handler.errors import InputError
+from tests.support.bodies import DEEP, WORST_JSON
 from tests.support.servers import MODEL
 from tests.support.workers import WorkerCost
-
-DEEP = b'{"a":' * 100_000 + b"1" + b"}" * 100_000  # 600 KB: Python's parser hits RecursionError
 
 
 @pytest.fixture(scope="module")
@@ -46,17 +43,6 @@ def test_served_thousands_of_form_fields_are_400(server, url, photos):
     resp = requests.post(url, files=fields, headers=server.client.auth_headers("inference"), timeout=60)
     assert resp.status_code == 400, resp.text[:300]
     assert resp.json()["type"] == "TooManyFields"
-
-
-# Bodies just under max_request_size (6,553,500 bytes), each refused: shapes Python's JSON parser
-# would turn into millions of objects, and the largest JSON our parser does read (one string).
-BODY_BYTES = 6_500_000
-WORST_JSON = {
-    "a list of 1.6 million empty objects": b"[" + b"{}," * (BODY_BYTES // 3) + b"{}]",
-    "a list of 3.2 million numbers": b"[" + b"1," * (BODY_BYTES // 2) + b"1]",
-    "an object of 500,000 keys": b"{" + b",".join(b'"k%06d":0' % i for i in range(500_000)) + b"}",
-    "one 6.5 MB base64 string": b'{"image": "' + b"A" * (BODY_BYTES - 16) + b'"}',
-}
 MEMORY_BOUND_MIB = 256  # SECURITY.md: a worker's RSS growth under 8 such bodies at once
 
 

@@ -3,53 +3,16 @@
 Unit tests run the check on an unpacked archive, and the worker's first check (the entry module
 run as TorchServe imports it) on planted bytecode; the end-to-end test serves, with the pins of
 scripts/ops/pins.py required, an untouched .mar and one with a changed labels file (refused).
-The operator's archive pins themselves: tests/test_pins.py.
+The operator's archive pins themselves: tests/unit/ops/test_pins.py.
 """
 
 from __future__ import annotations
 
-import ast
-import json
-import logging
-import os
-import subprocess
-import sys
-import zipfile
-from pathlib import Path
-
 import pytest
-import yaml
 
-from handler import integrity, layout, provenance, settings
-from handler.provenance import IntegrityError, find_mismatches, verify_model_dir
-from scripts.ops import inspect_mar, pins, serve
-TAMPERED_INDEX = "282"  # tiger cat: in the cat photo's top 5
-
-
-def rewrite_mar(src: Path, dst: Path, replace: dict[str, bytes]) -> Path:
-    """Copy an archive, swapping (or adding) the given entries."""
-    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED) as zout:
-        for entry in zin.infolist():
-            if entry.filename not in replace:
-                zout.writestr(entry, zin.read(entry))
-        for name, data in replace.items():
-            zout.writestr(name, data)
-    return dst
-
-
-def tampered_labels(mar: Path) -> bytes:
-    with zipfile.ZipFile(mar) as zf:
-        labels = json.loads(zf.read("index_to_name.json"))
-    labels[TAMPERED_INDEX] = "tampered " + labels[TAMPERED_INDEX]
-    return json.dumps(labels, indent=1, sort_keys=True).encode()
-
-
-@pytest.fixture(scope="module")
-def fresh_mar(tmp_path_factory) -> Path:
-    """An archive built by the code under test (not a possibly older model_store/ build)."""
-    from scripts.packaging import package
-
-    return package.package(model_name="lite0_prov", export_dir=tmp_path_factory.mktemp("prov_store"))
+from handler import provenance
+from scripts.ops import pins, serve
+from tests.support.archives import rewrite_mar, tampered_labels
 
 
 @pytest.mark.e2e

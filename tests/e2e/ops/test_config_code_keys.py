@@ -5,25 +5,14 @@ only the operator's command line (`--allow-code-key KEY`) admits one."""
 from __future__ import annotations
 
 import stat
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-from ts.model_server import load_properties as launcher_reads
 
 from handler.settings import ConfigError
-from scripts import repo
 from scripts.ops import serve
-from scripts.ops.server_config import read_properties, write_properties
-from tests.support.servers import ROOT, free_ports
-
-
-def config_with(tmp_path: Path, extra: str, base: str = "config.properties") -> Path:
-    path = tmp_path / "evil.properties"
-    path.write_text((ROOT / base).read_text() + extra + "\n")
-    return path
+from tests.support.servers import config_with, free_ports
 
 
 @pytest.mark.e2e

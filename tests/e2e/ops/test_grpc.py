@@ -10,13 +10,11 @@ import ipaddress
 import json
 import subprocess
 import sys
-import zipfile
 
 import grpc
 import psutil
 import pytest
 
-from scripts.ops import grpc_stubs
 from scripts.ops.client import IMAGE_HEADERS
 from scripts.ops.grpc_client import GrpcClient, HandlerError, grpc_target, handler_answer
 from scripts.ops.server_config import AUTH_REFUSED, read_properties

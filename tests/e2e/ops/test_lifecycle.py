@@ -5,9 +5,6 @@ server runs."""
 
 from __future__ import annotations
 
-import json
-import os
-import socket
 import stat
 import subprocess
 import sys
@@ -17,9 +14,8 @@ import psutil
 import pytest
 
 from scripts import repo
-from scripts.ops import healthcheck, keys, lifecycle, pins, serve
+from scripts.ops import keys, lifecycle, pins, serve
 from scripts.ops.client import sample_request
-from tests.support.keys import write_key_file
 from tests.support.servers import MODEL, serving
 
 RESTART_WAIT_S = 10.0

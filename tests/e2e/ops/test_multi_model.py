@@ -23,8 +23,7 @@ import pytest
 import yaml
 
 from scripts import repo
-from scripts.bench.load import loadtest
-from scripts.ops import healthcheck, manage, serve, server_config
+from scripts.ops import healthcheck, manage, serve
 from scripts.ops.client import IMAGE_HEADERS, TorchServeClient, sample_jpeg
 from tests.support.servers import MODEL
 

@@ -20,8 +20,8 @@ import pytest
 import requests
 
 from scripts.ops.server_config import AUTH_REFUSED, read_properties
+from tests.e2e.handler.test_input_contract import check_label
 from tests.support.servers import MODEL, serving
-from tests.test_input_contract import check_label
 
 pytestmark = pytest.mark.e2e
 WORKERS = 2  # config.properties default_workers_per_model

@@ -6,17 +6,11 @@ them fails here."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-from pathlib import Path
-from urllib.parse import urlparse
-
 import psutil
 import pytest
 
-from scripts import repo
 from scripts.ops import serve
-from scripts.ops.server_config import read_properties, store_urls, url_problems
+from scripts.ops.server_config import read_properties
 from tests.support.servers import ROOT
 
 

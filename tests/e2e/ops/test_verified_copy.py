@@ -5,13 +5,11 @@ and none of its code runs (a marker file it would write never appears)."""
 
 from __future__ import annotations
 
-import stat
 import time
 
 import pytest
 
-from handler import integrity
-from scripts.ops import inspect_mar, pins, serve, verified_copy
+from scripts.ops import pins, serve
 from tests.support.archives import rebuilt_mar
 
 SITECUSTOMIZE = 'import pathlib\npathlib.Path({marker!r}).write_text("ran")\n'

@@ -16,44 +16,11 @@ import time
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
-from PIL import Image
 
-from handler import golden, layout, provenance
-from handler.preprocessing import PreprocessConfig, preprocess_bytes
-from handler.runner import load_runner
-from scripts import repo
+from handler import layout
 from scripts.ops import evaluate, inspect_mar, serve
-from scripts.ops.labelled import LABELS_FILE
-from scripts.packaging import package, quantize
-from scripts.packaging.sample_photos import jpeg_bytes, load_photos
-from tests.support.servers import MODEL, serving
-
-VIEWS_PER_PHOTO = 4
-
-
-@pytest.fixture(scope="module")
-def labelled(tmp_path_factory, default_model_dir) -> Path:
-    folder = tmp_path_factory.mktemp("labelled")
-    cfg = PreprocessConfig.load(default_model_dir / layout.PREPROCESS_CONFIG)
-    runner = load_runner(default_model_dir / "model.onnx")
-    rows = []
-    for i, (name, arr) in enumerate(load_photos().items()):
-        for j, view in enumerate(quantize.views(Image.fromarray(arr), VIEWS_PER_PHOTO, seed=i)):
-            data = jpeg_bytes(np.asarray(view))
-            (folder / f"{name}_{j}.jpg").write_bytes(data)
-            rows.append(f"{name}_{j}.jpg\t{int(runner(preprocess_bytes(data, cfg)[None]).argmax())}\n")
-    (folder / LABELS_FILE).write_text("file\tindex\n" + "".join(rows))
-    return folder
-
-
-@pytest.fixture(scope="module")
-def evaluated_mar(tmp_path_factory, labelled) -> Path:
-    """The default model packaged with --eval-dir and the top-1 the labels imply (1.0)."""
-    store = tmp_path_factory.mktemp("evaluated")
-    return package.package(model_name="lite0_eval", export_dir=store, eval_dir=labelled, expect_top1=1.0)
+from tests.support.servers import serving
 
 
 @pytest.mark.e2e

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "scripts" / "bench"
+from scripts import repo
+
+BENCH = repo.ROOT / "scripts" / "bench"
 # kind -> the scripts.bench modules outside its own folder it may import
 ALLOWED = {
     "load": {"scripts.bench.stats", "scripts.bench.markdown", "scripts.bench.workspace"},

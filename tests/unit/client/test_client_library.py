@@ -9,27 +9,17 @@ real one cannot produce the case on demand; each stub test says why.
 
 from __future__ import annotations
 
-import asyncio
 import http.server
 import json
 import os
-import shutil
 import subprocess
-import sys
 import threading
 import time
-import venv
-from collections.abc import Iterator
-from contextlib import contextmanager
-from importlib import metadata
-from pathlib import Path
 
 import pytest
 from image_classifier_client import (
-    AsyncClient,
     AuthError,
     Client,
-    ClientError,
     Overloaded,
     RetryPolicy,
     Unavailable,
@@ -40,8 +30,9 @@ from image_classifier_client.wire import content_type
 
 from scripts.ops import client as ops_client
 from scripts.ops.server_config import KEY_FILE
-from scripts.packaging.sample_photos import EXPECTED_TOP1
-from tests.support.servers import MODEL, ROOT
+from tests.support.client_cli import classify
+from tests.support.servers import MODEL
+
 WORKER_DIED = (500, {"code": 500, "type": "InternalServerError", "message": "Worker died."})
 
 
@@ -102,7 +93,7 @@ JPEG = ops_client.sample_jpeg()
 
 def test_lost_answers_are_resent_within_the_budget_then_unavailable():
     """Why a stub: "Worker died." needs a worker killed while it holds this request's batch,
-    which a real server gives only by chance (tests/test_recovery.py); here exactly twice."""
+    which a real server gives only by chance (tests/e2e/ops/test_recovery.py); here exactly twice."""
     with Stub([WORKER_DIED, (507, {"message": "Worker died."}), (200, answer())]) as stub:
         with Client(stub.url) as client:
             result = client.classify(JPEG, MODEL)
@@ -134,7 +125,7 @@ def test_queue_full_is_never_resent_and_retry_after_is_honoured():
 
 def test_reset_connection_is_resent_and_total_time_is_bounded():
     """Why a stub: TorchServe resets or drops a request only in a scale-down race (about one
-    run in five of tests/test_manage_scale.py)."""
+    run in five of tests/e2e/ops/test_manage_scale.py)."""
     with Stub(["reset", (200, answer())]) as stub:
         with Client(stub.url) as client:
             assert client.classify(JPEG, MODEL).attempts == 2
@@ -207,44 +198,11 @@ def test_the_project_client_resends_through_the_library_contract():
     assert resp.status_code == 503 and resent == [500] and len(stub.seen) == 2
 
 
-def classify(*args: str, env: dict | None = None, exe: str | None = None) -> subprocess.CompletedProcess:
-    cmd = [exe] if exe else [sys.executable, "-m", "image_classifier_client"]
-    return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=120, cwd=ROOT,
-                          env={**os.environ, **(env or {})})
-
-
-# ---- the package on its own: a fresh venv, its one dependency ------------------------------
-
-@contextmanager
-def fresh_venv(tmp: Path) -> Iterator[Path]:
-    """A venv without the system's packages, holding only the client and what it requires,
-    installed from wheels built and collected here (pip wheel: the client, httpx at the version
-    this environment runs, their dependencies), then with --no-index."""
-    wheels, env, source = tmp / "wheels", tmp / "venv", tmp / "client"
-    # A copy: setuptools builds in the source folder, and the checkout stays as it is.
-    shutil.copytree(ROOT / "client", source, ignore=shutil.ignore_patterns("build", "*.egg-info"))
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-build-isolation", "-w",
-                            str(wheels), str(source), f"httpx=={metadata.version('httpx')}"],
-                           capture_output=True, text=True, timeout=300)
-    assert built.returncode == 0, built.stderr[-2000:]
-    venv.create(env, with_pip=True, system_site_packages=False)
-    installed = subprocess.run([str(env / "bin" / "python"), "-m", "pip", "install", "-q", "--no-index",
-                                "--find-links", str(wheels), "image-classifier-client"],
-                               capture_output=True, text=True, timeout=300)
-    assert installed.returncode == 0, installed.stderr[-2000:]
-    yield env
-
-
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory) -> Iterator[Path]:
-    with fresh_venv(tmp_path_factory.mktemp("client_install")) as env:
-        yield env
-
-
-def test_installs_alone_into_a_fresh_venv(installed):
-    done = classify("--help", exe=str(installed / "bin" / "classify"))
+def test_installs_alone_into_a_fresh_venv(installed_client):
+    done = classify("--help", exe=str(installed_client / "bin" / "classify"))
     assert done.returncode == 0 and "--key-file" in done.stdout and "Exit status" in done.stdout
-    listed = subprocess.run([str(installed / "bin" / "python"), "-m", "pip", "list", "--format", "json"],
+    python = str(installed_client / "bin" / "python")
+    listed = subprocess.run([python, "-m", "pip", "list", "--format", "json"],
                             capture_output=True, text=True, timeout=60)
     names = {p["name"].lower() for p in json.loads(listed.stdout)}
     assert {"image-classifier-client", "httpx"} <= names

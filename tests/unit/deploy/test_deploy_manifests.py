@@ -7,10 +7,8 @@ import copy
 import fnmatch
 import importlib.util
 import json
-import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
 import tomllib
@@ -21,7 +19,7 @@ import yaml
 
 from scripts import repo
 from scripts.deploy import validate
-from scripts.ops import lifecycle, serve
+from scripts.ops import serve
 from scripts.ops.server_config import read_properties
 from scripts.packaging import kserve_storage
 from tests.support.servers import MODEL, ROOT
@@ -36,7 +34,7 @@ KSERVE_PROPS = read_properties(ROOT / "config" / "kserve" / "config.properties")
 MODEL_CONFIG = yaml.safe_load((ROOT / "config" / MODEL / "model-config.yaml").read_text())
 PORTS = {name: int(PROPS[f"{name}_address"].rsplit(":", 1)[1])
          for name in ("inference", "management", "metrics")}
-# Measured (tests/test_manage_scale.py, README "Operating it"): Java ~250 MB, worker ~550 MB PSS.
+# Measured (tests/e2e/ops/test_manage_scale.py, README "Operating it"): Java ~250 MB, worker ~550 MB PSS.
 MIN_MEMORY_MI = 250 + 550 * MODEL_CONFIG["minWorkers"]
 APP = "/home/model-server/app"  # the image's WORKDIR
 K8S_CONFIG = ROOT / "deploy" / "overlays" / "kubernetes" / "config.properties"

@@ -9,18 +9,9 @@ The adaptation itself is checked offline first: only the fields kube_play.adapt 
 from __future__ import annotations
 
 import copy
-import os
-
-import pytest
 
 from scripts.deploy import kube_play
-from scripts.packaging.sample_photos import EXPECTED_TOP1
-from tests.support.container import require_image
-
-
-def container_spec(deployment: dict) -> dict:
-    return next(c for c in deployment["spec"]["template"]["spec"]["containers"]
-                if c["name"] == kube_play.CONTAINER)
+from tests.support.container import container_spec
 
 
 def test_adapt_changes_only_what_kube_play_cannot_take():

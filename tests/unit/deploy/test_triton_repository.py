@@ -5,16 +5,10 @@ with 400, and a changed file refusing the load."""
 
 from __future__ import annotations
 
-import json
-from concurrent.futures import ThreadPoolExecutor
-
 import pytest
-import requests
 
-from scripts.bench.load import loadtest, triton_server
 from scripts.deploy import triton_repo
 from scripts.ops import pins
-from scripts.ops.serve import free_ports
 from tests.support.servers import MODEL
 
 

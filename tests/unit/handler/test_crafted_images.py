@@ -12,39 +12,23 @@ the two costliest sent at once stay within twice the memory budget."""
 
 from __future__ import annotations
 
-import concurrent.futures
-import shutil
-import subprocess
-import sys
-
 import pytest
-import requests
 
 from handler import layout
 from handler.errors import InputError
 from handler.preprocessing import PreprocessConfig, preprocess_bytes
-from scripts import repo
-from scripts.bench.micro import crafted_images, request_cost
-from tests.support.servers import MODEL, serving
-from tests.support.workers import WorkerCost
-
-CFG = PreprocessConfig.load(repo.CONFIG_DIR / MODEL / "preprocess.json")
-CODE = repo.ROOT / "docs" / "examples" / "letterbox_preprocess.py"
+from scripts.bench.micro import request_cost
+from tests.support.crafted import CFG, CODE
 
 
-@pytest.fixture(scope="module")
-def cases() -> list[crafted_images.Case]:
-    return crafted_images.corpus(CFG)
-
-
-def test_the_corpus_covers_every_costly_kind_on_both_sides(cases):
-    names = {c.name for c in cases}
-    assert len(cases) >= 20
+def test_the_corpus_covers_every_costly_kind_on_both_sides(crafted_cases):
+    names = {c.name for c in crafted_cases}
+    assert len(crafted_cases) >= 20
     for kind in ("png16", "png_palette_transparent", "apng_16_frames", "webp_lossless", "webp_animated",
                  "bmp_1bit", "bmp_rle8", "bmp_rle4", "gif_1000_frames", "jpeg_progressive",
                  "jpeg_baseline", "jpeg_scans", "jpeg_scan_pixels", "bmp_rle_noops"):
         assert {f"{kind}_under", f"{kind}_over"} <= names, kind
-    assert all(len(c.data) <= CFG.max_bytes for c in cases)
+    assert all(len(c.data) <= CFG.max_bytes for c in crafted_cases)
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +38,9 @@ def code_cfg(tmp_path_factory) -> PreprocessConfig:
 
 
 @pytest.mark.parametrize("with_code", [False, True], ids=["preprocess_json", "preprocess_code"])
-def test_each_case_in_process(cases, code_cfg, with_code):
+def test_each_case_in_process(crafted_cases, code_cfg, with_code):
     cfg = code_cfg if with_code else CFG
-    for case in cases:
+    for case in crafted_cases:
         if case.status == 200:
             shape = tuple(preprocess_bytes(case.data, cfg).shape)
             assert shape == (3, CFG.input_size, CFG.input_size), case.name
@@ -64,22 +48,6 @@ def test_each_case_in_process(cases, code_cfg, with_code):
             with pytest.raises(InputError) as err:
                 preprocess_bytes(case.data, cfg)
             assert (err.value.status, err.value.error_type) == (case.status, case.error_type), case.name
-
-
-@pytest.fixture(scope="module")
-def code_server(tmp_path_factory):
-    """EfficientNet-Lite0 packaged with the example preprocessing module, served alone."""
-    tmp = tmp_path_factory.mktemp("crafted_code")
-    try:
-        proc = subprocess.run([sys.executable, "-m", "scripts.packaging.package", "--arch", MODEL,
-                               "--preprocess-code", str(CODE), "--model-name", CODE_MODEL,
-                               "--export-path", str(tmp / "store")],
-                              capture_output=True, text=True, timeout=600, cwd=repo.ROOT)
-    finally:
-        shutil.rmtree(repo.BUILD_DIR / CODE_MODEL, ignore_errors=True)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    with serving(tmp / "server", tmp / "store", f"{CODE_MODEL}={CODE_MODEL}.mar", model=CODE_MODEL) as srv:
-        yield srv
 
 
 def test_the_example_module_declares_its_input_size(code_cfg):

@@ -3,23 +3,13 @@ export to an OTLP/HTTP receiver in this test (POST /v1/traces, protobuf, on loop
 
 from __future__ import annotations
 
-import http.server
-import json
 import os
 import subprocess
 import sys
-import threading
-import time
-from pathlib import Path
-
-import pytest
 
 from handler import request_ids, tracing
-from tests.support.servers import MODEL, ROOT, serving
-
-TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
-PARENT_SPAN = "b7ad6b7169203331"
-TRACEPARENT = f"00-{TRACE_ID}-{PARENT_SPAN}-01"
+from tests.support.servers import MODEL, ROOT
+from tests.support.traces import PARENT_SPAN, TRACE_ID, TRACEPARENT
 
 
 def test_request_ids_validated():

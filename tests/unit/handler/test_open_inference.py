@@ -5,13 +5,9 @@ client (tritonclient) against a real TorchServe, in JSON and in Triton's binary-
 
 from __future__ import annotations
 
-import base64
 import json
-from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 import pytest
-import requests
 
 from handler import torchserve_entry
 from handler.errors import BadInput
@@ -19,15 +15,10 @@ from handler.payload import V2Body, v2_body, v2_image, v2_requested_outputs
 from handler.responses import V2_OUTPUTS, v2_metadata
 from scripts.packaging.sample_photos import EXPECTED_TOP1
 from tests.support.context import make_context, new_batch, statuses
+from tests.support.open_inference import top_index, v2
 from tests.support.servers import MODEL
 
 BINARY_HEADER = "Inference-Header-Content-Length"
-
-
-def v2(image: bytes, request_id: str | None = "a", **extra) -> dict:
-    doc = {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
-                       "data": [base64.b64encode(image).decode()]}], **extra}
-    return doc if request_id is None else {"id": request_id, **doc}
 
 
 def binary_v2(image: bytes) -> tuple[bytes, dict]:
@@ -40,21 +31,10 @@ def binary_v2(image: bytes) -> tuple[bytes, dict]:
 
 
 @pytest.fixture(scope="module")
-def cat(photos) -> bytes:
-    return photos["cat.jpg"].read_bytes()
-
-
-@pytest.fixture(scope="module")
 def handler(default_model_dir):
     h = torchserve_entry.ImageClassifierHandler()
     h.initialize(make_context(default_model_dir))
     return h
-
-
-def top_index(answer: dict) -> int:
-    if "predictions" in answer:
-        return answer["predictions"][0]["index"]
-    return {o["name"]: o for o in answer["outputs"]}["indices"]["data"][0]
 
 
 # ---- in-process: detection, per-request answers in a batch ----

@@ -4,18 +4,11 @@ query string names one too. Each is a 4xx JSON error, in-process and through a r
 
 from __future__ import annotations
 
-import io
-from concurrent.futures import ThreadPoolExecutor
-
 import pytest
-import requests
 
 from handler import payload
 from handler.errors import InputError
-from tests.support.servers import MODEL
-from tests.support.workers import WorkerCost
-
-DEEP = b'{"a":' * 100_000 + b"1" + b"}" * 100_000  # 600 KB: Python's parser hits RecursionError
+from tests.support.bodies import DEEP, WORST_JSON
 
 
 def refused(row: dict) -> InputError:
@@ -49,17 +42,6 @@ def test_the_raw_body_wins_over_query_parameters():
 def test_two_candidate_fields_without_a_body_are_ambiguous():
     err = refused({"data": b"x", "image": b"\xff\xd8jpeg"})
     assert (err.status, err.error_type) == (400, "AmbiguousInput") and "data, image" in err.message
-
-
-# Bodies just under max_request_size (6,553,500 bytes), each refused: shapes Python's JSON parser
-# would turn into millions of objects, and the largest JSON our parser does read (one string).
-BODY_BYTES = 6_500_000
-WORST_JSON = {
-    "a list of 1.6 million empty objects": b"[" + b"{}," * (BODY_BYTES // 3) + b"{}]",
-    "a list of 3.2 million numbers": b"[" + b"1," * (BODY_BYTES // 2) + b"1]",
-    "an object of 500,000 keys": b"{" + b",".join(b'"k%06d":0' % i for i in range(500_000)) + b"}",
-    "one 6.5 MB base64 string": b'{"image": "' + b"A" * (BODY_BYTES - 16) + b'"}',
-}
 
 
 def test_json_shape_is_bounded_before_parsing():

@@ -4,10 +4,8 @@ only the operator's command line (`--allow-code-key KEY`) admits one."""
 
 from __future__ import annotations
 
-import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +15,7 @@ from handler.settings import ConfigError
 from scripts import repo
 from scripts.ops import serve
 from scripts.ops.server_config import read_properties, write_properties
-from tests.support.servers import ROOT, free_ports
+from tests.support.servers import ROOT, config_with
 
 SHIPPED = ["config.properties", "config/kserve/config.properties",
            "deploy/overlays/kubernetes/config.properties"]
@@ -43,12 +41,6 @@ SMUGGLED = {
     "continued key": "system_metrics_\\\n    cmd=/tmp/x.py",
     "escaped letter": "system_metrics_\\u0063md=/tmp/x.py",
 }
-
-
-def config_with(tmp_path: Path, extra: str, base: str = "config.properties") -> Path:
-    path = tmp_path / "evil.properties"
-    path.write_text((ROOT / base).read_text() + extra + "\n")
-    return path
 
 
 def derive(config: Path, allow: frozenset[str] = frozenset()) -> dict[str, str]:

@@ -6,23 +6,11 @@ v2 envelope. The stubs come from the installed jar's protos (scripts.ops.grpc_st
 
 from __future__ import annotations
 
-import ipaddress
-import json
 import subprocess
-import sys
 import zipfile
 
-import grpc
-import psutil
-import pytest
-
 from scripts.ops import grpc_stubs
-from scripts.ops.client import IMAGE_HEADERS
-from scripts.ops.grpc_client import GrpcClient, HandlerError, grpc_target, handler_answer
-from scripts.ops.server_config import AUTH_REFUSED, read_properties
-from scripts.packaging.sample_photos import EXPECTED_TOP1
-from tests.support.servers import MODEL, ROOT, serving
-
+from tests.support.servers import ROOT
 
 # ---- the stubs: generated, never committed ----
 

@@ -17,11 +17,8 @@ import psutil
 import pytest
 
 from scripts import repo
-from scripts.ops import healthcheck, keys, lifecycle, pins, serve
-from scripts.ops.client import sample_request
+from scripts.ops import healthcheck, lifecycle, serve
 from tests.support.keys import write_key_file
-from tests.support.servers import MODEL, serving
-
 
 # ---- without a server ----
 

@@ -14,19 +14,11 @@
 
 from __future__ import annotations
 
-import json
-import shutil
-import subprocess
-import sys
-
 import pytest
-import yaml
 
-from scripts import repo
 from scripts.bench.load import loadtest
 from scripts.ops import healthcheck, manage, serve, server_config
-from scripts.ops.client import IMAGE_HEADERS, TorchServeClient, sample_jpeg
-from tests.support.servers import MODEL
+from scripts.ops.client import TorchServeClient
 
 
 def store_with(tmp_path, *names: str):

@@ -11,7 +11,6 @@ import subprocess
 from pathlib import Path
 from urllib.parse import urlparse
 
-import psutil
 import pytest
 
 from scripts import repo

@@ -13,36 +13,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from handler import integrity
 from scripts import repo
 from scripts.ops import pins, signature
 from scripts.ops.pins import PinError, check_pins
-from scripts.packaging import package
-from tests.support.servers import MODEL, serving
-from tests.test_pins import rehashed_tampered
+from tests.unit.ops.test_pins import rehashed_tampered
 
 VERIFY = signature.VERIFY_KEY_ENV
-
-
-def write_key_pair(private_key, out: Path) -> tuple[Path, Path]:
-    """(private PEM, public PEM) of `private_key` under `out`."""
-    key, pub = out.with_suffix(".key"), out.with_suffix(".pub")
-    key.write_bytes(private_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                              serialization.NoEncryption()))
-    pub.write_bytes(private_key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                          serialization.PublicFormat.SubjectPublicKeyInfo))
-    return key, pub
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
-    out = tmp_path_factory.mktemp("keys")
-    return {"ours": write_key_pair(ec.generate_private_key(ec.SECP256R1()), out / "ours"),
-            "other": write_key_pair(ec.generate_private_key(ec.SECP256R1()), out / "other"),
-            "ed25519": write_key_pair(ed25519.Ed25519PrivateKey.generate(), out / "ed25519")}
 
 
 def signed_store(default_mar: Path, out: Path, key: Path) -> Path:
@@ -53,7 +31,7 @@ def signed_store(default_mar: Path, out: Path, key: Path) -> Path:
     return out
 
 
-def refusal(store: Path, case: str, keys: dict) -> None:
+def refusal(store: Path, case: str, signing_keys: dict) -> None:
     """Turn good.mar of `store` into `case`: tampered (signature kept), unsigned, or other-key."""
     mar = store / "good.mar"
     if case == "tampered":
@@ -61,7 +39,7 @@ def refusal(store: Path, case: str, keys: dict) -> None:
     elif case == "unsigned":
         signature.signature_path(mar).unlink()
     else:
-        signature.sign(mar, keys["other"][0])
+        signature.sign(mar, signing_keys["other"][0])
 
 
 REFUSALS = [("tampered", "good.mar: its bytes are not the ones signed (tampered with) "
@@ -70,30 +48,30 @@ REFUSALS = [("tampered", "good.mar: its bytes are not the ones signed (tampered 
             ("other-key", "good.mar: signed with another key (ARCHIVE_VERIFY_KEY): not starting")]
 
 
-def test_a_signed_archive_counts_as_pinned(default_mar, tmp_path, keys):
-    store = signed_store(default_mar, tmp_path / "store", keys["ours"][0])
-    env = check_pins(store, "good.mar", {VERIFY: str(keys["ours"][1]), pins.REQUIRED_ENV: "1"})
+def test_a_signed_archive_counts_as_pinned(default_mar, tmp_path, signing_keys):
+    store = signed_store(default_mar, tmp_path / "store", signing_keys["ours"][0])
+    env = check_pins(store, "good.mar", {VERIFY: str(signing_keys["ours"][1]), pins.REQUIRED_ENV: "1"})
     assert len(integrity.pinned_manifests(env)) == 1
     assert env[pins.REQUIRED_ENV] == "1"
 
 
 @pytest.mark.parametrize(("case", "line"), REFUSALS)
-def test_a_refused_archive_is_named_before_torchserve_starts(default_mar, tmp_path, keys, case, line):
-    store = signed_store(default_mar, tmp_path / "store", keys["ours"][0])
-    refusal(store, case, keys)
+def test_a_refused_archive_is_named_before_torchserve_starts(default_mar, tmp_path, signing_keys, case, line):
+    store = signed_store(default_mar, tmp_path / "store", signing_keys["ours"][0])
+    refusal(store, case, signing_keys)
     with pytest.raises(PinError) as caught:
-        check_pins(store, "good.mar", {VERIFY: str(keys["ours"][1])})
+        check_pins(store, "good.mar", {VERIFY: str(signing_keys["ours"][1])})
     assert str(caught.value).startswith(line)
 
 
 @pytest.mark.parametrize(("case", "line"), REFUSALS)
-def test_serve_refuses_with_one_line_and_exit_2(default_mar, tmp_path, keys, case, line):
-    store = signed_store(default_mar, tmp_path / "store", keys["ours"][0])
-    refusal(store, case, keys)
+def test_serve_refuses_with_one_line_and_exit_2(default_mar, tmp_path, signing_keys, case, line):
+    store = signed_store(default_mar, tmp_path / "store", signing_keys["ours"][0])
+    refusal(store, case, signing_keys)
     out = subprocess.run([sys.executable, "-m", "scripts.ops.serve", "start", "--model", "good",
                           "--model-store", str(store), "--workdir", str(tmp_path / "run"), "--timeout", "5"],
                          cwd=repo.ROOT, capture_output=True, text=True, timeout=60,
-                         env={**_environ(), VERIFY: str(keys["ours"][1])})
+                         env={**_environ(), VERIFY: str(signing_keys["ours"][1])})
     assert out.returncode == 2, out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and out.stderr.startswith(f"error: {line}"), out.stderr
 
@@ -107,26 +85,27 @@ def _environ() -> dict[str, str]:
     ("missing", "cannot read a PEM public key from it"),
     ("ed25519", "not an elliptic-curve public key on P-256, P-384 or P-521"),
     ("private", "cannot read a PEM public key from it")])
-def test_an_unusable_verify_key_is_named(default_mar, tmp_path, keys, key, line):
-    store = signed_store(default_mar, tmp_path / "store", keys["ours"][0])
-    path = {"missing": tmp_path / "nope.pub", "ed25519": keys["ed25519"][1], "private": keys["ours"][0]}[key]
+def test_an_unusable_verify_key_is_named(default_mar, tmp_path, signing_keys, key, line):
+    store = signed_store(default_mar, tmp_path / "store", signing_keys["ours"][0])
+    path = {"missing": tmp_path / "nope.pub", "ed25519": signing_keys["ed25519"][1],
+            "private": signing_keys["ours"][0]}[key]
     with pytest.raises(PinError, match=f"^ARCHIVE_VERIFY_KEY={path}: {line}"):
         check_pins(store, "good.mar", {VERIFY: str(path)})
 
 
-def test_an_archive_replaced_between_verifying_and_hashing_is_refused(default_mar, tmp_path, keys,
+def test_an_archive_replaced_between_verifying_and_hashing_is_refused(default_mar, tmp_path, signing_keys,
                                                                       monkeypatch):
-    store = signed_store(default_mar, tmp_path / "store", keys["ours"][0])
+    store = signed_store(default_mar, tmp_path / "store", signing_keys["ours"][0])
     monkeypatch.setattr(signature, "signed_digest", lambda path, config: "0" * 64)
     with pytest.raises(PinError, match="is not the one its signature vouches for"):
-        check_pins(store, "good.mar", {VERIFY: str(keys["ours"][1])})
+        check_pins(store, "good.mar", {VERIFY: str(signing_keys["ours"][1])})
 
 
-def test_an_ed25519_signing_key_is_named_before_signing(default_mar, tmp_path, keys):
+def test_an_ed25519_signing_key_is_named_before_signing(default_mar, tmp_path, signing_keys):
     mar = tmp_path / "good.mar"
     mar.write_bytes(default_mar.read_bytes())
     with pytest.raises(signature.SignatureError, match="elliptic-curve private key: P-256"):
-        signature.sign(mar, keys["ed25519"][0])
+        signature.sign(mar, signing_keys["ed25519"][0])
     assert not signature.signature_path(mar).exists()
 
 

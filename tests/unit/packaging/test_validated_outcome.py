@@ -11,42 +11,20 @@ with), so top-1 is 1.0 by construction and a BGR preprocessing must fall short o
 from __future__ import annotations
 
 import json
-import re
-import time
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from handler import golden, layout, provenance
-from handler.preprocessing import PreprocessConfig, preprocess_bytes
+from handler.preprocessing import PreprocessConfig
 from handler.runner import load_runner
 from scripts import repo
-from scripts.ops import evaluate, inspect_mar, serve
-from scripts.ops.labelled import LABELS_FILE
-from scripts.packaging import package, quantize
-from scripts.packaging.sample_photos import jpeg_bytes, load_photos
-from tests.support.servers import MODEL, serving
-
-VIEWS_PER_PHOTO = 4
-
-
-@pytest.fixture(scope="module")
-def labelled(tmp_path_factory, default_model_dir) -> Path:
-    folder = tmp_path_factory.mktemp("labelled")
-    cfg = PreprocessConfig.load(default_model_dir / layout.PREPROCESS_CONFIG)
-    runner = load_runner(default_model_dir / "model.onnx")
-    rows = []
-    for i, (name, arr) in enumerate(load_photos().items()):
-        for j, view in enumerate(quantize.views(Image.fromarray(arr), VIEWS_PER_PHOTO, seed=i)):
-            data = jpeg_bytes(np.asarray(view))
-            (folder / f"{name}_{j}.jpg").write_bytes(data)
-            rows.append(f"{name}_{j}.jpg\t{int(runner(preprocess_bytes(data, cfg)[None]).argmax())}\n")
-    (folder / LABELS_FILE).write_text("file\tindex\n" + "".join(rows))
-    return folder
+from scripts.packaging import package
+from scripts.packaging.sample_photos import load_photos
+from tests.support.labelled import VIEWS_PER_PHOTO
+from tests.support.servers import MODEL
 
 
 def test_expect_top1_without_eval_dir_is_an_error(capsys):
@@ -69,13 +47,6 @@ def test_bgr_preprocessing_refused_by_expect_top1(tmp_path, labelled, capsys):
     assert rc == 2
     assert len(errors) == 1 and "--expect-top1 1.0 lies outside the packaged model's top-1" in errors[0]
     assert not list(store.glob("*.mar")) if store.exists() else True  # nothing archived
-
-
-@pytest.fixture(scope="module")
-def evaluated_mar(tmp_path_factory, labelled) -> Path:
-    """The default model packaged with --eval-dir and the top-1 the labels imply (1.0)."""
-    store = tmp_path_factory.mktemp("evaluated")
-    return package.package(model_name="lite0_eval", export_dir=store, eval_dir=labelled, expect_top1=1.0)
 
 
 def test_packaging_records_accuracy_and_golden_answers(evaluated_mar, labelled):
