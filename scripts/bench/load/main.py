@@ -16,7 +16,7 @@ One run measures, interleaved A/B/B/A so machine noise hits all alike:
   container the runtime image (`make image`) as the README runs it, raw requests;
   stock     TorchServe's `image_classifier` handler serving the same scripted model with
             TorchServe's default model settings (no config file);
-  fastapi   what a user might write: FastAPI + uvicorn, no batching (peer.py);
+  fastapi   what a user might write: FastAPI + uvicorn, no batching (fastapi_peer.py);
   triton    Triton Inference Server (pytriton's callable) with its dynamic batcher, v2 requests
             (triton_peer.py);
   triton_repo  Triton serving our archive as a model repository (scripts.deploy.triton_repo: stub
