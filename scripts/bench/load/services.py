@@ -86,11 +86,8 @@ def start(svc: Service, workers: int = 2) -> None:
 
 
 def start_torchserve(svc: Service, workers: int) -> None:
-    overrides = dict(svc.overrides)
-    log_config = overrides.pop("_log_config", serve.LOG_CONFIG)
     svc.server = serve.start(svc.workdir, models=f"{svc.model}={svc.mar.name}", ports=serve.free_ports(),
-                             model_store=svc.mar.parent, overrides=overrides, env=svc.env,
-                             log_config=log_config)
+                             model_store=svc.mar.parent, overrides=svc.overrides, env=svc.env)
     try:
         # Warmed up as `serve start` does, so the first measured window is not the frontend's
         # cold start (RELIABILITY.md); the stock handler gets the same requests.
