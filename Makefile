@@ -113,7 +113,7 @@ grpc-stubs: install-dev
 # Writes BENCHMARKS.md and docs/latency_vs_rate.png; raw results in build/bench/. The image is a
 # row of the table; the batching peers get their own venv (build/peers/venv, requirements-peers.txt).
 bench: install-dev $(MAR) image
-	$(PY) -m scripts.bench.load.peer_env
+	$(PY) -m scripts.bench.peers.peer_env
 	$(PY) -m scripts.bench.load.main $(BENCH_ARGS)
 
 # The GPU benchmark (scripts/bench/micro/gpu.py) on a GPU machine that has torch but not TorchServe:

@@ -7,7 +7,7 @@ import urllib.request
 
 import pytest
 
-from scripts.bench.load import peer
+from scripts.bench.peers import fastapi_peer
 from scripts.ops import serve
 from tests.support.servers import MODEL
 
@@ -17,9 +17,9 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def peer_url(default_model_dir):
     port = serve.free_ports(1)[0]
-    proc = peer.start(default_model_dir, port, workers=1)
+    proc = fastapi_peer.start(default_model_dir, port, workers=1)
     yield f"http://127.0.0.1:{port}/predictions/{MODEL}"
-    peer.stop(proc)
+    fastapi_peer.stop(proc)
 
 
 def post(url: str, body: bytes) -> tuple[int, dict]:

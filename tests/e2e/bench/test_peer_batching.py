@@ -1,4 +1,4 @@
-"""The benchmark's batching peer (BentoML, scripts/bench/load/batching_peer.py) answers what our
+"""The benchmark's batching peer (BentoML, scripts/bench/peers/batching_peer.py) answers what our
 TorchServe answers, batches concurrent requests, and answers a bad image alone."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from scripts.bench.load import batching_peer
+from scripts.bench.peers import batching_peer
 from scripts.ops import serve
 from tests.e2e.bench.test_peer import post
 from tests.support.servers import MODEL

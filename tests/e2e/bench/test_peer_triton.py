@@ -13,7 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from scripts.bench.load import loadtest, triton_peer
+from scripts.bench.load import loadtest
+from scripts.bench.peers import triton_peer
 from tests.support.servers import MODEL
 
 pytestmark = pytest.mark.e2e

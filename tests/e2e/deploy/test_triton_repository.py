@@ -11,7 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from scripts.bench.load import loadtest, triton_server
+from scripts.bench.load import loadtest
+from scripts.bench.peers import triton_server
 from scripts.deploy import triton_repo
 from scripts.ops.serve import free_ports
 from tests.support.servers import MODEL

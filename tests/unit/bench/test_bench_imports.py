@@ -1,5 +1,6 @@
-"""The benchmark kinds import one way (scripts/bench/__init__.py): load/ uses the shared modules
-(stats, markdown, workspace); scenarios/ uses those and load.loadtest; micro/ uses only those."""
+"""The benchmark kinds import one way (scripts/bench/__init__.py): peers/ and micro/ use only the
+shared modules (stats, markdown, workspace); load/ uses those and peers/; scenarios/ uses those and
+load.loadtest."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ from scripts import repo
 
 BENCH = repo.ROOT / "scripts" / "bench"
 # kind -> the scripts.bench modules outside its own folder it may import
+SHARED = {"scripts.bench.stats", "scripts.bench.markdown", "scripts.bench.workspace"}
+PEERS = {f"scripts.bench.peers.{p.stem}" for p in (BENCH / "peers").glob("*.py")} | {"scripts.bench.peers"}
 ALLOWED = {
-    "load": {"scripts.bench.stats", "scripts.bench.markdown", "scripts.bench.workspace"},
-    "scenarios": {"scripts.bench.stats", "scripts.bench.markdown", "scripts.bench.workspace",
-                  "scripts.bench.load.loadtest"},
-    "micro": {"scripts.bench.stats", "scripts.bench.markdown", "scripts.bench.workspace"},
+    "load": SHARED | PEERS,
+    "peers": SHARED,
+    "scenarios": SHARED | {"scripts.bench.load.loadtest"},
+    "micro": SHARED,
 }
 
 
@@ -45,3 +48,8 @@ def test_shared_modules_import_no_kind():
     for path in sorted(BENCH.glob("*.py")):  # stats, markdown, workspace
         imported = bench_imports(path)
         assert not {m for m in imported if m.split(".")[2] in ALLOWED}, (path.name, imported)
+
+
+def test_every_bench_folder_is_a_kind_with_rules():
+    folders = {p.name for p in BENCH.iterdir() if (p / "__init__.py").is_file()}
+    assert folders == set(ALLOWED), folders

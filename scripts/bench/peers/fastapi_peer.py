@@ -5,7 +5,7 @@ our archive; uvicorn runs WORKERS processes of one ORT thread each. A dev depend
 by the benchmark (scripts/bench/load/main.py) and its smoke test.
 
     PEER_MODEL_DIR=build/bench/unpacked/efficientnet_lite0 \\
-        uvicorn scripts.bench.load.peer:app --host 127.0.0.1 --port 8090 --workers 2
+        uvicorn scripts.bench.peers.fastapi_peer:app --host 127.0.0.1 --port 8090 --workers 2
 Or, from Python: `start(model_dir, port)` / `stop(proc)`.
 """
 
@@ -62,7 +62,7 @@ def create_app(model_dir: Path):
     return app
 
 
-def __getattr__(name: str):  # `uvicorn scripts.bench.load.peer:app` builds the app in each worker
+def __getattr__(name: str):  # `uvicorn scripts.bench.peers.fastapi_peer:app` builds the app in each worker
     if name == "app":
         return create_app(Path(os.environ[MODEL_ENV]))
     raise AttributeError(name)
@@ -71,8 +71,8 @@ def __getattr__(name: str):  # `uvicorn scripts.bench.load.peer:app` builds the 
 def start(model_dir: Path, port: int, workers: int = 2, timeout: float = 120.0) -> subprocess.Popen:
     """uvicorn with `workers` processes on 127.0.0.1:`port`; returns once /ping answers."""
     env = {**os.environ, MODEL_ENV: str(model_dir), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "scripts.bench.load.peer:app", "--host",
-                             "127.0.0.1", "--port", str(port), "--workers", str(workers),
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "scripts.bench.peers.fastapi_peer:app",
+                             "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
                              "--log-level", "warning", "--no-access-log"], env=env,
                             start_new_session=True)
     deadline = time.monotonic() + timeout

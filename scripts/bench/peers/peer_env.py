@@ -2,7 +2,7 @@
 requirements-peers.txt with Debian's python3: Triton's Python stub under pytriton runs only
 there (requirements-peers.txt says why). A changed requirements file rebuilds it.
 
-    python -m scripts.bench.load.peer_env     # make it (about 1 min the first time), print its python
+    python -m scripts.bench.peers.peer_env     # make it (about 1 min the first time), print its python
 """
 
 from __future__ import annotations

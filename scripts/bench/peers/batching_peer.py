@@ -2,8 +2,8 @@
 
 Same model.onnx, preprocessing (handler.preprocessing), request (the raw photo as the body of
 POST /predictions/NAME) and JSON (handler.responses) as our archive and the FastAPI peer
-(peer.py); `workers` BentoML worker processes of one ORT thread each, each with its own batcher.
-The service itself is scripts/bench/load/bento_service.py, run by `bentoml serve` in the peers'
+(fastapi_peer.py); `workers` BentoML worker processes of one ORT thread each, each with its own batcher.
+The service itself is scripts/bench/peers/bento_service.py, run by `bentoml serve` in the peers'
 environment (peer_env.py); this module only starts and stops it, so our .venv needs no bentoml.
 
 Why BentoML and not Ray Serve: BentoML's batcher takes the raw body through a custom input spec
@@ -18,7 +18,7 @@ Each worker's first 12 batches train that estimate, most of size 1: start() send
 until every worker has run them (`TRAINING_BATCHES`, read on /metrics), so a benchmark starts
 on a trained batcher. `batches(port)` reads the batch-size histogram BentoML keeps per worker.
 
-    python -m scripts.bench.load.batching_peer build/bench/unpacked/efficientnet_lite0 8091
+    python -m scripts.bench.peers.batching_peer build/bench/unpacked/efficientnet_lite0 8091
 """
 
 from __future__ import annotations
@@ -36,10 +36,10 @@ import urllib.request
 from pathlib import Path
 
 from scripts import repo
-from scripts.bench.load import peer_env
+from scripts.bench.peers import peer_env
 
 ROUTE = "/predictions/{name}"
-SERVICE = "scripts.bench.load.bento_service:BatchingPeer"
+SERVICE = "scripts.bench.peers.bento_service:BatchingPeer"
 HEALTH = "/readyz"
 READY_LINE = "batching-peer worker {} ready"
 # BentoML's dispatcher trains its latency model on its first batches (8 + 1 + 1 + 1 + 1, sizes
@@ -152,11 +152,11 @@ def start(model_dir: Path, port: int, workers: int = 2, max_batch: int = 4,
 
 
 def stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
-    """Stop `bentoml serve` (its own process group: the arbiter and its workers, as peer.stop
+    """Stop `bentoml serve` (its own process group: the arbiter and its workers, as fastapi_peer.stop
     stops uvicorn's), then remove its BentoML home."""
-    from scripts.bench.load import peer
+    from scripts.bench.peers import fastapi_peer
 
-    peer.stop(proc, grace)
+    fastapi_peer.stop(proc, grace)
     log = getattr(proc, "log", None)
     if log is not None:
         shutil.rmtree(log.parent, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""The BentoML service of the batching peer (scripts/bench/load/batching_peer.py starts it).
+"""The BentoML service of the batching peer (scripts/bench/peers/batching_peer.py starts it).
 
 Imported only by `bentoml serve` in the peers' environment (build/peers/venv): it imports
 bentoml at the top, which our own .venv does not have. Its settings come from the environment

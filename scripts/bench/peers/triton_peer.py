@@ -7,7 +7,7 @@ Runtime session of one thread. It runs in the peers' own environment (peer_env: 
 Python stub needs Debian's python3 and numpy<2), so this module's serve path imports only the
 standard library, numpy, torch (through handler.*), pytriton and handler.*.
 
-    build/peers/venv/bin/python -m scripts.bench.load.triton_peer --model-dir DIR --port 8095 \\
+    build/peers/venv/bin/python -m scripts.bench.peers.triton_peer --model-dir DIR --port 8095 \\
         --instances 2 --max-batch 4 --delay-us 1000
 Or, from our own environment: `start(model_dir, port)` / `url(port, model)` / `stop(proc)`.
 
@@ -160,11 +160,11 @@ def start(model_dir: Path, port: int, instances: int = 2, max_batch: int = 4, de
     """The peer in the peers' environment, in its own session; returns once Triton and the
     model are ready. Its output goes to `log_path` (default: a temporary file), kept on the
     process as `proc.log_path`."""
-    from scripts.bench.load import peer_env
+    from scripts.bench.peers import peer_env
 
     grpc_port, metrics_port = [p for p in free_ports(3) if p != port][:2]
     log_path = Path(log_path or tempfile.mkstemp(prefix="triton-peer-", suffix=".log")[1])
-    cmd = [str(peer_env.ensure()), "-m", "scripts.bench.load.triton_peer", "--model-dir", str(model_dir),
+    cmd = [str(peer_env.ensure()), "-m", "scripts.bench.peers.triton_peer", "--model-dir", str(model_dir),
            "--port", str(port), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port),
            "--model", model, "--instances", str(instances), "--max-batch", str(max_batch),
            "--delay-us", str(delay_us)]

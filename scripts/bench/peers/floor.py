@@ -3,7 +3,7 @@ a fixed JSON of our answer's size, with no model behind it. Measured by the same
 same cores, its latencies are what the generator, the loopback and one Python server thread cost
 by themselves; a served p99 near it has nothing left to remove on the server's side.
 
-    python -m scripts.bench.load.floor --port 8099     # then loadtest --url http://127.0.0.1:8099/x
+    python -m scripts.bench.peers.floor --port 8099     # then loadtest --url http://127.0.0.1:8099/x
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def serve(port: int) -> None:
 
 def start(port: int, timeout: float = 30.0) -> subprocess.Popen:
     """The floor server in its own process (as the servers under test are), once it answers."""
-    proc = subprocess.Popen([sys.executable, "-m", "scripts.bench.load.floor", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "scripts.bench.peers.floor", "--port", str(port)],
                             start_new_session=True)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -7,7 +7,7 @@ nvidia_pytriton.libs: `server_dir` lays them out as Triton expects (backends/pyt
 stub), once per folder, as pytriton itself does before it starts the same binary. Everything
 listens on 127.0.0.1 (tritonserver binds 0.0.0.0 unless told).
 
-    from scripts.bench.load import triton_server
+    from scripts.bench.peers import triton_server
     proc = triton_server.start(repository, port)     # returns once the model is ready
     ...  POST http://127.0.0.1:PORT/v2/models/NAME/infer
     triton_server.stop(proc)
@@ -21,8 +21,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from scripts.bench.load import peer_env
-from scripts.bench.load.triton_peer import HOST, stop, wait_ready
+from scripts.bench.peers import peer_env
+from scripts.bench.peers.triton_peer import HOST, stop, wait_ready
 from scripts.bench.workspace import BENCH
 from scripts.ops.serve import free_ports
 
@@ -38,7 +38,7 @@ def _wheel() -> Path:
     found = sorted(python.parent.parent.glob("lib/python3*/site-packages/pytriton"))
     if not found:
         raise FileNotFoundError(f"nvidia-pytriton is not installed in {peer_env.VENV}: delete it and "
-                                "run python -m scripts.bench.load.peer_env")
+                                "run python -m scripts.bench.peers.peer_env")
     return found[0].parent
 
 
