@@ -1,10 +1,11 @@
 """Export a checkpoint to a servable artifact and prove it matches the eager (research) model.
 
-model source (scripts/packaging/sources/) + state dict -> eager model -> ONNX (.onnx),
-TorchScript (.pt), a torch.export program (.pt2) or the state dict itself for the eager format
-(.pth, beside the architecture file) -> outputs compared with the
-eager model on real photos, from their encoded bytes through the handler's own preprocessing
-(`preprocess_bytes`: header checks, decoding with the JPEG draft path, RGB, resize, normalize).
+model source (scripts/packaging/sources/) + state dict (ModelInputs, read once) -> eager model
+-> architecture.json and the architecture file beside the artifact -> ONNX (.onnx), TorchScript
+(.pt), a torch.export program (.pt2) or the state dict itself for the eager format (.pth) ->
+outputs compared with the eager model on real photos, from their encoded bytes through the
+handler's own preprocessing (`preprocess_bytes`: header checks, decoding with the JPEG draft
+path, RGB, resize, normalize).
 
 Example:
     python -m scripts.packaging.export --arch efficientnet_lite0 --out build/efficientnet_lite0/model.pt
@@ -63,7 +64,7 @@ class ExportError(RuntimeError):
 
 
 def default_checkpoint() -> Path:
-    return sources.resolve(ModelSpec(arch=repo.DEFAULT_MODEL)).default_checkpoint()
+    return source_of(repo.DEFAULT_MODEL).default_checkpoint()
 
 
 def source_of(arch: str | ModelSpec | Source) -> Source:
