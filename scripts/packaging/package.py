@@ -42,6 +42,10 @@ from scripts.packaging.export import ExportError, load_preprocess, run_export
 from scripts.packaging.golden import stage_golden
 from scripts.packaging.manifest import PROGRESS_MIN_BYTES, build_manifest, hash_file
 from scripts.packaging.plan import PackagingPlan, code_files_of, plan
+
+# The GPU benchmark stages an archive's layout by hand and reads its labels through here.
+from scripts.packaging.plan import load_labels as load_labels
+from scripts.packaging.plan import read_labels as read_labels
 from scripts.packaging.reproducible import make_reproducible
 from scripts.packaging.sources import ModelSpec, SourceError, parse_kwargs
 
