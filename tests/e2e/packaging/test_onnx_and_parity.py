@@ -144,9 +144,9 @@ def test_each_archive_runs_its_own_backend(both_served):
 
 def test_default_archive_is_onnx_as_its_model_config_says(default_mar):
     """config/efficientnet_lite0/model-config.yaml export.format decides what `make package` ships."""
-    from scripts.packaging import package
+    from scripts.packaging.plan import export_settings
 
-    assert package.export_format(ROOT / "config" / MODEL / "model-config.yaml") == "onnx"
+    assert export_settings(ROOT / "config" / MODEL / "model-config.yaml")["format"] == "onnx"
     with zipfile.ZipFile(default_mar) as zf:
         manifest = json.loads(zf.read("provenance.json"))
         names = set(zf.namelist())
@@ -155,15 +155,15 @@ def test_default_archive_is_onnx_as_its_model_config_says(default_mar):
 
 
 def test_export_format_errors_are_clear(tmp_path):
-    from scripts.packaging import package
     from scripts.packaging.export import ExportError
+    from scripts.packaging.plan import export_settings
 
     config = tmp_path / "model-config.yaml"
     config.write_text("minWorkers: 1\n")
-    assert package.export_format(config) == "torchscript"
+    assert export_settings(config)["format"] == "torchscript"
     config.write_text("export:\n  format: tflite\n")
     with pytest.raises(ExportError, match="export.format 'tflite'"):
-        package.export_format(config)
+        export_settings(config)
 
 
 def test_onnx_runner_pins_torch_threads(stores, tmp_path):
