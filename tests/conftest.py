@@ -53,8 +53,9 @@ def default_model_dir(tmp_path_factory, default_mar) -> Path:
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory, default_mar):
-    """The default model served by a real TorchServe, shared by the end-to-end tests."""
-    with serving(tmp_path_factory.mktemp("torchserve"), default_mar.parent, min_ready=2) as srv:
+    """The default model served by a real TorchServe, shared by the end-to-end tests. Its
+    working directory is one serve start creates, as `make serve` does (tests check its mode)."""
+    with serving(tmp_path_factory.mktemp("torchserve") / "run", default_mar.parent, min_ready=2) as srv:
         yield srv
 
 

@@ -24,9 +24,10 @@ RESTART_WAIT_S = 10.0
 # ---- against a real server ----
 
 @pytest.fixture(scope="module")
-def srv(tmp_path_factory, default_mar):
-    with serving(tmp_path_factory.mktemp("lifecycle") / "run", default_mar.parent) as server:
-        yield server
+def srv(server):
+    """The session's server (tests/conftest.py): a refused second start leaves it serving, and
+    its killed key renewer is restarted by its supervisor."""
+    return server
 
 
 def _predict_ok(server: serve.Server) -> None:

@@ -21,7 +21,7 @@ import requests
 
 from scripts.ops.server_config import AUTH_REFUSED, read_properties
 from tests.e2e.handler.test_input_contract import check_label
-from tests.support.servers import MODEL, serving
+from tests.support.servers import MODEL
 
 pytestmark = pytest.mark.e2e
 WORKERS = 2  # config.properties default_workers_per_model
@@ -29,9 +29,10 @@ NOT_ALLOWED = "does not match any allowed URL(s)"
 
 
 @pytest.fixture(scope="module")
-def srv(tmp_path_factory, default_mar):
-    with serving(tmp_path_factory.mktemp("closed_ts"), default_mar.parent, min_ready=WORKERS) as server:
-        yield server
+def srv(server):
+    """The session's server (tests/conftest.py): these tests leave its models, workflows and
+    workers as they found them."""
+    return server
 
 
 def workflow_archive(marker: Path) -> bytes:
