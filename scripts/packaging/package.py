@@ -44,8 +44,6 @@ from scripts.packaging.manifest import PROGRESS_MIN_BYTES, build_manifest, hash_
 from scripts.packaging.plan import PackagingPlan, code_files_of, plan
 
 # The GPU benchmark stages an archive's layout by hand and reads its labels through here.
-from scripts.packaging.plan import load_labels as load_labels
-from scripts.packaging.plan import read_labels as read_labels
 from scripts.packaging.reproducible import make_reproducible
 from scripts.packaging.sources import ModelSpec, SourceError, parse_kwargs
 

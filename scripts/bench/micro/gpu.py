@@ -83,7 +83,7 @@ def photos_as_jpeg() -> list[bytes]:
 
 def stage_model(arch: str, work: Path, device: str) -> Path:
     """The archive's layout in a directory (what TorchServe unpacks), built here."""
-    from scripts.packaging import export, package, precision
+    from scripts.packaging import export, package, plan, precision
     from scripts.packaging.manifest import build_manifest
 
     model_dir = work / "model"
@@ -105,7 +105,7 @@ def stage_model(arch: str, work: Path, device: str) -> Path:
     config.update(minWorkers=1, maxWorkers=1)
     (work / layout.MODEL_CONFIG).write_text(yaml.safe_dump(config))
     labels_path = repo.CONFIG_DIR / repo.DEFAULT_MODEL / layout.LABELS
-    labels = package.load_labels(package.read_labels(labels_path), 1000, labels_path)
+    labels = plan.load_labels(plan.read_labels(labels_path), 1000, labels_path)
     shutil.copy2(pre, model_dir / layout.PREPROCESS_CONFIG)
     package.stage_files(model_dir, labels, work / layout.MODEL_CONFIG,
                         export.architecture_record(export.source_of(arch), 1000, "torchscript"))
