@@ -18,7 +18,7 @@ import pytest
 
 from scripts import repo
 from scripts.ops import healthcheck, keys, lifecycle, pins, serve
-from scripts.ops.client import sample_request
+from scripts.ops.client import sample_jpeg
 from tests.support.keys import write_key_file
 from tests.support.servers import MODEL, serving
 
@@ -151,8 +151,7 @@ def srv(tmp_path_factory, default_mar):
 
 
 def _predict_ok(server: serve.Server) -> None:
-    body, headers = sample_request()
-    resp = server.client.predict(MODEL, body, headers)
+    resp = server.client.predict(MODEL, sample_jpeg())
     assert resp.status_code == 200, resp.text
 
 
