@@ -91,16 +91,15 @@ def view_of(context, idx: int, row: dict) -> RequestView:
 
 
 def _headers(context, idx: int) -> Mapping[str, str]:
-    """Request idx's headers by lower-case name; none in-process without per-request headers."""
+    """Request idx's headers by lower-case name; none in-process without per-request headers.
+    TorchServe's worker keeps each input's content type beside them, under the input's name (a
+    dict): those are not headers."""
     try:
         raw = context.get_all_request_header(idx) or {}
     except (AttributeError, IndexError, TypeError):
         raw = {}
-    return MappingProxyType({str(key).lower(): _text(value) for key, value in raw.items()})
-
-
-def _text(value: str | bytes) -> str:
-    return value if isinstance(value, str) else bytes(value).decode("latin-1")
+    return MappingProxyType({str(key).lower(): value.decode("latin-1") if isinstance(value, bytes) else value
+                             for key, value in raw.items() if isinstance(value, (str, bytes))})
 
 
 def _torchserve_id(context, idx: int) -> str | None:
