@@ -72,7 +72,7 @@ class Observability:
         self._dims = [Dimension("ModelName", model_name), Dimension("Level", "Model")]
         self.model_name = model_name
         self.tracer = tracer
-        self.batch: logs.BatchLog | None = None  # the batch being followed, if any
+        self._log: logs.BatchLog | None = None  # the log of the batch being followed, if any
 
     @classmethod
     def for_worker(cls, metrics, model_name: str) -> Observability:
@@ -86,19 +86,19 @@ class Observability:
         """Around one batch's stages: its size; then, once it is answered, each error counted
         by kind, each request's handler time, one log line per request (with its spans)."""
         start = time.perf_counter()
-        self.batch = logs.BatchLog(batch.views, self.model_name, self.tracer)
+        self._log = logs.BatchLog(batch.views, self.model_name, self.tracer)
         self.observe(BATCH_SIZE, len(batch.views))
         try:
             yield
         finally:
-            followed, self.batch = self.batch, None
+            log, self._log = self._log, None
         elapsed = time.perf_counter() - start
         for err in batch.errors.values():
             self.error(err)
         # Every request of the batch spent the whole batch's handler time.
         self.observe(REQUEST, elapsed, times=len(batch.views))
         self._add_time(HANDLER_TIME, round(elapsed * 1000, 2))
-        followed.finish([answer.status for answer in batch.answers or ()])
+        log.finish([answer.status for answer in batch.answers or ()])
 
     def _add_time(self, name: str, ms: float) -> None:
         if self._metrics is None:
@@ -142,8 +142,8 @@ class Observability:
             self.observe(name, elapsed, times)
 
     def _record(self, name: str, request: int | None, start_ns: int, failed: bool) -> None:
-        if self.batch is not None:
-            self.batch.stage(STAGES.get(name, name), request, start_ns, time.time_ns(), failed)
+        if self._log is not None:
+            self._log.stage(STAGES.get(name, name), request, start_ns, time.time_ns(), failed)
 
     def image(self, width: int, height: int) -> None:
         """Megapixels of an image that preprocessing accepted (its header's size)."""
