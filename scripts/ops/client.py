@@ -31,7 +31,7 @@ from scripts.ops.server_config import KEY_FILE, KEY_RENEWAL_WAIT_S, KeyFile, add
 # clients): TorchServe's frontend fails those with HTTP 500 before any handler runs.
 IMAGE_HEADERS = {"Content-Type": "application/octet-stream"}
 # The resends the project's callers allow one prediction: image_classifier_client's RESEND_BUDGET
-# (tests/test_client_library.py checks they agree; this one needs no import of the library).
+# (tests/unit/client/test_client_library.py checks they agree; this one needs no import of the library).
 RESEND_BUDGET = 2
 
 

@@ -78,3 +78,10 @@ def forbidden(test: str) -> Iterator[None]:
     finally:
         serve.start = real_start
         os.environ.pop(FORBIDDEN_ENV, None)
+
+
+def config_with(tmp_path: Path, extra: str, base: str = "config.properties") -> Path:
+    """A copy of the repository's `base` properties file with `extra` lines appended."""
+    path = tmp_path / "evil.properties"
+    path.write_text((ROOT / base).read_text() + extra + "\n")
+    return path
