@@ -1,21 +1,23 @@
-"""TorchServe handler: bytes -> preprocess -> tensor -> inference -> logits -> postprocess -> answers.
+"""TorchServe handler: one request's path is decode -> preprocess -> inference -> postprocess ->
+envelope, for every request of a batch at once.
 
 Each request of a batch succeeds or fails on its own: a bad image gets its own 4xx JSON error
-and its neighbours still get predictions. `postprocess` gives one Answer (body and status) per
-request; the envelope of the call (handler/envelopes.py) puts the statuses and Content-Types on
-the context and serializes the answers. No request header changes what happens to another
-request (see `handle`).
+and its neighbours still get predictions. Each request is read once into its view
+(handler/request.py: headers, ids, protocol, body), which every stage takes; `postprocess` gives
+one Answer (body and status) per request; the envelope (handler/protocols) puts the statuses,
+Content-Types and request ids on the answers and writes each in its protocol. No request header
+changes what happens to another request (see `handle`).
 """
 
 from __future__ import annotations
 
-import functools
 import gc
 import io
 import json
 import logging
-import time
-from dataclasses import replace
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -23,20 +25,37 @@ from PIL import Image
 from ts.torch_handler.base_handler import BaseHandler
 
 from handler import golden, head, layout, responses
-from handler.batch import Batch
 from handler.device import place
-from handler.envelopes import PLAIN, Envelope, PlainEnvelope, RequestProtocol, envelope_of, request_header
-from handler.errors import HandlerError, InputError, NotServed, ServerError
-from handler.metrics import DECODE, INFERENCE, POSTPROCESS, PREPROCESS, REQUEST, HandlerMetrics
-from handler.payload import worker_decodes_bodies
+from handler.errors import HandlerError, NotServed, ServerError
+from handler.observability import DECODE, INFERENCE, POSTPROCESS, PREPROCESS, Observability
 from handler.preprocess_code import PreprocessCodeError
 from handler.preprocessing import PreprocessConfig, preprocess_image
+from handler.protocols import respond
+from handler.protocols.plain import worker_decodes_bodies
 from handler.provenance import PACKAGE_DIR, environment, installed_versions, sha256_file, verify_model_dir
+from handler.request import RequestView, request_views
 from handler.responses import Answer
 from handler.runner import backend_of, load_runner
 from handler.settings import handler_settings, inside
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Batch:
+    """One TorchServe batch as it moves through the stages: each request's view, the tensors of
+    the decodable requests, and each other request's description or error, by index."""
+
+    views: list[RequestView]
+    tensor: torch.Tensor | None = None
+    indices: list[int] = field(default_factory=list)  # the requests of `tensor`'s rows, in order
+    errors: dict[int, HandlerError] = field(default_factory=dict)
+    described: dict[int, dict] = field(default_factory=dict)  # describe requests: their answer
+    # The head's probabilities, one row per decodable request (its views averaged), and the
+    # model's own number of outputs (1 for a binary head served as two classes).
+    probs: torch.Tensor | None = None
+    width: int = 0
+    answers: list[Answer] | None = None
 
 
 def loaded_description(manifest_path: Path, provenance: dict) -> dict:
@@ -90,7 +109,7 @@ class ImageClassifierHandler(BaseHandler):
         self.most_rows = int(context.system_properties.get("batch_size") or 1)
         self.model_name = self.manifest["model"].get("modelName", "model")
         self.model_version = self.manifest["model"].get("modelVersion", "1.0")
-        self.metrics = HandlerMetrics.for_worker(context.metrics, self.model_name)  # + JSON logs, traces
+        self.observability = Observability.for_worker(context.metrics, self.model_name)
         self._warm_up()
         # The worker's start-up objects (torch, onnxruntime, ts: about 420,000 tracked by the GC)
         # are kept for its whole life; a full collection scanning them took 212 ms, a stall of
@@ -101,31 +120,21 @@ class ImageClassifierHandler(BaseHandler):
                     self.model_version, self.runner.backend, threads, len(self.labels), PACKAGE_DIR)
 
     def handle(self, data: list[dict], context) -> list:
-        """Every request of the batch goes preprocess -> inference -> postprocess, and the
-        answers go out through the call's envelope (handler/envelopes.py).
+        """Each request read once into its view, then decode -> preprocess (per request) ->
+        inference -> postprocess (the batch) -> envelope, observed around the whole.
 
         BaseHandler's `handle` sends the WHOLE batch down another path when its first request
         carries an `explain` header (what TorchServe sets for /explanations/NAME) or a `describe`
         header: one client could fail everyone batched with it. Here those are per request:
         an explanation is refused with its own 501 (`preprocess`), a describe request gets the
         model's description, and the other requests of the batch are answered as usual."""
-        start = time.perf_counter()
         self.context = context
-        envelope = envelope_of(context)
-        requests = self.metrics.begin(context, len(data))  # observability: ids, log lines, spans
-        batch = self.preprocess(data, envelope)
-        answers = self.postprocess(self.inference(batch))
-        answers = requests.finish(answers)  # each answer's request id (body, header); its log line
-        # Each request's protocol (read in preprocess, per request) shapes its own answer.
-        out = envelope.respond(context, answers, batch.protocols)
-        context.metrics.add_time("HandlerTime", round((time.perf_counter() - start) * 1000, 2), None, "ms")
-        return out
-
-    def _header(self, idx: int, name: str) -> str | None:
-        try:
-            return self.context.get_request_header(idx, name)
-        except (AttributeError, IndexError, TypeError):  # no per-request headers (in-process use)
-            return None
+        batch = Batch(request_views(context, data))
+        with self.observability.following(batch):  # metrics, a log line and spans per request
+            self.preprocess(data, batch)
+            self.inference(batch)
+            batch.answers = self.postprocess(batch)
+            return respond(context, batch.views, batch.answers)
 
     def describe_handle(self) -> dict:
         """What `GET /models/NAME?customized=true` adds to the management API's description."""
@@ -152,51 +161,50 @@ class ImageClassifierHandler(BaseHandler):
                     self.runner, tensor.expand(batch, *tensor.shape).contiguous(), self.head, self.most_rows)
                 responses.ranked(probs, self.top_k, self.head.predicted(probs, width))
 
-    def preprocess(self, data: list[dict], envelope: Envelope | None = None) -> Batch:
-        """Each request read on its own, inside its own error handling: its describe header, its
-        protocol (from its body and headers: handler/envelopes.py), its image and tensor. Whatever
-        one request sent, or whatever bug it hits, fails that request alone."""
-        envelope = envelope or PlainEnvelope()
-        batch = Batch(size=len(data), protocols=[PLAIN] * len(data))
+    def preprocess(self, data: list[dict], batch: Batch) -> Batch:
+        """Each request on its own, inside its own error handling: a describe request gets the
+        description; any other is decoded by its protocol (its image's bytes), then preprocessed
+        (its tensor). Whatever one request sent, or whatever bug it hits, fails that request alone."""
         tensors = []
-        for idx, row in enumerate(data):
-            try:
-                if self._header(idx, "describe") == "True":
-                    batch.described[idx] = self.describe_handle()
+        for view, row in zip(batch.views, data):
+            with self._alone(batch, view.idx):
+                if view.error is not None:
+                    raise view.error
+                if view.describe:
+                    batch.described[view.idx] = self.describe_handle()
                     continue
-                header = functools.partial(request_header, self.context, idx)  # by lower-case name
-                protocol = batch.protocols[idx] = envelope.protocol_of(row, header)
-                tensors.append(self._tensor_of(idx, row, protocol))
-                batch.indices.append(idx)
-            except InputError as err:
-                self._failed(batch, idx, err)
-            except Exception:  # a bug hit by one request must not fail its neighbours
-                logger.exception("Unexpected preprocessing failure (request %d of %d)", idx, len(data))
-                self._failed(batch, idx, ServerError())
+                if view.explain:
+                    raise NotServed("explanations")
+                with self.observability.stage(PREPROCESS, request=view.idx):
+                    with self.observability.stage(DECODE, request=view.idx):
+                        image = view.protocol.image(view, row)
+                    tensors.append(self._tensor_of(image))
+                batch.indices.append(view.idx)
         if tensors:
             batch.tensor = torch.stack(tensors)
-        self.metrics.batch_size(len(data))
         return batch
 
-    def _tensor_of(self, idx: int, row: dict, protocol: RequestProtocol = PLAIN) -> torch.Tensor:
-        if self._header(idx, "explain") == "True":
-            raise NotServed("explanations")
-        with self.metrics.timed(PREPROCESS, request=idx):
-            with self.metrics.timed(DECODE, request=idx):  # observability: the payload's own span
-                image = protocol.image(row)
-            tensor, (width, height) = preprocess_image(image, self.preprocess_config)
+    @contextmanager
+    def _alone(self, batch: Batch, idx: int) -> Iterator[None]:
+        """A request's failure as its own answer: its error, or a ServerError for a bug."""
+        try:
+            yield
+        except HandlerError as err:
+            batch.errors[idx] = err
+        except Exception:  # a bug hit by one request must not fail its neighbours
+            logger.exception("Unexpected preprocessing failure (request %d of %d)", idx, len(batch.views))
+            batch.errors[idx] = ServerError()
+
+    def _tensor_of(self, image: bytes) -> torch.Tensor:
+        tensor, (width, height) = preprocess_image(image, self.preprocess_config)
         if tuple(tensor.shape) != self.input_shape:  # a server fault of this request alone
             raise PreprocessCodeError(f"preprocessing returned shape {tuple(tensor.shape)}; the "
                                       f"model's input is {self.input_shape}")
-        self.metrics.image(width, height)
+        self.observability.image(width, height)
         return tensor
 
-    def _failed(self, batch: Batch, idx: int, err: HandlerError) -> None:
-        batch.errors[idx] = err
-        self.metrics.error(err)
-
     def inference(self, batch: Batch, *args, **kwargs) -> Batch:
-        with self.metrics.timed(INFERENCE):
+        with self.observability.stage(INFERENCE):
             if batch.tensor is not None:
                 batch.probs, batch.width = head.answer_probabilities(self.runner, batch.tensor,
                                                                      self.head, self.most_rows)
@@ -204,8 +212,8 @@ class ImageClassifierHandler(BaseHandler):
 
     def postprocess(self, batch: Batch) -> list[Answer]:
         """One Answer per request, in request order: its prediction, description or error."""
-        with self.metrics.timed(POSTPROCESS):
-            answers: list[Answer | None] = [None] * batch.size
+        with self.observability.stage(POSTPROCESS):
+            answers: list[Answer | None] = [None] * len(batch.views)
             if batch.probs is not None:
                 marks = self.head.predicted(batch.probs, batch.width)
                 for idx, best in zip(batch.indices, responses.ranked(batch.probs, self.top_k, marks)):
@@ -216,6 +224,4 @@ class ImageClassifierHandler(BaseHandler):
                 answers[idx] = Answer(description)
             for idx, err in batch.errors.items():
                 answers[idx] = Answer.of_error(err)
-        # Every request of the batch spent the whole batch's handler time.
-        self.metrics.observe(REQUEST, batch.elapsed(), times=batch.size)
         return answers

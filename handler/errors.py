@@ -10,7 +10,7 @@ read and the message. The JSON body is the same for all: {"code", "type", "messa
     │   └── NotServed         501  a route this model does not serve (explanations)
     └── ServerError       500  our fault: a bug hit while preparing one request (logged)
 
-Client errors and server faults are counted apart (handler/metrics.py): an InputError is never
+Client errors and server faults are counted apart (handler/observability.py): an InputError is never
 a server fault, a ServerError never the client's.
 """
 

@@ -7,9 +7,9 @@ handler a JsonFormatter, so every record logged after `initialize` is a JSON obj
 frontend parses are left exactly as they are: `[METRICS]...` (the metrics it turns into
 Prometheus series), `[PID]...` and `Torch worker started.`.
 
-`BatchLog` follows one batch: each request's id (handler/request_ids.py), the stage timings
-HandlerMetrics.timed records, and at the end one `request` line per request with its id, status,
-batch size and timings, and its spans when tracing is on (handler/tracing.py).
+`BatchLog` follows one batch for handler/observability.py: the stage timings its `stage` records,
+and at the end one `request` line per request with its id (its view's: handler/request.py),
+status, batch size and timings, and its spans when tracing is on (handler/tracing.py).
 """
 
 from __future__ import annotations
@@ -18,10 +18,15 @@ import json
 import logging
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-from handler import request_ids, tracing
+from handler import tracing
+
+if TYPE_CHECKING:
+    from handler.request import RequestView
 
 logger = logging.getLogger("handler.requests")
 # Lines TorchServe's frontend reads for itself (WorkerLifeCycle's ReaderThread patterns).
@@ -77,71 +82,36 @@ class Stage:
         return round((self.end_ns - self.start_ns) / 1e6, 3)
 
 
-@dataclass
-class Request:
-    idx: int
-    request_id: str
-    torchserve_id: str | None
-    refused_id: bool
-    headers: dict = field(default_factory=dict)
-
-    @property
-    def describe(self) -> bool:
-        """A management API describe call (`customized=true`): its body is the model's description."""
-        return request_ids.header_of(self.headers, "describe") == "True"
-
-
 class BatchLog:
     """One batch's requests, from the handler taking it to the answers leaving."""
 
-    def __init__(self, context, size: int, model: str, tracer=None) -> None:
-        self.size = size
+    def __init__(self, views: Sequence[RequestView], model: str, tracer=None) -> None:
+        self.size = len(views)
         self.model = model
         self.tracer = tracer
         self.start_ns = time.time_ns()
         self.stages: list[Stage] = []
-        self.requests = [self._request(context, idx) for idx in range(size)]
-        self.context = context
-
-    @staticmethod
-    def _request(context, idx: int) -> Request:
-        """Request idx's id and headers. Never raises: whatever a request's headers hold, its
-        batch goes on (the request then has an id of its own making)."""
-        try:
-            headers = request_ids.request_headers(context, idx)
-            own = request_ids.torchserve_id(context, idx)
-            chosen, refused = request_ids.choose(request_ids.header_of(headers, request_ids.HEADER), own)
-            return Request(idx, chosen, own, refused, dict(headers))
-        except Exception:
-            logger.debug("request %d: headers not read", idx, exc_info=True)
-            return Request(idx, request_ids.choose(None, None)[0], None, False)
+        self.requests = views
 
     def stage(self, name: str, request: int | None, start_ns: int, end_ns: int, failed: bool) -> None:
         self.stages.append(Stage(name, request, start_ns, end_ns, failed))
 
-    def finish(self, answers: list) -> list:
-        """The answers with their request ids (body and header); then one log line and, when
-        tracing is on, the spans of each request. Never fails the batch."""
-        out = []
-        for req, answer in zip(self.requests, answers):
-            request_ids.set_header(self.context, req.idx, req.request_id)
-            stamped = isinstance(getattr(answer, "body", None), dict) and not req.describe
-            out.append(replace(answer, body=request_ids.stamp(answer.body, req.request_id))
-                       if stamped else answer)
+    def finish(self, statuses: Sequence[int]) -> None:
+        """One log line and, when tracing is on, the spans of each request answered with
+        `statuses`. Never fails the batch."""
         end_ns = time.time_ns()
-        for req, answer in zip(self.requests, out):
+        for req, status in zip(self.requests, statuses):
             try:
-                self._report(req, getattr(answer, "status", 200), end_ns)
+                self._report(req, status, end_ns)
             except Exception:  # a log or trace bug must not cost a prediction
                 logger.debug("request %s not reported", req.request_id, exc_info=True)
-        return out
 
     def timings(self, idx: int, end_ns: int) -> dict[str, float]:
         mine = {s.name: s.ms for s in self.stages if s.request in (idx, None)}
         mine["total"] = round((end_ns - self.start_ns) / 1e6, 3)
         return mine
 
-    def _report(self, req: Request, status: int, end_ns: int) -> None:
+    def _report(self, req: RequestView, status: int, end_ns: int) -> None:
         fields = {"request_id": req.request_id, "torchserve_request_id": req.torchserve_id,
                   "model": self.model, "status": status, "batch_size": self.size,
                   "timings_ms": self.timings(req.idx, end_ns)}
@@ -150,5 +120,5 @@ class BatchLog:
         if self.tracer is not None:
             fields.update(self.tracer.emit(self, req, status, end_ns))
         else:  # not traced here, but the caller's trace id still joins this line to its trace
-            fields.update(tracing.ids_of(request_ids.header_of(req.headers, tracing.TRACEPARENT)))
+            fields.update(tracing.ids_of(req.header(tracing.TRACEPARENT)))
         logger.info("request", extra={"fields": fields})

@@ -1,7 +1,7 @@
 """What a client gets: the head's probabilities (handler/head.py) -> the top-k classes with
 labels and probabilities (and, for a head that predicts a set, which classes are in it), and
-each request's Answer (its JSON body and HTTP status), which an envelope (handler/envelopes.py)
-sends."""
+each request's Answer (its JSON body and HTTP status), which the envelope (handler/protocols)
+sends in the request's protocol."""
 
 from __future__ import annotations
 
@@ -67,41 +67,3 @@ def prediction(probs: list[float], indices: list[int], labels: dict[str, str], m
 def reason_phrase(status: int) -> str:
     """A fixed reason phrase for the status line; the details travel in the JSON body."""
     return HTTP_PHRASES.get(status, "Error")
-
-
-# The Open Inference Protocol (KServe v2): a prediction as typed tensors, an error as {"error"}.
-# Three outputs, so that a v2 client reads each as an array (no JSON inside strings), and a
-# fourth where the model's head predicts a set (sigmoid, binary): whether each class is in it.
-V2_OUTPUTS = ("labels", "probabilities", "indices")
-V2_PREDICTED = "predicted"
-V2_KNOWN = (*V2_OUTPUTS, V2_PREDICTED)
-_V2_FIELDS = {"labels": ("label", "BYTES"), "probabilities": ("probability", "FP32"),
-              "indices": ("index", "INT64"), V2_PREDICTED: ("predicted", "BOOL")}
-
-
-def v2_prediction(body: dict, request_id: str, outputs: tuple[str, ...] = V2_KNOWN) -> dict:
-    """A prediction (`prediction`'s dict) as a v2 response: the k best classes, best first,
-    as the tensors `outputs` names, each of shape [k] (`predicted` only where the head marks)."""
-    preds = body["predictions"]
-    marked = bool(preds) and "predicted" in preds[0]
-    names = [name for name in outputs if name != V2_PREDICTED or marked]
-    return {"model_name": body["model"], "model_version": body["version"], "id": request_id,
-            "outputs": [{"name": name, "datatype": _V2_FIELDS[name][1], "shape": [len(preds)],
-                         "data": [p[_V2_FIELDS[name][0]] for p in preds]} for name in names]}
-
-
-def v2_error(body: dict) -> dict:
-    """An error's body ({"code", "type", "message"}) as the protocol's {"error": "..."}; the
-    type leads the message, so clients can still tell the kinds apart."""
-    return {"error": f"{body['type']}: {body['message']}"}
-
-
-def v2_metadata(model: str, version: str, top_k: int, marked: bool = False) -> dict:
-    """The model's v2 metadata (GET /v2/models/NAME): what v2_image reads, what v2_prediction
-    writes (`marked`: the head predicts a set). TorchServe 0.12 does not serve this route; a
-    proxy in front of it may."""
-    names = V2_KNOWN if marked else V2_OUTPUTS
-    return {"name": model, "versions": [version], "platform": "torchserve",
-            "inputs": [{"name": "image", "datatype": "BYTES", "shape": [1]}],
-            "outputs": [{"name": name, "datatype": _V2_FIELDS[name][1], "shape": [top_k]}
-                        for name in names]}

@@ -13,7 +13,7 @@ and `postprocess`. Those two run once for the whole batch; each request gets its
 parented under its own `predict`, with the batch's times and `batch.size`: every request's trace
 shows the forward pass it waited for, whichever trace the other requests of the batch belong to
 (one shared span with links would sit in one trace and be a link away from the others). The
-spans are made from the times HandlerMetrics.timed recorded, after the batch, so tracing adds
+spans are made from the times Observability.stage recorded, after the batch, so tracing adds
 nothing inside the stages themselves.
 """
 
@@ -23,7 +23,6 @@ import os
 import re
 from collections.abc import Mapping
 
-from handler.request_ids import header_of
 from handler.settings import ConfigError, boolean
 
 TRACEPARENT = "traceparent"
@@ -91,7 +90,7 @@ class Tracer:
     def emit(self, batch, req, status: int, end_ns: int) -> dict[str, str]:
         """One request's spans (see the module's docstring); its trace and span ids for its log line."""
         trace = self._trace
-        carrier = {name: header_of(req.headers, name) for name in (TRACEPARENT, TRACESTATE)}
+        carrier = {name: req.header(name) for name in (TRACEPARENT, TRACESTATE)}
         carrier = {name: value for name, value in carrier.items() if value}
         parent = self._propagator.extract(carrier)
         attributes = {"request.id": req.request_id, "model.name": batch.model, "batch.size": batch.size,

@@ -130,8 +130,9 @@ class TritonPythonModel:
     def _tensor_of(self, request: object) -> object:
         """The request's model input (a CHW tensor), or RequestFailed."""
         from handler.errors import InputError
-        from handler.payload import payload_to_bytes
         from handler.preprocessing import preprocess_image
+        from handler.protocols.open_inference import v2_error
+        from handler.protocols.plain import payload_to_bytes
 
         try:
             elements = pb_utils.get_input_tensor_by_name(request, "image").as_numpy().reshape(-1)
@@ -140,7 +141,7 @@ class TritonPythonModel:
                                     "(shape [1, 1]) per request", pb_utils.TritonError.INVALID_ARG)
             tensor = preprocess_image(payload_to_bytes({"body": bytes(elements[0])}), self.cfg)[0]
         except InputError as err:
-            raise RequestFailed(self.responses.v2_error(err.to_json())["error"],
+            raise RequestFailed(v2_error(err.to_json())["error"],
                                 pb_utils.TritonError.INVALID_ARG) from err
         except RequestFailed:
             raise

@@ -15,9 +15,7 @@ TorchServe's own 503 nor a 4xx. RESEND_BUDGET is what the project's callers pass
 
 from __future__ import annotations
 
-import base64
 import io
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -39,23 +37,12 @@ RESEND_BUDGET = 2
 
 def sample_jpeg(size: int = 64) -> bytes:
     """A small valid photo-like JPEG (a gradient): cheap to classify, passes every input check.
-    For probes and warm-up, which must not depend on the build's sample photos."""
+    For probes and warm-up, which must not depend on the build's sample photos: sent as the raw
+    body, in every protocol the handler reads (it recognises each request's own)."""
     img = Image.radial_gradient("L").resize((size, size)).convert("RGB")
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=85)
     return buf.getvalue()
-
-
-def sample_request(envelope: str | None = None, size: int = 64) -> tuple[bytes, dict]:
-    """A tiny prediction in the protocol the server speaks (config.properties `service_envelope`):
-    a raw JPEG, or under TorchServe's KServe v2 envelope (config/kserve) the same JPEG as a v2
-    BYTES input. The readiness probe's, and the warm-up's."""
-    image = sample_jpeg(size)
-    if envelope != "kservev2":
-        return image, {}
-    body = {"id": "probe", "inputs": [{"name": "input-0", "shape": [1], "datatype": "BYTES",
-                                       "data": [base64.b64encode(image).decode()]}]}
-    return json.dumps(body).encode(), {"Content-Type": "application/json"}
 
 
 @dataclass

@@ -35,7 +35,7 @@ from pathlib import Path
 import requests
 
 from scripts import repo
-from scripts.ops.client import TorchServeClient, sample_request
+from scripts.ops.client import TorchServeClient, sample_jpeg
 from scripts.ops.keys import expiry_s, seconds_left
 from scripts.ops.serve import WARM_UP_PENDING, in_flight
 from scripts.ops.server_config import CONFIG_FILE, ModelChoiceError, read_properties, served_models
@@ -57,7 +57,7 @@ def ready_models(client: TorchServeClient, workdir: Path, model: str | None) -> 
 
 
 def check_ready(client: TorchServeClient, models: list[str], min_workers: int | None = None,
-                state: Path | None = None, envelope: str | None = None) -> tuple[int, str]:
+                state: Path | None = None) -> tuple[int, str]:
     """Ready when every model in `models` has its READY workers and answers (the module's
     docstring). The traffic counters are the whole server's: under traffic they stand for every
     model; without traffic each model answers a prediction of its own."""
@@ -75,7 +75,7 @@ def check_ready(client: TorchServeClient, models: list[str], min_workers: int | 
         code, how = verdict
         return code, f"{'ready' if code == OK else 'not ready'}: {ready}; {how}"
     for model in models:
-        code, answer = check_prediction(client, model, envelope)
+        code, answer = check_prediction(client, model)
         if code != OK:
             return code, f"{model}: {answer}"
     return OK, f"ready: {ready}; prediction ok"
@@ -98,11 +98,10 @@ def check_workers(client: TorchServeClient, model: str, min_workers: int | None)
     return OK, f"{ready} READY workers"
 
 
-def check_prediction(client: TorchServeClient, model: str, envelope: str | None) -> tuple[int, str]:
+def check_prediction(client: TorchServeClient, model: str) -> tuple[int, str]:
     """OK when `model` answers the probe's tiny prediction."""
     try:
-        body, headers = sample_request(envelope)
-        resp = client.predict(model, body, headers=headers)
+        resp = client.predict(model, sample_jpeg())
     except (OSError, requests.RequestException) as exc:
         return UNREACHABLE, f"inference API unreachable: {exc}"
     if resp.status_code != 200 or "predictions" not in resp.text:
@@ -190,8 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     elif expiring:
         code, message = NOT_READY, expiring
     else:
-        code, message = (check_ready(client, models, args.min_workers, args.workdir / STATE_FILE,
-                                     props.get("service_envelope"))
+        code, message = (check_ready(client, models, args.min_workers, args.workdir / STATE_FILE)
                          if args.probe == "ready" else check_live(client))
     print(message, file=sys.stdout if code == OK else sys.stderr)
     return code

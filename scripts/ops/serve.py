@@ -31,7 +31,7 @@ import requests
 from handler.settings import ConfigError, check_keys
 from scripts import repo
 from scripts.ops import lifecycle, pins
-from scripts.ops.client import TorchServeClient, sample_request
+from scripts.ops.client import TorchServeClient, sample_jpeg
 from scripts.ops.server_config import (
     ADDRESS_KEYS,
     CONFIG_FILE,
@@ -310,12 +310,12 @@ def warm_up(server: Server, model: str, seconds: float = WARM_UP_S, progress: bo
     announced. The workers warm their own path in initialize; this warms the rest (the Java
     frontend's code is interpreted until its JIT compiles it under traffic): at 50 rps the first
     4 s after READY had p99 122-132 ms without it, 45-47 ms with it (RELIABILITY.md)."""
-    body, headers = sample_request(server.properties.get("service_envelope"), 256)
+    body = sample_jpeg(256)
     deadline = time.monotonic() + seconds
     sent = 0
     with ThreadPoolExecutor(WARM_UP_CONCURRENCY) as pool:
         while time.monotonic() < deadline:
-            list(pool.map(lambda _: server.client.predict(model, body, headers), range(WARM_UP_CONCURRENCY)))
+            list(pool.map(lambda _: server.client.predict(model, body), range(WARM_UP_CONCURRENCY)))
             sent += WARM_UP_CONCURRENCY
     if progress:
         print(f"[serve] {model} warmed up with {sent} requests in {seconds:g} s", flush=True)

@@ -37,7 +37,7 @@ def test_peer_answers_our_json(server, photos, peer_url, name):
     status, answer = post(peer_url, body)
     ours = server.client.predict(MODEL, body)
     assert status == 200 and ours.status_code == 200
-    # The same answer but for its request id (our handler's, handler/request_ids.py; the peer's
+    # The same answer but for its request id (our handler's, handler/request.py; the peer's
     # answers carry none).
     ours_body = ours.json()
     assert ours_body.pop("request_id")

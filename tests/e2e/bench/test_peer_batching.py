@@ -41,7 +41,7 @@ def test_peer_answers_our_json(server, photos, peer, name):
     ours = server.client.predict(MODEL, body)
     assert status == 200 and ours.status_code == 200
     ours_body = ours.json()
-    assert ours_body.pop("request_id")  # ours carries one (handler/request_ids.py); the peer's none
+    assert ours_body.pop("request_id")  # ours carries one (handler/request.py); the peer's none
     assert answer == ours_body
 
 

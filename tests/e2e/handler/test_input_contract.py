@@ -36,7 +36,7 @@ from tests.support.servers import MODEL, free_ports
 pytestmark = pytest.mark.e2e
 
 MAX_REQUEST_SIZE = int(read_properties(repo.ROOT / "config.properties")["max_request_size"])
-ERROR_KEYS = {"code", "type", "message", "request_id"}  # handler/request_ids.py
+ERROR_KEYS = {"code", "type", "message", "request_id"}  # handler/request.py
 
 
 @pytest.fixture(scope="module")

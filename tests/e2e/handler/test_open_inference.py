@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import requests
 
-from handler.responses import V2_OUTPUTS
+from handler.protocols.open_inference import V2_OUTPUTS
 from scripts.packaging.sample_photos import EXPECTED_TOP1
 from tests.support.open_inference import top_index, v2
 from tests.support.servers import MODEL

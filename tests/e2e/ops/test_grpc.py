@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from scripts.ops.client import IMAGE_HEADERS
-from scripts.ops.grpc_client import GrpcClient, HandlerError, grpc_target, handler_answer
+from scripts.ops.grpc_client import GrpcClient, HandlerError, grpc_target
 from scripts.ops.server_config import AUTH_REFUSED, read_properties
 from scripts.packaging.sample_photos import EXPECTED_TOP1
 from tests.support.servers import MODEL, ROOT, serving
@@ -36,8 +36,7 @@ def grpc_client(server):
 def oip_server(tmp_path_factory, default_mar):
     """The default archive with the KServe variant's v2 settings (what shapes answers as
     ModelInfer's) and the Open Inference Protocol on: its gRPC service is registered on the gRPC
-    inference port. TorchServe's kservev2 envelope, where the variant names it, reads only the
-    first request of a batch: the tests here send one request at a time."""
+    inference port."""
     kserve = read_properties(ROOT / "config" / "kserve" / "config.properties")
     overrides = {key: kserve[key] for key in V2_KEYS if key in kserve}
     overrides["ts_open_inference_protocol"] = "true"
@@ -161,14 +160,9 @@ def test_the_cli_prints_the_answer(server, photos):
 # ---- ts_open_inference_protocol=true: the Open Inference Protocol's gRPC service ----
 
 def v2_top1(response) -> int:
-    """The top-1 class index of a ModelInfer answer, in either layout the handler has used: a
-    BYTES output holding its JSON answer (TorchServe's kservev2 envelope), or v2 tensors with an
-    integer `indices` output."""
-    outputs = {out.name: out for out in response.outputs}
-    if "indices" in outputs:
-        contents = outputs["indices"].contents
-        return int((list(contents.int64_contents) or list(contents.int_contents))[0])
-    return top1(handler_answer(response.outputs[0].contents.bytes_contents[0]))["index"]
+    """The top-1 class index of a ModelInfer answer: its integer `indices` output."""
+    contents = {out.name: out for out in response.outputs}["indices"].contents
+    return int((list(contents.int64_contents) or list(contents.int_contents))[0])
 
 
 @pytest.mark.e2e

@@ -15,7 +15,7 @@ import pytest
 
 from scripts import repo
 from scripts.ops import keys, lifecycle, pins, serve
-from scripts.ops.client import sample_request
+from scripts.ops.client import sample_jpeg
 from tests.support.servers import MODEL, serving
 
 RESTART_WAIT_S = 10.0
@@ -31,8 +31,7 @@ def srv(server):
 
 
 def _predict_ok(server: serve.Server) -> None:
-    body, headers = sample_request()
-    resp = server.client.predict(MODEL, body, headers)
+    resp = server.client.predict(MODEL, sample_jpeg())
     assert resp.status_code == 200, resp.text
 
 

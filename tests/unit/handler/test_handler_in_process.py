@@ -6,14 +6,13 @@ One request's failure stays that request's: its own status and JSON error, neigh
 
 from __future__ import annotations
 
-import json
 import shutil
 
 import pytest
 import yaml
 from ts.utils.util import list_classes_from_module
 
-from handler import classifier, metrics, torchserve_entry
+from handler import classifier, observability, torchserve_entry
 from handler.errors import BadInput, ServerError
 from handler.settings import ConfigError
 from scripts import repo
@@ -119,22 +118,6 @@ def test_header_driven_routes_stay_with_their_own_request(handler):
     assert out[2] == handler.describe_handle() and out[2]["model"] == "efficientnet_lite0"
 
 
-def test_a_kserve_v2_request_gets_one_status_and_json_strings(handler):
-    """TorchServe's kservev2 envelope hands one v2 request's inputs as rows and sets
-    context.input_names: the request's status at index 0, each answer a JSON string."""
-    good = encode(gradient(), "PNG")
-    new_batch(handler.context, 1)
-    handler.context.input_names = ["input-0", "input-1"]
-    try:
-        out = handler.handle([{"data": good}, {"data": b"garbage"}], handler.context)
-    finally:
-        del handler.context.input_names
-    assert all(isinstance(answer, str) for answer in out)
-    assert json.loads(out[0])["predictions"] and json.loads(out[1])["type"] == "UnsupportedMediaType"
-    assert statuses(handler.context) == {0: (415, "Unsupported Media Type")}
-    assert handler.context.get_response_content_type(0) == "application/json"
-
-
 def test_a_bad_environment_override_fails_initialize(default_model_dir, monkeypatch):
     monkeypatch.setenv("HANDLER_THREADS", "two")
     with pytest.raises(ConfigError, match="environment variable HANDLER_THREADS"):
@@ -157,16 +140,17 @@ def test_every_handler_metric_is_declared_with_the_dimensions_it_is_sent_with():
     declared = {m["name"]: m["dimensions"] for kind in yaml.safe_load(
         (repo.CONFIG_DIR / "metrics.yaml").read_text())["model_metrics"].values() for m in kind}
     recorder = DimensionRecorder()
-    emitter = metrics.HandlerMetrics(recorder, "m")
-    for name in (metrics.PREPROCESS, metrics.INFERENCE, metrics.POSTPROCESS, metrics.REQUEST):
-        with emitter.timed(name):
+    emitter = observability.Observability(recorder, "m")
+    stages = (observability.PREPROCESS, observability.INFERENCE, observability.POSTPROCESS,
+              observability.REQUEST)
+    for name in stages:
+        with emitter.stage(name):
             pass
-    emitter.batch_size(1)
+    emitter.observe(observability.BATCH_SIZE, 1)
     emitter.image(10, 10)
     emitter.error(BadInput("EmptyInput", "nothing sent"))
     emitter.error(ServerError())
-    assert set(recorder.dimensions) == {metrics.PREPROCESS, metrics.INFERENCE, metrics.POSTPROCESS,
-                                        metrics.REQUEST, metrics.BATCH_SIZE, metrics.IMAGE_MEGAPIXELS,
-                                        metrics.INPUT_ERRORS, metrics.SERVER_ERRORS}
+    assert set(recorder.dimensions) == {*stages, observability.BATCH_SIZE, observability.IMAGE_MEGAPIXELS,
+                                        observability.INPUT_ERRORS, observability.SERVER_ERRORS}
     for name, dims in recorder.dimensions.items():
         assert declared[name] == dims, name

@@ -16,6 +16,7 @@ from PIL import Image
 from handler import responses
 from handler.head import Head, answer_probabilities, in_chunks, mean_of_views, views_of
 from handler.preprocess_code import PreprocessCodeError, Transform, to_tensor
+from handler.protocols.open_inference import v2_prediction
 from handler.settings import ConfigError
 from scripts import repo
 from scripts.packaging import package
@@ -98,7 +99,7 @@ def test_the_answer_lists_every_predicted_class_beyond_top_k():
 
 def test_open_inference_and_the_client_carry_predicted():
     body = responses.prediction([0.9, 0.2], [1, 0], {"0": "no", "1": "yes"}, "m", "1", [True, False])
-    v2 = responses.v2_prediction(body, "r")
+    v2 = v2_prediction(body, "r")
     outputs = {o["name"]: o for o in v2["outputs"]}
     assert outputs["predicted"] == {"name": "predicted", "datatype": "BOOL", "shape": [2],
                                     "data": [True, False]}
@@ -107,7 +108,7 @@ def test_open_inference_and_the_client_carry_predicted():
         assert results.Classification("m", "1", preds).predicted == ("yes",)
     softmax = responses.prediction([0.9], [1], {}, "m", "1")
     assert "predicted" not in softmax["predictions"][0]
-    assert "predicted" not in {o["name"] for o in responses.v2_prediction(softmax, "r")["outputs"]}
+    assert "predicted" not in {o["name"] for o in v2_prediction(softmax, "r")["outputs"]}
     assert results.Classification("m", "1", results.from_v1(softmax)[2]).predicted == ("1",)
 
 

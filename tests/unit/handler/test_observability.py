@@ -7,18 +7,18 @@ import os
 import subprocess
 import sys
 
-from handler import request_ids, tracing
+from handler import request, tracing
 from tests.support.servers import MODEL, ROOT
 from tests.support.traces import PARENT_SPAN, TRACE_ID, TRACEPARENT
 
 
 def test_request_ids_validated():
-    assert request_ids.acceptable("caller-1.2:3/x+y=z@w")
+    assert request.acceptable("caller-1.2:3/x+y=z@w")
     for bad in ("", "has space", "quote\"", "x" * 129, "new\nline", "é"):
-        assert not request_ids.acceptable(bad)
-    assert request_ids.choose("ok-1", "ts-1") == ("ok-1", False)
-    assert request_ids.choose("bad id", "ts-1") == ("ts-1", True)
-    assert request_ids.choose(None, "ts-1") == ("ts-1", False)
+        assert not request.acceptable(bad)
+    assert request.choose("ok-1", "ts-1") == ("ok-1", False)
+    assert request.choose("bad id", "ts-1") == ("ts-1", True)
+    assert request.choose(None, "ts-1") == ("ts-1", False)
 
 
 def test_traceparent_parsing_and_off_without_endpoint():
@@ -31,7 +31,7 @@ def test_traceparent_parsing_and_off_without_endpoint():
 
 
 def test_tracing_off_imports_no_opentelemetry():
-    code = ("import sys, handler.metrics, handler.logs, handler.tracing; "
+    code = ("import sys, handler.observability, handler.logs, handler.tracing; "
             "sys.exit(any(m.startswith('opentelemetry') for m in sys.modules))")
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, timeout=60).returncode == 0

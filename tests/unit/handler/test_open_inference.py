@@ -11,8 +11,15 @@ import pytest
 
 from handler import torchserve_entry
 from handler.errors import BadInput
-from handler.payload import V2Body, v2_body, v2_image, v2_requested_outputs
-from handler.responses import V2_OUTPUTS, v2_metadata
+from handler.protocols.open_inference import (
+    V2_OUTPUTS,
+    is_v2,
+    read_body,
+    v2_image,
+    v2_metadata,
+    v2_requested_outputs,
+)
+from handler.protocols.plain import JsonBody
 from scripts.packaging.sample_photos import EXPECTED_TOP1
 from tests.support.context import make_context, new_batch, statuses
 from tests.support.open_inference import top_index, v2
@@ -101,12 +108,12 @@ def test_metadata_describes_what_the_handler_answers(handler, cat):
     ({"data": b"multipart upload"}, None),
 ])
 def test_only_v2_bodies_are_read_as_v2(row, header):
-    assert v2_body(row, header) is None
+    assert not is_v2(read_body(row, header), header)
 
 
 def refusal(doc: dict, tail: bytes = b"") -> str:
     with pytest.raises(BadInput) as info:
-        v2_image(V2Body(doc, tail))
+        v2_image(JsonBody(doc, tail))
     assert info.value.status == 400
     return info.value.error_type
 
@@ -141,12 +148,12 @@ def test_binary_data_is_read_by_its_lengths_and_checked():
     image = b"\x89PNG not really"
     element = len(image).to_bytes(4, "little") + image
     doc = {"inputs": [{**ONE, "parameters": {"binary_data_size": len(element)}}]}
-    assert v2_image(V2Body(doc, element)) == image
+    assert v2_image(JsonBody(doc, element)) == image
     assert refusal(doc, element[:-1]) == "InvalidBinaryData"  # size and data disagree
     cut = {"inputs": [{**ONE, "parameters": {"binary_data_size": 6}}]}
     assert refusal(cut, b"\xff\x00\x00\x00ab") == "InvalidBinaryData"
     assert refusal({"inputs": [ONE]}, b"stray") == "InvalidBinaryData"
-    split = v2_body({"body": json.dumps(doc).encode() + element}, "zero")
+    split = read_body({"body": json.dumps(doc).encode() + element}, "zero")
     assert split.error is not None and split.error.error_type == "InvalidBinaryData"
 
 

@@ -6,21 +6,21 @@ from __future__ import annotations
 
 import pytest
 
-from handler import payload
 from handler.errors import InputError
+from handler.protocols import plain
 from tests.support.bodies import DEEP, WORST_JSON
 
 
 def refused(row: dict) -> InputError:
     with pytest.raises(InputError) as err:
-        payload.payload_to_bytes(row)
+        plain.payload_to_bytes(row)
     return err.value
 
 
 def test_json_depth_counts_brackets_and_braces():
-    assert payload.json_depth(b'{"image": "abc"}') == 1
-    assert payload.json_depth(b'{"a": [[{"b": 1}]]}') == 4
-    assert payload.json_depth(b"") == 0 and payload.json_depth(DEEP) == 100_000
+    assert plain.json_depth(b'{"image": "abc"}') == 1
+    assert plain.json_depth(b'{"a": [[{"b": 1}]]}') == 4
+    assert plain.json_depth(b"") == 0 and plain.json_depth(DEEP) == 100_000
 
 
 @pytest.mark.parametrize("row", [{"body": DEEP}, {"body": DEEP.decode()}])
@@ -30,13 +30,13 @@ def test_deep_json_is_a_client_error_not_a_recursion_error(row):
 
 
 def test_many_inputs_are_refused_before_reading_any():
-    row = {f"f{i}": b"x" for i in range(payload.MAX_FIELDS + 1)}
+    row = {f"f{i}": b"x" for i in range(plain.MAX_FIELDS + 1)}
     err = refused(row)
     assert (err.status, err.error_type) == (400, "TooManyFields")
 
 
 def test_the_raw_body_wins_over_query_parameters():
-    assert payload.payload_to_bytes({"data": b"x", "image": b"y", "body": b"\xff\xd8jpeg"}) == b"\xff\xd8jpeg"
+    assert plain.payload_to_bytes({"data": b"x", "image": b"y", "body": b"\xff\xd8jpeg"}) == b"\xff\xd8jpeg"
 
 
 def test_two_candidate_fields_without_a_body_are_ambiguous():

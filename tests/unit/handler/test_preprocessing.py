@@ -24,7 +24,6 @@ from handler.errors import (
     TooLarge,
     UnsupportedMedia,
 )
-from handler.payload import payload_to_bytes
 from handler.preprocessing import (
     INTERPOLATIONS,
     LIMIT_CASTS,
@@ -35,6 +34,7 @@ from handler.preprocessing import (
     steps,
     to_tensor,
 )
+from handler.protocols.plain import payload_to_bytes
 from handler.settings import ConfigError
 from scripts import repo
 from tests.support.images import (
