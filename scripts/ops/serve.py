@@ -56,6 +56,9 @@ WARM_UP_PENDING = "warm_up.pending"
 VERIFIED_STORE = "models"
 # TorchServe's own rule for a model name; it also keeps a name from leaving the store (../x).
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+# What TorchServe's frontend logs when a port it was given is taken (it then exits).
+BIND_FAILED = ("Address already in use", "Failed to bind")
+START_TRIES = 3
 INTERRUPTED = 130  # the shell's status for a command ended by Ctrl-C (128 + SIGINT)
 # One line per request in the access log, no per-request chatter elsewhere (see the file).
 LOG_CONFIG = repo.CONFIG_DIR / "log4j2.xml"
@@ -68,6 +71,7 @@ class Server:
     client: TorchServeClient
     process: subprocess.Popen | None = None
     properties: dict[str, str] = field(default_factory=dict)  # what it runs with, as written
+    log_offset: int = 0  # where this start's output begins in torchserve.out (appended to)
 
     def alive(self) -> bool:
         try:
@@ -103,6 +107,53 @@ def free_ports(n: int = 3) -> tuple[int, ...]:
             if len(ports) == n:
                 return tuple(ports)
     raise RuntimeError(f"fewer than {n} free loopback ports between {LOWEST_PORT} and {highest}")
+
+
+class PortTaken(RuntimeError):
+    """TorchServe exited at start because another process bound one of its ports first."""
+
+
+def start_ready(workdir: Path, models: str, model_store: Path, model: str = repo.DEFAULT_MODEL,
+                min_ready: int = 1, timeout: float = 180.0, warm: bool = False,
+                tries: int = START_TRIES, **start_kwargs) -> Server:
+    """start() on free ports and wait_ready(); stops the server on failure. A port found free
+    can still be taken before TorchServe binds it: on PortInUse (taken before the launch) or
+    PortTaken (taken before the bind) it starts again on fresh ports, `tries` times in all."""
+    if tries < 1:
+        raise ValueError(f"tries={tries}: a server is started at least once")
+    for attempt in range(1, tries + 1):
+        last = attempt == tries
+        try:
+            server = start(workdir, models=models, ports=free_ports(), model_store=model_store,
+                           **start_kwargs)
+        except lifecycle.PortInUse:
+            if last:
+                raise
+            continue
+        try:
+            wait_ready(server, model, min_ready=min_ready, timeout=timeout, progress=False, warm=warm)
+        except PortTaken as exc:
+            stop(workdir, grace=5)
+            if last:
+                raise
+            print(f"[serve] {exc}: starting again on other ports", flush=True)
+            continue
+        except BaseException:
+            stop(workdir, grace=5)
+            raise
+        return server
+
+
+def bind_failure(server: Server) -> str | None:
+    """The line of this start's torchserve.out saying a port could not be bound, if any."""
+    try:
+        with open(server.workdir / "torchserve.out", "rb") as f:
+            f.seek(server.log_offset)
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    return next((line.strip() for line in text.splitlines()
+                 if any(sign in line for sign in BIND_FAILED)), None)
 
 
 def _bindable(port: int) -> bool:
@@ -222,6 +273,7 @@ def _launch(workdir: Path, props: dict[str, str], ports: tuple[int, int, int], m
     if log_config:  # None: TorchServe's built-in logging
         cmd += ["--log-config", str(log_config)]
     log = open(workdir / "torchserve.out", "ab")
+    log_offset = log.tell()
     # umask 077: what TorchServe writes (key_file.json above all, logs) is its owner's alone.
     proc = subprocess.Popen(cmd, cwd=workdir, env=run_env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True, umask=0o077)
@@ -230,7 +282,7 @@ def _launch(workdir: Path, props: dict[str, str], ports: tuple[int, int, int], m
     lifecycle.start_supervisor(workdir, lock_fd, renew_keys=token_auth_on(props))
     client = TorchServeClient(*(f"http://127.0.0.1:{p}" for p in ports),
                               key_file=workdir / KEY_FILE)
-    return Server(workdir, proc.pid, client, proc, props)
+    return Server(workdir, proc.pid, client, proc, props, log_offset)
 
 
 def token_auth_on(props: dict[str, str]) -> bool:
@@ -282,7 +334,9 @@ def wait_ready(server: Server, model: str, min_ready: int = 1, timeout: float = 
     last = ""
     while time.monotonic() - t0 < timeout:
         if not server.alive():
-            raise RuntimeError(f"TorchServe exited; see {server.workdir / 'torchserve.out'}")
+            taken = bind_failure(server)
+            raise (PortTaken if taken else RuntimeError)(
+                f"TorchServe exited{f' ({taken})' if taken else ''}; see {server.workdir / 'torchserve.out'}")
         try:
             workers = server.client.workers(model)
             # TorchServe reports a worker whose model is still loading as UNLOADING.
