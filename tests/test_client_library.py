@@ -192,8 +192,7 @@ def test_key_source_reads_the_file_when_it_changes(tmp_path, monkeypatch):
     assert KeySource.resolve(key_file=other).key() == "c"  # the caller's choice wins
 
 
-def test_contract_constants_agree_and_content_types():
-    assert ops_client.RESEND_BUDGET == contract.RESEND_BUDGET
+def test_content_type_is_told_from_the_bytes():
     assert content_type(JPEG) == "image/jpeg"
     assert content_type(b"\x89PNG\r\n\x1a\n....") == "image/png"
     assert content_type(b"anything") == "application/octet-stream"  # never urlencoded
@@ -205,7 +204,7 @@ def test_the_project_client_resends_through_the_library_contract():
     with Stub([WORKER_DIED, (503, {"message": "full"})]) as stub:
         resent: list = []
         ts = ops_client.TorchServeClient(stub.url, key_file=None)
-        resp = ts.predict(MODEL, JPEG, retries=ops_client.RESEND_BUDGET, resent=resent)
+        resp = ts.predict(MODEL, JPEG, retries=contract.RESEND_BUDGET, resent=resent)
     assert resp.status_code == 503 and resent == [500] and len(stub.seen) == 2
 
 

@@ -15,11 +15,12 @@ import zipfile
 import grpc
 import psutil
 import pytest
+from image_classifier_client.contract import AUTH_REFUSED
 
 from scripts.ops import grpc_stubs
 from scripts.ops.client import IMAGE_HEADERS
 from scripts.ops.grpc_client import GrpcClient, HandlerError, grpc_target, handler_answer
-from scripts.ops.server_config import AUTH_REFUSED, read_properties
+from scripts.ops.server_config import read_properties
 from scripts.packaging.sample_photos import EXPECTED_TOP1
 from tests.support.servers import MODEL, ROOT, serving
 

@@ -11,8 +11,9 @@ import time
 
 import pytest
 import requests
+from image_classifier_client.contract import auth_refused
 
-from scripts.ops.server_config import KEY_FILE, auth_refused, read_keys
+from scripts.ops.server_config import KEY_FILE, read_keys
 from tests.support.servers import MODEL, serving
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

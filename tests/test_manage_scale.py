@@ -13,9 +13,9 @@ from dataclasses import replace
 
 import pytest
 import requests
+from image_classifier_client.contract import RESEND_BUDGET
 
 from scripts.ops import manage as manage_mod
-from scripts.ops.client import RESEND_BUDGET
 from tests.support.servers import MODEL, serving
 
 pytestmark = pytest.mark.e2e

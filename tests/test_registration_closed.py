@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 import requests
+from image_classifier_client.contract import AUTH_REFUSED
 
-from scripts.ops.server_config import AUTH_REFUSED, read_properties
+from scripts.ops.server_config import read_properties
 from tests.support.servers import MODEL, serving
 from tests.test_input_contract import check_label
 

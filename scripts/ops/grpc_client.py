@@ -32,17 +32,11 @@ from pathlib import Path
 
 import grpc
 from google.protobuf import empty_pb2
+from image_classifier_client.contract import AUTH_REFUSED, KEY_RENEWAL_WAIT_S
 
 from scripts import repo
 from scripts.ops import grpc_stubs
-from scripts.ops.server_config import (
-    AUTH_REFUSED,
-    CONFIG_FILE,
-    KEY_FILE,
-    KEY_RENEWAL_WAIT_S,
-    read_keys,
-    read_properties,
-)
+from scripts.ops.server_config import CONFIG_FILE, KEY_FILE, read_keys, read_properties
 
 # TorchServe 0.12's defaults when config.properties names none (ConfigManager.getGRPCAddress/Port).
 DEFAULT_GRPC_ADDRESS = "127.0.0.1"

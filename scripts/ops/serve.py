@@ -27,6 +27,7 @@ from pathlib import Path
 
 import psutil
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from handler.settings import ConfigError, check_keys
 from scripts import repo
@@ -377,11 +378,13 @@ def warm_up(server: Server, model: str, seconds: float = WARM_UP_S, progress: bo
 
 
 def in_flight(metrics_text: str) -> tuple[float, float]:
-    """(requests received by the frontend, requests our handler has answered) from /metrics."""
-    def total(name: str) -> float:
-        return sum(float(line.rsplit(" ", 1)[1]) for line in metrics_text.splitlines()
-                   if line.startswith(name + "{"))
-    return total("ts_inference_requests_total"), total("handler_request_seconds_count")
+    """(requests received by the frontend, requests our handler has answered) from /metrics,
+    each summed over its labels (workers, models); ValueError for text that is not Prometheus's."""
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+    return totals.get("ts_inference_requests_total", 0.0), totals.get("handler_request_seconds_count", 0.0)
 
 
 def drain(workdir: Path, timeout: float, stall: float = 3.0, settle: float = 0.5) -> None:
@@ -401,7 +404,7 @@ def drain(workdir: Path, timeout: float, stall: float = 3.0, settle: float = 0.5
     while url and time.monotonic() < deadline:
         try:
             received, answered = in_flight(requests.get(f"{url}/metrics", timeout=2).text)
-        except (requests.RequestException, ValueError, IndexError):
+        except (requests.RequestException, ValueError):
             return
         if (received, answered) != last:
             last, since = (received, answered), time.monotonic()
@@ -594,7 +597,7 @@ def listen_overrides(host: str, ports: tuple[int, int, int], token_auth: bool = 
     (SECURITY.md). Operators then scale from inside the pod (`python -m scripts.ops.manage`).
     `management_socket` (token authorization off: the replicas behind the balancer): the
     management API on that Unix socket instead, whose folder only the server's user may enter
-    (scripts/ops/uds.py); on loopback TCP it would answer every local user."""
+    (scripts.ops.balancer.private_socket); on loopback TCP it would answer every local user."""
     if host == "127.0.0.1" and not (management_socket and not token_auth):
         return None
     inference, management, metrics = ports

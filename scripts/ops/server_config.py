@@ -71,11 +71,6 @@ VM_FLAGS = re.compile(
     r"|-XX:[+-](?:ExitOnOutOfMemoryError|UseG1GC|UseSerialGC|UseParallelGC|UseContainerSupport)"
     r"|-XX:(?:Max|Min|Initial)RAMPercentage=\d+(?:[.]\d+)?|-XX:ActiveProcessorCount=\d+"
     r"|-XX:(?:MaxDirectMemorySize|MaxMetaspaceSize)=\d+[kmgKMG]?")
-# TorchServe's answer to a missing, wrong or expired bearer key (HTTP 400 in 0.12).
-AUTH_REFUSED = "Token Authorization failed"
-# How long a client waits before resending a request whose key was just renewed: TorchServe
-# drops the old key before it rewrites key_file.json.
-KEY_RENEWAL_WAIT_S = 0.2
 # allowed_urls: the one form we write and accept, `(?-i:file://STORE/[^/%?#]+[.]mar)`: the
 # archives directly in one folder, spelled so that it means the same to Python's re as to
 # TorchServe. TorchServe 0.12 matches each comma-separated pattern against the whole URL,
@@ -93,6 +88,8 @@ _STORE_PATTERN = re.compile(
     r"\(\?-i:file://((?:[A-Za-z0-9/_~@:=-]|\[[.+*?$(){}|]\])+)" + re.escape(ARCHIVES_IN) + r"\)")
 ADDRESS_KEYS = ("inference_address", "management_address", "metrics_address")
 DEFAULT_ADDRESSES = ("http://127.0.0.1:8080", "http://127.0.0.1:8081", "http://127.0.0.1:8082")
+# An address on a Unix socket: `management_address=unix:/PATH` (the replicas behind the balancer).
+UNIX_SCHEME = "unix:"
 
 
 def read_properties(path: str | Path, strict: bool = True) -> dict[str, str]:
@@ -210,6 +207,15 @@ def addresses(workdir: str | Path) -> tuple[str, str, str]:
     return tuple(props.get(k, d) for k, d in zip(ADDRESS_KEYS, DEFAULT_ADDRESSES))
 
 
+def is_unix(address: str) -> bool:
+    return address.startswith(UNIX_SCHEME)
+
+
+def socket_path(address: str) -> Path:
+    """`unix:/PATH` -> /PATH."""
+    return Path(address.removeprefix(UNIX_SCHEME))
+
+
 class ModelChoiceError(ValueError):
     """The model a tool is to talk to is not given and cannot be told: several are served."""
 
@@ -280,11 +286,6 @@ def first_expiry(doc: dict[str, dict]) -> datetime | None:
     expiries = [datetime.fromisoformat(entry[EXPIRY_FIELD]) for entry in doc.values()
                 if isinstance(entry, dict) and EXPIRY_FIELD in entry]
     return min(expiries) if expiries else None
-
-
-def auth_refused(status: int, body: str) -> bool:
-    """Whether a response is TorchServe refusing the bearer key: re-read the key file, resend."""
-    return status in (400, 401) and AUTH_REFUSED in body
 
 
 @dataclass
