@@ -36,7 +36,7 @@ from scripts.bench import stats
 from scripts.bench.scenarios import overload_pair, slow_clients
 from scripts.ops import balancer as lb
 from scripts.ops import serve, server_config
-from scripts.ops.client import TorchServeClient
+from scripts.ops.torchserve_http import TorchServeClient
 from tests.support.servers import MODEL, ROOT
 
 pytestmark = pytest.mark.e2e

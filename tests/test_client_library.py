@@ -38,7 +38,7 @@ from image_classifier_client import (
 from image_classifier_client.keys import KeySource
 from image_classifier_client.wire import content_type
 
-from scripts.ops import client as ops_client
+from scripts.ops import torchserve_http
 from scripts.ops.server_config import KEY_FILE
 from scripts.packaging.sample_photos import EXPECTED_TOP1
 from tests.support.servers import MODEL, ROOT
@@ -99,7 +99,7 @@ def answer(preds: int = 5) -> dict:
         {"index": i, "label": f"class {i}", "probability": 0.5 / (i + 1)} for i in range(preds)]}
 
 
-JPEG = ops_client.sample_jpeg()
+JPEG = torchserve_http.sample_jpeg()
 
 
 def test_lost_answers_are_resent_within_the_budget_then_unavailable():
@@ -199,11 +199,11 @@ def test_content_type_is_told_from_the_bytes():
 
 
 def test_the_project_client_resends_through_the_library_contract():
-    """scripts/ops/client.py's predict(retries=N) takes the library's decisions. Why a stub:
+    """scripts/ops/torchserve_http.py's predict(retries=N) takes the library's decisions. Why a stub:
     as above, a "Worker died." on demand."""
     with Stub([WORKER_DIED, (503, {"message": "full"})]) as stub:
         resent: list = []
-        ts = ops_client.TorchServeClient(stub.url, key_file=None)
+        ts = torchserve_http.TorchServeClient(stub.url, key_file=None)
         resp = ts.predict(MODEL, JPEG, retries=contract.RESEND_BUDGET, resent=resent)
     assert resp.status_code == 503 and resent == [500] and len(stub.seen) == 2
 

@@ -18,7 +18,7 @@ import pytest
 
 from scripts import repo
 from scripts.ops import healthcheck, keys, lifecycle, pins, serve
-from scripts.ops.client import sample_request
+from scripts.ops.torchserve_http import sample_request
 from tests.support.keys import write_key_file
 from tests.support.servers import MODEL, serving
 

@@ -25,7 +25,7 @@ import yaml
 from scripts import repo
 from scripts.bench.load import loadtest
 from scripts.ops import healthcheck, manage, serve, server_config
-from scripts.ops.client import IMAGE_HEADERS, TorchServeClient, sample_jpeg
+from scripts.ops.torchserve_http import IMAGE_HEADERS, TorchServeClient, sample_jpeg
 from tests.support.servers import MODEL
 
 OTHER = "other"

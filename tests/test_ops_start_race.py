@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from scripts.ops import lifecycle, serve
-from scripts.ops.client import sample_request
+from scripts.ops.torchserve_http import sample_request
 from tests.support.servers import MODEL
 
 

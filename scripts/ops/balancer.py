@@ -47,8 +47,8 @@ import requests
 
 from scripts import repo
 from scripts.ops import serve
-from scripts.ops.client import TorchServeClient
 from scripts.ops.server_config import addresses
+from scripts.ops.torchserve_http import TorchServeClient
 
 CONFIG = repo.CONFIG_DIR / "haproxy.cfg"
 DEFAULT_PORT = 8090

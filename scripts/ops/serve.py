@@ -32,22 +32,23 @@ from prometheus_client.parser import text_string_to_metric_families
 from handler.settings import ConfigError, check_keys
 from scripts import repo
 from scripts.ops import lifecycle, pins
-from scripts.ops.client import TorchServeClient, sample_request
 from scripts.ops.server_config import (
     ADDRESS_KEYS,
     CONFIG_FILE,
+    DEFAULT_PORTS,
+    GRPC_DEFAULT_PORTS,
+    GRPC_KEYS,
     KEY_FILE,
     TORCHSERVE_KEYS,
     check_code_keys,
+    loopback_url,
     read_properties,
     store_urls,
     write_properties,
 )
+from scripts.ops.torchserve_http import TorchServeClient, sample_request
 
 PATH_KEYS = ("model_store", "metrics_config", "workflow_store")
-DEFAULT_PORTS = (8080, 8081, 8082)
-GRPC_KEYS = ("grpc_inference_port", "grpc_management_port")
-GRPC_DEFAULT_PORTS = ("7070", "7071")
 STARTUP_LABELS = {"UNLOADING": "LOADING"}
 WARM_UP_S = 5.0
 WARM_UP_CONCURRENCY = 4
@@ -193,7 +194,7 @@ def derived_properties(base: Path, ports: tuple[int, int, int], models: str, mod
             props[key] = str((base.parent / props[key]).resolve())
     props.update(loading(model_store, models))
     for key, port in zip(ADDRESS_KEYS, ports):
-        props[key] = f"http://127.0.0.1:{port}"
+        props[key] = loopback_url(port)
     if tuple(ports) != DEFAULT_PORTS:
         # TorchServe also listens for gRPC (7070/7071 by default): a second server on other HTTP
         # ports would fail to bind those, so it gets free ones too.
@@ -249,7 +250,7 @@ def start(workdir: Path = repo.RUN_DIR, models: str = f"{repo.DEFAULT_MODEL}={re
 
 def grpc_addresses(props: dict[str, str]) -> dict[str, str]:
     """The gRPC ports TorchServe binds (on by default), as addresses lifecycle.check_ports reads."""
-    return {key: f"http://127.0.0.1:{props.get(key, default)}"
+    return {key: loopback_url(props.get(key, default))
             for key, default in zip(GRPC_KEYS, GRPC_DEFAULT_PORTS)}
 
 
@@ -281,7 +282,7 @@ def _launch(workdir: Path, props: dict[str, str], ports: tuple[int, int, int], m
     log.close()
     lifecycle.write_pid(workdir / lifecycle.PID_FILE, proc.pid)
     lifecycle.start_supervisor(workdir, lock_fd, renew_keys=token_auth_on(props))
-    client = TorchServeClient(*(f"http://127.0.0.1:{p}" for p in ports),
+    client = TorchServeClient(*map(loopback_url, ports),
                               key_file=workdir / KEY_FILE)
     return Server(workdir, proc.pid, client, proc, props, log_offset)
 

@@ -86,8 +86,21 @@ _PLAIN = re.compile(r"[A-Za-z0-9/_~@:=-]")
 _QUOTED = ".+*?$(){}|"  # each written as a one-character class, [.]
 _STORE_PATTERN = re.compile(
     r"\(\?-i:file://((?:[A-Za-z0-9/_~@:=-]|\[[.+*?$(){}|]\])+)" + re.escape(ARCHIVES_IN) + r"\)")
+# Where TorchServe listens when config.properties does not say (and where ours says it does):
+# inference, management, metrics over HTTP; gRPC inference and management.
+LOOPBACK = "127.0.0.1"
 ADDRESS_KEYS = ("inference_address", "management_address", "metrics_address")
-DEFAULT_ADDRESSES = ("http://127.0.0.1:8080", "http://127.0.0.1:8081", "http://127.0.0.1:8082")
+DEFAULT_PORTS = (8080, 8081, 8082)
+GRPC_KEYS = ("grpc_inference_port", "grpc_management_port")
+GRPC_DEFAULT_PORTS = (7070, 7071)
+
+
+def loopback_url(port: int) -> str:
+    """The HTTP base URL of a port on the loopback address."""
+    return f"http://{LOOPBACK}:{port}"
+
+
+DEFAULT_ADDRESSES = tuple(loopback_url(port) for port in DEFAULT_PORTS)
 # An address on a Unix socket: `management_address=unix:/PATH` (the replicas behind the balancer).
 UNIX_SCHEME = "unix:"
 

@@ -29,7 +29,14 @@ import requests
 from image_classifier_client.contract import KEY_RENEWAL_WAIT_S, RetryPolicy, auth_refused
 from PIL import Image
 
-from scripts.ops.server_config import KEY_FILE, KeyFile, addresses, is_unix, socket_path
+from scripts.ops.server_config import (
+    DEFAULT_ADDRESSES,
+    KEY_FILE,
+    KeyFile,
+    addresses,
+    is_unix,
+    socket_path,
+)
 
 # Raw image bodies must not go out as application/x-www-form-urlencoded (the default of many
 # clients): TorchServe's frontend fails those with HTTP 500 before any handler runs.
@@ -59,9 +66,9 @@ def sample_request(envelope: str | None = None, size: int = 64) -> tuple[bytes, 
 
 @dataclass
 class TorchServeClient:
-    inference_url: str = "http://127.0.0.1:8080"
-    management_url: str = "http://127.0.0.1:8081"
-    metrics_url: str = "http://127.0.0.1:8082"
+    inference_url: str = DEFAULT_ADDRESSES[0]
+    management_url: str = DEFAULT_ADDRESSES[1]
+    metrics_url: str = DEFAULT_ADDRESSES[2]
     key_file: Path | None = Path("run") / KEY_FILE
     timeout: float = 10.0
     keys: KeyFile = field(init=False, repr=False)
