@@ -3,22 +3,21 @@
 Every tool that talks to a server (serve, manage, healthcheck, client, loadtest, bench) finds
 it through its working directory: `config.properties` there gives the addresses, and
 `key_file.json` there the bearer keys TorchServe writes at start and rewrites when a key is
-renewed, so keys are re-read whenever the file changes.
+renewed, so keys are re-read whenever the file changes (KeyFile: the client library's
+KeySource, every kind of key).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import posixpath
 import re
 import tempfile
-import threading
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import javaproperties
+from image_classifier_client import keys
 
 from handler.settings import ConfigError, check_keys
 
@@ -277,16 +276,10 @@ def write_private(path: str | Path, text: str) -> Path:
 
 
 def read_key_file(key_file: str | Path) -> dict[str, dict]:
-    """key_file.json as TorchServe writes it, every key in it; ValueError for one that is not
-    whole: TorchServe rewrites the file in place when a key is renewed, and a full disk leaves
-    it truncated (or empty) while TorchServe already uses the new key."""
-    doc = json.loads(Path(key_file).read_text())
-    missing = [kind for kind in KEY_KINDS if not (
-        isinstance(doc, dict) and isinstance(doc.get(kind), dict) and isinstance(doc[kind].get("key"), str))]
-    if missing:
-        raise ValueError(f"{key_file} has no {', '.join(missing)} key: partly written, or not "
-                         "TorchServe's key file")
-    return doc
+    """key_file.json as TorchServe writes it, every kind of key in it (KEY_KINDS); ValueError for
+    one that is not whole: TorchServe rewrites the file in place when a key is renewed, and a
+    full disk leaves it truncated (or empty) while TorchServe already uses the new key."""
+    return keys.read_key_file(key_file, KEY_KINDS)
 
 
 def read_keys(key_file: str | Path) -> dict[str, str]:
@@ -301,44 +294,16 @@ def first_expiry(doc: dict[str, dict]) -> datetime | None:
     return min(expiries) if expiries else None
 
 
-@dataclass
-class KeyFile:
-    """The bearer keys of key_file.json, re-read only when the file changes (size or mtime): safe
-    to call per request from many threads. A file that does not read whole (read_key_file) keeps
-    the last good keys and is read again on the next call."""
+class KeyFile(keys.KeySource):
+    """The bearer keys of key_file.json, every kind (KEY_KINDS), re-read only when the file
+    changes: safe to call per request from many threads. A file that does not read whole keeps
+    the last good keys and is read again on the next call (the client library's KeySource)."""
 
-    path: Path | None
-
-    def __post_init__(self) -> None:
-        self._stamp: tuple[int, int] | None = None
-        self._doc: dict[str, dict] = {}
-        self._lock = threading.Lock()
-
-    def _current(self) -> dict[str, dict]:
-        if self.path is None:
-            return {}
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return self._doc
-        stamp = (st.st_mtime_ns, st.st_size)
-        if stamp != self._stamp:
-            with self._lock:
-                try:
-                    self._doc, self._stamp = read_key_file(self.path), stamp
-                except (OSError, ValueError, KeyError):
-                    pass  # being rewritten, or truncated: keep the last good keys, retry
-        return self._doc
-
-    def key(self, api: str) -> str | None:
-        return self._current().get(api, {}).get("key")
+    def __init__(self, path: Path | None) -> None:
+        super().__init__(path, required=KEY_KINDS)
 
     def seconds_left(self, now: datetime | None = None) -> float | None:
         """Seconds until the first expiring key of the last good file expires (None: none does,
         or no file was read whole yet)."""
-        expiry = first_expiry(self._current())
+        expiry = first_expiry(self.document())
         return None if expiry is None else (expiry - (now or datetime.now(UTC))).total_seconds()
-
-    def headers(self, api: str) -> dict[str, str]:
-        key = self.key(api)
-        return {"Authorization": f"Bearer {key}"} if key else {}

@@ -1,7 +1,8 @@
 """A small token-aware client for TorchServe's inference and management APIs.
 
 TorchServe rewrites its bearer keys into `key_file.json` (in its working directory) at every
-start and when a key is renewed; server_config.KeyFile re-reads the file whenever it changes.
+start and when a key is renewed; server_config.KeyFile (the client library's KeySource)
+re-reads the file whenever it changes.
 The management API is reached over TCP or, for replicas behind the balancer, over the Unix
 socket their config.properties names (`management_address=unix:/PATH`), through httpx's
 Unix-socket transport.
