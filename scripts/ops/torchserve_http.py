@@ -73,9 +73,17 @@ class TorchServeClient:
     key_file: Path | None = Path("run") / KEY_FILE
     timeout: float = 10.0
     keys: KeyFile = field(init=False, repr=False)
+    unix_session: httpx.Client | None = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.keys = KeyFile(Path(self.key_file) if self.key_file else None)
+        # Made once: each new httpx transport builds a TLS context (about 80 ms of CPU) even for
+        # a socket that never speaks TLS. No connection is kept between calls: one per call, as
+        # a restarted server needs.
+        self.unix_session = httpx.Client(
+            transport=httpx.HTTPTransport(uds=str(socket_path(self.management_url)),
+                                          limits=httpx.Limits(max_keepalive_connections=0)),
+            base_url="http://localhost") if is_unix(self.management_url) else None
 
     def auth_headers(self, api: str) -> dict[str, str]:
         return self.keys.headers(api)
@@ -100,11 +108,12 @@ class TorchServeClient:
     def _manage(self, method: str, path: str, params: dict | None = None,
                 timeout: float | None = None) -> requests.Response:
         """A management call, over TCP or the Unix socket management_url names."""
-        if not is_unix(self.management_url):
+        if self.unix_session is None:
             return self._send(method, f"{self.management_url}{path}", "management",
                               params=params, timeout=timeout or self.timeout)
         return self._keyed("management", lambda keyed: _over_unix_socket(
-            self.management_url, method, path, params, keyed, timeout or self.timeout))
+            self.unix_session, self.management_url, method, path, params, keyed,
+            timeout or self.timeout))
 
     def predict(self, model: str, body: bytes, headers: dict | None = None,
                 session: requests.Session | None = None, retries: int = 0,
@@ -184,15 +193,13 @@ class TorchServeClient:
         return cls(*addresses(workdir), key_file=Path(workdir) / KEY_FILE, timeout=timeout)
 
 
-def _over_unix_socket(address: str, method: str, path: str, params: dict | None, headers: dict,
-                      timeout: float) -> requests.Response:
-    """One call to the server at `address` (`unix:/PATH`), answered as a requests.Response so
-    callers treat both transports alike; a transport failure raises OSError (ConnectionError,
-    TimeoutError), as requests' own do."""
-    transport = httpx.HTTPTransport(uds=str(socket_path(address)))
+def _over_unix_socket(session: httpx.Client, address: str, method: str, path: str,
+                      params: dict | None, headers: dict, timeout: float) -> requests.Response:
+    """One call to the server at `address` (`unix:/PATH`) through `session`, answered as a
+    requests.Response so callers treat both transports alike; a transport failure raises
+    OSError (ConnectionError, TimeoutError), as requests' own do."""
     try:
-        with httpx.Client(transport=transport, timeout=timeout) as session:
-            answer = session.request(method, f"http://localhost{path}", params=params, headers=headers)
+        answer = session.request(method, path, params=params, headers=headers, timeout=timeout)
     except httpx.TimeoutException as exc:
         raise TimeoutError(f"{address}: {exc}") from exc
     except httpx.TransportError as exc:
@@ -200,5 +207,5 @@ def _over_unix_socket(address: str, method: str, path: str, params: dict | None,
     resp = requests.Response()
     resp.status_code, resp.reason = answer.status_code, answer.reason_phrase
     resp.headers.update(answer.headers)
-    resp._content, resp.url, resp.encoding = answer.content, str(answer.url), "utf-8"
+    resp._content, resp.url, resp.encoding = answer.content, f"{address}{path}", "utf-8"
     return resp
