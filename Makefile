@@ -39,13 +39,13 @@ java:
 	@command -v java >/dev/null 2>&1 || { echo "[make] installing openjdk-17-jre-headless"; \
 		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q openjdk-17-jre-headless; }
 
-# Prometheus and promtool (Debian's package), for tests/test_metrics_prometheus.py and local scraping.
+# Prometheus and promtool (Debian's package), for tests/e2e/handler/test_metrics_prometheus.py and local scraping.
 prometheus:
 	@command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || { \
 		echo "[make] installing prometheus"; \
 		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q prometheus; }
 
-# HAProxy (Debian's package), the load balancer of config/haproxy.cfg, for tests/test_balancer.py.
+# HAProxy (Debian's package), the load balancer of config/haproxy.cfg, for tests/e2e/ops/test_balancer.py.
 # Debian puts it in /usr/sbin, which is not on a non-root user's PATH.
 haproxy:
 	@command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || { \
@@ -108,7 +108,7 @@ grpc-stubs: install-dev
 # Writes BENCHMARKS.md and docs/latency_vs_rate.png; raw results in build/bench/. The image is a
 # row of the table; the batching peers get their own venv (build/peers/venv, requirements-peers.txt).
 bench: install-dev $(MAR) image
-	$(PY) -m scripts.bench.load.peer_env
+	$(PY) -m scripts.bench.peers.peer_env
 	$(PY) -m scripts.bench.load.main $(BENCH_ARGS)
 
 # The GPU benchmark (scripts/bench/micro/gpu.py) on a GPU machine that has torch but not TorchServe:

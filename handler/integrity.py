@@ -4,7 +4,7 @@ checked against the operator's pin before it started.
 
 Standard library only, and nothing from the `handler` package: `torchserve_entry.py` runs this
 file's source before importing `handler` (whose `__init__.py` is archive code too), so the names
-it needs from handler/layout.py are repeated here (tests/test_provenance.py holds them equal).
+it needs from handler/layout.py are repeated here (tests/unit/handler/test_provenance.py holds them equal).
 
 What is refused, one line each:
 - a listed file missing or with another SHA-256;

@@ -3,7 +3,8 @@
 How these reach Prometheus (TorchServe 0.12, `metrics_mode=prometheus`): the worker prints one
 `[METRICS]` log line per observation; the Java frontend parses it and updates the metric of the
 same name declared under `model_metrics` in config/metrics.yaml, using the dimension values of
-the line plus `Hostname` as labels. Two rules follow, both checked by tests/test_metrics_prometheus.py:
+the line plus `Hostname` as labels. Two rules follow, both checked by
+tests/e2e/handler/test_metrics_prometheus.py:
 - the dimensions emitted here must be exactly, in order, those declared in the YAML (the worker's
   metrics cache refuses the line otherwise and the metric never reaches /metrics);
 - histograms get the Prometheus client's default buckets (0.005 ... 10), so values are emitted in

@@ -174,7 +174,7 @@ def _per_kind(value: dict) -> tuple[tuple[str, int], ...]:
 
 
 # How each key of preprocess.json is read: the transform at the top level, the limits under
-# "limits". Together they are every field of PreprocessConfig (tests/test_config_strict.py).
+# "limits". Together they are every field of PreprocessConfig (tests/unit/handler/test_config_strict.py).
 TRANSFORM_CASTS = {
     "input_size": int,
     "resize_size": int,
@@ -362,7 +362,8 @@ def resize_crop(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
     w, h = img.size
     size, left, top = resize_geometry(w, h, cfg)
     # Resample only the centre crop's box of the source: the filter still reads the pixels around
-    # the box, so this equals resize-then-crop (tests/test_preprocessing.py) at about half the cost.
+    # the box, so this equals resize-then-crop (tests/unit/handler/test_preprocessing.py) at about
+    # half the cost.
     sx, sy = w / size[0], h / size[1]
     box = (left * sx, top * sy, (left + cfg.input_size) * sx, (top + cfg.input_size) * sy)
     return img.resize((cfg.input_size, cfg.input_size), INTERPOLATIONS[cfg.interpolation], box=box)

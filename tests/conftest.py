@@ -4,13 +4,17 @@ TorchServe: any other test that does fails (pytest_runtest_protocol below)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from scripts import repo
 from scripts.packaging.sample_photos import write_photos
+from tests.support.client_cli import fresh_venv
 from tests.support.context import unpack
+from tests.support.keys import write_key_pair
+from tests.support.labelled import write_labelled
 from tests.support.servers import MODEL, forbidden, serving
 
 
@@ -49,6 +53,63 @@ def default_model_dir(tmp_path_factory, default_mar) -> Path:
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory, default_mar):
-    """The default model served by a real TorchServe, shared by the end-to-end tests."""
-    with serving(tmp_path_factory.mktemp("torchserve"), default_mar.parent, min_ready=2) as srv:
+    """The default model served by a real TorchServe, shared by the end-to-end tests. Its
+    working directory is one serve start creates, as `make serve` does (tests check its mode)."""
+    with serving(tmp_path_factory.mktemp("torchserve") / "run", default_mar.parent, min_ready=2) as srv:
         yield srv
+
+
+# Fixtures that a module's unit and e2e halves share, built once per session.
+
+@pytest.fixture(scope="session")
+def cat(photos) -> bytes:
+    return photos["cat.jpg"].read_bytes()
+
+
+@pytest.fixture(scope="session")
+def crafted_cases() -> list:
+    """The crafted-images corpus (scripts/bench/micro/crafted_images.py) for the default model."""
+    from scripts.bench.micro import crafted_images
+    from tests.support.crafted import CFG
+
+    return crafted_images.corpus(CFG)
+
+
+@pytest.fixture(scope="session")
+def installed_client(tmp_path_factory) -> Iterator[Path]:
+    """The client library installed alone into a fresh venv."""
+    with fresh_venv(tmp_path_factory.mktemp("client_install")) as env:
+        yield env
+
+
+@pytest.fixture(scope="session")
+def fresh_mar(tmp_path_factory) -> Path:
+    """An archive built by the code under test (not a possibly older model_store/ build)."""
+    from scripts.packaging import package
+
+    return package.package(model_name="lite0_prov", export_dir=tmp_path_factory.mktemp("prov_store"))
+
+
+@pytest.fixture(scope="session")
+def signing_keys(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
+    """(private, public) PEM files: "ours" and "other" (P-256), and an Ed25519 pair."""
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+    out = tmp_path_factory.mktemp("keys")
+    return {"ours": write_key_pair(ec.generate_private_key(ec.SECP256R1()), out / "ours"),
+            "other": write_key_pair(ec.generate_private_key(ec.SECP256R1()), out / "other"),
+            "ed25519": write_key_pair(ed25519.Ed25519PrivateKey.generate(), out / "ed25519")}
+
+
+@pytest.fixture(scope="session")
+def labelled(tmp_path_factory, default_model_dir) -> Path:
+    return write_labelled(tmp_path_factory.mktemp("labelled"), default_model_dir)
+
+
+@pytest.fixture(scope="session")
+def evaluated_mar(tmp_path_factory, labelled) -> Path:
+    """The default model packaged with --eval-dir and the top-1 the labels imply (1.0)."""
+    from scripts.packaging import package
+
+    store = tmp_path_factory.mktemp("evaluated")
+    return package.package(model_name="lite0_eval", export_dir=store, eval_dir=labelled, expect_top1=1.0)

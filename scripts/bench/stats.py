@@ -7,10 +7,9 @@ x[floor(h)] + (h - floor(h)) * (x[floor(h) + 1] - x[floor(h)]). So p0 is the min
 maximum and p50 the median (the mean of the two middle values when n is even, as
 `statistics.median`).
 
-Why this one: the load generator's, the reliability runs' and the forward pass's figures in
-BENCHMARKS.md and RELIABILITY.md were all computed with numpy's default, so they keep their
-meaning. (Nearest rank, which the GPU benchmark used, and x[int(q * n / 100)], which the
-slow-client run used, differ from it by less than one rank: for a p99 over 3,000 requests,
+Why this one: the recorded figures of the load generator, the reliability runs and the forward
+pass in BENCHMARKS.md and RELIABILITY.md are numpy's default, so they keep their meaning. (Nearest
+rank and x[int(q * n / 100)] differ from it by less than one rank: for a p99 over 3,000 requests,
 under the gap between two neighbouring latencies.) A p99 over fewer than 100 values is
 interpolated between the two slowest: read it as "near the maximum".
 

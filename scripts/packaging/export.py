@@ -1,10 +1,11 @@
 """Export a checkpoint to a servable artifact and prove it matches the eager (research) model.
 
-model source (scripts/packaging/sources/) + state dict -> eager model -> ONNX (.onnx),
-TorchScript (.pt), a torch.export program (.pt2) or the state dict itself for the eager format
-(.pth, beside the architecture file) -> outputs compared with the
-eager model on real photos, from their encoded bytes through the handler's own preprocessing
-(`preprocess_bytes`: header checks, decoding with the JPEG draft path, RGB, resize, normalize).
+model source (scripts/packaging/sources/) + state dict (ModelInputs, read once) -> eager model
+-> architecture.json and the architecture file beside the artifact -> ONNX (.onnx), TorchScript
+(.pt), a torch.export program (.pt2) or the state dict itself for the eager format (.pth) ->
+outputs compared with the eager model on real photos, from their encoded bytes through the
+handler's own preprocessing (`preprocess_bytes`: header checks, decoding with the JPEG draft
+path, RGB, resize, normalize).
 
 Example:
     python -m scripts.packaging.export --arch efficientnet_lite0 --out build/efficientnet_lite0/model.pt
@@ -24,8 +25,9 @@ import threading
 import time
 import warnings
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -62,12 +64,12 @@ class ExportError(RuntimeError):
 
 
 def default_checkpoint() -> Path:
-    return sources.resolve(ModelSpec(arch=repo.DEFAULT_MODEL)).default_checkpoint()
+    return source_of(repo.DEFAULT_MODEL).default_checkpoint()
 
 
 def source_of(arch: str | ModelSpec | Source) -> Source:
     """The model source of an --arch name or a full spec (model file, class, kwargs); a Source
-    is returned as it is."""
+    is returned as it is. The one place a user's source spec becomes a Source."""
     if not isinstance(arch, str | ModelSpec):
         return arch
     spec = arch if isinstance(arch, ModelSpec) else ModelSpec(arch=arch)
@@ -125,11 +127,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def head_keys(arch: str | ModelSpec | Source) -> list[str]:
+def head_keys(source: Source) -> list[str]:
     """State-dict keys of the classifier head(s), found by building the model with PROBE_CLASSES
     outputs (on the meta device: no memory, when the architecture allows it). None for a source
     whose architecture fixes its outputs."""
-    source = source_of(arch)
     if not source.sets_num_classes:
         return []
     try:
@@ -142,17 +143,18 @@ def head_keys(arch: str | ModelSpec | Source) -> list[str]:
     return [k for k, v in probe.state_dict().items() if v.dim() and v.shape[0] == PROBE_CLASSES]
 
 
-def checkpoint_num_classes(arch: str | ModelSpec | Source, path: str | Path) -> int | None:
+def checkpoint_num_classes(source: Source, state: Mapping[str, torch.Tensor]) -> int | None:
     """The number of outputs of the checkpoint's classifier (its last head tensor); None when
     the checkpoint has no head of this architecture (strict loading then names the mismatch)."""
-    state = read_state_dict(path)
-    present = [k for k in head_keys(arch) if k in state]
+    present = [k for k in head_keys(source) if k in state]
     return int(state[present[-1]].shape[0]) if present else None
 
 
-def load_checkpoint(model: nn.Module, path: str | Path) -> None:
-    """Load a state dict strictly; name the first mismatched keys and shapes."""
-    state = read_state_dict(path)
+def load_checkpoint(model: nn.Module, path: str | Path,
+                    state: Mapping[str, torch.Tensor] | None = None) -> None:
+    """Load a state dict strictly; name the first mismatched keys and shapes. `state`: the
+    checkpoint at `path` as read already (read_state_dict), else it is read here."""
+    state = read_state_dict(path) if state is None else state
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -184,11 +186,11 @@ def to_torchscript(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptM
 
 
 def export(model: nn.Module, out: Path, fmt: str, input_size: int | tuple[int, ...],
-           fusable: bool = True, source: Source | None = None, num_classes: int | None = None) -> Path:
+           fusable: bool = True) -> Path:
     """Write the artifact; returns its path. `input_size`: a square side, or the input's
     C x H x W. `fusable=False` writes the ONNX graph as torch emits it (pads from the input's
-    shape, empty Pad inputs): the benchmark's "before". The eager format writes the state dict
-    and, beside it, the source's architecture file and architecture.json (what its loader reads)."""
+    shape, empty Pad inputs): the benchmark's "before". The eager format writes the state dict;
+    its loader reads the files write_architecture puts beside it."""
     model.eval()
     shape = (3, input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
     example = torch.zeros(1, *shape)
@@ -199,7 +201,7 @@ def export(model: nn.Module, out: Path, fmt: str, input_size: int | tuple[int, .
                 {0: torch.export.Dim("batch", min=1, max=MAX_EXPORT_BATCH)},))
             torch.export.save(program, str(out))
     elif fmt == "eager":
-        write_eager(model, out, source, num_classes)
+        torch.save(model.state_dict(), str(out))
     elif fmt == "torchscript":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
@@ -226,17 +228,21 @@ def export(model: nn.Module, out: Path, fmt: str, input_size: int | tuple[int, .
     return out
 
 
-def write_eager(model: nn.Module, out: Path, source: Source | None, num_classes: int | None) -> None:
-    """The state dict, the architecture file as layout.MODEL_FILE, its class and kwargs."""
-    if source is None or (source.architecture_file is None and source.code_module is None):
-        name = source.name if source is not None else "this model"
-        raise ExportError(f"--format eager needs an architecture file, and {name} is built by a "
-                          f"library: use {INSTEAD['eager']}")
-    torch.save(model.state_dict(), str(out))
+def check_format(source: Source, fmt: str) -> None:
+    """The format can hold this source's model: the eager one rebuilds it from its code."""
+    if fmt == "eager" and source.architecture_file is None and source.code_module is None:
+        raise ExportError(f"--format eager needs an architecture file, and {source.name} is built by "
+                          f"a library: use {INSTEAD['eager']}")
+
+
+def write_architecture(folder: Path, source: Source, num_classes: int, fmt: str, head: Head) -> None:
+    """architecture.json and the architecture file (as layout.MODEL_FILE) into `folder`, beside
+    the artifact: what the eager loader rebuilds the model from, and what the archive ships."""
+    folder.mkdir(parents=True, exist_ok=True)
+    record = architecture_record(source, num_classes, fmt, head)
+    (folder / layout.ARCHITECTURE).write_text(json.dumps(record, indent=2, sort_keys=True))
     if source.architecture_file is not None:  # else the code folder's module, staged beside it
-        shutil.copy2(source.architecture_file, out.parent / layout.MODEL_FILE)
-    record = architecture_record(source, num_classes, "eager")
-    (out.parent / layout.ARCHITECTURE).write_text(json.dumps(record, indent=2, sort_keys=True))
+        shutil.copy2(source.architecture_file, folder / layout.MODEL_FILE)
 
 
 def architecture_record(source: Source, num_classes: int | None, fmt: str, head: Head = SOFTMAX) -> dict:
@@ -319,19 +325,35 @@ def load_preprocess(path: Path) -> PreprocessConfig:
         raise ExportError(f"Invalid preprocessing config: {exc}") from exc
 
 
-def resolve_num_classes(arch: str | ModelSpec | Source, checkpoint: Path | None,
-                        num_classes: int | None, fallback: int | None = 1000) -> int | None:
-    """--num-classes if given, else the checkpoint's head width, else `fallback`; None for a
-    source whose architecture fixes its outputs (its width is read from the built model)."""
+@dataclass(frozen=True)
+class ModelInputs:
+    """The model to export, resolved once: its source, the checkpoint's path and state dict
+    (None: random init) and the number of outputs to build it with (None: the architecture
+    fixes it, read from the built model)."""
+
+    source: Source
+    checkpoint: Path | None
+    state: Mapping[str, torch.Tensor] | None
+    num_classes: int | None
+
+
+def model_inputs(source: Source, checkpoint: Path | None, num_classes: int | None,
+                 label_count: int | None = None) -> ModelInputs:
+    """Read the checkpoint (once) and resolve the number of outputs: --num-classes if given,
+    else the checkpoint's head width, else the number of labels (when known), else 1000. An
+    architecture that fixes its outputs is built as it is, checked against --num-classes or
+    the labels when given."""
+    if num_classes is not None and num_classes < 1:
+        raise ExportError(f"--num-classes must be positive, got {num_classes}")
+    state = read_state_dict(checkpoint) if checkpoint is not None else None
     if num_classes is not None:
-        if num_classes < 1:
-            raise ExportError(f"--num-classes must be positive, got {num_classes}")
-        return num_classes
-    source = source_of(arch)
-    if not source.sets_num_classes:
-        return None
-    found = checkpoint_num_classes(source, checkpoint) if checkpoint is not None else None
-    return found or fallback
+        wanted = num_classes
+    elif not source.sets_num_classes:
+        wanted = label_count
+    else:
+        found = checkpoint_num_classes(source, state) if state is not None else None
+        wanted = found or label_count or 1000
+    return ModelInputs(source, checkpoint, state, wanted)
 
 
 def export_int8(model: nn.Module, out: Path, cfg: PreprocessConfig, guard: dict | None,
@@ -418,30 +440,54 @@ def eager_outputs(model: nn.Module, rows: torch.Tensor, source: Source, preproce
     return logits
 
 
+@dataclass(frozen=True)
+class ExportJob:
+    """One export step's inputs, resolved and checked once (check_format). `preprocess`: the
+    preprocess.json validation reads (the staged one when packaging); `preprocess_code`: the
+    user's file its "code" module was copied from, named in errors. `int8_guard`: the
+    thresholds of the INT8 accuracy guard (fmt onnx-int8), else quantize.GUARD_DEFAULTS;
+    `int8_photos`: its (calibration, evaluation) folders. `fuse_pads=False` writes the ONNX graph
+    as torch emits it: the benchmark's unfused "before" archive (BENCHMARKS.md), a parameter for
+    it alone, never a model-config setting. `head`: what the worker turns the outputs into
+    (handler/head.py), checked against them and validated. `eval_photos`: labelled photos the
+    artifact's and the eager model's accuracy is measured on (report["accuracy"], accuracy.py)."""
+
+    model: ModelInputs
+    preprocess: Path
+    out: Path
+    fmt: str = "torchscript"
+    int8_guard: Mapping | None = None
+    fuse_pads: bool = True
+    preprocess_code: Path | None = None
+    int8_photos: tuple[Path, Path] | None = None
+    head: Head = SOFTMAX
+    eval_photos: PhotoFolder | None = None
+
+    def __post_init__(self) -> None:
+        check_format(self.model.source, self.fmt)
+
+
 def export_and_validate(arch: str | ModelSpec | Source, checkpoint: Path | None, preprocess: Path,
-                        out: Path, fmt: str = "torchscript", num_classes: int | None = None,
-                        int8_guard: dict | None = None, fuse_pads: bool = True,
-                        preprocess_code: Path | None = None,
-                        int8_photos: tuple[Path, Path] | None = None, head: Head = SOFTMAX,
-                        eval_photos: PhotoFolder | None = None) -> dict:
-    """The whole export step; raises ExportError when validation fails. `preprocess_code`: the
-    user's file the config's "code" module was copied from, named in errors. `int8_guard`: the
-    thresholds of the INT8 accuracy guard (fmt onnx-int8), else quantize.GUARD_DEFAULTS.
-    `fuse_pads=False` writes the ONNX graph as torch emits it: the benchmark's unfused "before"
-    archive (BENCHMARKS.md), a parameter for it alone, never a model-config setting. `head`: what
-    the worker turns the outputs into (handler/head.py), checked against them and validated.
-    `eval_photos`: labelled photos the artifact's and the eager model's accuracy is measured on
-    (report["accuracy"], scripts/packaging/accuracy.py)."""
-    source = source_of(arch)
+                        out: Path, fmt: str = "torchscript", num_classes: int | None = None) -> dict:
+    """The export step of a model alone (this module's command line, the benchmarks)."""
+    job = ExportJob(model_inputs(source_of(arch), checkpoint, num_classes), Path(preprocess),
+                    Path(out), fmt)
+    return run_export(job)
+
+
+def run_export(job: ExportJob) -> dict:
+    """Build the model, load its checkpoint, export it as job.fmt beside architecture.json and
+    validate it on real photos; raises ExportError when validation fails."""
+    source, wanted, preprocess, out, fmt, head = (job.model.source, job.model.num_classes,
+                                                  job.preprocess, job.out, job.fmt, job.head)
     cfg = load_preprocess(preprocess)
-    code_report = check_preprocessing(cfg, preprocess, preprocess_code)
-    wanted = resolve_num_classes(source, checkpoint, num_classes)
+    code_report = check_preprocessing(cfg, preprocess, job.preprocess_code)
     t0 = time.perf_counter()
     with step(f"building {source.name}" + (f" ({wanted} classes)" if wanted else "")):
         model = built(source, wanted)
-    if checkpoint is not None:
-        with step(f"loading checkpoint {checkpoint}"):
-            load_checkpoint(model, checkpoint)
+    if job.model.checkpoint is not None:
+        with step(f"loading checkpoint {job.model.checkpoint}"):
+            load_checkpoint(model, job.model.checkpoint, job.model.state)
     model.eval()
     photos = validation_batch(cfg)
     rows, views = views_of(photos[1])
@@ -455,15 +501,15 @@ def export_and_validate(arch: str | ModelSpec | Source, checkpoint: Path | None,
                           "the checkpoint or the labels)")
     check_head(head, outputs)
     if views > 1 and fmt == "onnx-int8":
-        raise ExportError(f"{preprocess_code or preprocess} returns {views} views per image: the INT8 "
+        raise ExportError(f"{job.preprocess_code or preprocess} returns {views} views per image: the INT8 "
                           "guard calibrates and judges single views; use --format onnx")
+    write_architecture(out.parent, source, num_classes, fmt, head)
     print(f"[export] exporting {fmt} -> {out}", flush=True)
     try:
         if fmt == "onnx-int8":
-            report = export_int8(model, out, cfg, int8_guard, tuple(rows.shape[1:]), int8_photos)
+            report = export_int8(model, out, cfg, job.int8_guard, tuple(rows.shape[1:]), job.int8_photos)
         else:
-            export(model, out, fmt, tuple(rows.shape[1:]), fusable=fuse_pads, source=source,
-                   num_classes=num_classes)
+            export(model, out, fmt, tuple(rows.shape[1:]), fusable=job.fuse_pads)
             with step("validating against the eager model and its head on real photos"):
                 report = validate(model, out, cfg, fmt, photos, head)
     except ExportError:
@@ -489,8 +535,8 @@ def export_and_validate(arch: str | ModelSpec | Source, checkpoint: Path | None,
           f"in {report['export_seconds']} s", flush=True)
     if not report["passed"]:
         raise ExportError(f"Exported model disagrees with the eager model: {report}")
-    if eval_photos is not None:
-        report["accuracy"] = measured_accuracy(model, out, cfg, eval_photos)
+    if job.eval_photos is not None:
+        report["accuracy"] = measured_accuracy(model, out, cfg, job.eval_photos)
     return report
 
 
@@ -527,9 +573,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", type=Path, help="write the validation report (JSON) here")
     args = parser.parse_args(argv)
     try:
-        checkpoint = resolve_checkpoint(args.checkpoint, args.arch)
-        report = export_and_validate(args.arch, checkpoint, args.preprocess, args.out,
-                                     args.format, args.num_classes)
+        source = source_of(args.arch)
+        report = export_and_validate(source, resolve_checkpoint(args.checkpoint, source),
+                                     args.preprocess, args.out, args.format, args.num_classes)
     except ExportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

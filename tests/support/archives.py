@@ -49,3 +49,24 @@ def without_central_entries(data: bytes, names: set[str]) -> bytes:
     directory = b"".join(kept)
     eocd = _EOCD.pack(sig, disk, cd_disk, len(kept), len(kept), len(directory), cd_offset, comment)
     return data[:cd_offset] + directory + eocd + data[at_eocd + _EOCD.size:]
+
+
+TAMPERED_INDEX = "282"  # tiger cat: in the cat photo's top 5
+
+
+def rewrite_mar(src: Path, dst: Path, replace: dict[str, bytes]) -> Path:
+    """Copy an archive, swapping (or adding) the given entries."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED) as zout:
+        for entry in zin.infolist():
+            if entry.filename not in replace:
+                zout.writestr(entry, zin.read(entry))
+        for name, data in replace.items():
+            zout.writestr(name, data)
+    return dst
+
+
+def tampered_labels(mar: Path) -> bytes:
+    with zipfile.ZipFile(mar) as zf:
+        labels = json.loads(zf.read("index_to_name.json"))
+    labels[TAMPERED_INDEX] = "tampered " + labels[TAMPERED_INDEX]
+    return json.dumps(labels, indent=1, sort_keys=True).encode()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from scripts.deploy import kube_play
 from scripts.deploy.container import (  # noqa: F401  (re-exported for the test modules)
     APP_DIR,
     CONTAINER_PORTS,
@@ -30,3 +31,9 @@ def require_image(image: str | None = None) -> str:
 def image_labels(image: str) -> dict:
     out = engine_run("image", "inspect", image).stdout
     return json.loads(out)[0]
+
+
+def container_spec(deployment: dict) -> dict:
+    """The classifier's container in a rendered Deployment."""
+    return next(c for c in deployment["spec"]["template"]["spec"]["containers"]
+                if c["name"] == kube_play.CONTAINER)

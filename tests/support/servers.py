@@ -43,10 +43,13 @@ def start_server(workdir: Path, models: str, model_store: Path, overrides: dict 
 @contextlib.contextmanager
 def serving(workdir: Path, model_store: Path, models: str = f"{MODEL}={MODEL}.mar",
             overrides: dict | None = None, min_ready: int = 1, model: str = MODEL,
-            timeout: float = 180.0, grace: float = 10.0,
+            timeout: float = 180.0, grace: float = 0.0,
             env: dict | None = None) -> Iterator[serve.Server]:
-    """A TorchServe started by start_server, stopped (drained, `grace` s) when the block ends,
-    whatever happened in it. Module fixtures yield from inside the block. `env`: added to the
+    """A TorchServe started by start_server, stopped when the block ends, whatever happened in
+    it: drained, then given `grace` s to exit before its processes are killed. No grace by
+    default: once drained, the frontend's own unloading of the workers only costs a test run
+    time (3 s a server here); the graceful stop has tests of its own (test_recovery.py,
+    test_deploy_manifests.py). Module fixtures yield from inside the block. `env`: added to the
     server's environment, which its workers inherit."""
     server = start_server(workdir, models, model_store, overrides=overrides, min_ready=min_ready,
                           model=model, timeout=timeout, env=env)
@@ -73,3 +76,10 @@ def forbidden(test: str) -> Iterator[None]:
     finally:
         serve.start = real_start
         os.environ.pop(FORBIDDEN_ENV, None)
+
+
+def config_with(tmp_path: Path, extra: str, base: str = "config.properties") -> Path:
+    """A copy of the repository's `base` properties file with `extra` lines appended."""
+    path = tmp_path / "evil.properties"
+    path.write_text((ROOT / base).read_text() + extra + "\n")
+    return path

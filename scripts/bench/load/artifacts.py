@@ -1,6 +1,6 @@
 """The archives the benchmark serves: ours (a private copy of the shipped .mar), TorchServe's
 stock image_classifier over the same validated TorchScript export, and variants of ours with
-changed model settings or an unfused ONNX graph (the levers and the "before" archive)."""
+changed model settings or an unfused ONNX graph (the levers)."""
 
 from __future__ import annotations
 
@@ -60,12 +60,6 @@ def variant_mar(name: str, settings: dict, fmt: str | None = None, arch: str = r
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return package.package(arch, checkpoint, model_name=name, model_config=path, fmt=fmt, export_dir=STORE,
                            fuse_pads=fuse_pads)
-
-
-def unfused_mar(name: str = "lite0_unfused_graph") -> Path:
-    """Our archive as it shipped before the fused export: the same handler and settings, the
-    ONNX graph as torch emits it (17 Pads ONNX Runtime cannot fold into their convolutions)."""
-    return variant_mar(name, {}, fuse_pads=False)
 
 
 def unpack(mar: Path) -> Path:

@@ -1,9 +1,7 @@
-"""Levers: each tuning choice A/B'd against the shipped config, served side by side
-(`levers`), and model/decode choices timed in-process (`micro`).
-
-Levers BENCHMARKS.md has judged and whose setting is gone are not here any more: ONNX Runtime's
-intra-op threads with spinning off (`ort_threads`, 2026-11-28: 0.64-0.69x saturated, "no"); its
-table keeps that run's rows as a past measurement."""
+"""Levers: each tuning choice of the shipped config A/B'd against it, served side by side
+(`levers`), and model/decode choices timed in-process (`micro`). A lever is here while its
+setting is one the product offers (workers, batching, format, the fused graph, the working
+tree's handler); a rejected one keeps only its rows in BENCHMARKS.md."""
 
 from __future__ import annotations
 
@@ -20,36 +18,26 @@ from scripts.bench.load.report import med, ratio
 from scripts.bench.load.services import Service, at_rate, saturate, start, stop
 from scripts.bench.workspace import BENCH, CFG_DIR, Profile, log, photos
 
-JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
-
 
 def levers(profile: Profile, only: list[str] | None) -> dict:
     """Each lever: the shipped config and its variants served side by side, interleaved."""
     shipped = yaml.safe_load((CFG_DIR / "model-config.yaml").read_text())
     threads = shipped.get("handler", {}).get("threads", 1)
     workers = shipped.get("minWorkers", 2)
-    # lever: [(variant, model-config changes, environment, config.properties changes)]; keys
-    # starting with "_" are the bench's own (how it builds the archive or starts the server),
-    # not settings of the model or the server.
+    # lever: [(variant, model-config changes)]; keys starting with "_" are the bench's own (how
+    # it builds the archive), not settings of the model.
     defs = {
-        "workers_x_threads": [("1x2", {"minWorkers": 1, "maxWorkers": 1, "handler": {"threads": 2}}, {}, {}),
-                              ("2x2", {"minWorkers": 2, "maxWorkers": 2, "handler": {"threads": 2}}, {}, {})],
         # A third worker on 2 cores: spare capacity while one restarts (RELIABILITY.md).
-        "workers": [("3x1", {"minWorkers": 3, "maxWorkers": 3}, {}, {})],
-        # The ONNX graph as torch emits it (17 Pads ORT cannot fold into convolutions): the
-        # archive shipped before the fused export ("before" in `make bench`).
-        "graph": [("unfused_graph", {"_fuse_pads": False}, {}, {})],
-        "batching": [("batch1", {"batchSize": 1, "maxBatchDelay": 0}, {}, {}),
-                     ("batch4_delay5", {"batchSize": 4, "maxBatchDelay": 5}, {}, {}),
-                     ("batch8_delay10", {"batchSize": 8, "maxBatchDelay": 10}, {}, {})],
-        "backend": [("torchscript", {"_format": "torchscript"}, {}, {})],
-        # TorchServe's built-in log4j2.xml (DEBUG, each line twice) instead of config/log4j2.xml.
-        "logging": [("builtin_logging", {}, {}, {"_log_config": None})],
+        "workers": [("3x1", {"minWorkers": 3, "maxWorkers": 3})],
+        # The ONNX graph as torch emits it (17 Pads ORT cannot fold into convolutions), against
+        # the fused one the build ships.
+        "graph": [("unfused_graph", {"_fuse_pads": False})],
+        "batching": [("batch1", {"batchSize": 1, "maxBatchDelay": 0}),
+                     ("batch4_delay5", {"batchSize": 4, "maxBatchDelay": 5}),
+                     ("batch8_delay10", {"batchSize": 8, "maxBatchDelay": 10})],
+        "backend": [("torchscript", {"_format": "torchscript"})],
         # Built from the working tree's handler (e.g. a runner.py change) vs the shipped .mar.
-        "working_tree": [("working_tree", {}, {}, {})],
-        "allocator": [("jemalloc", {}, {"LD_PRELOAD": JEMALLOC}, {})],
-        "frontend": [("netty1", {}, {}, {"number_of_netty_threads": "1", "netty_client_threads": "1"}),
-                     ("queue1000", {}, {}, {"job_queue_size": "1000"})],
+        "working_tree": [("working_tree", {})],
     }
     saved = BENCH / "levers.json"
     out = json.loads(saved.read_text()) if saved.is_file() else {}  # levers run one at a time merge
@@ -57,13 +45,12 @@ def levers(profile: Profile, only: list[str] | None) -> dict:
         if only and lever not in only:
             continue
         services = [Service(f"lever-shipped-{lever}", "torchserve", repo.DEFAULT_MODEL, ours_mar())]
-        for name, settings, env, props in variants:
+        for name, settings in variants:
             settings = dict(settings)
             fmt = settings.pop("_format", None)
             fuse_pads = settings.pop("_fuse_pads", True)
             mar = variant_mar(f"lite0_{name}", settings, fmt, fuse_pads=fuse_pads)
-            services.append(Service(f"lever-{name}", "torchserve", f"lite0_{name}", mar, env=env,
-                                    overrides=props))
+            services.append(Service(f"lever-{name}", "torchserve", f"lite0_{name}", mar))
         try:
             for svc in services:
                 w = int(next((v[1].get("minWorkers", workers) for v in variants
@@ -126,27 +113,11 @@ def micro(threads: int = 1, reps: int = 30) -> dict:
     model.eval()
     out: dict = {"threads": threads, "forward_ms": {}}
     frozen = torch.jit.load(str(scripted(repo.DEFAULT_MODEL, "default")))
-    scripted_model = torch.jit.script(model)
-    optimized = torch.jit.optimize_for_inference(scripted_model)
-    try:  # does the optimized graph survive save/load?
-        buf = io.BytesIO()
-        torch.jit.save(optimized, buf)
-        buf.seek(0)
-        torch.jit.load(buf)
-        out["optimize_for_inference_reloads"] = True
-    except Exception as exc:
-        out["optimize_for_inference_reloads"] = f"no: {exc}"
-    cl_model = build_model(repo.DEFAULT_MODEL, 1000)
-    load_checkpoint(cl_model, default_checkpoint())
-    cl = torch.jit.freeze(torch.jit.script(cl_model.eval().to(memory_format=torch.channels_last)))
     onnx = load_runner(export(model, BENCH / "micro" / "model.onnx", "onnx", 224), threads)
-    variants = {"eager": (model, False), "torchscript frozen": (frozen, False),
-                "optimize_for_inference": (optimized, False), "frozen + channels_last": (cl, True),
-                "onnxruntime (shipped)": (onnx, False)}
-    for name, (fn, channels_last) in variants.items():
+    variants = {"eager": model, "torchscript frozen": frozen, "onnxruntime (shipped)": onnx}
+    for name, fn in variants.items():
         for batch in (1, 4):
             x = torch.randn(batch, 3, 224, 224)
-            x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
             out["forward_ms"][f"{name} b{batch}"] = round(timed(fn, x, reps if batch == 1 else 10) / batch, 2)
     # Preprocessing split on the sample photos, and draft decoding on a 12 MP JPEG.
     cfg = PreprocessConfig.load(CFG_DIR / "preprocess.json")
@@ -156,14 +127,9 @@ def micro(threads: int = 1, reps: int = 30) -> dict:
         "whole": timed(lambda _: [preprocess_bytes(b, cfg) for b in images], None) / len(images),
         "decode": timed(lambda _: [decode_rgb(open_image(b, cfg), cfg) for b in images], None) / len(images),
         "resize+crop+normalize": timed(lambda _: [to_tensor(d, cfg) for d in decoded], None) / len(images),
-        "resize whole image, then crop (before)": timed(
-            lambda _: [resize_then_crop(d, cfg) for d in decoded], None) / len(images),
         "resample the crop box only (shipped)": timed(
             lambda _: [resize_crop(d, cfg) for d in decoded], None) / len(images),
     }
-    arr = torch.rand(224, 224, 3).numpy()
-    mean, std = torch.tensor(cfg.mean).numpy() * 255, torch.tensor(cfg.std).numpy() * 255
-    out["preprocess_ms"]["normalize only"] = timed(lambda a: (a * 255 - mean) / std, arr)
     big = io.BytesIO()
     Image.open(io.BytesIO(images[0])).resize((4000, 3000)).save(big, "JPEG", quality=90)
     no_draft = dataclasses.replace(cfg, fast_jpeg_draft=False)
@@ -172,15 +138,6 @@ def micro(threads: int = 1, reps: int = 30) -> dict:
     (BENCH / "micro.json").write_text(json.dumps(out, indent=1))
     print(json.dumps(out, indent=1))
     return out
-
-
-def resize_then_crop(img, cfg):
-    """The textbook transform, which to_tensor replaced: resize the whole image, then crop."""
-    from handler.preprocessing import INTERPOLATIONS, resize_geometry
-
-    size, left, top = resize_geometry(*img.size, cfg)
-    resized = img.resize(size, INTERPOLATIONS[cfg.interpolation])
-    return resized.crop((left, top, left + cfg.input_size, top + cfg.input_size))
 
 
 def levers_markdown() -> str:
@@ -211,6 +168,5 @@ def levers_markdown() -> str:
         lines += [f"| forward: {k} | {v} |" for k, v in m["forward_ms"].items()]
         lines += [f"| preprocess: {k} | {round(v, 2)} |" for k, v in m["preprocess_ms"].items()]
         lines += [f"| 12 MP JPEG preprocess: {k} | {v} |" for k, v in m["12mp_jpeg_ms"].items()]
-        lines += ["", f"optimize_for_inference survives save/load: {m['optimize_for_inference_reloads']}"]
     return "\n".join(lines)
 

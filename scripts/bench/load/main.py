@@ -16,7 +16,7 @@ One run measures, interleaved A/B/B/A so machine noise hits all alike:
   container the runtime image (`make image`) as the README runs it, raw requests;
   stock     TorchServe's `image_classifier` handler serving the same scripted model with
             TorchServe's default model settings (no config file);
-  fastapi   what a user might write: FastAPI + uvicorn, no batching (peer.py);
+  fastapi   what a user might write: FastAPI + uvicorn, no batching (fastapi_peer.py);
   triton    Triton Inference Server (pytriton's callable) with its dynamic batcher, v2 requests
             (triton_peer.py);
   triton_repo  Triton serving our archive as a model repository (scripts.deploy.triton_repo: stub
@@ -33,10 +33,11 @@ service, interleaved across the services (A B C, C B A, ...), and passes when th
 p99 meets the SLO (loadtest.rate_verdict); a service leaves the sweep after two rates in a row
 missed. Saturated throughput is the median of as many interleaved closed-loop windows.
 
-Where each job lives: scripts.bench.workspace (folders, windows, photos) and scripts.bench.stats
-(percentiles, medians); here, artifacts (the archives), services (servers and load), inproc (the
-in-process limit, FLOPs), report (table, plot, BENCHMARKS.md), levers (levers and micro), tune
-(the peers' batching settings), slo (the 50 rps runs and their stalls).
+Where each job lives: scripts.bench.workspace (folders, windows, photos), scripts.bench.stats
+(percentiles, medians), scripts.bench.peers (the peers and the floor); here, artifacts (the
+archives), services (servers and load), inproc (the in-process limit, FLOPs), report (table,
+plot, BENCHMARKS.md), levers (levers and micro), tune (the peers' batching settings), slo (the
+50 rps runs and their stalls).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 scripts.bench.load.loadtest in its own process, its backlog drained after each window.
 
 Kinds: torchserve (ours, stock), container (the runtime image, as the README runs it),
-fastapi (peer.py), triton (triton_peer.py: pytriton's callable), triton_repo (our archive as a
+fastapi (fastapi_peer.py), triton (triton_peer.py: pytriton's callable), triton_repo (our archive as a
 Triton model repository, scripts.deploy.triton_repo, served by triton_server.py), batching
 (batching_peer.py, BentoML), floor
 (floor.py, no model: the load generator's own floor). A service with `shares` measures another
@@ -59,24 +59,24 @@ def start(svc: Service, workers: int = 2) -> None:
     elif svc.kind == "container":
         start_container(svc, workers)
     elif svc.kind == "fastapi":
-        from scripts.bench.load import peer
+        from scripts.bench.peers import fastapi_peer
 
-        svc.proc = peer.start(svc.model_dir, port, workers)
+        svc.proc = fastapi_peer.start(svc.model_dir, port, workers)
         svc.url = f"http://127.0.0.1:{port}/predictions/{svc.model}"
     elif svc.kind == "triton":
-        from scripts.bench.load import triton_peer
+        from scripts.bench.peers import triton_peer
 
         svc.proc = triton_peer.start(svc.model_dir, port, **svc.knobs)
         svc.url = triton_peer.url(port, svc.model)
     elif svc.kind == "triton_repo":
         start_triton_repo(svc, port)
     elif svc.kind == "batching":
-        from scripts.bench.load import batching_peer
+        from scripts.bench.peers import batching_peer
 
         svc.proc = batching_peer.start(svc.model_dir, port, **svc.knobs)
         svc.url = batching_peer.url(port, svc.model)
     elif svc.kind == "floor":
-        from scripts.bench.load import floor
+        from scripts.bench.peers import floor
 
         svc.proc = floor.start(port)
         svc.url = f"http://127.0.0.1:{port}/predictions/{svc.model}"
@@ -86,11 +86,8 @@ def start(svc: Service, workers: int = 2) -> None:
 
 
 def start_torchserve(svc: Service, workers: int) -> None:
-    overrides = dict(svc.overrides)
-    log_config = overrides.pop("_log_config", serve.LOG_CONFIG)
     svc.server = serve.start(svc.workdir, models=f"{svc.model}={svc.mar.name}", ports=serve.free_ports(),
-                             model_store=svc.mar.parent, overrides=overrides, env=svc.env,
-                             log_config=log_config)
+                             model_store=svc.mar.parent, overrides=svc.overrides, env=svc.env)
     try:
         # Warmed up as `serve start` does, so the first measured window is not the frontend's
         # cold start (RELIABILITY.md); the stock handler gets the same requests.
@@ -103,7 +100,7 @@ def start_torchserve(svc: Service, workers: int) -> None:
 def start_triton_repo(svc: Service, port: int) -> None:
     """The archive written as a Triton model repository (its knobs: instances, max_batch,
     delay_us) and served by the bundled tritonserver."""
-    from scripts.bench.load import triton_peer, triton_server
+    from scripts.bench.peers import triton_peer, triton_server
     from scripts.deploy import triton_repo
 
     repository = svc.workdir / "repository"
@@ -129,12 +126,12 @@ def start_container(svc: Service, workers: int) -> None:
 def stop(services: list[Service]) -> None:
     for svc in services:
         if svc.proc is not None:
-            from scripts.bench.load import batching_peer, peer, triton_peer
+            from scripts.bench.peers import batching_peer, fastapi_peer, triton_peer
 
             # every peer runs in its own process group; Triton's and BentoML's stop theirs whole
             stopper = {"triton": triton_peer.stop, "triton_repo": triton_peer.stop,
                        "batching": batching_peer.stop}
-            stopper.get(svc.kind, peer.stop)(svc.proc)
+            stopper.get(svc.kind, fastapi_peer.stop)(svc.proc)
             svc.proc = None
         if svc.box is not None:
             svc.box.remove()

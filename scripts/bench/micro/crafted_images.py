@@ -7,7 +7,7 @@ with 6 MB of EXIF, a 20:1 panorama (the widest aspect ratio accepted: what a let
 Every case built "under" must be accepted (200) at a cost within the budget of
 docs/inputs-and-errors.md; every case "over" must be refused (4xx) from the header, before any
 pixel is decoded. `python -m scripts.bench.micro.request_cost --corpus` measures each one;
-tests/test_crafted_images.py sends them to a real server.
+tests/e2e/handler/test_crafted_images.py sends them to a real server.
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import yaml
@@ -45,6 +46,9 @@ from handler.preprocessing import PreprocessConfig, preprocess_bytes
 from handler.runner import load_runner
 from scripts import repo
 from scripts.bench import stats
+
+if TYPE_CHECKING:
+    from ts.context import Context
 
 # ViT's own preprocessing (224 crop is what it accepts), as scripts/bench/micro/large_model.py uses.
 VIT_PREPROCESS = {"input_size": 224, "resize_size": 242, "interpolation": "bilinear",
@@ -148,21 +152,49 @@ def forward_latency(model_dir: Path, tensors: torch.Tensor, device: str, batches
     return out
 
 
+class DiscardedMetrics:
+    """TorchServe's metrics cache as far as the handler calls it; this benchmark times the calls."""
+
+    def add_metric(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def add_time(self, *args: object, **kwargs: object) -> None:
+        pass
+
+
+def worker_context(model_dir: Path, batch_size: int, gpu_id: int | None) -> Context:
+    """The context TorchServe's worker hands `initialize` for `model_dir`, with `gpu_id` as on a
+    server with GPUs. TorchServe's own MockContext (its handler unit tests) has no per-request
+    state (headers, ids, statuses) that `handle` needs, and build/gpu-kit leaves it out."""
+    from ts.context import Context
+
+    manifest = json.loads((model_dir / layout.ARCHIVER_MANIFEST).read_text())
+    model_yaml = yaml.safe_load((model_dir / layout.MODEL_CONFIG).read_text())
+    return Context(manifest["model"]["modelName"], str(model_dir), manifest, batch_size, gpu_id,
+                   "0.12.0", metrics=DiscardedMetrics(), model_yaml_config=model_yaml)
+
+
+def new_requests(ctx: Context, size: int) -> None:
+    """Fresh per-request state for a batch of `size`, as TorchServe's worker sets before handle()."""
+    from ts.context import RequestProcessor
+
+    ctx.request_processor = [RequestProcessor({}) for _ in range(size)]
+
+
 def handler_latency(model_dir: Path, jpegs: list[bytes], gpu_id: int | None, batches: list[int],
                     iters: int) -> dict:
     """The whole handler (initialize with gpu_id, then handle on JPEG bytes) at each batch."""
     from handler import torchserve_entry
-    from scripts.bench.micro.mock_context import make_context, new_batch
 
     handler = torchserve_entry.ImageClassifierHandler()
-    ctx = make_context(model_dir, batch_size=max(batches), gpu_id=gpu_id)
+    ctx = worker_context(model_dir, max(batches), gpu_id)
     handler.initialize(ctx)
     out = {"placement": handler.placement.describe(), "batches": {}}
     for b in batches:
         rows = [{"body": jpegs[i % len(jpegs)]} for i in range(b)]
 
         def call(rows=rows, b=b) -> None:
-            new_batch(ctx, b)
+            new_requests(ctx, b)
             answers = handler.handle(rows, ctx)
             assert len(answers) == b and all("predictions" in a for a in answers), answers
 

@@ -90,7 +90,7 @@ def p99_by_4s(records: list, t0: float, seconds: float) -> list[float]:
 # (`vmargs`). The lever `jvm-default` removes that flag: the JVM's default tiered compilation.
 C1_ONLY = "-XX:TieredStopAtLevel=1"
 # `serve start` announces the server after 5 s of predictions through the frontend (warm-up);
-# the lever `no-warm-up` announces it as soon as the workers are READY, as before.
+# the lever `no-warm-up` announces it as soon as the workers are READY.
 LEVERS = {
     "jvm-default": "JVM default JIT (C1 + C2)",
     "no-warm-up": "workers READY, no warm-up",

@@ -1,0 +1,108 @@
+"""Several models on one server: `serve start --model a,b` and the tools' `--model`.
+
+- The names `--model` takes are checked before anything starts: an empty name, a name given
+  twice, a character TorchServe's model names do not have, a name without NAME.mar in the store:
+  one `error:` line, exit 2.
+- `manage`, `healthcheck` and the load generator name the one served model by default; with
+  several served and no `--model`, one line listing them, exit 2 (the readiness probe instead
+  checks every served model).
+- End to end, through the CLI as `make serve MODELS=a,b` runs it: two archives on one server,
+  each with its own workers; both READY and warmed before the announcement, which names each
+  model's URLs; both answer predictions with their own name; the readiness probe is ready for
+  both, and not ready while one model has no READY worker (scaled to 0), whichever answers.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from scripts import repo
+from scripts.ops import healthcheck, manage, serve
+from scripts.ops.torchserve_http import IMAGE_HEADERS, TorchServeClient, sample_jpeg
+from tests.support.servers import MODEL
+
+OTHER = "other"
+START_TIMEOUT_S = 150
+
+
+# ---- end to end: two archives on one server, started through the CLI ----
+
+# `serve start` as `make serve MODELS=a,b` runs it, on free ports instead of 8080-8082: the same
+# main(), with the module's default ports replaced before it reads them.
+SERVE_START = """
+import sys
+from scripts.ops import serve
+serve.DEFAULT_PORTS = serve.free_ports()
+sys.exit(serve.main(["start", "--workdir", sys.argv[1], "--model-store", sys.argv[2],
+                     "--model", sys.argv[3], "--timeout", sys.argv[4]]))
+"""
+
+
+@pytest.fixture(scope="module")
+def two_model_store(tmp_path_factory, default_mar):
+    """The default archive and the same model packaged as OTHER with one worker and no batching
+    (its own settings, as any second model has)."""
+    from scripts.packaging import package
+
+    tmp = tmp_path_factory.mktemp("other")
+    config = yaml.safe_load((repo.CONFIG_DIR / MODEL / "model-config.yaml").read_text())
+    config.update(minWorkers=1, maxWorkers=1, batchSize=1)
+    (tmp / "model-config.yaml").write_text(yaml.safe_dump(config))
+    store = tmp_path_factory.mktemp("store")
+    shutil.copy(default_mar, store / default_mar.name)
+    try:
+        package.package(MODEL, model_name=OTHER, model_config=tmp / "model-config.yaml", export_dir=store)
+    finally:
+        shutil.rmtree(repo.BUILD_DIR / OTHER, ignore_errors=True)
+    return store
+
+
+def run_tool(module: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=repo.ROOT, capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.mark.e2e
+def test_two_models_on_one_server(two_model_store, tmp_path):
+    workdir = tmp_path / "run"
+    try:
+        started = subprocess.run([sys.executable, "-c", SERVE_START, str(workdir), str(two_model_store),
+                                  f"{MODEL},{OTHER}", str(START_TIMEOUT_S)],
+                                 cwd=repo.ROOT, capture_output=True, text=True, timeout=START_TIMEOUT_S + 60)
+        assert started.returncode == 0, started.stdout + started.stderr
+        client = TorchServeClient.from_workdir(workdir)
+        for name in (MODEL, OTHER):
+            assert f"{client.inference_url}/predictions/{name}" in started.stdout, started.stdout
+            assert f"{client.management_url}/models/{name}" in started.stdout, started.stdout
+        assert "warmed up" in started.stdout and started.stdout.count("warmed up") == 2, started.stdout
+        assert client.ready_workers(MODEL) == 2 and client.ready_workers(OTHER) == 1
+        assert client.describe(OTHER)[0]["batchSize"] == 1 and client.describe(MODEL)[0]["batchSize"] == 4
+        for name in (MODEL, OTHER):
+            resp = client.predict(name, sample_jpeg(), IMAGE_HEADERS)
+            assert resp.status_code == 200 and resp.json()["model"] == name, resp.text
+
+        ready = run_tool("scripts.ops.healthcheck", "ready", "--workdir", str(workdir))
+        assert ready.returncode == 0, ready.stdout + ready.stderr
+        assert MODEL in ready.stdout and OTHER in ready.stdout, ready.stdout
+
+        status = run_tool("scripts.ops.manage", "status", "--model", OTHER, "--json",
+                          "--workdir", str(workdir))
+        assert status.returncode == 0, status.stderr
+        assert json.loads(status.stdout)["model"] == OTHER and json.loads(status.stdout)["ready"] == 1
+        unnamed = run_tool("scripts.ops.manage", "status", "--workdir", str(workdir))
+        assert unnamed.returncode == 2 and f"({MODEL}, {OTHER})" in unnamed.stderr, unnamed.stderr
+
+        manage.scale(client, OTHER, 0, 0, timeout=60)
+        not_ready = run_tool("scripts.ops.healthcheck", "ready", "--workdir", str(workdir))
+        assert not_ready.returncode == healthcheck.NOT_READY, not_ready.stdout + not_ready.stderr
+        assert f"{OTHER}: 0 READY workers" in not_ready.stderr, not_ready.stderr
+        one = run_tool("scripts.ops.healthcheck", "ready", "--model", MODEL, "--workdir", str(workdir))
+        assert one.returncode == 0, one.stdout + one.stderr
+    finally:
+        serve.stop(workdir, grace=10)

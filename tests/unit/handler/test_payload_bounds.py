@@ -1,0 +1,51 @@
+"""Cheap bounds on what a request may carry, before anything expensive: JSON nesting depth,
+the number of inputs (form fields, query parameters), and which input is the image when a
+query string names one too. Each is a 4xx JSON error, in-process and through a real server."""
+
+from __future__ import annotations
+
+import pytest
+
+from handler import payload
+from handler.errors import InputError
+from tests.support.bodies import DEEP, WORST_JSON
+
+
+def refused(row: dict) -> InputError:
+    with pytest.raises(InputError) as err:
+        payload.payload_to_bytes(row)
+    return err.value
+
+
+def test_json_depth_counts_brackets_and_braces():
+    assert payload.json_depth(b'{"image": "abc"}') == 1
+    assert payload.json_depth(b'{"a": [[{"b": 1}]]}') == 4
+    assert payload.json_depth(b"") == 0 and payload.json_depth(DEEP) == 100_000
+
+
+@pytest.mark.parametrize("row", [{"body": DEEP}, {"body": DEEP.decode()}])
+def test_deep_json_is_a_client_error_not_a_recursion_error(row):
+    err = refused(row)
+    assert (err.status, err.error_type) == (400, "InvalidJSON") and "100000 objects or lists" in err.message
+
+
+def test_many_inputs_are_refused_before_reading_any():
+    row = {f"f{i}": b"x" for i in range(payload.MAX_FIELDS + 1)}
+    err = refused(row)
+    assert (err.status, err.error_type) == (400, "TooManyFields")
+
+
+def test_the_raw_body_wins_over_query_parameters():
+    assert payload.payload_to_bytes({"data": b"x", "image": b"y", "body": b"\xff\xd8jpeg"}) == b"\xff\xd8jpeg"
+
+
+def test_two_candidate_fields_without_a_body_are_ambiguous():
+    err = refused({"data": b"x", "image": b"\xff\xd8jpeg"})
+    assert (err.status, err.error_type) == (400, "AmbiguousInput") and "data, image" in err.message
+
+
+def test_json_shape_is_bounded_before_parsing():
+    for name, body in WORST_JSON.items():
+        if name != "one 6.5 MB base64 string":
+            err = refused({"body": body})
+            assert (err.status, err.error_type) == (400, "InvalidJSON") and "at most" in err.message, name

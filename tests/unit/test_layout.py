@@ -1,0 +1,58 @@
+"""The suite is grouped by what it tests: tests/unit/<area>/ and tests/e2e/<area>/, areas the
+same as the code's. Every test under e2e/ is marked e2e, none under unit/ is, and no test module
+sits flat in tests/ (support/ and conftest.py hold what every area shares)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from scripts import repo
+
+TESTS = repo.ROOT / "tests"
+AREAS = {"handler", "packaging", "ops", "deploy", "client", "bench"}
+
+
+def modules() -> list[Path]:
+    return sorted(TESTS.rglob("test_*.py"))
+
+
+def marked_e2e(decorators: list[ast.expr]) -> bool:
+    return any("mark.e2e" in ast.unparse(d) for d in decorators)
+
+
+def e2e_marks(path: Path) -> tuple[bool, dict[str, bool]]:
+    """(whether the module is marked e2e, test name -> whether that test is marked e2e)."""
+    tree = ast.parse(path.read_text())
+    module = any(isinstance(node, ast.Assign) and "pytestmark" in ast.unparse(node.targets[0])
+                 and "mark.e2e" in ast.unparse(node.value) for node in tree.body)
+    tests = {node.name: marked_e2e(node.decorator_list) for node in tree.body
+             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name.startswith("test_")}
+    return module, tests
+
+
+def test_no_test_module_sits_flat_in_tests():
+    assert sorted(p.name for p in TESTS.glob("test_*.py")) == []
+
+
+def test_every_area_folder_is_one_of_the_code_areas():
+    for kind in ("unit", "e2e"):
+        folders = {p.name for p in (TESTS / kind).iterdir() if p.is_dir() and p.name != "__pycache__"}
+        assert folders <= AREAS, (kind, folders - AREAS)
+        assert all((TESTS / kind / area / "__init__.py").is_file() for area in folders)
+    assert {p.relative_to(TESTS).parts[0] for p in modules()} == {"unit", "e2e"}
+
+
+def test_e2e_marks_match_the_folder():
+    wrong = []
+    for path in modules():
+        module, tests = e2e_marks(path)
+        where = str(path.relative_to(TESTS))
+        if not tests:
+            wrong.append(f"{where}: no test")
+        elif where.startswith("e2e/"):
+            wrong += [f"{where}::{name} is not marked e2e" for name, e2e in tests.items()
+                      if not (module or e2e)]
+        else:
+            wrong += [f"{where}::{name} is marked e2e" for name, e2e in tests.items() if module or e2e]
+    assert len(modules()) > 60 and wrong == []
