@@ -8,25 +8,13 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from scripts.ops import lifecycle, serve
+from scripts.ops import serve
 from scripts.ops.torchserve_http import sample_request
 from tests.support.servers import MODEL
 
-
-def test_a_port_taken_before_every_launch_gives_up_after_the_tries(tmp_path, monkeypatch):
-    calls = []
-
-    def taken(*args, **kwargs) -> serve.Server:
-        calls.append(kwargs["ports"])
-        raise lifecycle.PortInUse("inference_address 127.0.0.1:1 cannot be bound")
-
-    monkeypatch.setattr(serve, "start", taken)
-    with pytest.raises(lifecycle.PortInUse):
-        serve.start_ready(tmp_path / "run", f"{MODEL}={MODEL}.mar", tmp_path, tries=3)
-    assert len(calls) == 3 and len(set(calls)) == 3  # fresh ports each time
+pytestmark = pytest.mark.e2e
 
 
-@pytest.mark.e2e
 def test_a_port_taken_before_torchserve_binds_it_is_replaced(tmp_path, default_mar, monkeypatch):
     """Another process listens on the inference port after the launch's own check passed and
     before the JVM (seconds to start) binds it: TorchServe fails to bind and exits, and the start
