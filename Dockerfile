@@ -93,6 +93,8 @@ COPY config/metrics.yaml config/log4j2.xml config/
 COPY handler handler
 COPY scripts/__init__.py scripts/repo.py scripts/
 COPY scripts/ops scripts/ops
+# The client library's package, imported by the ops tools (the resend contract, the key refusal).
+COPY client/src/image_classifier_client image_classifier_client
 COPY --from=archive /model_store/ model_store/
 # The operator's pin, from outside the archive (scripts/ops/pins.py): the entrypoint hashes every
 # archive it serves before TorchServe starts and refuses one that is not pinned or not the

@@ -16,7 +16,6 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # One stamp per requirements set: runtime < build < dev (each file includes the one before).
 BUILD_STAMP := $(VENV)/.build-installed
 DEV_STAMP := $(VENV)/.dev-installed
-CLIENT_STAMP := $(VENV)/.client-installed
 
 .PHONY: help install install-dev java prometheus haproxy serve stop package photos test lint clean bench gpu-kit grpc-stubs \
 	engine image-base image
@@ -58,25 +57,21 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-# The build set (runtime + export/package) and this project's packages (handler, scripts).
+# The build set (runtime + export/package) and this project's packages: handler, scripts, and
+# the client library (client/: its resend contract is the ops tools', its `classify` CLI the
+# README's Operate block's; httpx, its one dependency, is in the runtime set).
 # First time: torch and its CUDA libraries are about 5.6 GB, a few minutes.
-$(BUILD_STAMP): requirements.txt requirements-serve.txt requirements-build.txt requirements-data.txt pyproject.toml | $(PY)
+$(BUILD_STAMP): requirements.txt requirements-serve.txt requirements-build.txt requirements-data.txt pyproject.toml \
+		client/pyproject.toml | $(PY)
 	@echo "[make] installing requirements-build.txt (runtime + build) into $(VENV)"
 	$(PIP) -r requirements-build.txt
 	$(PIP) --no-deps -r requirements-data.txt
-	$(PIP) --no-deps --no-build-isolation -q -e .
+	$(PIP) --no-deps --no-build-isolation -q -e . -e ./client
 	touch $@
 
 $(DEV_STAMP): $(BUILD_STAMP) requirements-dev.txt
 	@echo "[make] installing requirements-dev.txt (tests, lint, bench) into $(VENV)"
 	$(PIP) -r requirements-dev.txt
-	touch $@
-
-# The client library and its `classify` CLI (client/: httpx only), so that the README's Operate
-# block works right after `make serve`.
-$(CLIENT_STAMP): $(BUILD_STAMP) client/pyproject.toml
-	@echo "[make] installing the client library (client/) into $(VENV)"
-	$(PIP) httpx==0.28.1 -e ./client
 	touch $@
 
 install: java $(BUILD_STAMP)
@@ -89,7 +84,7 @@ $(MAR): $(BUILD_STAMP) $(MAR_INPUTS)
 package: install
 	$(PY) -m scripts.packaging.package --arch $(MODEL)
 
-serve: install $(CLIENT_STAMP) $(MAR)
+serve: install $(MAR)
 	$(PY) -m scripts.ops.serve start --model $(MODELS)
 
 photos: install

@@ -16,13 +16,13 @@ from pathlib import Path
 import requests
 
 from scripts import repo
-from scripts.ops.client import TorchServeClient
 from scripts.ops.serve import WARM_UP_PENDING, free_ports
-from scripts.ops.server_config import KEY_FILE, write_private
+from scripts.ops.server_config import DEFAULT_PORTS, KEY_FILE, loopback_url, write_private
+from scripts.ops.torchserve_http import TorchServeClient
 
 IMAGE_NAME = "localhost/image-classifier-service"
 APP_DIR = "/home/model-server/app"
-CONTAINER_PORTS = (8080, 8081, 8082)
+CONTAINER_PORTS = DEFAULT_PORTS  # TorchServe's, inside the container
 # podman on this kind of host: runc (crun refuses hybrid cgroup v1) and explicit ulimits (as the Makefile).
 PODMAN_GLOBAL = ["--runtime", "runc"]
 PODMAN_LIMITS = ["--ulimit", "nofile=20000:20000", "--ulimit", "nproc=4096:4096"]
@@ -58,7 +58,7 @@ class Container:
 
     @property
     def client(self) -> TorchServeClient:
-        return TorchServeClient(*(f"http://127.0.0.1:{p}" for p in self.ports),
+        return TorchServeClient(*map(loopback_url, self.ports),
                                 key_file=self.key_dir / KEY_FILE, timeout=60)
 
     def exec(self, *cmd: str, timeout: float = 60) -> subprocess.CompletedProcess:

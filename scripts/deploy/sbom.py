@@ -29,8 +29,8 @@ ARCHIVE_LABEL = "io.image-classifier.archive.sha256"
 
 
 def canonical(name: str) -> str:
-    """PEP 503's normalized project name (lock.canonical's rule: this file runs alone inside the
-    image, standard library only, so it cannot import it)."""
+    """PEP 503's normalized project name (scripts.deploy.lock uses this one: this file runs alone
+    inside the image, standard library only, so it imports nothing of ours)."""
     return re.sub(r"[-_.]+", "-", name).lower()
 
 

@@ -46,9 +46,9 @@ from pathlib import Path
 import requests
 
 from scripts import repo
-from scripts.ops import serve, uds
-from scripts.ops.client import TorchServeClient
+from scripts.ops import serve
 from scripts.ops.server_config import addresses
+from scripts.ops.torchserve_http import TorchServeClient
 
 CONFIG = repo.CONFIG_DIR / "haproxy.cfg"
 DEFAULT_PORT = 8090
@@ -70,6 +70,9 @@ AGENT_CALL_TIMEOUT_S = 1.0
 HAPROXY_FALLBACK = Path("/usr/sbin/haproxy")
 # A unix socket path longer than this does not fit in sockaddr_un (Linux).
 MAX_SOCKET_PATH = 107
+# In a replica's working directory: the folder (mode 0700) holding its management socket.
+PRIVATE_DIR = "private"
+SOCKET_NAME = "management.sock"
 
 
 def find_haproxy() -> str:
@@ -128,11 +131,26 @@ def read_stats(stats_socket: Path, timeout: float = 2.0) -> list[dict[str, str]]
     return list(csv.DictReader(io.StringIO(text)))
 
 
+def private_socket(workdir: str | Path) -> Path:
+    """The management socket's path in `workdir`/private/, that folder made (or kept) mode 0700
+    and a socket left by a previous run removed (TorchServe cannot bind over it). The socket
+    TorchServe creates is mode 0755 itself: the folder's 0700 keeps other users out, refused at
+    connect() by the kernel."""
+    folder = Path(workdir).resolve() / PRIVATE_DIR
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)  # an existing folder keeps its mode otherwise
+    path = folder / SOCKET_NAME
+    if len(str(path)) > MAX_SOCKET_PATH:
+        raise ValueError(f"{path}: too long for a Unix socket; use a shorter working directory")
+    path.unlink(missing_ok=True)
+    return path
+
+
 def replica_overrides(workdir: Path, ports: tuple[int, int, int]) -> dict[str, str]:
     """A replica's settings: token authorization off (the edge checks the key) and its management
-    API on a Unix socket in a folder of its own user's (uds.private_socket), never on TCP."""
+    API on a Unix socket in a folder of its own user's (private_socket), never on TCP."""
     listen = serve.listen_overrides("127.0.0.1", ports, token_auth=False,
-                                    management_socket=uds.private_socket(workdir))
+                                    management_socket=private_socket(workdir))
     return {**AUTH_OFF, **(listen or {})}
 
 

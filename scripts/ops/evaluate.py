@@ -21,7 +21,6 @@ from pathlib import Path
 import requests
 
 from scripts import repo
-from scripts.ops.client import TorchServeClient
 from scripts.ops.inspect_mar import running_description
 from scripts.ops.labelled import (
     LabelledSetError,
@@ -31,6 +30,7 @@ from scripts.ops.labelled import (
     describe_figures,
     labelled_folder,
 )
+from scripts.ops.torchserve_http import TorchServeClient
 
 
 def evaluate(client: TorchServeClient, model: str, folder: PhotoFolder) -> dict:

@@ -35,10 +35,10 @@ from pathlib import Path
 import requests
 
 from scripts import repo
-from scripts.ops.client import TorchServeClient, sample_jpeg
 from scripts.ops.keys import expiry_s, seconds_left
 from scripts.ops.serve import WARM_UP_PENDING, in_flight
 from scripts.ops.server_config import CONFIG_FILE, ModelChoiceError, read_properties, served_models
+from scripts.ops.torchserve_http import TorchServeClient, sample_jpeg
 
 STATE_FILE = "health_state.json"
 

@@ -10,7 +10,7 @@ on the wall clock, which TorchServe expires keys by, every few seconds: a suspen
 step is noticed within a poll, and a restarted renewer renews keys already past half their life
 at once (a schedule on the monotonic clock missed both). Clients re-read the file when it
 changes (server_config.KeyFile) and resend once a request that raced a renewal
-(server_config.auth_refused).
+(image_classifier_client.contract.auth_refused).
 
 serve.start's supervisor (scripts.ops.lifecycle) runs one renewer per server and restarts it if
 it dies; it stops when the server is gone, or its supervisor (checked every poll). A server

@@ -23,8 +23,8 @@ import psutil
 import requests
 
 from scripts import repo
-from scripts.ops.client import TorchServeClient
 from scripts.ops.server_config import ModelChoiceError, chosen_model
+from scripts.ops.torchserve_http import TorchServeClient
 
 # TorchServe 0.12's frontend sometimes answers a scale-down with 500 ConcurrentModificationException:
 # WorkLoadManager.modelChanged shuts a worker down while its batch is being answered, and
@@ -112,7 +112,7 @@ def scale(client: TorchServeClient, model: str, min_workers: int, max_workers: i
     Down, one worker per step, each step settled before the next: TorchServe 0.12 does not drain
     a worker it removes (WorkerThread.shutdown closes its channel at once, and the batch it
     holds is answered 500 "Worker scaled down." or "Worker died."), so each removed worker may
-    still fail one batch, which clients resend (client.py's contract). One at a time, at most one
+    still fail one batch, which clients resend (the client library's contract). One at a time, at most one
     batch is failing at any moment while the remaining workers keep serving, and each PUT's
     window for the frontend's race (frontend_race) covers a single worker."""
     if not 0 <= min_workers <= max_workers:

@@ -34,7 +34,6 @@ a development machine.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
 import zipfile
@@ -111,7 +110,7 @@ def _manifest_pair(fh: BinaryIO, name: str) -> str | None:
         with zipfile.ZipFile(fh) as zf:
             if integrity.MANIFEST not in zf.namelist():
                 return None  # not one of ours: no manifests to hand on
-            return ":".join(hashlib.sha256(zf.read(member)).hexdigest()
+            return ":".join(integrity.sha256_stream(zf.open(member))[0]
                             for member in (integrity.MANIFEST, integrity.ARCHIVER_MANIFEST))
     except (KeyError, zipfile.BadZipFile) as exc:
         raise PinError(f"{name}: cannot read {integrity.MANIFEST} and "

@@ -27,26 +27,28 @@ from pathlib import Path
 
 import psutil
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from handler.settings import ConfigError, check_keys
 from scripts import repo
 from scripts.ops import lifecycle, pins
-from scripts.ops.client import TorchServeClient, sample_jpeg
 from scripts.ops.server_config import (
     ADDRESS_KEYS,
     CONFIG_FILE,
+    DEFAULT_PORTS,
+    GRPC_DEFAULT_PORTS,
+    GRPC_KEYS,
     KEY_FILE,
     TORCHSERVE_KEYS,
     check_code_keys,
+    loopback_url,
     read_properties,
     store_urls,
     write_properties,
 )
+from scripts.ops.torchserve_http import TorchServeClient, sample_jpeg
 
 PATH_KEYS = ("model_store", "metrics_config", "workflow_store")
-DEFAULT_PORTS = (8080, 8081, 8082)
-GRPC_KEYS = ("grpc_inference_port", "grpc_management_port")
-GRPC_DEFAULT_PORTS = ("7070", "7071")
 STARTUP_LABELS = {"UNLOADING": "LOADING"}
 WARM_UP_S = 5.0
 WARM_UP_CONCURRENCY = 4
@@ -56,6 +58,9 @@ WARM_UP_PENDING = "warm_up.pending"
 VERIFIED_STORE = "models"
 # TorchServe's own rule for a model name; it also keeps a name from leaving the store (../x).
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+# What TorchServe's frontend logs when a port it was given is taken (it then exits).
+BIND_FAILED = ("Address already in use", "Failed to bind")
+START_TRIES = 3
 INTERRUPTED = 130  # the shell's status for a command ended by Ctrl-C (128 + SIGINT)
 # One line per request in the access log, no per-request chatter elsewhere (see the file).
 LOG_CONFIG = repo.CONFIG_DIR / "log4j2.xml"
@@ -68,6 +73,7 @@ class Server:
     client: TorchServeClient
     process: subprocess.Popen | None = None
     properties: dict[str, str] = field(default_factory=dict)  # what it runs with, as written
+    log_offset: int = 0  # where this start's output begins in torchserve.out (appended to)
 
     def alive(self) -> bool:
         try:
@@ -103,6 +109,53 @@ def free_ports(n: int = 3) -> tuple[int, ...]:
             if len(ports) == n:
                 return tuple(ports)
     raise RuntimeError(f"fewer than {n} free loopback ports between {LOWEST_PORT} and {highest}")
+
+
+class PortTaken(RuntimeError):
+    """TorchServe exited at start because another process bound one of its ports first."""
+
+
+def start_ready(workdir: Path, models: str, model_store: Path, model: str = repo.DEFAULT_MODEL,
+                min_ready: int = 1, timeout: float = 180.0, warm: bool = False,
+                tries: int = START_TRIES, **start_kwargs) -> Server:
+    """start() on free ports and wait_ready(); stops the server on failure. A port found free
+    can still be taken before TorchServe binds it: on PortInUse (taken before the launch) or
+    PortTaken (taken before the bind) it starts again on fresh ports, `tries` times in all."""
+    if tries < 1:
+        raise ValueError(f"tries={tries}: a server is started at least once")
+    for attempt in range(1, tries + 1):
+        last = attempt == tries
+        try:
+            server = start(workdir, models=models, ports=free_ports(), model_store=model_store,
+                           **start_kwargs)
+        except lifecycle.PortInUse:
+            if last:
+                raise
+            continue
+        try:
+            wait_ready(server, model, min_ready=min_ready, timeout=timeout, progress=False, warm=warm)
+        except PortTaken as exc:
+            stop(workdir, grace=5)
+            if last:
+                raise
+            print(f"[serve] {exc}: starting again on other ports", flush=True)
+            continue
+        except BaseException:
+            stop(workdir, grace=5)
+            raise
+        return server
+
+
+def bind_failure(server: Server) -> str | None:
+    """The line of this start's torchserve.out saying a port could not be bound, if any."""
+    try:
+        with open(server.workdir / "torchserve.out", "rb") as f:
+            f.seek(server.log_offset)
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    return next((line.strip() for line in text.splitlines()
+                 if any(sign in line for sign in BIND_FAILED)), None)
 
 
 def _bindable(port: int) -> bool:
@@ -141,7 +194,7 @@ def derived_properties(base: Path, ports: tuple[int, int, int], models: str, mod
             props[key] = str((base.parent / props[key]).resolve())
     props.update(loading(model_store, models))
     for key, port in zip(ADDRESS_KEYS, ports):
-        props[key] = f"http://127.0.0.1:{port}"
+        props[key] = loopback_url(port)
     if tuple(ports) != DEFAULT_PORTS:
         # TorchServe also listens for gRPC (7070/7071 by default): a second server on other HTTP
         # ports would fail to bind those, so it gets free ones too.
@@ -197,7 +250,7 @@ def start(workdir: Path = repo.RUN_DIR, models: str = f"{repo.DEFAULT_MODEL}={re
 
 def grpc_addresses(props: dict[str, str]) -> dict[str, str]:
     """The gRPC ports TorchServe binds (on by default), as addresses lifecycle.check_ports reads."""
-    return {key: f"http://127.0.0.1:{props.get(key, default)}"
+    return {key: loopback_url(props.get(key, default))
             for key, default in zip(GRPC_KEYS, GRPC_DEFAULT_PORTS)}
 
 
@@ -222,15 +275,16 @@ def _launch(workdir: Path, props: dict[str, str], ports: tuple[int, int, int], m
     if log_config:  # None: TorchServe's built-in logging
         cmd += ["--log-config", str(log_config)]
     log = open(workdir / "torchserve.out", "ab")
+    log_offset = log.tell()
     # umask 077: what TorchServe writes (key_file.json above all, logs) is its owner's alone.
     proc = subprocess.Popen(cmd, cwd=workdir, env=run_env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True, umask=0o077)
     log.close()
     lifecycle.write_pid(workdir / lifecycle.PID_FILE, proc.pid)
     lifecycle.start_supervisor(workdir, lock_fd, renew_keys=token_auth_on(props))
-    client = TorchServeClient(*(f"http://127.0.0.1:{p}" for p in ports),
+    client = TorchServeClient(*map(loopback_url, ports),
                               key_file=workdir / KEY_FILE)
-    return Server(workdir, proc.pid, client, proc, props)
+    return Server(workdir, proc.pid, client, proc, props, log_offset)
 
 
 def token_auth_on(props: dict[str, str]) -> bool:
@@ -282,7 +336,9 @@ def wait_ready(server: Server, model: str, min_ready: int = 1, timeout: float = 
     last = ""
     while time.monotonic() - t0 < timeout:
         if not server.alive():
-            raise RuntimeError(f"TorchServe exited; see {server.workdir / 'torchserve.out'}")
+            taken = bind_failure(server)
+            raise (PortTaken if taken else RuntimeError)(
+                f"TorchServe exited{f' ({taken})' if taken else ''}; see {server.workdir / 'torchserve.out'}")
         try:
             workers = server.client.workers(model)
             # TorchServe reports a worker whose model is still loading as UNLOADING.
@@ -323,11 +379,13 @@ def warm_up(server: Server, model: str, seconds: float = WARM_UP_S, progress: bo
 
 
 def in_flight(metrics_text: str) -> tuple[float, float]:
-    """(requests received by the frontend, requests our handler has answered) from /metrics."""
-    def total(name: str) -> float:
-        return sum(float(line.rsplit(" ", 1)[1]) for line in metrics_text.splitlines()
-                   if line.startswith(name + "{"))
-    return total("ts_inference_requests_total"), total("handler_request_seconds_count")
+    """(requests received by the frontend, requests our handler has answered) from /metrics,
+    each summed over its labels (workers, models); ValueError for text that is not Prometheus's."""
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+    return totals.get("ts_inference_requests_total", 0.0), totals.get("handler_request_seconds_count", 0.0)
 
 
 def drain(workdir: Path, timeout: float, stall: float = 3.0, settle: float = 0.5) -> None:
@@ -347,7 +405,7 @@ def drain(workdir: Path, timeout: float, stall: float = 3.0, settle: float = 0.5
     while url and time.monotonic() < deadline:
         try:
             received, answered = in_flight(requests.get(f"{url}/metrics", timeout=2).text)
-        except (requests.RequestException, ValueError, IndexError):
+        except (requests.RequestException, ValueError):
             return
         if (received, answered) != last:
             last, since = (received, answered), time.monotonic()
@@ -540,7 +598,7 @@ def listen_overrides(host: str, ports: tuple[int, int, int], token_auth: bool = 
     (SECURITY.md). Operators then scale from inside the pod (`python -m scripts.ops.manage`).
     `management_socket` (token authorization off: the replicas behind the balancer): the
     management API on that Unix socket instead, whose folder only the server's user may enter
-    (scripts/ops/uds.py); on loopback TCP it would answer every local user."""
+    (scripts.ops.balancer.private_socket); on loopback TCP it would answer every local user."""
     if host == "127.0.0.1" and not (management_socket and not token_auth):
         return None
     inference, management, metrics = ports

@@ -3,22 +3,21 @@
 Every tool that talks to a server (serve, manage, healthcheck, client, loadtest, bench) finds
 it through its working directory: `config.properties` there gives the addresses, and
 `key_file.json` there the bearer keys TorchServe writes at start and rewrites when a key is
-renewed, so keys are re-read whenever the file changes.
+renewed, so keys are re-read whenever the file changes (KeyFile: the client library's
+KeySource, every kind of key).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import posixpath
 import re
 import tempfile
-import threading
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import javaproperties
+from image_classifier_client import keys
 
 from handler.settings import ConfigError, check_keys
 
@@ -71,11 +70,6 @@ VM_FLAGS = re.compile(
     r"|-XX:[+-](?:ExitOnOutOfMemoryError|UseG1GC|UseSerialGC|UseParallelGC|UseContainerSupport)"
     r"|-XX:(?:Max|Min|Initial)RAMPercentage=\d+(?:[.]\d+)?|-XX:ActiveProcessorCount=\d+"
     r"|-XX:(?:MaxDirectMemorySize|MaxMetaspaceSize)=\d+[kmgKMG]?")
-# TorchServe's answer to a missing, wrong or expired bearer key (HTTP 400 in 0.12).
-AUTH_REFUSED = "Token Authorization failed"
-# How long a client waits before resending a request whose key was just renewed: TorchServe
-# drops the old key before it rewrites key_file.json.
-KEY_RENEWAL_WAIT_S = 0.2
 # allowed_urls: the one form we write and accept, `(?-i:file://STORE/[^/%?#]+[.]mar)`: the
 # archives directly in one folder, spelled so that it means the same to Python's re as to
 # TorchServe. TorchServe 0.12 matches each comma-separated pattern against the whole URL,
@@ -91,8 +85,23 @@ _PLAIN = re.compile(r"[A-Za-z0-9/_~@:=-]")
 _QUOTED = ".+*?$(){}|"  # each written as a one-character class, [.]
 _STORE_PATTERN = re.compile(
     r"\(\?-i:file://((?:[A-Za-z0-9/_~@:=-]|\[[.+*?$(){}|]\])+)" + re.escape(ARCHIVES_IN) + r"\)")
+# Where TorchServe listens when config.properties does not say (and where ours says it does):
+# inference, management, metrics over HTTP; gRPC inference and management.
+LOOPBACK = "127.0.0.1"
 ADDRESS_KEYS = ("inference_address", "management_address", "metrics_address")
-DEFAULT_ADDRESSES = ("http://127.0.0.1:8080", "http://127.0.0.1:8081", "http://127.0.0.1:8082")
+DEFAULT_PORTS = (8080, 8081, 8082)
+GRPC_KEYS = ("grpc_inference_port", "grpc_management_port")
+GRPC_DEFAULT_PORTS = (7070, 7071)
+
+
+def loopback_url(port: int) -> str:
+    """The HTTP base URL of a port on the loopback address."""
+    return f"http://{LOOPBACK}:{port}"
+
+
+DEFAULT_ADDRESSES = tuple(loopback_url(port) for port in DEFAULT_PORTS)
+# An address on a Unix socket: `management_address=unix:/PATH` (the replicas behind the balancer).
+UNIX_SCHEME = "unix:"
 
 
 def read_properties(path: str | Path, strict: bool = True) -> dict[str, str]:
@@ -210,6 +219,15 @@ def addresses(workdir: str | Path) -> tuple[str, str, str]:
     return tuple(props.get(k, d) for k, d in zip(ADDRESS_KEYS, DEFAULT_ADDRESSES))
 
 
+def is_unix(address: str) -> bool:
+    return address.startswith(UNIX_SCHEME)
+
+
+def socket_path(address: str) -> Path:
+    """`unix:/PATH` -> /PATH."""
+    return Path(address.removeprefix(UNIX_SCHEME))
+
+
 class ModelChoiceError(ValueError):
     """The model a tool is to talk to is not given and cannot be told: several are served."""
 
@@ -258,16 +276,10 @@ def write_private(path: str | Path, text: str) -> Path:
 
 
 def read_key_file(key_file: str | Path) -> dict[str, dict]:
-    """key_file.json as TorchServe writes it, every key in it; ValueError for one that is not
-    whole: TorchServe rewrites the file in place when a key is renewed, and a full disk leaves
-    it truncated (or empty) while TorchServe already uses the new key."""
-    doc = json.loads(Path(key_file).read_text())
-    missing = [kind for kind in KEY_KINDS if not (
-        isinstance(doc, dict) and isinstance(doc.get(kind), dict) and isinstance(doc[kind].get("key"), str))]
-    if missing:
-        raise ValueError(f"{key_file} has no {', '.join(missing)} key: partly written, or not "
-                         "TorchServe's key file")
-    return doc
+    """key_file.json as TorchServe writes it, every kind of key in it (KEY_KINDS); ValueError for
+    one that is not whole: TorchServe rewrites the file in place when a key is renewed, and a
+    full disk leaves it truncated (or empty) while TorchServe already uses the new key."""
+    return keys.read_key_file(key_file, KEY_KINDS)
 
 
 def read_keys(key_file: str | Path) -> dict[str, str]:
@@ -282,49 +294,16 @@ def first_expiry(doc: dict[str, dict]) -> datetime | None:
     return min(expiries) if expiries else None
 
 
-def auth_refused(status: int, body: str) -> bool:
-    """Whether a response is TorchServe refusing the bearer key: re-read the key file, resend."""
-    return status in (400, 401) and AUTH_REFUSED in body
+class KeyFile(keys.KeySource):
+    """The bearer keys of key_file.json, every kind (KEY_KINDS), re-read only when the file
+    changes: safe to call per request from many threads. A file that does not read whole keeps
+    the last good keys and is read again on the next call (the client library's KeySource)."""
 
-
-@dataclass
-class KeyFile:
-    """The bearer keys of key_file.json, re-read only when the file changes (size or mtime): safe
-    to call per request from many threads. A file that does not read whole (read_key_file) keeps
-    the last good keys and is read again on the next call."""
-
-    path: Path | None
-
-    def __post_init__(self) -> None:
-        self._stamp: tuple[int, int] | None = None
-        self._doc: dict[str, dict] = {}
-        self._lock = threading.Lock()
-
-    def _current(self) -> dict[str, dict]:
-        if self.path is None:
-            return {}
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return self._doc
-        stamp = (st.st_mtime_ns, st.st_size)
-        if stamp != self._stamp:
-            with self._lock:
-                try:
-                    self._doc, self._stamp = read_key_file(self.path), stamp
-                except (OSError, ValueError, KeyError):
-                    pass  # being rewritten, or truncated: keep the last good keys, retry
-        return self._doc
-
-    def key(self, api: str) -> str | None:
-        return self._current().get(api, {}).get("key")
+    def __init__(self, path: Path | None) -> None:
+        super().__init__(path, required=KEY_KINDS)
 
     def seconds_left(self, now: datetime | None = None) -> float | None:
         """Seconds until the first expiring key of the last good file expires (None: none does,
         or no file was read whole yet)."""
-        expiry = first_expiry(self._current())
+        expiry = first_expiry(self.document())
         return None if expiry is None else (expiry - (now or datetime.now(UTC))).total_seconds()
-
-    def headers(self, api: str) -> dict[str, str]:
-        key = self.key(api)
-        return {"Authorization": f"Bearer {key}"} if key else {}

@@ -32,17 +32,12 @@ def refuse_outside_e2e() -> None:
 def start_server(workdir: Path, models: str, model_store: Path, overrides: dict | None = None,
                  min_ready: int = 1, model: str = MODEL, timeout: float = 180.0,
                  warm: bool = False, env: dict | None = None) -> serve.Server:
-    """Start TorchServe on free loopback ports and wait until `model` has `min_ready` READY
-    workers (0: until the frontend lists it); stops it on failure. Prefer `serving`."""
+    """Start TorchServe on free loopback ports (again on fresh ones where another process took
+    one first: serve.start_ready) and wait until `model` has `min_ready` READY workers (0: until
+    the frontend lists it); stops it on failure. Prefer `serving`."""
     refuse_outside_e2e()
-    server = serve.start(workdir, models=models, ports=free_ports(), model_store=model_store,
-                         overrides=overrides, env=env)
-    try:
-        serve.wait_ready(server, model, min_ready=min_ready, timeout=timeout, progress=False, warm=warm)
-    except BaseException:
-        serve.stop(workdir, grace=5)
-        raise
-    return server
+    return serve.start_ready(workdir, models, model_store, model=model, min_ready=min_ready,
+                             timeout=timeout, warm=warm, overrides=overrides, env=env)
 
 
 @contextlib.contextmanager

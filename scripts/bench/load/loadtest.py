@@ -37,15 +37,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from image_classifier_client.contract import KEY_RENEWAL_WAIT_S, auth_refused
+
 from scripts import repo
 from scripts.bench import stats
 from scripts.ops.server_config import (
     KEY_FILE,
-    KEY_RENEWAL_WAIT_S,
     KeyFile,
     ModelChoiceError,
     addresses,
-    auth_refused,
     chosen_model,
 )
 
@@ -165,17 +165,18 @@ def batch_histogram(metrics_url: str) -> dict[str, float]:
     """The handler's batch-size histogram on /metrics (handler_batch_size, all workers summed):
     cumulative buckets by upper bound, and count (batches) and sum (requests)."""
     import requests
+    from prometheus_client.parser import text_string_to_metric_families
 
     text = requests.get(f"{metrics_url}/metrics", timeout=10).text
     totals: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line.startswith("handler_batch_size_"):
+    for family in text_string_to_metric_families(text):
+        if family.name != "handler_batch_size":
             continue
-        name, value = line.rsplit(" ", 1)
-        kind = name.split("{", 1)[0].removeprefix("handler_batch_size_")
-        if kind == "bucket":
-            kind = "le=" + name.split('le="', 1)[1].split('"', 1)[0]
-        totals[kind] = totals.get(kind, 0.0) + float(value)
+        for sample in family.samples:
+            kind = sample.name.removeprefix("handler_batch_size_")
+            if kind == "bucket":
+                kind = f"le={sample.labels['le']}"
+            totals[kind] = totals.get(kind, 0.0) + sample.value
     return totals
 
 

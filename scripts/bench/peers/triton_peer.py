@@ -8,7 +8,7 @@ Python stub needs Debian's python3 and numpy<2), so this module's serve path imp
 standard library, numpy, torch (through handler.*), pytriton and handler.*.
 
     build/peers/venv/bin/python -m scripts.bench.peers.triton_peer --model-dir DIR --port 8095 \\
-        --instances 2 --max-batch 4 --delay-us 1000
+        --grpc-port 8096 --metrics-port 8097 --instances 2 --max-batch 4 --delay-us 1000
 Or, from our own environment: `start(model_dir, port)` / `url(port, model)` / `stop(proc)`.
 
 The request is the Open Inference Protocol (v2) one loadtest sends: one BYTES input "image",
@@ -35,7 +35,6 @@ import base64
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -124,31 +123,19 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def free_ports(n: int) -> tuple[int, ...]:
-    """n loopback ports free right now (bound together, so they differ)."""
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind((HOST, 0))
-    ports = tuple(s.getsockname()[1] for s in socks)
-    for s in socks:
-        s.close()
-    return ports
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", type=Path, required=True, help="an unpacked archive of ours")
     parser.add_argument("--port", type=int, required=True, help="HTTP port on 127.0.0.1")
-    parser.add_argument("--grpc-port", type=int, help="gRPC port (default: a free one)")
-    parser.add_argument("--metrics-port", type=int, help="Prometheus port (default: a free one)")
+    parser.add_argument("--grpc-port", type=int, required=True, help="gRPC port on 127.0.0.1")
+    parser.add_argument("--metrics-port", type=int, required=True, help="Prometheus port on 127.0.0.1")
     parser.add_argument("--model", default=MODEL, help="the model's name in the URL")
     parser.add_argument("--instances", type=int, default=2, help="model instances, 1 ORT thread each")
     parser.add_argument("--max-batch", type=int, default=4, help="the dynamic batcher's largest batch")
     parser.add_argument("--delay-us", type=int, default=1000, help="longest wait for a batch to fill")
     args = parser.parse_args(argv)
-    spare = free_ports(2)
-    serve(args.model_dir.resolve(), args.port, args.grpc_port or spare[0], args.metrics_port or spare[1],
+    serve(args.model_dir.resolve(), args.port, args.grpc_port, args.metrics_port,
           args.model, args.instances, args.max_batch, args.delay_us)
     return 0
 
@@ -161,6 +148,7 @@ def start(model_dir: Path, port: int, instances: int = 2, max_batch: int = 4, de
     model are ready. Its output goes to `log_path` (default: a temporary file), kept on the
     process as `proc.log_path`."""
     from scripts.bench.peers import peer_env
+    from scripts.ops.serve import free_ports
 
     grpc_port, metrics_port = [p for p in free_ports(3) if p != port][:2]
     log_path = Path(log_path or tempfile.mkstemp(prefix="triton-peer-", suffix=".log")[1])

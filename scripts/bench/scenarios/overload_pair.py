@@ -29,7 +29,7 @@ from scripts.bench import stats
 from scripts.bench.load.loadtest import Target, run_closed, run_open
 from scripts.ops import balancer as lb
 from scripts.ops import serve
-from scripts.ops.client import sample_jpeg
+from scripts.ops.torchserve_http import sample_jpeg
 
 # config/haproxy.cfg: `timeout queue 250ms`, the most an accepted request waits at the edge.
 QUEUE_BUDGET_MS = 250.0

@@ -15,6 +15,7 @@ import requests
 
 from scripts.bench.load import loadtest
 from scripts.bench.peers import triton_peer
+from scripts.ops import serve
 from tests.support.servers import MODEL
 
 pytestmark = pytest.mark.e2e
@@ -25,7 +26,7 @@ DELAY_US = 20_000  # long enough that 8 requests sent together must share batche
 
 @pytest.fixture(scope="module")
 def triton(default_model_dir):
-    port = triton_peer.free_ports(1)[0]
+    port = serve.free_ports(1)[0]
     proc = triton_peer.start(default_model_dir, port, instances=1, max_batch=MAX_BATCH,
                              delay_us=DELAY_US, model=MODEL)
     yield port

@@ -27,10 +27,10 @@ import pytest
 import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from image_classifier_client.contract import AUTH_REFUSED
 
 from scripts import repo
-from scripts.ops.client import sample_jpeg
-from scripts.ops.server_config import AUTH_REFUSED
+from scripts.ops.torchserve_http import sample_jpeg
 from tests.support.servers import MODEL
 
 pytestmark = pytest.mark.e2e

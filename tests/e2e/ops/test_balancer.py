@@ -30,12 +30,13 @@ import time
 import psutil
 import pytest
 import requests
+from image_classifier_client.contract import RESEND_BUDGET
 
 from scripts.bench import stats
 from scripts.bench.scenarios import overload_pair, slow_clients
 from scripts.ops import balancer as lb
-from scripts.ops import serve, uds
-from scripts.ops.client import RESEND_BUDGET, TorchServeClient
+from scripts.ops import serve, server_config
+from scripts.ops.torchserve_http import TorchServeClient
 from tests.support.servers import MODEL, ROOT
 
 pytestmark = pytest.mark.e2e
@@ -96,8 +97,8 @@ def test_management_only_on_a_private_unix_socket(cluster):
     servers, _ = cluster
     for server in servers:
         address = server.client.management_url
-        assert uds.is_unix(address), address
-        sock = uds.socket_path(address)
+        assert server_config.is_unix(address), address
+        sock = server_config.socket_path(address)
         assert (sock.parent.stat().st_mode & 0o777) == 0o700 and sock.is_socket()
         java = psutil.Process(serve._group(server.pgid, "java")[0])
         for conn in java.net_connections("tcp"):

@@ -23,7 +23,7 @@ import requests
 
 from scripts.ops import balancer as lb
 from scripts.ops import canary, manage, serve
-from scripts.ops.client import IMAGE_HEADERS, TorchServeClient, sample_jpeg
+from scripts.ops.torchserve_http import IMAGE_HEADERS, TorchServeClient, sample_jpeg
 from scripts.packaging import package
 from tests.support.servers import MODEL
 

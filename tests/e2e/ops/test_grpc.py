@@ -14,10 +14,11 @@ import sys
 import grpc
 import psutil
 import pytest
+from image_classifier_client.contract import AUTH_REFUSED
 
-from scripts.ops.client import IMAGE_HEADERS
-from scripts.ops.grpc_client import GrpcClient, HandlerError, grpc_target
-from scripts.ops.server_config import AUTH_REFUSED, read_properties
+from scripts.ops.grpc_inference import GrpcClient, HandlerRefused, grpc_target
+from scripts.ops.server_config import read_properties
+from scripts.ops.torchserve_http import IMAGE_HEADERS
 from scripts.packaging.sample_photos import EXPECTED_TOP1
 from tests.support.servers import MODEL, ROOT, serving
 
@@ -116,7 +117,7 @@ def test_a_bad_image_is_the_4xx_equivalent_and_the_server_goes_on(server, grpc_c
     # sends with the HTTP status (GRPCJob.response drops the status): the client maps it.
     raw = json.loads(grpc_client.predict_raw(MODEL, body).prediction)
     assert raw["code"] == status and words in raw["message"]
-    with pytest.raises(HandlerError) as info:
+    with pytest.raises(HandlerRefused) as info:
         grpc_client.predict(MODEL, body)
     assert info.value.code() == code and words in info.value.details()
     assert info.value.status == status
@@ -150,7 +151,7 @@ def test_open_inference_is_not_served_by_the_default_config(grpc_client, photos)
 
 @pytest.mark.e2e
 def test_the_cli_prints_the_answer(server, photos):
-    done = subprocess.run([sys.executable, "-m", "scripts.ops.grpc_client", str(photos["temple.jpg"]),
+    done = subprocess.run([sys.executable, "-m", "scripts.ops.grpc_inference", str(photos["temple.jpg"]),
                            "--workdir", str(server.workdir)], cwd=ROOT, capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 0, done.stderr

@@ -12,11 +12,11 @@ from datetime import UTC, datetime
 
 import pytest
 import requests
+from image_classifier_client.contract import auth_refused
 
 from scripts.ops.server_config import (
     KEY_FILE,
     KEY_KINDS,
-    auth_refused,
     first_expiry,
     read_key_file,
     read_keys,

@@ -15,7 +15,7 @@ import pytest
 
 from scripts import repo
 from scripts.ops import keys, lifecycle, pins, serve
-from scripts.ops.client import sample_jpeg
+from scripts.ops.torchserve_http import sample_jpeg
 from tests.support.servers import MODEL, serving
 
 RESTART_WAIT_S = 10.0
@@ -93,8 +93,7 @@ def test_a_killed_supervisor_takes_its_renewer_along_and_start_recovers(tmp_path
         assert not alive, f"the key renewer outlived its supervisor by {RESTART_WAIT_S} s"
         assert "is gone: stopping" in (workdir / "key_renewer.out").read_text()
         # make serve again: the server left without its supervisor is replaced by a supervised one.
-        server = serve.start(workdir, ports=serve.free_ports(), model_store=default_mar.parent)
-        serve.wait_ready(server, MODEL, min_ready=0, progress=False)
+        serve.start_ready(workdir, f"{MODEL}={default_mar.name}", default_mar.parent, min_ready=0)
         new_supervisor = lifecycle.read_pid(workdir / lifecycle.SUPERVISOR_PID)
         deadline = time.monotonic() + RESTART_WAIT_S
         while (new_renewer := lifecycle.read_pid(workdir / lifecycle.KEY_RENEWER_PID)) is None:

@@ -1,6 +1,6 @@
 """scripts.ops.manage against a real TorchServe: status, describe, and scaling 1 -> 3 -> 1 and
 2 -> 3 -> 1 -> 2 workers while traffic flows, every request answered 200 as seen by the project's
-client (its resend contract, scripts/ops/client.py); scaling down goes one worker per step."""
+client (its resend contract, scripts/ops/torchserve_http.py); scaling down goes one worker per step."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from dataclasses import replace
 
 import pytest
 import requests
+from image_classifier_client.contract import RESEND_BUDGET
 
 from scripts.ops import manage as manage_mod
-from scripts.ops.client import RESEND_BUDGET
 from tests.support.servers import MODEL, serving
 
 pytestmark = pytest.mark.e2e
@@ -54,7 +54,7 @@ def test_scale_refuses_min_above_max(srv):
 
 class Traffic:
     """A few clients sending real photos back to back through the project's client and its
-    resend contract (predict(retries=RESEND_BUDGET), scripts/ops/client.py), recording every
+    resend contract (predict(retries=RESEND_BUDGET), scripts/ops/torchserve_http.py), recording every
     outcome and every request that needed a resend."""
 
     def __init__(self, srv, image: bytes, clients: int = 3, max_seconds: float = 150) -> None:

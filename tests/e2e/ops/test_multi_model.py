@@ -24,7 +24,7 @@ import yaml
 
 from scripts import repo
 from scripts.ops import healthcheck, manage, serve
-from scripts.ops.client import IMAGE_HEADERS, TorchServeClient, sample_jpeg
+from scripts.ops.torchserve_http import IMAGE_HEADERS, TorchServeClient, sample_jpeg
 from tests.support.servers import MODEL
 
 OTHER = "other"

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 import requests
+from image_classifier_client.contract import AUTH_REFUSED
 
-from scripts.ops.server_config import AUTH_REFUSED, read_properties
+from scripts.ops.server_config import read_properties
 from tests.e2e.handler.test_input_contract import check_label
 from tests.support.servers import MODEL
 

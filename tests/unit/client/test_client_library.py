@@ -28,7 +28,7 @@ from image_classifier_client import (
 from image_classifier_client.keys import KeySource
 from image_classifier_client.wire import content_type
 
-from scripts.ops import client as ops_client
+from scripts.ops import torchserve_http
 from scripts.ops.server_config import KEY_FILE
 from tests.support.client_cli import classify
 from tests.support.servers import MODEL
@@ -88,7 +88,7 @@ def answer(preds: int = 5) -> dict:
         {"index": i, "label": f"class {i}", "probability": 0.5 / (i + 1)} for i in range(preds)]}
 
 
-JPEG = ops_client.sample_jpeg()
+JPEG = torchserve_http.sample_jpeg()
 
 
 def test_lost_answers_are_resent_within_the_budget_then_unavailable():
@@ -181,20 +181,19 @@ def test_key_source_reads_the_file_when_it_changes(tmp_path, monkeypatch):
     assert KeySource.resolve(key_file=other).key() == "c"  # the caller's choice wins
 
 
-def test_contract_constants_agree_and_content_types():
-    assert ops_client.RESEND_BUDGET == contract.RESEND_BUDGET
+def test_content_type_is_told_from_the_bytes():
     assert content_type(JPEG) == "image/jpeg"
     assert content_type(b"\x89PNG\r\n\x1a\n....") == "image/png"
     assert content_type(b"anything") == "application/octet-stream"  # never urlencoded
 
 
 def test_the_project_client_resends_through_the_library_contract():
-    """scripts/ops/client.py's predict(retries=N) takes the library's decisions. Why a stub:
+    """scripts/ops/torchserve_http.py's predict(retries=N) takes the library's decisions. Why a stub:
     as above, a "Worker died." on demand."""
     with Stub([WORKER_DIED, (503, {"message": "full"})]) as stub:
         resent: list = []
-        ts = ops_client.TorchServeClient(stub.url, key_file=None)
-        resp = ts.predict(MODEL, JPEG, retries=ops_client.RESEND_BUDGET, resent=resent)
+        ts = torchserve_http.TorchServeClient(stub.url, key_file=None)
+        resp = ts.predict(MODEL, JPEG, retries=contract.RESEND_BUDGET, resent=resent)
     assert resp.status_code == 503 and resent == [500] and len(stub.seen) == 2
 
 

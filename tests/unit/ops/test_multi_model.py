@@ -18,7 +18,7 @@ import pytest
 
 from scripts.bench.load import loadtest
 from scripts.ops import healthcheck, manage, serve, server_config
-from scripts.ops.client import TorchServeClient
+from scripts.ops.torchserve_http import TorchServeClient
 
 
 def store_with(tmp_path, *names: str):

@@ -1,16 +1,18 @@
 """A small token-aware client for TorchServe's inference and management APIs.
 
 TorchServe rewrites its bearer keys into `key_file.json` (in its working directory) at every
-start and when a key is renewed; server_config.KeyFile re-reads the file whenever it changes.
+start and when a key is renewed; server_config.KeyFile (the client library's KeySource)
+re-reads the file whenever it changes.
 The management API is reached over TCP or, for replicas behind the balancer, over the Unix
-socket their config.properties names (`management_address=unix:/PATH`, scripts/ops/uds.py).
+socket their config.properties names (`management_address=unix:/PATH`), through httpx's
+Unix-socket transport.
 
 The resend contract of a single server (no balancer in front; docs/operations.md, "Scale
 workers") is the client library's (client/, image_classifier_client.contract): a prediction has
 no side effect, so `predict(retries=N)` sends it again, at most N times, when TorchServe lost it
 rather than refused it (500/507 "Worker died." / "Worker scaled down.", a timeout, a reset
 connection) or the balancer's edge asked for it later (503 with a short Retry-After); never on
-TorchServe's own 503 nor a 4xx. RESEND_BUDGET is what the project's callers pass.
+TorchServe's own 503 nor a 4xx. The library's RESEND_BUDGET is what the project's callers pass.
 """
 
 from __future__ import annotations
@@ -21,18 +23,23 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import requests
+from image_classifier_client.contract import KEY_RENEWAL_WAIT_S, RetryPolicy, auth_refused
 from PIL import Image
 
-from scripts.ops import uds
-from scripts.ops.server_config import KEY_FILE, KEY_RENEWAL_WAIT_S, KeyFile, addresses, auth_refused
+from scripts.ops.server_config import (
+    DEFAULT_ADDRESSES,
+    KEY_FILE,
+    KeyFile,
+    addresses,
+    is_unix,
+    socket_path,
+)
 
 # Raw image bodies must not go out as application/x-www-form-urlencoded (the default of many
 # clients): TorchServe's frontend fails those with HTTP 500 before any handler runs.
 IMAGE_HEADERS = {"Content-Type": "application/octet-stream"}
-# The resends the project's callers allow one prediction: image_classifier_client's RESEND_BUDGET
-# (tests/unit/client/test_client_library.py checks they agree; this one needs no import of the library).
-RESEND_BUDGET = 2
 
 
 def sample_jpeg(size: int = 64) -> bytes:
@@ -47,15 +54,23 @@ def sample_jpeg(size: int = 64) -> bytes:
 
 @dataclass
 class TorchServeClient:
-    inference_url: str = "http://127.0.0.1:8080"
-    management_url: str = "http://127.0.0.1:8081"
-    metrics_url: str = "http://127.0.0.1:8082"
+    inference_url: str = DEFAULT_ADDRESSES[0]
+    management_url: str = DEFAULT_ADDRESSES[1]
+    metrics_url: str = DEFAULT_ADDRESSES[2]
     key_file: Path | None = Path("run") / KEY_FILE
     timeout: float = 10.0
     keys: KeyFile = field(init=False, repr=False)
+    unix_session: httpx.Client | None = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.keys = KeyFile(Path(self.key_file) if self.key_file else None)
+        # Made once: each new httpx transport builds a TLS context (about 80 ms of CPU) even for
+        # a socket that never speaks TLS. No connection is kept between calls: one per call, as
+        # a restarted server needs.
+        self.unix_session = httpx.Client(
+            transport=httpx.HTTPTransport(uds=str(socket_path(self.management_url)),
+                                          limits=httpx.Limits(max_keepalive_connections=0)),
+            base_url="http://localhost") if is_unix(self.management_url) else None
 
     def auth_headers(self, api: str) -> dict[str, str]:
         return self.keys.headers(api)
@@ -80,11 +95,12 @@ class TorchServeClient:
     def _manage(self, method: str, path: str, params: dict | None = None,
                 timeout: float | None = None) -> requests.Response:
         """A management call, over TCP or the Unix socket management_url names."""
-        if not uds.is_unix(self.management_url):
+        if self.unix_session is None:
             return self._send(method, f"{self.management_url}{path}", "management",
                               params=params, timeout=timeout or self.timeout)
-        return self._keyed("management", lambda keyed: uds.request(
-            self.management_url, method, path, params, keyed, timeout or self.timeout))
+        return self._keyed("management", lambda keyed: _over_unix_socket(
+            self.unix_session, self.management_url, method, path, params, keyed,
+            timeout or self.timeout))
 
     def predict(self, model: str, body: bytes, headers: dict | None = None,
                 session: requests.Session | None = None, retries: int = 0,
@@ -96,9 +112,6 @@ class TorchServeClient:
         when given, receives what each resent attempt got (status or exception name)."""
         if not retries:
             return self._post(model, body, headers, session, self.timeout)
-        # Imported here: the runtime image's probes and warm-up send once, and it has no library.
-        from image_classifier_client.contract import RetryPolicy
-
         attempts = RetryPolicy(resends=retries, total_s=math.inf).start(resent)
         while True:
             try:
@@ -165,3 +178,21 @@ class TorchServeClient:
         """A client for the server whose config.properties and key_file.json are in `workdir`
         (the working directory scripts.ops.serve gives each server)."""
         return cls(*addresses(workdir), key_file=Path(workdir) / KEY_FILE, timeout=timeout)
+
+
+def _over_unix_socket(session: httpx.Client, address: str, method: str, path: str,
+                      params: dict | None, headers: dict, timeout: float) -> requests.Response:
+    """One call to the server at `address` (`unix:/PATH`) through `session`, answered as a
+    requests.Response so callers treat both transports alike; a transport failure raises
+    OSError (ConnectionError, TimeoutError), as requests' own do."""
+    try:
+        answer = session.request(method, path, params=params, headers=headers, timeout=timeout)
+    except httpx.TimeoutException as exc:
+        raise TimeoutError(f"{address}: {exc}") from exc
+    except httpx.TransportError as exc:
+        raise ConnectionError(f"{address}: {exc}") from exc
+    resp = requests.Response()
+    resp.status_code, resp.reason = answer.status_code, answer.reason_phrase
+    resp.headers.update(answer.headers)
+    resp._content, resp.url, resp.encoding = answer.content, f"{address}{path}", "utf-8"
+    return resp

@@ -15,11 +15,11 @@ scripts.ops.grpc_stubs (generated from the served TorchServe's own protos).
   model, full queue, a lost worker) are real gRPC statuses. A request our handler refuses (a bad
   image) is not: TorchServe 0.12 answers it with status OK and the handler's error JSON
   (GRPCJob.response ignores the per-request status that REST sends as the HTTP status), so the
-  client raises HandlerError, whose code is the HTTP status's gRPC equivalent by TorchServe's
+  client raises HandlerRefused, whose code is the HTTP status's gRPC equivalent by TorchServe's
   own table (GRPCUtils.getGRPCStatusCode: 400 INVALID_ARGUMENT, 413 RESOURCE_EXHAUSTED, 415 and
   other 4xx FAILED_PRECONDITION, 501 UNIMPLEMENTED, 503 UNAVAILABLE, other 5xx INTERNAL).
 
-    python -m scripts.ops.grpc_client photos/cat.jpg [--workdir run] [--model efficientnet_lite0]
+    python -m scripts.ops.grpc_inference photos/cat.jpg [--workdir run] [--model efficientnet_lite0]
 """
 
 from __future__ import annotations
@@ -32,28 +32,27 @@ from pathlib import Path
 
 import grpc
 from google.protobuf import empty_pb2
+from image_classifier_client.contract import AUTH_REFUSED, KEY_RENEWAL_WAIT_S
 
 from scripts import repo
 from scripts.ops import grpc_stubs
 from scripts.ops.server_config import (
-    AUTH_REFUSED,
     CONFIG_FILE,
+    GRPC_DEFAULT_PORTS,
+    GRPC_KEYS,
     KEY_FILE,
-    KEY_RENEWAL_WAIT_S,
+    LOOPBACK,
     read_keys,
     read_properties,
 )
 
-# TorchServe 0.12's defaults when config.properties names none (ConfigManager.getGRPCAddress/Port).
-DEFAULT_GRPC_ADDRESS = "127.0.0.1"
-DEFAULT_GRPC_PORT = "7070"
 INPUT_NAME = "data"  # the input the handler reads an image from (as REST's raw body)
 # After a refusal, how many times the key file is read again (KEY_RENEWAL_WAIT_S apart) for a
 # key other than the refused one: TorchServe drops the old key before it rewrites the file.
 REREAD_TRIES = 10
 
 
-# TorchServe 0.12's HTTP status -> gRPC status (GRPCUtils.getGRPCStatusCode), for HandlerError.
+# TorchServe 0.12's HTTP status -> gRPC status (GRPCUtils.getGRPCStatusCode), for HandlerRefused.
 _CODES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
           404: "NOT_FOUND", 409: "ABORTED", 413: "RESOURCE_EXHAUSTED", 416: "OUT_OF_RANGE",
           429: "RESOURCE_EXHAUSTED", 499: "CANCELLED", 501: "UNIMPLEMENTED", 503: "UNAVAILABLE",
@@ -70,7 +69,7 @@ def grpc_status(http_status: int) -> grpc.StatusCode:
     return grpc.StatusCode.UNKNOWN
 
 
-class HandlerError(grpc.RpcError):
+class HandlerRefused(grpc.RpcError):
     """The handler refused the request: its error JSON ({"code", "type", "message"}, the body
     REST sends with that HTTP status), as the gRPC status TorchServe would give that code."""
 
@@ -87,22 +86,22 @@ class HandlerError(grpc.RpcError):
 
 
 def handler_answer(body: bytes | str) -> dict:
-    """A handler's JSON answer; its error JSON raised as HandlerError."""
+    """A handler's JSON answer; its error JSON raised as HandlerRefused."""
     answer = json.loads(body)
     while isinstance(answer, str):  # a v2 BYTES output holds our JSON as a JSON string
         answer = json.loads(answer)
     if isinstance(answer, dict) and "predictions" not in answer and isinstance(answer.get("code"), int):
-        raise HandlerError(answer)
+        raise HandlerRefused(answer)
     return answer
 
 
 def grpc_target(workdir: str | Path) -> str:
     """host:port of the gRPC inference API of the server whose working directory this is."""
     props = read_properties(Path(workdir) / CONFIG_FILE)
-    host = props.get("grpc_inference_address", DEFAULT_GRPC_ADDRESS)
+    host = props.get("grpc_inference_address", LOOPBACK)
     if host in ("0.0.0.0", "::"):  # listening everywhere: reach it on loopback
-        host = "127.0.0.1"
-    return f"{host}:{props.get('grpc_inference_port', DEFAULT_GRPC_PORT)}"
+        host = LOOPBACK
+    return f"{host}:{props.get(GRPC_KEYS[0], GRPC_DEFAULT_PORTS[0])}"
 
 
 def refused(exc: grpc.RpcError) -> bool:
@@ -128,7 +127,7 @@ class GrpcClient:
 
     def predict(self, model: str, image: bytes, version: str = "") -> dict:
         """The handler's JSON answer to one image ({"model", "version", "predictions"}); an
-        image the handler refuses raises HandlerError."""
+        image the handler refuses raises HandlerRefused."""
         return handler_answer(self.predict_raw(model, image, version).prediction)
 
     def predict_raw(self, model: str, image: bytes, version: str = ""):
