@@ -26,9 +26,9 @@ from ts.torch_handler.base_handler import BaseHandler
 
 from handler import golden, head, layout, responses
 from handler.device import place
-from handler.errors import HandlerError, NotServed, ServerError
+from handler.errors import HandlerError, NotServed, ServerFault
+from handler.model_code import PreprocessCodeError
 from handler.observability import DECODE, INFERENCE, POSTPROCESS, PREPROCESS, Observability
-from handler.preprocess_code import PreprocessCodeError
 from handler.preprocessing import PreprocessConfig, preprocess_image
 from handler.protocols import respond
 from handler.protocols.plain import worker_decodes_bodies
@@ -186,14 +186,14 @@ class ImageClassifierHandler(BaseHandler):
 
     @contextmanager
     def _alone(self, batch: Batch, idx: int) -> Iterator[None]:
-        """A request's failure as its own answer: its error, or a ServerError for a bug."""
+        """A request's failure as its own answer: its error, or a ServerFault for a bug."""
         try:
             yield
         except HandlerError as err:
             batch.errors[idx] = err
         except Exception:  # a bug hit by one request must not fail its neighbours
             logger.exception("Unexpected preprocessing failure (request %d of %d)", idx, len(batch.views))
-            batch.errors[idx] = ServerError()
+            batch.errors[idx] = ServerFault()
 
     def _tensor_of(self, image: bytes) -> torch.Tensor:
         tensor, (width, height) = preprocess_image(image, self.preprocess_config)

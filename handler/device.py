@@ -54,7 +54,7 @@ def _validated_dtype(validation: Mapping | None) -> str | None:
     return reduced.get("dtype") if reduced.get("passed") else None
 
 
-def choose(gpu_id: int | str | None, backend: str, precision: str = "auto",
+def placement(gpu_id: int | str | None, backend: str, precision: str = "auto",
            validation: Mapping | None = None, cuda_available: bool = False,
            ort_providers: Sequence[str] = ()) -> Placement:
     """Pure decision from what TorchServe assigned and what this process can do.
@@ -111,9 +111,9 @@ def place(system_properties: Mapping, backend: str, precision: str = "auto",
           validation: Mapping | None = None,
           cuda_available: Callable[[], bool] = _cuda_available,
           ort_providers: Callable[[], list[str]] = _ort_providers) -> Placement:
-    """`choose` with what this process can actually do (probed only when a GPU is assigned)."""
+    """`placement` with what this process can actually do (probed only when a GPU is assigned)."""
     gpu_id = system_properties.get("gpu_id")
     assigned = gpu_id is not None and str(gpu_id) != ""
-    return choose(gpu_id, backend, precision, validation,
+    return placement(gpu_id, backend, precision, validation,
                   cuda_available=assigned and backend != "onnx" and cuda_available(),
                   ort_providers=ort_providers() if assigned and backend == "onnx" else ())

@@ -8,10 +8,10 @@ read and the message. The JSON body is the same for all: {"code", "type", "messa
     │   ├── TooLarge          413  over a size or cost limit (ImageTooLarge, TooManyScans, ...)
     │   ├── UnsupportedMedia  415  not an image, or not an accepted format
     │   └── NotServed         501  a route this model does not serve (explanations)
-    └── ServerError       500  our fault: a bug hit while preparing one request (logged)
+    └── ServerFault       500  our fault: a bug hit while preparing one request (logged)
 
 Client errors and server faults are counted apart (handler/observability.py): an InputError is never
-a server fault, a ServerError never the client's.
+a server fault, a ServerFault never the client's.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ class NotServed(InputError):
                          f"This model does not serve {route}; POST the image to /predictions/NAME.")
 
 
-class ServerError(HandlerError):
+class ServerFault(HandlerError):
     """What the client of a request that hit a server-side bug gets (the details are logged)."""
 
     status = 500

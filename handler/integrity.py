@@ -55,10 +55,10 @@ def sha256_stream(fh: BinaryIO, on_progress: Callable[[int], None] | None = None
     return digest.hexdigest(), done
 
 
-def sha256_file(path: str | Path) -> str:
-    """Hex SHA-256 of a file, streamed."""
+def sha256_file(path: str | Path, on_progress: Callable[[int], None] | None = None) -> str:
+    """Hex SHA-256 of a file, streamed; `on_progress(done)` after each chunk."""
     with open(path, "rb") as fh:
-        return sha256_stream(fh)[0]
+        return sha256_stream(fh, on_progress)[0]
 
 
 def present_files(root: Path) -> Iterator[str]:

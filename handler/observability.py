@@ -14,7 +14,7 @@ tests/e2e/handler/test_metrics_prometheus.py:
   seconds and megapixels, the units those buckets resolve.
 
 Errors are counted by kind (handler/errors.py): client errors (InputError, 4xx and 501) in
-handler_input_errors_total, server faults (ServerError, 500) in handler_server_errors_total,
+handler_input_errors_total, server faults (ServerFault, 500) in handler_server_errors_total,
 both by `ErrorType`, so a wave of bad images never reads as a bug and a bug never hides among them.
 
 Observing must never fail a request: every emit, log line and span is guarded.

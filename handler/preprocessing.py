@@ -7,7 +7,7 @@ field defaults are the input limits, the service's per-request cost budget
 
 The transform is declarative (short-side resize and centre crop, or a plain resize with
 `"crop": "none"`; optional greyscale and letterbox steps first), or code: `"code"` names a module
-of the model's own in the archive (handler/preprocess_code.py) that turns the RGB image into the
+of the model's own in the archive (handler/model_code.py) that turns the RGB image into the
 model's input. The header checks, the decode, EXIF orientation and RGB always come first.
 
 Export validation calls `preprocess_bytes(data, cfg)` on the sample photos' JPEG bytes; the
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from handler import preprocess_code
+from handler import model_code
 from handler.errors import BadInput, InputError, TooLarge, UnsupportedMedia
 from handler.settings import ConfigError, check_keys, inside
 
@@ -77,7 +77,7 @@ class PreprocessConfig:
     # which then replaces the steps above (the sizes, mean and std are not needed; a large JPEG
     # is decoded reduced to the module's declared INPUT_SIZE instead of resize_size).
     code: str | None = None
-    transform: preprocess_code.Transform | None = field(default=None, compare=False, repr=False)
+    transform: model_code.Transform | None = field(default=None, compare=False, repr=False)
     # ---- limits: per request at most about 256 MiB of extra worker memory and 0.5 s of CPU ----
     max_bytes: int = 6_553_500
     # Baseline JPEGs decode reduced (draft), so phone photos up to this size stay cheap.
@@ -143,8 +143,8 @@ class PreprocessConfig:
             return cfg
         code = inside(path.parent, cfg.code, f"{path} (code)")
         try:
-            return replace(cfg, transform=preprocess_code.load(code))
-        except preprocess_code.PreprocessCodeError as exc:
+            return replace(cfg, transform=model_code.load(code))
+        except model_code.PreprocessCodeError as exc:
             raise ConfigError(str(exc)) from exc
 
     def validate(self) -> None:
@@ -320,7 +320,7 @@ def _exif_upright(img: Image.Image) -> Image.Image:
 
 def draft_side(cfg: PreprocessConfig) -> int:
     """The short side a JPEG keeps at least when decoded reduced: what the resize needs, or what
-    the model's code declares (handler/preprocess_code.py); 0 before the code is loaded."""
+    the model's code declares (handler/model_code.py); 0 before the code is loaded."""
     return cfg.transform.decode_side if cfg.transform is not None else cfg.resize_size
 
 
@@ -394,7 +394,7 @@ def to_tensor(img: Image.Image, cfg: PreprocessConfig) -> torch.Tensor:
     """The RGB image -> the model's input: the config's code, or its steps, resize (uint8) and
     normalization; returns a CxHxW float32 tensor."""
     if cfg.transform is not None:
-        return preprocess_code.to_tensor(cfg.transform, img)
+        return model_code.to_tensor(cfg.transform, img)
     arr = np.asarray(resized(steps(img, cfg), cfg), dtype=np.float32)
     if cfg.channel_order == "BGR":
         arr = arr[:, :, ::-1]

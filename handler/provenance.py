@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import logging
 import platform
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from handler import integrity, layout
-from handler.integrity import IntegrityError, sha256_stream
+from handler.integrity import IntegrityError, sha256_file, sha256_stream
 
 __all__ = ["IntegrityError", "sha256_stream", "sha256_file", "built_files", "find_mismatches",
            "verify_model_dir", "installed_versions", "running_versions", "version_mismatches",
@@ -40,12 +40,6 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 # CPU features the kernels of torch, ONNX Runtime and libjpeg choose between (/proc/cpuinfo names).
 CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16",
              "avx_vnni", "amx_tile", "amx_int8", "amx_bf16", "asimd", "sve")
-
-
-def sha256_file(path: str | Path, on_progress: Callable[[int], None] | None = None) -> str:
-    """Hex SHA-256 of a file, streamed; `on_progress(done)` after each chunk."""
-    with open(path, "rb") as fh:
-        return sha256_stream(fh, on_progress)[0]
 
 
 def built_files(root: Path) -> Iterator[str]:

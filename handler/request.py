@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from handler.errors import ServerError
+from handler.errors import ServerFault
 from handler.protocols import REQUEST_ID_HEADER, RequestProtocol, recognise
 from handler.protocols.plain import PLAIN, JsonBody
 
@@ -49,7 +49,7 @@ class RequestView:
     body: JsonBody | None = None  # the raw body read as JSON, where it is JSON
     describe: bool = False
     explain: bool = False
-    error: ServerError | None = None
+    error: ServerFault | None = None
 
     def header(self, name: str) -> str | None:
         """A request header, whatever case the client sent it in (TorchServe keeps the case)."""
@@ -61,7 +61,7 @@ def acceptable(value: object) -> bool:
     return isinstance(value, str) and _ACCEPTED.fullmatch(value) is not None
 
 
-def choose(caller: str | None, own: str | None) -> tuple[str, bool]:
+def request_id_for(caller: str | None, own: str | None) -> tuple[str, bool]:
     """(the request's id, whether the caller's value was refused)."""
     if caller is not None and acceptable(caller):
         return caller, False
@@ -78,7 +78,7 @@ def view_of(context, idx: int, row: dict) -> RequestView:
     try:
         headers = _headers(context, idx)
         own = _torchserve_id(context, idx)
-        request_id, refused = choose(headers.get(REQUEST_ID_HEADER.lower()), own)
+        request_id, refused = request_id_for(headers.get(REQUEST_ID_HEADER.lower()), own)
         describe = headers.get(DESCRIBE) == "True"
         # A describe request is answered with the model's description: its body is not read.
         protocol, body = (PLAIN, None) if describe else recognise(row, lambda name: headers.get(name.lower()))
@@ -86,8 +86,8 @@ def view_of(context, idx: int, row: dict) -> RequestView:
                            explain=headers.get(EXPLAIN) == "True")
     except Exception:  # a bug hit by one request must not fail its neighbours
         logger.exception("Unexpected failure reading request %d", idx)
-        return RequestView(idx, MappingProxyType({}), None, choose(None, None)[0], False, PLAIN,
-                           error=ServerError())
+        return RequestView(idx, MappingProxyType({}), None, request_id_for(None, None)[0], False, PLAIN,
+                           error=ServerFault())
 
 
 def _headers(context, idx: int) -> Mapping[str, str]:

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from handler import layout
-from handler.code_files import import_file, import_module
 from handler.device import ON_CPU, Placement
+from handler.model_code import import_file, import_module
 
 BACKENDS = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".pt2": "torch-export",
             ".pth": "eager"}

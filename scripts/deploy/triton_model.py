@@ -146,9 +146,9 @@ class TritonPythonModel:
         except RequestFailed:
             raise
         except Exception as exc:  # a bug hit by one request must not fail its neighbours
-            raise RequestFailed(f"ServerError: {type(exc).__name__}", pb_utils.TritonError.INTERNAL) from exc
+            raise RequestFailed(f"ServerFault: {type(exc).__name__}", pb_utils.TritonError.INTERNAL) from exc
         if tuple(tensor.shape) != self.input_shape:
-            raise RequestFailed(f"ServerError: preprocessing returned shape {tuple(tensor.shape)}",
+            raise RequestFailed(f"ServerFault: preprocessing returned shape {tuple(tensor.shape)}",
                                 pb_utils.TritonError.INTERNAL)
         return tensor
 

@@ -1,7 +1,7 @@
 """A research code folder travelling with the model (`package --code-dir DIR`): every `.py`
 under DIR, packages included, is staged at the archive's root, where the worker imports it (its
 model directory comes first on its path). At packaging the model class and the preprocessing
-module import from DIR alone (handler.code_files.importing_from), and every module the build
+module import from DIR alone (handler.model_code.importing_from), and every module the build
 imported must then be one the worker can import too: from the folder, the standard library or
 an installed distribution, never from the packaging machine's working directory by accident."""
 
@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from handler import layout
-from handler.code_files import importing_from
+from handler.model_code import importing_from
 from scripts import repo
 from scripts.ops.verified_copy import unsafe_name
 

@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 from statistics import median
 
-from handler.preprocess_code import PreprocessCodeError
-from handler.preprocess_code import to_tensor as code_tensor
+from handler.model_code import PreprocessCodeError
+from handler.model_code import to_tensor as code_tensor
 from handler.preprocessing import PreprocessConfig, decode_rgb, open_image
 
 # Median time of one call on the validation photos: a slower function cannot meet the 50 ms

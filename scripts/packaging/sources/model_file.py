@@ -11,7 +11,7 @@ from pathlib import Path
 
 from torch import nn
 
-from handler.code_files import CodeFileError, import_file, import_module
+from handler.model_code import CodeFileError, import_file, import_module
 from scripts.packaging.sources import ModelSpec, Source, SourceError
 
 USAGE = ("--model-file FILE.py --model-class NAME [--model-kwargs JSON], or --code-dir DIR "

@@ -31,7 +31,7 @@ from image_classifier_client import results
 from PIL import Image
 
 from handler import layout
-from handler.code_files import import_module
+from handler.model_code import import_module
 from scripts import repo
 from scripts.ops import serve
 from scripts.packaging import code_dir

@@ -18,7 +18,7 @@ import yaml
 from PIL import Image
 
 from handler import layout
-from handler.code_files import import_module
+from handler.model_code import import_module
 from scripts import repo
 from scripts.packaging import code_dir
 from tests.support import research

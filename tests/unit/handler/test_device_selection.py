@@ -2,7 +2,7 @@
 (`gpu_id`), on the CPU otherwise, and falls back to the CPU with a reason when it cannot use
 the GPU. Reduced precision only where the archive's manifest shows the export validated it.
 
-No GPU here: the decision (`device.choose`) is tested with CUDA present or absent as inputs,
+No GPU here: the decision (`device.placement`) is tested with CUDA present or absent as inputs,
 the runners' autocast path runs on the CPU, and the handler is initialised in-process with a
 `gpu_id` as TorchServe would hand it on a GPU server."""
 
@@ -28,55 +28,55 @@ FAILED = {"reduced_precision": {"dtype": "bfloat16", "passed": False}}
 @pytest.mark.parametrize("gpu_id", [None, ""])
 @pytest.mark.parametrize("backend", ["torchscript", "onnx"])
 def test_no_gpu_assigned_runs_fp32_on_the_cpu(gpu_id, backend):
-    placed = device.choose(gpu_id, backend, "auto", VALIDATED, cuda_available=True,
+    placed = device.placement(gpu_id, backend, "auto", VALIDATED, cuda_available=True,
                            ort_providers=[CUDA_PROVIDER, CPU_PROVIDER])
     assert (placed.device, placed.dtype, placed.on_gpu) == ("cpu", "float32", False)
     assert "no GPU assigned" in placed.reason
 
 
 def test_torchscript_on_the_assigned_gpu_in_the_validated_precision():
-    placed = device.choose(1, "torchscript", "auto", VALIDATED, cuda_available=True)
+    placed = device.placement(1, "torchscript", "auto", VALIDATED, cuda_available=True)
     assert (placed.device, placed.dtype) == ("cuda:1", "bfloat16")
     assert "validated at export" in placed.describe()
 
 
 @pytest.mark.parametrize("validation", [None, {}, FAILED])
 def test_unvalidated_precision_stays_fp32_on_the_gpu(validation):
-    placed = device.choose(0, "torchscript", "auto", validation, cuda_available=True)
+    placed = device.placement(0, "torchscript", "auto", validation, cuda_available=True)
     assert (placed.device, placed.dtype) == ("cuda:0", "float32")
 
 
 def test_float32_setting_forces_full_precision_on_the_gpu():
-    assert device.choose(0, "torchscript", "float32", VALIDATED, cuda_available=True).dtype == "float32"
+    assert device.placement(0, "torchscript", "float32", VALIDATED, cuda_available=True).dtype == "float32"
 
 
 @pytest.mark.parametrize("precision,validation", [("float16", VALIDATED), ("bfloat16", FAILED),
                                                   ("bfloat16", None)])
 def test_a_precision_the_export_did_not_validate_is_refused(precision, validation):
     with pytest.raises(ConfigError, match="not validated at export"):
-        device.choose(0, "torchscript", precision, validation, cuda_available=True)
+        device.placement(0, "torchscript", precision, validation, cuda_available=True)
 
 
 def test_unknown_precision_names_the_choices():
     with pytest.raises(ConfigError, match="auto, float32, bfloat16, float16"):
-        device.choose(None, "onnx", "fp8")
+        device.placement(None, "onnx", "fp8")
 
 
 def test_gpu_assigned_without_cuda_falls_back_to_the_cpu_with_a_reason():
-    placed = device.choose(0, "torchscript", "auto", VALIDATED, cuda_available=False)
+    placed = device.placement(0, "torchscript", "auto", VALIDATED, cuda_available=False)
     assert (placed.device, placed.dtype) == ("cpu", "float32")
     assert "assigned GPU 0" in placed.reason and "no usable CUDA" in placed.reason
 
 
 def test_onnx_on_the_gpu_through_the_cuda_provider_in_fp32():
-    placed = device.choose(2, "onnx", "auto", VALIDATED, ort_providers=[CUDA_PROVIDER, CPU_PROVIDER])
+    placed = device.placement(2, "onnx", "auto", VALIDATED, ort_providers=[CUDA_PROVIDER, CPU_PROVIDER])
     assert (placed.device, placed.dtype) == ("cuda:2", "float32")
     assert placed.providers[0] == (CUDA_PROVIDER, {"device_id": 2})
     assert placed.providers[-1] == CPU_PROVIDER  # ops the CUDA provider lacks still run
 
 
 def test_onnx_without_the_cuda_provider_says_what_to_install():
-    placed = device.choose(0, "onnx", "auto", None, ort_providers=[CPU_PROVIDER])
+    placed = device.placement(0, "onnx", "auto", None, ort_providers=[CPU_PROVIDER])
     assert placed.device == "cpu" and "onnxruntime-gpu" in placed.reason
 
 
@@ -158,7 +158,7 @@ def test_select_falls_back_to_fp32_when_no_candidate_passes():
         close.bias.copy_(torch.tensor([0.0, 0.01]))
     chosen = precision.select(close, 125 + torch.rand(16, 8), candidates=("bfloat16",))
     assert chosen["dtype"] is None and chosen["passed"] is False
-    assert device.choose(0, "torchscript", "auto", {"reduced_precision": chosen},
+    assert device.placement(0, "torchscript", "auto", {"reduced_precision": chosen},
                          cuda_available=True).dtype == "float32"
 
 

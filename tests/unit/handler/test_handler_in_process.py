@@ -13,7 +13,7 @@ import yaml
 from ts.utils.util import list_classes_from_module
 
 from handler import classifier, observability, torchserve_entry
-from handler.errors import BadInput, ServerError
+from handler.errors import BadInput, ServerFault
 from handler.settings import ConfigError
 from scripts import repo
 from scripts.packaging.sample_photos import EXPECTED_TOP1
@@ -149,7 +149,7 @@ def test_every_handler_metric_is_declared_with_the_dimensions_it_is_sent_with():
     emitter.observe(observability.BATCH_SIZE, 1)
     emitter.image(10, 10)
     emitter.error(BadInput("EmptyInput", "nothing sent"))
-    emitter.error(ServerError())
+    emitter.error(ServerFault())
     assert set(recorder.dimensions) == {*stages, observability.BATCH_SIZE, observability.IMAGE_MEGAPIXELS,
                                         observability.INPUT_ERRORS, observability.SERVER_ERRORS}
     for name, dims in recorder.dimensions.items():

@@ -15,7 +15,7 @@ from PIL import Image
 
 from handler import responses
 from handler.head import Head, answer_probabilities, in_chunks, mean_of_views, views_of
-from handler.preprocess_code import PreprocessCodeError, Transform, to_tensor
+from handler.model_code import PreprocessCodeError, Transform, to_tensor
 from handler.protocols.open_inference import v2_prediction
 from handler.settings import ConfigError
 from scripts import repo

@@ -16,9 +16,9 @@ def test_request_ids_validated():
     assert request.acceptable("caller-1.2:3/x+y=z@w")
     for bad in ("", "has space", "quote\"", "x" * 129, "new\nline", "é"):
         assert not request.acceptable(bad)
-    assert request.choose("ok-1", "ts-1") == ("ok-1", False)
-    assert request.choose("bad id", "ts-1") == ("ts-1", True)
-    assert request.choose(None, "ts-1") == ("ts-1", False)
+    assert request.request_id_for("ok-1", "ts-1") == ("ok-1", False)
+    assert request.request_id_for("bad id", "ts-1") == ("ts-1", True)
+    assert request.request_id_for(None, "ts-1") == ("ts-1", False)
 
 
 def test_traceparent_parsing_and_off_without_endpoint():

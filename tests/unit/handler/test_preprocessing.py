@@ -20,7 +20,7 @@ from handler.errors import (
     HandlerError,
     InputError,
     NotServed,
-    ServerError,
+    ServerFault,
     TooLarge,
     UnsupportedMedia,
 )
@@ -204,14 +204,14 @@ def test_limits_are_the_defaults_unless_the_config_file_changes_them():
 @pytest.mark.parametrize("cls, status", [(BadInput, 400), (TooLarge, 413), (UnsupportedMedia, 415)])
 def test_each_client_error_class_has_its_status(cls, status):
     err = cls("SomeType", "what went wrong")
-    assert isinstance(err, InputError) and not isinstance(err, ServerError)
+    assert isinstance(err, InputError) and not isinstance(err, ServerFault)
     assert err.to_json() == {"code": status, "type": "SomeType", "message": "what went wrong"}
 
 
 def test_not_served_and_server_errors_keep_their_bodies():
     assert NotServed("explanations").to_json()["code"] == 501
     assert NotServed("explanations").error_type == "NotImplemented" and isinstance(NotServed("x"), InputError)
-    fault = ServerError()
+    fault = ServerFault()
     assert not isinstance(fault, InputError) and isinstance(fault, HandlerError)
     assert fault.to_json() == {"code": 500, "type": "InternalServerError",
                                "message": "The server failed on this image; the error is logged."}

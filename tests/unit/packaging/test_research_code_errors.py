@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from handler.preprocess_code import PreprocessCodeError, Transform, to_tensor
+from handler.model_code import PreprocessCodeError, Transform, to_tensor
 from scripts import repo
 from scripts.packaging import package
 from tests.support import research
