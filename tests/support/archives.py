@@ -9,7 +9,7 @@ import struct
 import zipfile
 from pathlib import Path
 
-from handler import integrity
+from handler import integrity, layout
 
 _EOCD = struct.Struct("<4s4H2LH")
 
@@ -70,3 +70,20 @@ def tampered_labels(mar: Path) -> bytes:
         labels = json.loads(zf.read("index_to_name.json"))
     labels[TAMPERED_INDEX] = "tampered " + labels[TAMPERED_INDEX]
     return json.dumps(labels, indent=1, sort_keys=True).encode()
+
+
+def rehashed_tampered(src: Path, dst: Path) -> Path:
+    """`src` with one label changed AND its provenance.json recomputed, rebuilt as a .mar."""
+    with zipfile.ZipFile(src) as zin:
+        entries = {e.filename: zin.read(e) for e in zin.infolist() if not e.is_dir()}
+    labels = json.loads(entries[layout.LABELS])
+    labels["0"] = "tampered " + labels["0"]
+    entries[layout.LABELS] = json.dumps(labels).encode()
+    manifest = json.loads(entries[integrity.MANIFEST])
+    manifest["files"][layout.LABELS] = {"sha256": hashlib.sha256(entries[layout.LABELS]).hexdigest(),
+                                 "bytes": len(entries[layout.LABELS])}
+    entries[integrity.MANIFEST] = json.dumps(manifest, indent=2).encode()
+    with zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED) as zout:
+        for name, data in sorted(entries.items()):
+            zout.writestr(name, data)
+    return dst

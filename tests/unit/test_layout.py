@@ -56,3 +56,16 @@ def test_e2e_marks_match_the_folder():
         else:
             wrong += [f"{where}::{name} is marked e2e" for name, e2e in tests.items() if module or e2e]
     assert len(modules()) > 60 and wrong == []
+
+
+def test_tests_never_import_each_other():
+    """What two test modules share lives in tests/support (one place), not in one of them."""
+    borrowed = {}
+    for path in modules():
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([node.module] if isinstance(node, ast.ImportFrom) and node.module
+                     else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            hits = [n for n in names if n.startswith(("tests.unit", "tests.e2e"))]
+            if hits:
+                borrowed[str(path.relative_to(TESTS))] = hits
+    assert borrowed == {}

@@ -96,12 +96,16 @@ def batches(port: int) -> dict[str, tuple[int, int]]:
     more than one request formed when the second exceeds the first."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
         text = resp.read().decode()
+    from prometheus_client.parser import text_string_to_metric_families  # ours, not the peer's venv
+
     found: dict[str, dict[str, int]] = {}
-    for line in text.splitlines():
-        for part in ("count", "sum"):
-            if line.startswith(f"{BATCH_HISTOGRAM}_{part}{{"):
-                worker = line.split('worker_index="', 1)[1].split('"', 1)[0]
-                found.setdefault(worker, {})[part] = int(float(line.rsplit(" ", 1)[1]))
+    for family in text_string_to_metric_families(text):
+        if family.name != BATCH_HISTOGRAM:
+            continue
+        for sample in family.samples:
+            part = sample.name.removeprefix(f"{BATCH_HISTOGRAM}_")
+            if part in ("count", "sum"):
+                found.setdefault(sample.labels["worker_index"], {})[part] = int(sample.value)
     return {w: (v.get("count", 0), v.get("sum", 0)) for w, v in found.items()}
 
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import urllib.request
-
 import pytest
 
 from scripts.bench.peers import fastapi_peer
 from scripts.ops import serve
+from tests.support.answers import post_bytes
 from tests.support.servers import MODEL
 
 pytestmark = pytest.mark.e2e
@@ -22,19 +20,10 @@ def peer_url(default_model_dir):
     fastapi_peer.stop(proc)
 
 
-def post(url: str, body: bytes) -> tuple[int, dict]:
-    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/octet-stream"})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
 @pytest.mark.parametrize("name", ["cat.jpg", "coffee.png"])
 def test_peer_answers_our_json(server, photos, peer_url, name):
     body = photos[name].read_bytes()
-    status, answer = post(peer_url, body)
+    status, answer = post_bytes(peer_url, body)
     ours = server.client.predict(MODEL, body)
     assert status == 200 and ours.status_code == 200
     # The same answer but for its request id (our handler's, handler/request.py; the peer's
@@ -45,5 +34,5 @@ def test_peer_answers_our_json(server, photos, peer_url, name):
 
 
 def test_peer_refuses_bad_input_like_ours(peer_url):
-    status, answer = post(peer_url, b"not an image")
+    status, answer = post_bytes(peer_url, b"not an image")
     assert 400 <= status < 500 and answer["code"] == status and answer["message"]

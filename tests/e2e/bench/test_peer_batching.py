@@ -10,7 +10,7 @@ import pytest
 
 from scripts.bench.peers import batching_peer
 from scripts.ops import serve
-from tests.e2e.bench.test_peer import post
+from tests.support.answers import post_bytes
 from tests.support.servers import MODEL
 
 pytestmark = pytest.mark.e2e
@@ -31,13 +31,13 @@ def peer(default_model_dir):
 def burst(url: str, bodies: list[bytes]) -> list[tuple[int, dict]]:
     """All bodies sent at once, one thread each; the answers in order."""
     with ThreadPoolExecutor(len(bodies)) as pool:
-        return list(pool.map(lambda body: post(url, body), bodies))
+        return list(pool.map(lambda body: post_bytes(url, body), bodies))
 
 
 @pytest.mark.parametrize("name", ["cat.jpg", "coffee.png"])
 def test_peer_answers_our_json(server, photos, peer, name):
     body = photos[name].read_bytes()
-    status, answer = post(peer[1], body)
+    status, answer = post_bytes(peer[1], body)
     ours = server.client.predict(MODEL, body)
     assert status == 200 and ours.status_code == 200
     ours_body = ours.json()

@@ -19,7 +19,7 @@ from scripts.ops import inspect_mar
 from scripts.ops.lifecycle import KEY_RENEWER_PID
 from scripts.ops.server_config import read_keys
 from scripts.packaging.sample_photos import EXPECTED_TOP1, load_photos
-from tests.e2e.handler.test_input_contract import HOSTILE_REQUESTS, check_error, check_label, post
+from tests.support.answers import HOSTILE_REQUESTS, check_error, check_label, post
 from tests.support.container import (
     APP_DIR,
     Container,

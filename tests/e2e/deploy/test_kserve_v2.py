@@ -15,6 +15,7 @@ import pytest
 import requests
 import yaml
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from scripts.ops import serve
 from scripts.ops.server_config import read_properties
@@ -185,13 +186,15 @@ def test_four_v2_requests_are_answered_in_one_batch_and_ready_checks_no_worker(v
 
 
 def batch_histogram(metrics_text: str) -> tuple[float, float]:
-    """(batches, requests) so far: handler_batch_size's count and sum on /metrics."""
-    values = {}
-    for line in metrics_text.splitlines():
-        for kind in ("count", "sum"):
-            if line.startswith(f"handler_batch_size_{kind}{{"):
-                values[kind] = values.get(kind, 0.0) + float(line.rsplit(" ", 1)[1])
-    return values.get("count", 0.0), values.get("sum", 0.0)
+    """(batches, requests) so far: handler_batch_size's count and sum on /metrics, all workers."""
+    values = {"count": 0.0, "sum": 0.0}
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name == "handler_batch_size":
+            for sample in family.samples:
+                kind = sample.name.removeprefix("handler_batch_size_")
+                if kind in values:
+                    values[kind] += sample.value
+    return values["count"], values["sum"]
 
 
 def slow_png() -> bytes:

@@ -22,13 +22,11 @@ from scripts import repo
 from scripts.ops import serve
 from scripts.ops.server_config import read_properties
 from scripts.packaging.sample_photos import EXPECTED_TOP1, load_photos
+from tests.support.answers import HOSTILE_REQUESTS, check_error, check_label, post
 from tests.support.images import (
-    HOSTILE,
     accepted_variants,
     ascii_bmp,
     encode,
-    hostile_bytes,
-    png_declaring,
     with_orientation,
 )
 from tests.support.servers import MODEL, free_ports
@@ -36,7 +34,6 @@ from tests.support.servers import MODEL, free_ports
 pytestmark = pytest.mark.e2e
 
 MAX_REQUEST_SIZE = int(read_properties(repo.ROOT / "config.properties")["max_request_size"])
-ERROR_KEYS = {"code", "type", "message", "request_id"}  # handler/request.py
 
 
 @pytest.fixture(scope="module")
@@ -59,28 +56,6 @@ def worker_pids(srv: serve.Server, model: str) -> list[int]:
     workers = srv.client.workers(model)
     assert workers and all(w["status"] == "READY" for w in workers), workers
     return sorted(int(w["pid"]) for w in workers)
-
-
-def post(srv: serve.Server, model: str = MODEL, **kwargs) -> requests.Response:
-    headers = {**srv.client.auth_headers("inference"), **kwargs.pop("headers", {})}
-    return requests.post(f"{srv.client.inference_url}/predictions/{model}", headers=headers,
-                         timeout=60, **kwargs)
-
-
-def check_label(resp: requests.Response, photo: str) -> None:
-    assert resp.status_code == 200, resp.text
-    top = resp.json()["predictions"][0]
-    assert top["index"] in EXPECTED_TOP1[photo], (photo, top)
-
-
-def check_error(resp: requests.Response, status: int, kind: str | None = None) -> dict:
-    assert resp.status_code == status, resp.text
-    assert resp.headers.get("content-type", "").startswith("application/json")
-    body = resp.json()
-    assert set(body) == ERROR_KEYS and body["code"] == status and body["message"], body
-    if kind is not None:
-        assert body["type"] == kind, body
-    return body
 
 
 # ---- accepted inputs ----
@@ -152,35 +127,6 @@ def test_exif_orientation_is_honoured(server, pictures):
 
 
 # ---- hostile inputs: each gets its 4xx and a JSON error ----
-
-def hostile_requests() -> dict[str, tuple[dict, int, str]]:
-    octet = {"Content-Type": "application/octet-stream"}
-    cases = {name: ({"data": hostile_bytes(name), "headers": octet}, status, kind)
-             for name, (_, status, kind) in HOSTILE.items()}
-    cases.update({
-        "zero-byte multipart file": ({"files": {"data": ("empty.jpg", b"", "image/jpeg")}},
-                                     400, "EmptyInput"),
-        "html as text/html": ({"data": b"<html><body>hello</body></html>",
-                               "headers": {"Content-Type": "text/html"}}, 415, "UnsupportedMediaType"),
-        "random bytes as image/jpeg": ({"data": HOSTILE["random_bytes"][0],
-                                        "headers": {"Content-Type": "image/jpeg"}},
-                                       415, "UnsupportedMediaType"),
-        "bomb as multipart": ({"files": {"data": ("x.png", png_declaring(100_000, 100_000))}},
-                              413, "ImageTooLarge"),
-        "json that does not parse": ({"data": b"{\"image\": ", "headers": {"Content-Type":
-                                                                         "application/json"}},
-                                     400, "InvalidJSON"),
-        "json without image": ({"json": {"picture": "abc"}}, 400, "InvalidJSON"),
-        "json list": ({"json": [1, 2, 3]}, 400, "InvalidJSON"),
-        "json bad base64": ({"json": {"image": "%%% not base64 %%%"}}, 400, "InvalidBase64"),
-        "json base64 of html": ({"json": {"image": base64.b64encode(b"<html></html>").decode()}},
-                                415, "UnsupportedMediaType"),
-    })
-    return cases
-
-
-HOSTILE_REQUESTS = hostile_requests()
-
 
 @pytest.mark.parametrize("case", sorted(HOSTILE_REQUESTS))
 def test_hostile_input_gets_its_4xx(server, case):

@@ -21,7 +21,7 @@ import requests
 from image_classifier_client.contract import AUTH_REFUSED
 
 from scripts.ops.server_config import read_properties
-from tests.e2e.handler.test_input_contract import check_label
+from tests.support.answers import check_label
 from tests.support.servers import MODEL
 
 pytestmark = pytest.mark.e2e

@@ -9,7 +9,6 @@ the pin from outside refuses it.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import zipfile
 from pathlib import Path
@@ -19,30 +18,12 @@ import pytest
 from handler import integrity
 from scripts.ops import pins
 from scripts.ops.pins import PinError, check_pins
+from tests.support.archives import rehashed_tampered
 from tests.support.context import unpack
-
-LABELS = "index_to_name.json"
 
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def rehashed_tampered(src: Path, dst: Path) -> Path:
-    """`src` with one label changed AND its provenance.json recomputed, rebuilt as a .mar."""
-    with zipfile.ZipFile(src) as zin:
-        entries = {e.filename: zin.read(e) for e in zin.infolist() if not e.is_dir()}
-    labels = json.loads(entries[LABELS])
-    labels["0"] = "tampered " + labels["0"]
-    entries[LABELS] = json.dumps(labels).encode()
-    manifest = json.loads(entries[integrity.MANIFEST])
-    manifest["files"][LABELS] = {"sha256": hashlib.sha256(entries[LABELS]).hexdigest(),
-                                 "bytes": len(entries[LABELS])}
-    entries[integrity.MANIFEST] = json.dumps(manifest, indent=2).encode()
-    with zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED) as zout:
-        for name, data in sorted(entries.items()):
-            zout.writestr(name, data)
-    return dst
 
 
 @pytest.fixture

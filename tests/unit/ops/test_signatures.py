@@ -18,7 +18,7 @@ from handler import integrity
 from scripts import repo
 from scripts.ops import pins, signature
 from scripts.ops.pins import PinError, check_pins
-from tests.unit.ops.test_pins import rehashed_tampered
+from tests.support.archives import rehashed_tampered
 
 VERIFY = signature.VERIFY_KEY_ENV
 
