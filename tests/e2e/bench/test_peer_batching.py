@@ -27,7 +27,6 @@ def peer(default_model_dir):
     batching_peer.stop(proc)
 
 
-
 def burst(url: str, bodies: list[bytes]) -> list[tuple[int, dict]]:
     """All bodies sent at once, one thread each; the answers in order."""
     with ThreadPoolExecutor(len(bodies)) as pool:
