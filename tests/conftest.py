@@ -50,8 +50,9 @@ def default_mar() -> Path:
     mar = repo.MODEL_STORE / f"{MODEL}.mar"
     if not mar.is_file():
         from scripts.packaging import package
+        from scripts.packaging.plan import PackagingInputs
 
-        package.package()
+        package.package(PackagingInputs())
     return mar
 
 
@@ -96,8 +97,10 @@ def installed_client(tmp_path_factory) -> Iterator[Path]:
 def fresh_mar(tmp_path_factory) -> Path:
     """An archive built by the code under test (not a possibly older model_store/ build)."""
     from scripts.packaging import package
+    from scripts.packaging.plan import PackagingInputs
 
-    return package.package(model_name="lite0_prov", export_dir=tmp_path_factory.mktemp("prov_store"))
+    store = tmp_path_factory.mktemp("prov_store")
+    return package.package(PackagingInputs(model_name="lite0_prov", export_dir=store))
 
 
 @pytest.fixture(scope="session")
@@ -120,6 +123,8 @@ def labelled(tmp_path_factory, default_model_dir) -> Path:
 def evaluated_mar(tmp_path_factory, labelled) -> Path:
     """The default model packaged with --eval-dir and the top-1 the labels imply (1.0)."""
     from scripts.packaging import package
+    from scripts.packaging.plan import PackagingInputs
 
     store = tmp_path_factory.mktemp("evaluated")
-    return package.package(model_name="lite0_eval", export_dir=store, eval_dir=labelled, expect_top1=1.0)
+    return package.package(PackagingInputs(model_name="lite0_eval", export_dir=store, eval_dir=labelled,
+                                           expect_top1=1.0))

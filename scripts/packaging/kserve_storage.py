@@ -20,6 +20,7 @@ from pathlib import Path
 from scripts import repo
 from scripts.ops import signature
 from scripts.packaging import package
+from scripts.packaging.plan import PackagingInputs
 
 KSERVE_CONFIG = repo.CONFIG_DIR / "kserve"
 
@@ -47,8 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         stage(args.out, args.mar)
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            stage(args.out, package.package(model_config=KSERVE_CONFIG / "model-config.yaml",
-                                            export_dir=Path(tmp)))
+            mar = package.package(PackagingInputs(model_config=KSERVE_CONFIG / "model-config.yaml",
+                                                  export_dir=Path(tmp)))
+            stage(args.out, mar)
     print(f"KServe storage laid out in {args.out}: copy it to the InferenceService's storageUri")
     return 0
 

@@ -41,7 +41,7 @@ from scripts.packaging import accuracy, code_dir
 from scripts.packaging.export import ExportError, load_preprocess, run_export
 from scripts.packaging.golden import stage_golden
 from scripts.packaging.manifest import PROGRESS_MIN_BYTES, build_manifest, hash_file
-from scripts.packaging.plan import PackagingPlan, code_files_of, plan
+from scripts.packaging.plan import PackagingInputs, PackagingPlan, code_files_of, plan
 
 # The GPU benchmark stages an archive's layout by hand and reads its labels through here.
 from scripts.packaging.reproducible import make_reproducible
@@ -124,30 +124,13 @@ def _archive_progress(out: Path, total: int, elapsed: float) -> None:
           flush=True)
 
 
-def package(arch: str | ModelSpec = repo.DEFAULT_MODEL, checkpoint: str = "default",
-            model_name: str | None = None, version: str = "1.0", num_classes: int | None = None,
-            preprocess: Path | None = None, labels: Path | None = None,
-            model_config: Path | None = None, fmt: str | None = None,
-            export_dir: Path = repo.MODEL_STORE, archive_format: str = "default", *,
-            preprocess_code: Path | None = None, calibration_dir: Path | None = None,
-            eval_dir: Path | None = None, fuse_pads: bool = True, head: Head = SOFTMAX,
-            expect_top1: float | None = None) -> Path:
+def package(inputs: PackagingInputs) -> Path:
     """Resolve the inputs (plan.plan), export, validate, stage, write the manifest and archive;
-    returns the .mar path. `arch`: a name (sources.resolve) or a ModelSpec (an architecture file,
-    class and kwargs). `fuse_pads=False` (the benchmark's unfused "before" archive,
-    BENCHMARKS.md; not a model setting nor a command-line option) exports the ONNX graph as torch
-    emits it. `calibration_dir`: the INT8 export's calibration photos (with `eval_dir`, which its
-    guard judges on). `eval_dir`, any format: labelled photos the artifact's and the eager
-    model's top-1/top-5 are measured on (provenance.json's validation.accuracy); `expect_top1`:
-    refuse the archive when this top-1 lies outside the artifact's 95% interval there. `head`:
-    the output head the worker applies (handler/head.py), recorded in architecture.json."""
-    spec = arch if isinstance(arch, ModelSpec) else ModelSpec(arch=arch)
+    returns the .mar path."""
+    spec = inputs.spec
     code_files = code_files_of(spec.code_dir)
     with _servable_imports(spec):  # the model's code imports from its folder alone
-        the_plan = plan(spec, code_files, checkpoint, model_name, version, num_classes, preprocess,
-                        labels, model_config, fmt, export_dir, archive_format,
-                        preprocess_code=preprocess_code, calibration_dir=calibration_dir,
-                        eval_dir=eval_dir, fuse_pads=fuse_pads, head=head, expect_top1=expect_top1)
+        the_plan = plan(inputs, code_files)
         validation = build_stage(the_plan)
     return archive(the_plan, validation)
 
@@ -285,12 +268,14 @@ def main(argv: list[str] | None = None) -> int:
         spec = ModelSpec(arch=None if own_code else args.arch, model_file=args.model_file,
                          model_class=args.model_class, model_kwargs=parse_kwargs(args.model_kwargs),
                          code_dir=args.code_dir)
-        mar = package(spec, args.checkpoint, args.model_name, args.version, args.num_classes,
-                      args.preprocess, args.labels, args.model_config, args.format, args.export_path,
-                      args.archive_format, preprocess_code=args.preprocess_code,
-                      calibration_dir=args.calibration_dir, eval_dir=args.eval_dir,
-                      head=head_of(args.activation, args.temperature, args.threshold),
-                      expect_top1=args.expect_top1)
+        mar = package(PackagingInputs(
+            arch=spec, checkpoint=args.checkpoint, model_name=args.model_name, version=args.version,
+            num_classes=args.num_classes, preprocess=args.preprocess, labels=args.labels,
+            model_config=args.model_config, fmt=args.format, export_dir=args.export_path,
+            archive_format=args.archive_format, preprocess_code=args.preprocess_code,
+            calibration_dir=args.calibration_dir, eval_dir=args.eval_dir,
+            head=head_of(args.activation, args.temperature, args.threshold),
+            expect_top1=args.expect_top1))
         if args.sign_key:
             print(f"[package] signed: {signature.sign(mar, args.sign_key)}", flush=True)
     except SignatureError as exc:

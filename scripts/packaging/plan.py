@@ -1,10 +1,11 @@
 """Every input of one packaging run, resolved and checked once into a PackagingPlan.
 
-plan() turns the user's arguments into that frozen value: the model source (built from the
-spec once), the model config (read once: its keys, export settings and format), the export
-folder, the photo folders, the checkpoint (read once), the labels and the number of outputs
-(the classifier head probed once), the preprocessing. Staging, export, the manifest and the
-archive (package.py, export.py) take the plan and read nothing of the user's again.
+PackagingInputs holds what the user asked for (package.py's arguments and command line), once.
+plan() turns it into that frozen value: the model source (built from the spec once), the model
+config (read once: its keys, export settings and format), the export folder, the photo folders,
+the checkpoint (read once), the labels and the number of outputs (the classifier head probed
+once), the preprocessing. Staging, export, the manifest and the archive (package.py, export.py)
+take the plan and read nothing of the user's again.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 import re
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 
 from handler import layout
@@ -32,6 +33,55 @@ from scripts.packaging.export import (
     source_of,
 )
 from scripts.packaging.sources import ModelSpec, Source, SourceError
+
+
+@dataclass(frozen=True)
+class PackagingInputs:
+    """What the user asks one packaging run for, as given; plan() resolves and checks it.
+
+    `arch`: a name (sources.resolve: efficientnet_lite0, a torchvision classifier, timm:NAME,
+    hf:DIR) or a ModelSpec (an architecture file, class and kwargs, a research code folder).
+    `checkpoint`: a state-dict file, "default" (the source's own weights) or "none" (random).
+    `model_name`: served at /predictions/NAME (default: from the source's name). `version`: the
+    archive's. `num_classes`: the classifier's outputs (default: the checkpoint's head, else the
+    number of labels). `preprocess`, `labels`, `model_config`: preprocess.json,
+    index_to_name.json and model-config.yaml (default: the model's own preprocessing numbers or
+    labels where it has them, else config/NAME/). `fmt`: the serialized model (default: the
+    model config's export.format). `export_dir`: where the archive goes. `archive_format`:
+    torch-model-archiver's (default, tgz, no-archive).
+
+    `preprocess_code`: a module whose preprocess(image) the archive ships and runs at validation
+    and serving. `calibration_dir`: the INT8 export's calibration photos (with `eval_dir`, which
+    its guard judges on). `eval_dir`, any format: labelled photos the artifact's and the eager
+    model's top-1/top-5 are measured on (provenance.json's validation.accuracy); `expect_top1`:
+    refuse the archive when this top-1 lies outside the artifact's 95% interval there.
+    `fuse_pads=False` (the benchmark's unfused "before" archive, BENCHMARKS.md; not a model
+    setting nor a command-line option) exports the ONNX graph as torch emits it. `head`: the
+    output head the worker applies (handler/head.py), recorded in architecture.json."""
+
+    arch: str | ModelSpec = repo.DEFAULT_MODEL
+    checkpoint: str = "default"
+    model_name: str | None = None
+    version: str = "1.0"
+    num_classes: int | None = None
+    preprocess: Path | None = None
+    labels: Path | None = None
+    model_config: Path | None = None
+    fmt: str | None = None
+    export_dir: Path = repo.MODEL_STORE
+    archive_format: str = "default"
+    _: KW_ONLY
+    preprocess_code: Path | None = None
+    calibration_dir: Path | None = None
+    eval_dir: Path | None = None
+    fuse_pads: bool = True
+    head: Head = SOFTMAX
+    expect_top1: float | None = None
+
+    @property
+    def spec(self) -> ModelSpec:
+        """`arch` as a ModelSpec."""
+        return self.arch if isinstance(self.arch, ModelSpec) else ModelSpec(arch=self.arch)
 
 
 @dataclass(frozen=True)
@@ -70,38 +120,37 @@ class PackagingPlan:
         return self.job.out.parent
 
 
-def plan(spec: ModelSpec, code_files: tuple[Path, ...] = (), checkpoint: str = "default",
-         model_name: str | None = None, version: str = "1.0", num_classes: int | None = None,
-         preprocess: Path | None = None, labels: Path | None = None,
-         model_config: Path | None = None, fmt: str | None = None,
-         export_dir: Path = repo.MODEL_STORE, archive_format: str = "default", *,
-         preprocess_code: Path | None = None, calibration_dir: Path | None = None,
-         eval_dir: Path | None = None, fuse_pads: bool = True, head: Head = SOFTMAX,
-         expect_top1: float | None = None) -> PackagingPlan:
-    """Resolve and check every input (package.package's arguments), each once. Runs inside the
-    block that imports the model's code (package._servable_imports)."""
+def plan(inputs: PackagingInputs, code_files: tuple[Path, ...] = ()) -> PackagingPlan:
+    """Resolve and check every input, each once; `code_files`: the research code folder's
+    modules (code_files_of). Runs inside the block that imports the model's code
+    (package._servable_imports)."""
+    spec = inputs.spec
     source = source_of(spec)
-    model_name = model_name or default_model_name(source)
+    model_name = inputs.model_name or default_model_name(source)
     config_dir = repo.CONFIG_DIR / model_name
     if not config_dir.is_dir():
         config_dir = repo.CONFIG_DIR / repo.DEFAULT_MODEL
-    model_config = Path(model_config or config_dir / layout.MODEL_CONFIG)
+    model_config = Path(inputs.model_config or config_dir / layout.MODEL_CONFIG)
     settings = export_settings(model_config)
+    fmt = inputs.fmt
     if fmt is not None and fmt not in layout.SERIALIZED_FILE:
         raise ExportError(f"format {fmt!r} is not one of {sorted(layout.SERIALIZED_FILE)}")
     fmt = fmt or settings["format"]
-    check_export_dir(Path(export_dir), model_name)
-    int8_photos = int8_photo_dirs(fmt, calibration_dir, eval_dir)
-    eval_photos = accuracy_photos(eval_dir, expect_top1)
-    label_map, model = model_labels(source, labels, config_dir, resolve_checkpoint(checkpoint, source),
-                                    num_classes)
-    raw_preprocess = preprocess_doc(source, preprocess, config_dir / layout.PREPROCESS_CONFIG,
-                                    preprocess_code)
+    export_dir = Path(inputs.export_dir)
+    check_export_dir(export_dir, model_name)
+    int8_photos = int8_photo_dirs(fmt, inputs.calibration_dir, inputs.eval_dir)
+    eval_photos = accuracy_photos(inputs.eval_dir, inputs.expect_top1)
+    label_map, model = model_labels(source, inputs.labels, config_dir,
+                                    resolve_checkpoint(inputs.checkpoint, source), inputs.num_classes)
+    raw_preprocess = preprocess_doc(source, inputs.preprocess, config_dir / layout.PREPROCESS_CONFIG,
+                                    inputs.preprocess_code)
     stage = repo.BUILD_DIR / model_name
     job = ExportJob(model, stage / layout.PREPROCESS_CONFIG, stage / layout.SERIALIZED_FILE[fmt], fmt,
-                    settings["int8_guard"], fuse_pads, preprocess_code, int8_photos, head, eval_photos)
-    return PackagingPlan(spec, job, model_name, version, model_config, label_map, raw_preprocess,
-                         tuple(code_files), Path(export_dir), archive_format, expect_top1)
+                    settings["int8_guard"], inputs.fuse_pads, inputs.preprocess_code, int8_photos,
+                    inputs.head, eval_photos)
+    return PackagingPlan(spec, job, model_name, inputs.version, model_config, label_map,
+                         raw_preprocess, tuple(code_files), export_dir, inputs.archive_format,
+                         inputs.expect_top1)
 
 
 def code_files_of(folder: Path | None) -> tuple[Path, ...]:

@@ -16,13 +16,14 @@ from scripts import repo
 from scripts.bench.workspace import BENCH, CFG_DIR, STORE
 from scripts.packaging import package
 from scripts.packaging.export import export_and_validate, resolve_checkpoint
+from scripts.packaging.plan import PackagingInputs
 
 
 def ours_mar(name: str = repo.DEFAULT_MODEL) -> Path:
     """A private copy of the shipped archive (others may rebuild model_store/ meanwhile)."""
     src = repo.MODEL_STORE / f"{name}.mar"
     if not src.is_file():
-        package.package()
+        package.package(PackagingInputs())
     STORE.mkdir(parents=True, exist_ok=True)
     return Path(shutil.copy2(src, STORE / src.name))
 
@@ -58,8 +59,8 @@ def variant_mar(name: str, settings: dict, fmt: str | None = None, arch: str = r
     path = BENCH / "configs" / f"{name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return package.package(arch, checkpoint, model_name=name, model_config=path, fmt=fmt, export_dir=STORE,
-                           fuse_pads=fuse_pads)
+    return package.package(PackagingInputs(arch, checkpoint, model_name=name, model_config=path, fmt=fmt,
+                                           export_dir=STORE, fuse_pads=fuse_pads))
 
 
 def unpack(mar: Path) -> Path:

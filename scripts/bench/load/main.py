@@ -63,6 +63,7 @@ from scripts.bench.load.tune import BENTOML_KNOBS, TRITON_KNOBS, TRITON_REPO_KNO
 from scripts.bench.workspace import BENCH, LEVERS, QUICK, STORE, Profile, log
 from scripts.ops import pins
 from scripts.packaging import package
+from scripts.packaging.plan import PackagingInputs
 
 # What each window measures: every service at 10 and 50 rps; the sweep for the servers compared
 # on capacity; saturation for all that can reach it (stock saturates at a few rps).
@@ -180,7 +181,7 @@ def run_resnet(profile: Profile) -> dict:
     """Saturated throughput (closed loop, 4 clients) of ResNet-50 with random weights."""
     name = "resnet50_bench"
     ours = Service("ours_resnet50", "torchserve", name,
-                   package.package("resnet50", "none", model_name=name, export_dir=STORE))
+                   package.package(PackagingInputs("resnet50", "none", model_name=name, export_dir=STORE)))
     stock_resnet = stock_mar(scripted("resnet50", "none"), f"{name}_stock")
     stock = Service("stock_resnet50", "torchserve", f"{name}_stock", stock_resnet, env=pinned(stock_resnet))
     out: dict = {"gflop_per_image": model_gflop("resnet50"), "ours": [], "stock": []}

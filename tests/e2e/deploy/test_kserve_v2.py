@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from scripts.ops import serve
 from scripts.ops.server_config import read_properties
 from scripts.packaging import kserve_storage, package
+from scripts.packaging.plan import PackagingInputs
 from scripts.packaging.sample_photos import EXPECTED_TOP1
 from tests.support.servers import MODEL, ROOT, free_ports, start_server
 
@@ -36,7 +37,7 @@ LOCAL_KEYS = ("inference_address", "management_address", "metrics_address", "grp
 def v2_server(tmp_path_factory):
     """The storage laid out as KServe mounts it (kserve_storage), /mnt/models mapped onto it."""
     archives = tmp_path_factory.mktemp("kserve_archive")
-    mar = package.package(model_config=KSERVE / "model-config.yaml", export_dir=archives)
+    mar = package.package(PackagingInputs(model_config=KSERVE / "model-config.yaml", export_dir=archives))
     storage = kserve_storage.stage(tmp_path_factory.mktemp("kserve_storage"), mar)
     props = {k: v.replace(MOUNT, str(storage))
              for k, v in read_properties(KSERVE / "config.properties").items() if k not in LOCAL_KEYS}

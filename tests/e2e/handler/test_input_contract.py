@@ -233,10 +233,11 @@ def batch8_server(tmp_path_factory):
     config.update(batchSize=8, maxBatchDelay=3000, minWorkers=1, maxWorkers=1)
     (tmp / "model-config.yaml").write_text(yaml.safe_dump(config))
     from scripts.packaging import package
+    from scripts.packaging.plan import PackagingInputs
 
     try:
-        package.package(MODEL, model_name=name, model_config=tmp / "model-config.yaml",
-                        export_dir=tmp / "store")
+        package.package(PackagingInputs(MODEL, model_name=name, model_config=tmp / "model-config.yaml",
+                                        export_dir=tmp / "store"))
     finally:
         shutil.rmtree(repo.BUILD_DIR / name, ignore_errors=True)
     workdir = tmp / "server"

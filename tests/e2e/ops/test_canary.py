@@ -25,6 +25,7 @@ from scripts.ops import balancer as lb
 from scripts.ops import canary, manage, serve
 from scripts.ops.torchserve_http import IMAGE_HEADERS, TorchServeClient, sample_jpeg
 from scripts.packaging import package
+from scripts.packaging.plan import PackagingInputs
 from tests.support.servers import MODEL
 
 pytestmark = pytest.mark.e2e
@@ -46,7 +47,7 @@ def store(tmp_path_factory, default_mar):
     """A model store with version 1.0 (the default archive) and 2.0 (the same model packaged
     with --version 2.0, as docs/canary.md builds it)."""
     out = tmp_path_factory.mktemp("v2")
-    v2 = package.package(version="2.0", export_dir=out / "export")
+    v2 = package.package(PackagingInputs(version="2.0", export_dir=out / "export"))
     store = tmp_path_factory.mktemp("store")
     shutil.copy(default_mar, store / default_mar.name)
     shutil.copy(v2, store / V2_MAR)

@@ -49,6 +49,7 @@ def two_model_store(tmp_path_factory, default_mar):
     """The default archive and the same model packaged as OTHER with one worker and no batching
     (its own settings, as any second model has)."""
     from scripts.packaging import package
+    from scripts.packaging.plan import PackagingInputs
 
     tmp = tmp_path_factory.mktemp("other")
     config = yaml.safe_load((repo.CONFIG_DIR / MODEL / "model-config.yaml").read_text())
@@ -57,7 +58,8 @@ def two_model_store(tmp_path_factory, default_mar):
     store = tmp_path_factory.mktemp("store")
     shutil.copy(default_mar, store / default_mar.name)
     try:
-        package.package(MODEL, model_name=OTHER, model_config=tmp / "model-config.yaml", export_dir=store)
+        package.package(PackagingInputs(MODEL, model_name=OTHER, model_config=tmp / "model-config.yaml",
+                                        export_dir=store))
     finally:
         shutil.rmtree(repo.BUILD_DIR / OTHER, ignore_errors=True)
     return store

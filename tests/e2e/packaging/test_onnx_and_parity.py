@@ -72,10 +72,11 @@ def _nodes(path: Path, op: str) -> list:
 def stores(tmp_path_factory) -> Path:
     """A model store holding the default model built both ways (ONNX ships by default)."""
     from scripts.packaging import package
+    from scripts.packaging.plan import PackagingInputs
 
     store = tmp_path_factory.mktemp("parity_store")
     for fmt in ("torchscript", "onnx"):
-        package.package(model_name=f"lite0_{fmt}_parity", fmt=fmt, export_dir=store)
+        package.package(PackagingInputs(model_name=f"lite0_{fmt}_parity", fmt=fmt, export_dir=store))
         (store / f"lite0_{fmt}_parity.mar").rename(store / f"{fmt}.mar")
     return store
 
@@ -183,12 +184,13 @@ def test_onnx_runner_pins_torch_threads(stores, tmp_path):
 
 
 def test_the_bench_can_package_the_unfused_graph(tmp_path):
-    """package(fuse_pads=False), no model setting, packages the graph as torch emits it (the
+    """PackagingInputs(fuse_pads=False), no model setting, packages the graph as torch emits it (the
     benchmark's "before" archive), still validated against the eager model."""
     from scripts.packaging import package
     from scripts.packaging.onnx_graph import op_counts
+    from scripts.packaging.plan import PackagingInputs
 
-    mar = package.package(model_name="lite0_unfused", export_dir=tmp_path, fuse_pads=False)
+    mar = package.package(PackagingInputs(model_name="lite0_unfused", export_dir=tmp_path, fuse_pads=False))
     with zipfile.ZipFile(mar) as zf:
         zf.extract("model.onnx", tmp_path)
         validation = json.loads(zf.read("provenance.json"))["validation"]

@@ -136,9 +136,10 @@ def test_precision_check_passes_for_a_faithful_model_and_fails_past_its_threshol
 @pytest.fixture(scope="module")
 def torchscript_model_dir(tmp_path_factory):
     from scripts.packaging import package
+    from scripts.packaging.plan import PackagingInputs
 
     store = tmp_path_factory.mktemp("device_store")
-    mar = package.package(model_name="lite0_device", fmt="torchscript", export_dir=store)
+    mar = package.package(PackagingInputs(model_name="lite0_device", fmt="torchscript", export_dir=store))
     return unpack(mar, tmp_path_factory.mktemp("device_model"))
 
 

@@ -17,6 +17,7 @@ from scripts import repo
 from scripts.packaging import quantize
 from scripts.packaging.export import ExportError
 from scripts.packaging.package import package
+from scripts.packaging.plan import PackagingInputs
 
 SMALL = {"eval_views_per_photo": 1, "calibration_views_per_photo": 1, "min_eval_photos": 21,
          "min_top1_agreement": 0.8, "min_top5_overlap": 0.6}
@@ -57,8 +58,8 @@ def test_labelled_photos_are_foolbox_twenty():
 
 
 def test_int8_archive_carries_its_guard(tmp_path):
-    mar = package(model_name="lite0_int8_test", fmt="onnx-int8",
-                  model_config=config_with_guard(tmp_path, SMALL), export_dir=tmp_path)
+    mar = package(PackagingInputs(model_name="lite0_int8_test", fmt="onnx-int8",
+                                  model_config=config_with_guard(tmp_path, SMALL), export_dir=tmp_path))
     with zipfile.ZipFile(mar) as zf:
         manifest = json.loads(zf.read("provenance.json"))
         graph = zf.read("model.onnx")
@@ -73,8 +74,8 @@ def test_int8_archive_carries_its_guard(tmp_path):
 def test_int8_below_threshold_is_not_packaged(tmp_path):
     config = config_with_guard(tmp_path, {**SMALL, "min_top1_agreement": 1.01})
     with pytest.raises(ExportError, match="refusing to package"):
-        package(model_name="lite0_int8_refused", fmt="onnx-int8", model_config=config,
-                export_dir=tmp_path)
+        package(PackagingInputs(model_name="lite0_int8_refused", fmt="onnx-int8", model_config=config,
+                                export_dir=tmp_path))
     assert not list(tmp_path.glob("*.mar"))
 
 
@@ -113,8 +114,9 @@ def test_int8_from_photo_folders_records_both_sets_and_top1(tmp_path):
                                            for n in sorted(EXPECTED_TOP1)})
     guard = {**SMALL, "min_eval_photos": 4, "min_top1_agreement": 0.5,
              "min_top5_overlap": 0.5}
-    mar = package(model_name="lite0_int8_dirs", fmt="onnx-int8", export_dir=tmp_path,
-                  model_config=config_with_guard(tmp_path, guard), calibration_dir=cal, eval_dir=ev)
+    mar = package(PackagingInputs(model_name="lite0_int8_dirs", fmt="onnx-int8", export_dir=tmp_path,
+                                  model_config=config_with_guard(tmp_path, guard), calibration_dir=cal,
+                                  eval_dir=ev))
     with zipfile.ZipFile(mar) as zf:
         figures = json.loads(zf.read("provenance.json"))["validation"]["int8_guard"]
     assert figures["eval_source_photos"] == 4 and figures["calibration_images"] == 2
@@ -125,6 +127,7 @@ def test_int8_from_photo_folders_records_both_sets_and_top1(tmp_path):
 
 def test_photo_folders_need_the_int8_format_and_each_other(tmp_path):
     with pytest.raises(ExportError, match="--calibration-dir goes with --format onnx-int8"):
-        package(model_name="x", fmt="onnx", export_dir=tmp_path, calibration_dir=tmp_path)
+        package(PackagingInputs(model_name="x", fmt="onnx", export_dir=tmp_path, calibration_dir=tmp_path))
     with pytest.raises(ExportError, match="go together"):
-        package(model_name="x", fmt="onnx-int8", export_dir=tmp_path, calibration_dir=tmp_path)
+        package(PackagingInputs(model_name="x", fmt="onnx-int8", export_dir=tmp_path,
+                                calibration_dir=tmp_path))

@@ -15,6 +15,7 @@ from handler import layout
 from scripts import repo
 from scripts.packaging import package
 from scripts.packaging.export import PROBE_CLASSES, default_checkpoint
+from scripts.packaging.plan import PackagingInputs
 from scripts.packaging.sources.efficientnet_lite0 import EfficientNetLite0Source
 
 NAME = "lite0_reads_once"
@@ -52,8 +53,8 @@ def counted(tmp_path_factory) -> dict:
 
     mp.setattr(EfficientNetLite0Source, "build", counted_build)
     try:
-        mar = package.package(model_name=NAME, fmt="eager",
-                              export_dir=tmp_path_factory.mktemp("reads_once_store"))
+        mar = package.package(PackagingInputs(model_name=NAME, fmt="eager",
+                                              export_dir=tmp_path_factory.mktemp("reads_once_store")))
     finally:
         mp.undo()
     yield {"mar": mar, "stage": stage, "loads": loads, "reads": reads, "writes": writes,
