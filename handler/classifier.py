@@ -36,7 +36,7 @@ from handler.provenance import PACKAGE_DIR, environment, installed_versions, sha
 from handler.request import RequestView, request_views
 from handler.responses import Answer
 from handler.runner import backend_of, load_runner
-from handler.settings import handler_settings, inside
+from handler.settings import handler_settings, inside, model_config_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +80,8 @@ class ImageClassifierHandler(BaseHandler):
         model_dir = Path(context.system_properties["model_dir"])
         # Strict: a misspelt key in model-config.yaml, or a bad value there or in an environment
         # override (HANDLER_THREADS), fails the load instead of being ignored.
-        settings = handler_settings(getattr(context, "model_yaml_config", None))
+        blocks = model_config_blocks(getattr(context, "model_yaml_config", None))
+        settings = handler_settings(blocks["handler"])
         self.settings = settings
         provenance = verify_model_dir(model_dir, settings["manifest"])
         self.loaded = loaded_description(model_dir / settings["manifest"], provenance or {})

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import os
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from handler import layout
@@ -109,11 +110,11 @@ def model_config_blocks(doc: Mapping | None, where: str | Path = layout.MODEL_CO
     return out
 
 
-def handler_settings(doc: Mapping | None, environ: Mapping[str, str] | None = None,
-                     where: str | Path = layout.MODEL_CONFIG) -> dict:
-    """The `handler:` block of a model config with its defaults, then the overrides of HANDLER_ENV
-    found in `environ` (default: this process's environment), every value checked."""
-    settings = model_config_blocks(doc, where)["handler"]
+def handler_settings(handler: Mapping, environ: Mapping[str, str] | None = None) -> dict:
+    """A checked `handler:` block (model_config_blocks' or ModelConfig's, with its defaults), then
+    the overrides of HANDLER_ENV found in `environ` (default: this process's environment), each
+    checked."""
+    settings = dict(handler)
     environ = os.environ if environ is None else environ
     for var, key in HANDLER_ENV.items():
         if var in environ:
@@ -145,7 +146,18 @@ def inside(folder: str | Path, value: object, where: str) -> Path:
     return path
 
 
-def load_model_config(path: str | Path) -> dict:
+@dataclass(frozen=True)
+class ModelConfig:
+    """A model-config.yaml read and checked once: `doc`, the whole document (TorchServe's keys as
+    written); `handler` and `export`, our blocks with their defaults, every key and handler value
+    checked. Readers take these blocks rather than checking `doc` again."""
+
+    doc: Mapping
+    handler: Mapping
+    export: Mapping
+
+
+def load_model_config(path: str | Path) -> ModelConfig:
     """The whole model-config.yaml, checked (TorchServe's keys and our blocks)."""
     import yaml
 
@@ -154,5 +166,5 @@ def load_model_config(path: str | Path) -> dict:
         doc = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"Cannot read {path}: {exc}") from exc
-    model_config_blocks(doc, path)
-    return doc
+    blocks = model_config_blocks(doc, path)
+    return ModelConfig(doc, blocks["handler"], blocks["export"])

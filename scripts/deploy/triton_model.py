@@ -79,7 +79,7 @@ class TritonPythonModel:
 
         if problems := version_mismatches(manifest, running_versions()):
             raise pb_utils.TritonModelException("Integrity check failed: " + "; ".join(problems))
-        settings = handler_settings(load_model_config(model_dir / layout.MODEL_CONFIG))
+        settings = handler_settings(load_model_config(model_dir / layout.MODEL_CONFIG).handler)
         where = f"{layout.MODEL_CONFIG} (handler: %s)"
         self.cfg = PreprocessConfig.load(inside(model_dir, settings["preprocess_config"],
                                                 where % "preprocess_config"))

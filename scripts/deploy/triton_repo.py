@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from handler import integrity, layout
-from handler.settings import ConfigError, handler_settings, load_model_config
+from handler.settings import ConfigError, load_model_config
 from scripts.ops import pins
 
 TEMPLATE = Path(__file__).resolve().with_name("triton_model.py")
@@ -93,9 +93,8 @@ def write_repository(mar: Path, out: Path, environ: Mapping[str, str] | None = N
         checked = pins.verified_copies(mar.parent, f"{name}={mar.name}", os.environ if environ is None
                                        else environ, staging / "store")
         model_dir = staging / "store" / name
-        doc = load_model_config(model_dir / layout.MODEL_CONFIG)
-        top_k = handler_settings(doc, environ={})["top_k"]
-        text = model_config_pbtxt(name, batching_of(doc, **overrides), top_k,
+        config = load_model_config(model_dir / layout.MODEL_CONFIG)
+        text = model_config_pbtxt(name, batching_of(config.doc, **overrides), config.handler["top_k"],
                                   checked.env[integrity.MANIFESTS_ENV])
         (model_dir / "config.pbtxt").write_text(text)
         (model_dir / VERSION).mkdir(mode=0o700)

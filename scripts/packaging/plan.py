@@ -20,7 +20,7 @@ from pathlib import Path
 from handler import layout
 from handler.head import SOFTMAX, Head, served_classes
 from handler.preprocessing import PreprocessConfig
-from handler.settings import ConfigError, load_model_config, model_config_blocks
+from handler.settings import ConfigError, load_model_config
 from scripts import repo
 from scripts.ops.labelled import LabelledSetError, PhotoFolder, labelled_folder
 from scripts.packaging import code_dir
@@ -175,7 +175,7 @@ def export_settings(model_config: Path) -> dict:
     served fastest, else TorchScript) checked. The whole config is checked first: a misspelt key
     is an error, not a silent default."""
     try:
-        settings = model_config_blocks(load_model_config(model_config), model_config)["export"]
+        settings = dict(load_model_config(model_config).export)
     except ConfigError as exc:
         raise ExportError(str(exc)) from exc
     if settings["format"] not in layout.SERIALIZED_FILE:

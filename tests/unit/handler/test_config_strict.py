@@ -11,11 +11,13 @@ import sys
 import pytest
 import yaml
 
+from handler import settings
 from handler.preprocessing import LIMIT_CASTS, REQUIRED_KEYS, TRANSFORM_CASTS, PreprocessConfig
-from handler.settings import ConfigError, handler_settings, load_model_config, model_config_blocks
+from handler.settings import ConfigError, check_keys, handler_settings, load_model_config, model_config_blocks
 from scripts import repo
 from scripts.ops import serve
 from scripts.ops.server_config import read_properties
+from scripts.packaging.plan import export_settings
 
 
 def test_every_config_file_in_the_repository_is_valid():
@@ -84,12 +86,34 @@ def test_a_bad_handler_value_names_file_and_key(value):
 
 
 def test_environment_overrides_go_through_the_same_checks():
-    doc = {"handler": {"threads": 2}}
-    assert handler_settings(doc, environ={})["threads"] == 2
-    assert handler_settings(doc, environ={"HANDLER_THREADS": " 3 "})["threads"] == 3
+    block = model_config_blocks({"handler": {"threads": 2}})["handler"]
+    assert handler_settings(block, environ={})["threads"] == 2
+    assert handler_settings(block, environ={"HANDLER_THREADS": " 3 "})["threads"] == 3
+    assert block["threads"] == 2  # an override changes the settings returned, not the block read
     for bad in ("0", "two", "", "1.5"):
         with pytest.raises(ConfigError, match=f"environment variable HANDLER_THREADS .*got {bad!r}"):
-            handler_settings(doc, environ={"HANDLER_THREADS": bad})
+            handler_settings(block, environ={"HANDLER_THREADS": bad})
+
+
+def test_one_read_of_a_model_config_checks_each_key_set_once(monkeypatch):
+    """load_model_config checks the document's keys and each block's; what its readers take
+    (the handler settings, the export settings) is checked already, not checked again."""
+    checked = []
+
+    def counting(found, known, where):
+        checked.append(where)
+        return check_keys(found, known, where)
+
+    monkeypatch.setattr(settings, "check_keys", counting)
+    path = repo.CONFIG_DIR / repo.DEFAULT_MODEL / "model-config.yaml"
+    once = [str(path), f"{path} (handler:)", f"{path} (export:)"]
+    config = load_model_config(path)
+    handler_settings(config.handler, environ={"HANDLER_THREADS": "2"})
+    assert config.export["format"] == "onnx"
+    assert checked == once
+    checked.clear()
+    assert export_settings(path)["format"] == "onnx"  # the packaging's read
+    assert checked == once
 
 
 def test_misspelt_server_config_key(tmp_path):
