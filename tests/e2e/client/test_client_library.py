@@ -1,11 +1,8 @@
-"""The client library (client/, image_classifier_client) and its `classify` CLI.
-
-End to end against a real TorchServe (the shared `server`): v1 and v2 predictions with the
-expected top-1, the async client, the CLI's output and exit codes, a key renewal survived, bad
-images as typed 4xx errors with the server's message, and the package installed into a fresh
-venv with nothing but its own dependency. A local stub stands in for TorchServe only where a
-real one cannot produce the case on demand; each stub test says why.
-"""
+"""The client library (client/, image_classifier_client) and its `classify` CLI against a real
+TorchServe (the shared `server`): v1 and v2 predictions with the expected top-1, the async client
+with concurrent requests in both protocols, bad images and an unknown model as typed 4xx errors
+with the server's message, a key renewal survived (the old key then refused), the CLI's table,
+JSON output and exit codes, and the CLI installed into a fresh venv classifying a photo."""
 
 from __future__ import annotations
 
@@ -31,8 +28,6 @@ from tests.support.servers import MODEL, ROOT
 
 PHOTOS = ("cat", "coffee", "rocket", "temple")
 
-
-# ---- end to end: a real TorchServe ----------------------------------------------------------
 
 def key_file_of(server) -> Path:
     return server.workdir / KEY_FILE

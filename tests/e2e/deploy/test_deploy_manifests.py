@@ -1,5 +1,7 @@
-"""The container and the manifests, read: every field that ties them to our artifact (model name,
-ports, probe commands, entrypoint, storage layout, resources) agrees with the repository."""
+"""The container's entrypoint (`serve.py --foreground`, its PID 1) run for real: on SIGTERM, as
+`docker stop` sends it, the requests in flight are answered, then it exits 0 and TorchServe is
+gone; when the Java frontend dies it exits 1 (so an on-failure restart policy restarts the
+container) and leaves no worker behind."""
 
 from __future__ import annotations
 

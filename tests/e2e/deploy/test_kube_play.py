@@ -1,10 +1,8 @@
 """The Kubernetes overlay's pod run for real by `podman kube play` (scripts/deploy/kube_play.py)
 against the image `make test` built: ready through the manifest's own startup and readiness
-probes within a bound, the sample photos classified right, uid 1000, root filesystem read-only,
-and nothing left after `kube play --down`, which runs whatever happens (the fixture's finally).
-
-The adaptation itself is checked offline first: only the fields kube_play.adapt names change.
-"""
+probes within a bound, the sample photos classified right, uid 1000, no privileges, the root
+filesystem read-only but for its emptyDir, and nothing left after `kube play --down`, which runs
+whatever happens (the fixture's finally)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
-"""The archive as a Triton model repository (scripts/deploy/triton_repo.py): written only from a
-verified archive, served by the real tritonserver 2.51 (the peers' environment) with the
-archive's own code, answering as TorchServe does from the same bytes, a bad image failing alone
-with 400, and a changed file refusing the load."""
+"""The archive as a Triton model repository (scripts/deploy/triton_repo.py) served by the real
+tritonserver 2.51 (the peers' environment) with the archive's own code: it answers as TorchServe
+does from the same bytes, a bad image fails alone with 400 in a shared batch, the metadata and
+health routes answer, and a file changed after writing refuses the load."""
 
 from __future__ import annotations
 

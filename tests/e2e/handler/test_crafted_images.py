@@ -1,14 +1,10 @@
-"""Crafted images just under and just over every input limit (scripts/bench/micro/crafted_images.py):
-16-bit, palette and animated PNG, lossless and animated WebP, plain and RLE BMP, a GIF of a
-thousand frames, progressive JPEG, thousands of JPEG scans, 6 MB of EXIF, a 20:1 panorama.
-
-In-process, each is accepted or refused with its own status and type, through the default
-model's preprocess.json and through a preprocessing module (docs/examples/letterbox_preprocess.py,
-as `package --preprocess-code` ships it). Sent to a real server one at a time (the default
-archive, and EfficientNet-Lite0 packaged with that module), each accepted one costs the workers
-at most the budget of docs/inputs-and-errors.md (0.5 s of CPU, 256 MiB) with a margin for a busy
-machine (3x for CPU, 2x for memory), each refused one is answered 4xx JSON, and no worker dies;
-the two costliest sent at once stay within twice the memory budget."""
+"""Crafted images just under and just over every input limit (scripts/bench/micro/crafted_images.py)
+sent to a real server one at a time: the default archive, and EfficientNet-Lite0 packaged with a
+preprocessing module (docs/examples/letterbox_preprocess.py, as `package --preprocess-code`
+ships it). Each accepted one costs the workers at most the budget of docs/inputs-and-errors.md
+(0.5 s of CPU, 256 MiB) with a margin for a busy machine (3x for CPU, 2x for memory), each
+refused one is answered with its status and JSON error type, and no worker dies; the two
+costliest sent at once stay within twice the memory budget."""
 
 from __future__ import annotations
 

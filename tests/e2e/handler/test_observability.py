@@ -1,5 +1,7 @@
 """Request ids, JSON logs and OpenTelemetry traces, against a real TorchServe whose workers
-export to an OTLP/HTTP receiver in this test (POST /v1/traces, protobuf, on loopback)."""
+export to an OTLP/HTTP receiver in this test (POST /v1/traces, protobuf, on loopback): answers
+carry the request id, worker and access logs are JSON lines carrying it, and each request's
+spans (its stages under one `predict` span) continue the caller's trace, or start their own."""
 
 from __future__ import annotations
 

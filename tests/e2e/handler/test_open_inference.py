@@ -1,7 +1,7 @@
-"""The Open Inference Protocol (KServe v2) read per request by the handler: v2 requests batch
-with each other and with raw images, each answered alone in its own protocol; malformed v2
-bodies get 400 {"error"} without costing a neighbour. In-process first, then a third-party v2
-client (tritonclient) against a real TorchServe, in JSON and in Triton's binary-data form."""
+"""The Open Inference Protocol (KServe v2) against a real TorchServe: a third-party v2 client
+(tritonclient) reads the answers as arrays, in JSON and in Triton's binary-data form, and sees a
+refusal as a client error; raw, v2 and malformed v2 requests sent together, so that TorchServe
+batches them, each get their own answer: none lost or swapped, none a 5xx."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from scripts.packaging.sample_photos import EXPECTED_TOP1
 from tests.support.open_inference import top_index, v2
 from tests.support.servers import MODEL
 
-# ---- e2e: a third-party v2 client against a real TorchServe ----
 
 @pytest.fixture(scope="module")
 def triton(server):

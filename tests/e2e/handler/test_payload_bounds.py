@@ -1,6 +1,7 @@
-"""Cheap bounds on what a request may carry, before anything expensive: JSON nesting depth,
-the number of inputs (form fields, query parameters), and which input is the image when a
-query string names one too. Each is a 4xx JSON error, in-process and through a real server."""
+"""Cheap bounds on what a request may carry, through a real server: a query string naming `data`
+and `image` does not shadow the posted image, deep JSON and thousands of form fields are 400
+JSON errors, and eight worst-case JSON bodies at once are each refused with a 4xx JSON error
+while no worker's memory grows past the bound SECURITY.md states."""
 
 from __future__ import annotations
 
@@ -43,6 +44,8 @@ def test_served_thousands_of_form_fields_are_400(server, url, photos):
     resp = requests.post(url, files=fields, headers=server.client.auth_headers("inference"), timeout=60)
     assert resp.status_code == 400, resp.text[:300]
     assert resp.json()["type"] == "TooManyFields"
+
+
 MEMORY_BOUND_MIB = 256  # SECURITY.md: a worker's RSS growth under 8 such bodies at once
 
 

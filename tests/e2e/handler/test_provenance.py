@@ -1,10 +1,7 @@
-"""The deployed model is the validated one: the manifest check at load, the inspector, tampering.
-
-Unit tests run the check on an unpacked archive, and the worker's first check (the entry module
-run as TorchServe imports it) on planted bytecode; the end-to-end test serves, with the pins of
-scripts/ops/pins.py required, an untouched .mar and one with a changed labels file (refused).
-The operator's archive pins themselves: tests/unit/ops/test_pins.py.
-"""
+"""The deployed model is the validated one, served with the pins of scripts/ops/pins.py
+required: an archive with a changed labels file is refused before anything runs, the changed
+file named; the untouched one loads, its workers' own check passes on the copy TorchServe loads,
+and nothing writes bytecode into the model folders."""
 
 from __future__ import annotations
 

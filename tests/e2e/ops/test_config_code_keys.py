@@ -1,6 +1,6 @@
-"""config.properties keys that make TorchServe run code are refused when they come from a file
-(a model's storage, a mounted ConfigMap, `serve start --config X`), read as Java reads the file;
-only the operator's command line (`--allow-code-key KEY`) admits one."""
+"""A config.properties key that makes TorchServe run code, read from a file, never runs: a
+system_metrics_cmd naming a script is refused when the server starts, and the marker the script
+would write never appears."""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
-"""TorchServe's gRPC inference API against real servers on loopback: the same answers as REST,
-the same bearer keys (refused without one, a stale one re-read after a renewal), a bad image
-refused while the server goes on serving, and the Open Inference Protocol's ModelInfer: not
-served by the default config (UNIMPLEMENTED), served with ts_open_inference_protocol=true and the
-v2 envelope. The stubs come from the installed jar's protos (scripts.ops.grpc_stubs)."""
+"""TorchServe's gRPC inference API against real servers, listening on loopback only: the same
+answers as REST, the same bearer keys (refused without one, a stale one re-read after a
+renewal), a bad image refused as the 4xx equivalent while the server goes on serving, a body
+over max_request_size and an unknown model refused, the CLI's answer, and the Open Inference
+Protocol's ModelInfer: not served by the default config (UNIMPLEMENTED), served with
+ts_open_inference_protocol=true and the v2 envelope, the key required there too."""
 
 from __future__ import annotations
 

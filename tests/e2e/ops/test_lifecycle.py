@@ -1,7 +1,8 @@
-"""A supervised lifecycle: one server per working directory (a lock naming its holder), ports in
-use named before anything starts, the key renewer restarted when it dies, readiness failing
-before the keys run out, a private working directory and key file, `make clean` refused while a
-server runs."""
+"""A supervised lifecycle against real servers: a private working directory and key file from
+creation; a second start on the same working directory or the same ports refused while the first
+keeps serving; a killed key renewer restarted; a killed supervisor taking its renewer along, and
+a new start recovering; `lifecycle idle` naming a running server; an archive not the pinned one
+refused before TorchServe starts; a Ctrl-C during the warm-up leaving no server running."""
 
 from __future__ import annotations
 
@@ -20,8 +21,6 @@ from tests.support.servers import MODEL, serving
 
 RESTART_WAIT_S = 10.0
 
-
-# ---- against a real server ----
 
 @pytest.fixture(scope="module")
 def srv(server):

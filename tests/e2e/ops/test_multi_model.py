@@ -1,16 +1,10 @@
-"""Several models on one server: `serve start --model a,b` and the tools' `--model`.
-
-- The names `--model` takes are checked before anything starts: an empty name, a name given
-  twice, a character TorchServe's model names do not have, a name without NAME.mar in the store:
-  one `error:` line, exit 2.
-- `manage`, `healthcheck` and the load generator name the one served model by default; with
-  several served and no `--model`, one line listing them, exit 2 (the readiness probe instead
-  checks every served model).
-- End to end, through the CLI as `make serve MODELS=a,b` runs it: two archives on one server,
-  each with its own workers; both READY and warmed before the announcement, which names each
-  model's URLs; both answer predictions with their own name; the readiness probe is ready for
-  both, and not ready while one model has no READY worker (scaled to 0), whichever answers.
-"""
+"""Two models on one server, started through the CLI as `make serve MODELS=a,b` starts them: the
+default archive and the same model packaged again with its own settings (one worker, no
+batching). Both are READY and warmed up before the announcement, which names each model's URLs;
+each answers predictions with its own name; `manage status` takes `--model` and, without it,
+names both and exits 2; the readiness probe is ready for both, not ready while one of them has
+no READY worker (scaled to 0) though the other answers, and ready when asked about the other
+alone (`--model`)."""
 
 from __future__ import annotations
 
@@ -30,8 +24,6 @@ from tests.support.servers import MODEL
 OTHER = "other"
 START_TIMEOUT_S = 150
 
-
-# ---- end to end: two archives on one server, started through the CLI ----
 
 # `serve start` as `make serve MODELS=a,b` runs it, on free ports instead of 8080-8082: the same
 # main(), with the module's default ports replaced before it reads them.

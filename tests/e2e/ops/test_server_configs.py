@@ -1,8 +1,4 @@
-"""Every config.properties in the repository, and every address the serve CLI derives, keeps
-TorchServe's dangerous surfaces closed: the management API (registers models whose handler code
-then runs, scales workers to zero) and gRPC on loopback, model and workflow registration unable
-to fetch anything remote, handler metrics declared. A new or edited config that opens one of
-them fails here."""
+"""The served frontend runs with the shipped config.properties' vmargs on its java command line."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""Archive signatures (scripts/ops/signature.py): with ARCHIVE_VERIFY_KEY set, an archive runs only
-if NAME.mar.sig beside it verifies with that key over its exact bytes, checked before TorchServe
-starts (scripts/ops/pins.py). Refused: an unsigned archive, a tampered one (its own manifest
-recomputed, so only the signature catches it), one signed with another key; each with one line
-and exit 2. A signed archive counts as pinned, loads and serves.
-"""
+"""Archive signatures end to end: an archive signed at packaging (`package --sign-key`) loads and
+serves with ARCHIVE_VERIFY_KEY set and pins required, its signature alone letting it run."""
 
 from __future__ import annotations
 

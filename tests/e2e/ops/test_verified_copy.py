@@ -1,7 +1,7 @@
-"""The copy TorchServe loads (scripts/ops/verified_copy.py): each archive copied once while it is
-hashed, checked as a zip and by its entries' names, unpacked into the server's private folder and
-held to its manifest, all before TorchServe starts. A crafted archive is refused with one line
-and none of its code runs (a marker file it would write never appears)."""
+"""The copy TorchServe loads (scripts/ops/verified_copy.py): an archive carrying a
+sitecustomize.py, listed in a recomputed manifest or only in the zip's local headers, is refused
+with one line before TorchServe starts, and none of its code runs (a marker file it would write
+never appears)."""
 
 from __future__ import annotations
 

@@ -1,11 +1,11 @@
-"""The validated outcome, proven: accuracy measured at packaging on labelled photos through the
-served path (--eval-dir) and refused when it is not the expected one (--expect-top1), the same
-figure from a live server (scripts.ops.evaluate), and the archive's golden answers replayed by
-every worker before READY.
+"""The validated outcome on a live server: the top-1 scripts.ops.evaluate measures over HTTP is
+the one recorded at packaging (and the inspector shows the exported and running environments
+side by side); each worker replays the archive's golden answers before READY; a changed numeric
+path (HANDLER_FULL_JPEG_DECODE) makes the workers refuse the load, while an archive without
+golden answers loads and says it is unchecked.
 
-The labelled set is made here: views of the project's sample photos, labelled with the default
-model's answers through its RGB preprocessing (the preprocessing that "figure" was measured
-with), so top-1 is 1.0 by construction and a BGR preprocessing must fall short of it.
+The labelled set (tests/support/labelled.py) is views of the project's sample photos, labelled
+with the default model's own answers, so top-1 is 1.0 by construction.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from tests.support.servers import serving
 
 @pytest.mark.e2e
 def test_evaluate_against_a_live_server_matches_packaging(tmp_path, evaluated_mar, labelled, capsys):
-    """(b) Every labelled photo over HTTP: the served figure is the packaging figure."""
+    """Every labelled photo over HTTP: the served figure is the packaging figure."""
     workdir = tmp_path / "ts"
     with serving(workdir, evaluated_mar.parent, models=f"lite0_eval={evaluated_mar.name}",
                  model="lite0_eval", min_ready=2, timeout=90):
@@ -65,9 +65,9 @@ def without_golden(src: Path, dst: Path) -> Path:
 
 @pytest.mark.e2e
 def test_changed_numerics_refuse_the_load_and_an_archive_without_golden_answers_loads(tmp_path, default_mar):
-    """(c) Decoding JPEGs at full size (HANDLER_FULL_JPEG_DECODE, a documented handler setting)
-    changes the answer to the golden large photo: its workers never go READY. (d) The same
-    model without golden answers loads under the same setting, and says it is unchecked."""
+    """Decoding JPEGs at full size (HANDLER_FULL_JPEG_DECODE, a documented handler setting)
+    changes the answer to the golden large photo: its workers never go READY. The same model
+    without golden answers loads under the same setting, and says it is unchecked."""
     store = tmp_path / "store"
     store.mkdir()
     (store / "checked.mar").write_bytes(default_mar.read_bytes())

@@ -1,10 +1,15 @@
-"""The client library (client/, image_classifier_client) and its `classify` CLI.
+"""The client library (client/, image_classifier_client) without a TorchServe.
 
-End to end against a real TorchServe (the shared `server`): v1 and v2 predictions with the
-expected top-1, the async client, the CLI's output and exit codes, a key renewal survived, bad
-images as typed 4xx errors with the server's message, and the package installed into a fresh
-venv with nothing but its own dependency. A local stub stands in for TorchServe only where a
-real one cannot produce the case on demand; each stub test says why.
+Its resend rules, against a local stub answering each request as scripted: it stands in for
+TorchServe only where a real one cannot produce the case on demand, and each stub test says why.
+"Worker died." is resent with backoff within the budget, then Unavailable; a full queue (503) is
+never resent, a short Retry-After is honoured and a long one reported; a reset connection is
+resent and the total time bounded; a refused key is read again once, then AuthError (a fixed key:
+no resend). The project's own client (scripts/ops/torchserve_http.py) resends through the same
+contract.
+
+Also: the key file read again when it changes, the content type told from the bytes, and the
+package installed into a fresh venv with nothing but its own dependency.
 """
 
 from __future__ import annotations

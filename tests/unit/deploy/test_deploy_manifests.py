@@ -1,5 +1,8 @@
 """The container and the manifests, read: every field that ties them to our artifact (model name,
-ports, probe commands, entrypoint, storage layout, resources) agrees with the repository."""
+ports, probe commands, entrypoint, storage layout, resources) agrees with the repository. Every
+overlay renders and validates strictly (a misspelt field fails); its network and authorization
+policies admit only the callers they name, over mutual TLS; the image and the KServe pod pin or
+verify the archive they serve."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
-"""The archive as a Triton model repository (scripts/deploy/triton_repo.py): written only from a
-verified archive, served by the real tritonserver 2.51 (the peers' environment) with the
-archive's own code, answering as TorchServe does from the same bytes, a bad image failing alone
-with 400, and a changed file refusing the load."""
+"""The archive as a Triton model repository (scripts/deploy/triton_repo.py), written without a
+Triton server: config.pbtxt carries the archive's batching (or the overrides) and the checked
+manifest, an archive failing its pin writes nothing, and the CLI names an existing folder in one
+line."""
 
 from __future__ import annotations
 

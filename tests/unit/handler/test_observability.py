@@ -1,5 +1,6 @@
-"""Request ids, JSON logs and OpenTelemetry traces, against a real TorchServe whose workers
-export to an OTLP/HTTP receiver in this test (POST /v1/traces, protobuf, on loopback)."""
+"""Request ids and OpenTelemetry tracing, in process: which request ids a caller may set (else
+TorchServe's own is used), how a traceparent header is parsed, tracing off without an endpoint
+or with OTEL_SDK_DISABLED, and no opentelemetry module imported while it is off."""
 
 from __future__ import annotations
 

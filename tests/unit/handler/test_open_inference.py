@@ -1,7 +1,9 @@
-"""The Open Inference Protocol (KServe v2) read per request by the handler: v2 requests batch
-with each other and with raw images, each answered alone in its own protocol; malformed v2
-bodies get 400 {"error"} without costing a neighbour. In-process first, then a third-party v2
-client (tritonclient) against a real TorchServe, in JSON and in Triton's binary-data form."""
+"""The Open Inference Protocol (KServe v2) read per request by the handler, in process: v2
+requests, in JSON or in Triton's binary-data form, batch with each other and with raw images,
+each answered alone in its own protocol; a malformed v2 body, or one whose reading fails, gets
+400 {"error"} without costing a neighbour. Also: which bodies are read as v2, each malformed
+request refused by its kind, binary data read by its declared lengths and checked, the requested
+outputs (the model's, in their order) and the metadata matching the answers."""
 
 from __future__ import annotations
 

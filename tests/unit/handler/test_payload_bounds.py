@@ -1,6 +1,8 @@
-"""Cheap bounds on what a request may carry, before anything expensive: JSON nesting depth,
-the number of inputs (form fields, query parameters), and which input is the image when a
-query string names one too. Each is a 4xx JSON error, in-process and through a real server."""
+"""Cheap bounds on what a request may carry, before anything expensive, in process: JSON nesting
+depth counted without parsing, a JSON body's shape bounded before it is parsed, the number of
+inputs (form fields, query parameters), and which input is the image when a query string names
+one too (the body wins; two candidates without a body are ambiguous). Each refusal is a 400 with
+its own error type."""
 
 from __future__ import annotations
 

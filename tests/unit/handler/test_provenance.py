@@ -1,9 +1,13 @@
-"""The deployed model is the validated one: the manifest check at load, the inspector, tampering.
+"""The deployed model is the validated one: the manifest check at load, on an unpacked archive,
+and the inspector.
 
-Unit tests run the check on an unpacked archive, and the worker's first check (the entry module
-run as TorchServe imports it) on planted bytecode; the end-to-end test serves, with the pins of
-scripts/ops/pins.py required, an untouched .mar and one with a changed labels file (refused).
-The operator's archive pins themselves: tests/unit/ops/test_pins.py.
+Each kind of tampering is named and always refuses the load, as does a missing or broken
+manifest; bytecode beside a module is refused, and the worker's first check (the entry module
+run as TorchServe imports it) refuses planted bytecode before the package is imported, and a
+manifest the server did not check; handler code imported from elsewhere and library versions
+other than the exported ones are named; the verifier is stdlib only. The inspector reports an
+intact archive and names a tampered file. The operator's archive pins themselves:
+tests/unit/ops/test_pins.py.
 """
 
 from __future__ import annotations

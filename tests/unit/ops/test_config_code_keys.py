@@ -1,6 +1,9 @@
 """config.properties keys that make TorchServe run code are refused when they come from a file
-(a model's storage, a mounted ConfigMap, `serve start --config X`), read as Java reads the file;
-only the operator's command line (`--allow-code-key KEY`) admits one."""
+(a model's storage, a mounted ConfigMap, `serve start --config X`), read as Java reads the file
+(a key spelt to slip past splitting lines on '=' too); `serve start` says so in one line per key
+and exits 2. Only the operator's command line (`--allow-code-key KEY`) admits one. The shipped
+configs pass, and the properties written for TorchServe read the same by Java and by its Python
+launcher."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""TorchServe's gRPC inference API against real servers on loopback: the same answers as REST,
-the same bearer keys (refused without one, a stale one re-read after a renewal), a bad image
-refused while the server goes on serving, and the Open Inference Protocol's ModelInfer: not
-served by the default config (UNIMPLEMENTED), served with ts_open_inference_protocol=true and the
-v2 envelope. The stubs come from the installed jar's protos (scripts.ops.grpc_stubs)."""
+"""The gRPC stubs (scripts.ops.grpc_stubs): generated from the installed TorchServe jar's protos
+into a git-ignored folder, never committed, and keyed by a fingerprint a changed proto changes."""
 
 from __future__ import annotations
 
@@ -12,7 +9,6 @@ import zipfile
 from scripts.ops import grpc_stubs
 from tests.support.servers import ROOT
 
-# ---- the stubs: generated, never committed ----
 
 def test_stubs_come_from_the_installed_jar_into_an_ignored_folder():
     stubs = grpc_stubs.load()

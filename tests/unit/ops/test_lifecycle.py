@@ -1,7 +1,8 @@
-"""A supervised lifecycle: one server per working directory (a lock naming its holder), ports in
-use named before anything starts, the key renewer restarted when it dies, readiness failing
-before the keys run out, a private working directory and key file, `make clean` refused while a
-server runs."""
+"""A supervised lifecycle, without a server: one server per working directory (a lock naming its
+holder), a port in use named with its holder, a private working directory, readiness failing
+before the keys run out, `make clean` checking first that no server runs; pid files that identify
+their process, so a stale one gets no bystander signalled, and a stop that leaves the files of a
+server started meanwhile."""
 
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ from scripts import repo
 from scripts.ops import healthcheck, lifecycle, serve
 from tests.support.keys import write_key_file
 
-# ---- without a server ----
 
 def test_a_second_lock_on_a_workdir_is_refused_naming_the_holder(tmp_path):
     fd = lifecycle.lock(tmp_path)

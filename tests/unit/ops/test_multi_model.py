@@ -1,15 +1,14 @@
-"""Several models on one server: `serve start --model a,b` and the tools' `--model`.
+"""Several models on one server, what is checked without starting one: the names `serve start
+--model a,b` takes and the tools' `--model`.
 
-- The names `--model` takes are checked before anything starts: an empty name, a name given
-  twice, a character TorchServe's model names do not have, a name without NAME.mar in the store:
-  one `error:` line, exit 2.
-- `manage`, `healthcheck` and the load generator name the one served model by default; with
-  several served and no `--model`, one line listing them, exit 2 (the readiness probe instead
-  checks every served model).
-- End to end, through the CLI as `make serve MODELS=a,b` runs it: two archives on one server,
-  each with its own workers; both READY and warmed before the announcement, which names each
-  model's URLs; both answer predictions with their own name; the readiness probe is ready for
-  both, and not ready while one model has no READY worker (scaled to 0), whichever answers.
+- Each name becomes its archive NAME.mar. The names are checked before anything starts: an empty
+  name, a name given twice, a character TorchServe's model names do not have, a name without
+  NAME.mar in the store (the line lists the archives there): one `error:` line, exit 2, nothing
+  written.
+- The served models are read from the working directory's config.properties (versions of one
+  model named once). `manage` and the load generator take the one served model by default; with
+  several served and no `--model`, one line listing them, exit 2. With no model served, the
+  readiness probe is not ready.
 """
 
 from __future__ import annotations

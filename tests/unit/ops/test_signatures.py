@@ -1,9 +1,10 @@
-"""Archive signatures (scripts/ops/signature.py): with ARCHIVE_VERIFY_KEY set, an archive runs only
-if NAME.mar.sig beside it verifies with that key over its exact bytes, checked before TorchServe
-starts (scripts/ops/pins.py). Refused: an unsigned archive, a tampered one (its own manifest
-recomputed, so only the signature catches it), one signed with another key; each with one line
-and exit 2. A signed archive counts as pinned, loads and serves.
-"""
+"""Archive signatures (scripts/ops/signature.py), checked before TorchServe starts
+(scripts/ops/pins.py): with ARCHIVE_VERIFY_KEY set, an archive whose NAME.mar.sig verifies with
+that key over its exact bytes counts as pinned. Refused: an unsigned archive, a tampered one (its
+own manifest recomputed, so only the signature catches it), one signed with another key, one
+replaced between verifying and hashing; each named, and `serve start` says it in one line and
+exits 2. An unusable verify key and an Ed25519 signing key are named; without a key nothing
+imports model_signing."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
-"""The copy TorchServe loads (scripts/ops/verified_copy.py): each archive copied once while it is
-hashed, checked as a zip and by its entries' names, unpacked into the server's private folder and
-held to its manifest, all before TorchServe starts. A crafted archive is refused with one line
-and none of its code runs (a marker file it would write never appears)."""
+"""The copy TorchServe loads (scripts/ops/verified_copy.py), checked without a server: an archive
+of ours reads as one zip to both kinds of reader; an entry only the local headers hold is found,
+and the inspector refuses that archive; names a worker would import before any check are
+refused, the archive's own names pass, a link is refused; the copy holds the bytes hashed,
+unpacked into a private folder and held to its manifest."""
 
 from __future__ import annotations
 

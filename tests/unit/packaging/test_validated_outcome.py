@@ -1,11 +1,11 @@
-"""The validated outcome, proven: accuracy measured at packaging on labelled photos through the
-served path (--eval-dir) and refused when it is not the expected one (--expect-top1), the same
-figure from a live server (scripts.ops.evaluate), and the archive's golden answers replayed by
-every worker before READY.
+"""The validated outcome at packaging: accuracy measured on labelled photos through the served
+path (--eval-dir) and the archive refused when it is not the expected one (--expect-top1, which
+needs --eval-dir); the figures and golden answers the archive records, and the default archive
+replaying its own golden answers; how a golden difference and a changed library are named.
 
-The labelled set is made here: views of the project's sample photos, labelled with the default
-model's answers through its RGB preprocessing (the preprocessing that "figure" was measured
-with), so top-1 is 1.0 by construction and a BGR preprocessing must fall short of it.
+The labelled set (tests/support/labelled.py) is views of the project's sample photos, labelled
+with the default model's answers through its RGB preprocessing, so top-1 is 1.0 by construction
+and a BGR preprocessing must fall short of it.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ def test_expect_top1_without_eval_dir_is_an_error(capsys):
 
 
 def test_bgr_preprocessing_refused_by_expect_top1(tmp_path, labelled, capsys):
-    """(a) The archive's preprocessing differs from the labels' (BGR for RGB): the artifact and
-    the eager model still agree with each other, but top-1 1.0 is outside the measured interval."""
+    """The archive's preprocessing differs from the labels' (BGR for RGB): the artifact and the
+    eager model still agree with each other, but top-1 1.0 is outside the measured interval."""
     bgr = json.loads((repo.CONFIG_DIR / MODEL / layout.PREPROCESS_CONFIG).read_text())
     bgr["channel_order"] = "BGR"
     (tmp_path / "bgr.json").write_text(json.dumps(bgr))
