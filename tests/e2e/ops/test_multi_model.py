@@ -25,12 +25,21 @@ OTHER = "other"
 START_TIMEOUT_S = 150
 
 
-# `serve start` as `make serve MODELS=a,b` runs it, on free ports instead of 8080-8082: the same
-# main(), with the module's default ports replaced before it reads them.
+# Each model's warm-up here, instead of serve.WARM_UP_S (5 s): this test needs each model warmed
+# before the announcement, not the warm-up's effect (RELIABILITY.md "READY means ready" measures
+# that; tests/e2e/ops/test_healthcheck.py runs serve start's full one against the probe).
+WARM_UP_S = 1.0
+
+
+# `serve start` as `make serve MODELS=a,b` runs it, on free ports instead of 8080-8082 and with a
+# shorter warm-up: the same main(), with the module's default ports and its warm-up's length
+# replaced before it reads them.
 SERVE_START = """
+import functools
 import sys
 from scripts.ops import serve
 serve.DEFAULT_PORTS = serve.free_ports()
+serve.warm_up = functools.partial(serve.warm_up, seconds=float(sys.argv[5]))
 sys.exit(serve.main(["start", "--workdir", sys.argv[1], "--model-store", sys.argv[2],
                      "--model", sys.argv[3], "--timeout", sys.argv[4]]))
 """
@@ -67,14 +76,17 @@ def test_two_models_on_one_server(two_model_store, tmp_path):
     workdir = tmp_path / "run"
     try:
         started = subprocess.run([sys.executable, "-c", SERVE_START, str(workdir), str(two_model_store),
-                                  f"{MODEL},{OTHER}", str(START_TIMEOUT_S)],
+                                  f"{MODEL},{OTHER}", str(START_TIMEOUT_S), str(WARM_UP_S)],
                                  cwd=repo.ROOT, capture_output=True, text=True, timeout=START_TIMEOUT_S + 60)
         assert started.returncode == 0, started.stdout + started.stderr
         client = TorchServeClient.from_workdir(workdir)
         for name in (MODEL, OTHER):
             assert f"{client.inference_url}/predictions/{name}" in started.stdout, started.stdout
             assert f"{client.management_url}/models/{name}" in started.stdout, started.stdout
-        assert "warmed up" in started.stdout and started.stdout.count("warmed up") == 2, started.stdout
+        assert started.stdout.count("warmed up with") == 2, started.stdout
+        for name in (MODEL, OTHER):  # each model warmed before the announcement
+            assert (started.stdout.index(f"{name} warmed up with")
+                    < started.stdout.index("TorchServe is serving")), started.stdout
         assert client.ready_workers(MODEL) == 2 and client.ready_workers(OTHER) == 1
         assert client.describe(OTHER)[0]["batchSize"] == 1 and client.describe(MODEL)[0]["batchSize"] == 4
         for name in (MODEL, OTHER):
@@ -99,4 +111,6 @@ def test_two_models_on_one_server(two_model_store, tmp_path):
         one = run_tool("scripts.ops.healthcheck", "ready", "--model", MODEL, "--workdir", str(workdir))
         assert one.returncode == 0, one.stdout + one.stderr
     finally:
-        serve.stop(workdir, grace=10)
+        # Drained, then no grace (as tests.support.servers.serving): the frontend's unloading
+        # of the workers is the graceful stop's test (test_recovery.py), here only 3 s more.
+        serve.stop(workdir, grace=0)
