@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import shutil
-import subprocess
-import sys
 
 import pytest
 import requests
 
 from scripts import repo
+from scripts.packaging import package
 from tests.support.crafted import CODE
 from tests.support.servers import MODEL, serving
 from tests.support.workers import WorkerCost
@@ -49,16 +48,16 @@ def served(request) -> tuple:
 
 @pytest.fixture(scope="module")
 def code_server(tmp_path_factory):
-    """EfficientNet-Lite0 packaged with the example preprocessing module, served alone."""
+    """EfficientNet-Lite0 packaged with the example preprocessing module, served alone. The
+    packaging CLI's `main` runs in this process: a new interpreter would pay the torch import
+    and a cold export again (tests/e2e/packaging runs the command itself)."""
     tmp = tmp_path_factory.mktemp("crafted_code")
     try:
-        proc = subprocess.run([sys.executable, "-m", "scripts.packaging.package", "--arch", MODEL,
-                               "--preprocess-code", str(CODE), "--model-name", CODE_MODEL,
-                               "--export-path", str(tmp / "store")],
-                              capture_output=True, text=True, timeout=600, cwd=repo.ROOT)
+        code = package.main(["--arch", MODEL, "--preprocess-code", str(CODE), "--model-name", CODE_MODEL,
+                             "--export-path", str(tmp / "store")])
     finally:
         shutil.rmtree(repo.BUILD_DIR / CODE_MODEL, ignore_errors=True)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert code == 0, "packaging failed: its error is printed above"
     with serving(tmp / "server", tmp / "store", f"{CODE_MODEL}={CODE_MODEL}.mar", model=CODE_MODEL) as srv:
         yield srv
 

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
-import sys
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 
@@ -34,6 +32,7 @@ from PIL import Image
 from handler import layout
 from scripts import repo
 from scripts.ops import serve
+from tests.support.packaging import ConcurrentPackaging
 from tests.support.servers import serving
 
 pytestmark = pytest.mark.e2e
@@ -88,12 +87,6 @@ KWARGS = {"width": 12, "classes": 10, "dropout": 0.2}
 TIMM_NAME = "mobilenetv3_small_050"
 
 
-def package_cli(*args: str) -> None:
-    proc = subprocess.run([sys.executable, "-m", "scripts.packaging.package", *args],
-                          capture_output=True, text=True, timeout=600, cwd=repo.ROOT)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-
-
 def import_file(path, name: str):
     import importlib.util
 
@@ -105,7 +98,8 @@ def import_file(path, name: str):
 
 @pytest.fixture(scope="module")
 def own(tmp_path_factory) -> dict:
-    """The three models' files, their archives (through the CLI) and their eager references."""
+    """The three models' files, their archives (through the CLI) and their eager references.
+    The four packagings (distinct model names) run concurrently, each started when its files exist."""
     tmp = tmp_path_factory.mktemp("own_model")
     store = tmp / "store"
     config = yaml.safe_load((repo.CONFIG_DIR / repo.DEFAULT_MODEL / layout.MODEL_CONFIG).read_text())
@@ -115,41 +109,45 @@ def own(tmp_path_factory) -> dict:
     (tmp / "labels.json").write_text(json.dumps(LABELS))
     torch.manual_seed(3)
 
-    (tmp / "notebook_net.py").write_text(MODEL_FILE)
-    (tmp / "notebook_pre.py").write_text(PREPROCESS_CODE)
-    net = import_file(tmp / "notebook_net.py", "notebook_net_reference").NotebookNet(**KWARGS)
-    for param in net.parameters():  # non-trivial BatchNorm statistics in the checkpoint too
-        torch.nn.init.normal_(param, std=0.5)
-    net.features[1].running_mean.uniform_(-0.2, 0.2)
-    torch.save(net.state_dict(), tmp / "notebook.pth")
-    package_cli("--model-file", str(tmp / "notebook_net.py"), "--model-class", "NotebookNet",
-                "--model-kwargs", json.dumps(KWARGS), "--checkpoint", str(tmp / "notebook.pth"),
-                "--labels", str(tmp / "labels.json"), "--preprocess-code", str(tmp / "notebook_pre.py"),
-                "--format", "eager", "--model-name", "notebook", *common)
-    (tmp / "fragile_pre.py").write_text(FRAGILE_CODE)
-    package_cli("--model-file", str(tmp / "notebook_net.py"), "--model-kwargs", json.dumps(KWARGS),
-                "--checkpoint", str(tmp / "notebook.pth"), "--labels", str(tmp / "labels.json"),
-                "--preprocess-code", str(tmp / "fragile_pre.py"), "--format", "onnx",
-                "--model-name", "fragile", *common)
+    with ConcurrentPackaging() as packagings:
+        (tmp / "notebook_net.py").write_text(MODEL_FILE)
+        (tmp / "notebook_pre.py").write_text(PREPROCESS_CODE)
+        net = import_file(tmp / "notebook_net.py", "notebook_net_reference").NotebookNet(**KWARGS)
+        for param in net.parameters():  # non-trivial BatchNorm statistics in the checkpoint too
+            torch.nn.init.normal_(param, std=0.5)
+        net.features[1].running_mean.uniform_(-0.2, 0.2)
+        torch.save(net.state_dict(), tmp / "notebook.pth")
+        packagings.start("--model-file", str(tmp / "notebook_net.py"), "--model-class", "NotebookNet",
+                         "--model-kwargs", json.dumps(KWARGS), "--checkpoint", str(tmp / "notebook.pth"),
+                         "--labels", str(tmp / "labels.json"),
+                         "--preprocess-code", str(tmp / "notebook_pre.py"),
+                         "--format", "eager", "--model-name", "notebook", *common)
+        (tmp / "fragile_pre.py").write_text(FRAGILE_CODE)
+        packagings.start("--model-file", str(tmp / "notebook_net.py"), "--model-kwargs", json.dumps(KWARGS),
+                         "--checkpoint", str(tmp / "notebook.pth"), "--labels", str(tmp / "labels.json"),
+                         "--preprocess-code", str(tmp / "fragile_pre.py"), "--format", "onnx",
+                         "--model-name", "fragile", *common)
 
-    import timm
+        import timm
 
-    timm_model = timm.create_model(TIMM_NAME, pretrained=False, num_classes=10)
-    torch.save(timm_model.state_dict(), tmp / "timm.pth")
-    package_cli("--arch", f"timm:{TIMM_NAME}", "--checkpoint", str(tmp / "timm.pth"),
-                "--labels", str(tmp / "labels.json"), "--format", "onnx", "--model-name", "timm_small",
-                *common)
+        timm_model = timm.create_model(TIMM_NAME, pretrained=False, num_classes=10)
+        torch.save(timm_model.state_dict(), tmp / "timm.pth")
+        packagings.start("--arch", f"timm:{TIMM_NAME}", "--checkpoint", str(tmp / "timm.pth"),
+                         "--labels", str(tmp / "labels.json"), "--format", "onnx",
+                         "--model-name", "timm_small", *common)
 
-    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+        from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
-    hf_config = ViTConfig(hidden_size=48, num_hidden_layers=2, num_attention_heads=2, intermediate_size=96,
-                          image_size=64, patch_size=16, num_labels=10,
-                          id2label={i: f"hf-{i}" for i in range(10)},
-                          label2id={f"hf-{i}": i for i in range(10)})
-    ViTForImageClassification(hf_config).save_pretrained(tmp / "hf_vit")
-    ViTImageProcessor(size={"height": 64, "width": 64}, image_mean=[0.4, 0.45, 0.5],
-                      image_std=[0.25, 0.25, 0.3]).save_pretrained(tmp / "hf_vit")
-    package_cli("--arch", f"hf:{tmp / 'hf_vit'}", "--format", "onnx", "--model-name", "hf_vit", *common)
+        hf_config = ViTConfig(hidden_size=48, num_hidden_layers=2, num_attention_heads=2,
+                              intermediate_size=96, image_size=64, patch_size=16, num_labels=10,
+                              id2label={i: f"hf-{i}" for i in range(10)},
+                              label2id={f"hf-{i}": i for i in range(10)})
+        ViTForImageClassification(hf_config).save_pretrained(tmp / "hf_vit")
+        ViTImageProcessor(size={"height": 64, "width": 64}, image_mean=[0.4, 0.45, 0.5],
+                          image_std=[0.25, 0.25, 0.3]).save_pretrained(tmp / "hf_vit")
+        packagings.start("--arch", f"hf:{tmp / 'hf_vit'}", "--format", "onnx", "--model-name", "hf_vit",
+                         *common)
+        packagings.wait()
     return {"tmp": tmp, "store": store, "net": net.eval(), "timm": timm_model.eval()}
 
 
