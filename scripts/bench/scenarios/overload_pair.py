@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 import tempfile
 import threading
@@ -27,6 +26,7 @@ from pathlib import Path
 from scripts import repo
 from scripts.bench import stats
 from scripts.bench.load.loadtest import Target, run_closed, run_open
+from scripts.bench.scenarios import finish
 from scripts.ops import balancer as lb
 from scripts.ops import serve
 from scripts.ops.torchserve_http import sample_jpeg
@@ -199,11 +199,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{args.duration:g} s, then {saturated / 2:.1f} rps for {args.after:g} s", file=sys.stderr)
         out = run(balancer, rate, args.duration, args.after, round(saturated / 2, 1))
         out["saturated_rps"] = saturated
-    problems = verdict(out, args.margin_ms)
-    print(json.dumps(out, indent=2) if args.json else report(out))
-    for line in problems:
-        print(f"FAIL: {line}")
-    return 1 if problems else 0
+    return finish(out, verdict(out, args.margin_ms), report, args.json)
 
 
 def report(out: dict) -> str:

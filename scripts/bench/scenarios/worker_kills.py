@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import json
 import os
 import signal
 import sys
@@ -34,7 +33,7 @@ from image_classifier_client.contract import RESEND_BUDGET
 
 from scripts import repo
 from scripts.bench import stats
-from scripts.bench.scenarios import overload_pair
+from scripts.bench.scenarios import finish, overload_pair
 from scripts.ops import balancer as lb
 from scripts.ops.torchserve_http import TorchServeClient, sample_jpeg
 
@@ -152,11 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         replicas = [c for c in balancer.agent.replicas.values() if c] if balancer.agent else []
         print(f"[worker_kills] {args.kills} kills under {args.rate:g} requests/s", file=sys.stderr)
         figures = run(balancer, replicas, image, kills=args.kills, rate=args.rate)
-    found = problems(figures, args.kills)
-    print(json.dumps(figures, indent=2) if args.json else report(figures))
-    for line in found:
-        print(f"FAIL: {line}")
-    return 1 if found else 0
+    return finish(figures, problems(figures, args.kills), report, args.json)
 
 
 def report(figures: dict) -> str:
