@@ -1,6 +1,7 @@
 """Research code that cannot travel fails at packaging, before anything is archived: exit 2 and
-one line naming the module and the file (the cases run the CLI's `main` in this process; two run
-the command itself). And preprocessing returning tensors, v1 and v2 Compose, passes the checks."""
+one line naming the module and the file (the cases run the CLI's `main` in this process; one,
+the import the server cannot satisfy, runs the command itself). And preprocessing returning
+tensors, v1 and v2 Compose, passes the checks."""
 
 from __future__ import annotations
 
