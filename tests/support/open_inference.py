@@ -5,8 +5,10 @@ from __future__ import annotations
 import base64
 
 
-def v2(image: bytes, request_id: str | None = "a", **extra) -> dict:
-    doc = {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
+def v2(image: bytes, request_id: str | None = "a", shape: list[int] | None = None, **extra) -> dict:
+    """One image as a v2 request's BYTES input "image", base64; `shape` [1] unless given ([1, 1]
+    for a batching Triton model, which requires the batch dimension)."""
+    doc = {"inputs": [{"name": "image", "shape": shape or [1], "datatype": "BYTES",
                        "data": [base64.b64encode(image).decode()]}], **extra}
     return doc if request_id is None else {"id": request_id, **doc}
 

@@ -20,8 +20,8 @@ One run measures, interleaved A/B/B/A so machine noise hits all alike:
   triton    Triton Inference Server (pytriton's callable) with its dynamic batcher, v2 requests
             (triton_peer.py);
   triton_repo  Triton serving our archive as a model repository (scripts.deploy.triton_repo: stub
-            processes, its dynamic batcher), v2 requests (triton_server.py); the better of the
-            two Triton rows is the one the targets compare with;
+            processes, its dynamic batcher), v2 requests (scripts.deploy.triton_server); the
+            better of the two Triton rows is the one the targets compare with;
   bentoml   BentoML with adaptive batching, raw requests (batching_peer.py);
   floor     no model: a trivial server, what the load generator itself costs (floor.py);
 every peer on the same model.onnx, handler.preprocessing and photos, 2 processes (or model

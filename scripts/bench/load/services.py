@@ -4,7 +4,7 @@ scripts.bench.load.loadtest in its own process, its backlog drained after each w
 
 Kinds: torchserve (ours, stock), container (the runtime image, as the README runs it),
 fastapi (fastapi_peer.py), triton (triton_peer.py: pytriton's callable), triton_repo (our archive as a
-Triton model repository, scripts.deploy.triton_repo, served by triton_server.py), batching
+Triton model repository, scripts.deploy.triton_repo, served by scripts.deploy.triton_server), batching
 (batching_peer.py, BentoML), floor
 (floor.py, no model: the load generator's own floor). A service with `shares` measures another
 one's server (ours in the v2 protocol)."""
@@ -100,12 +100,13 @@ def start_torchserve(svc: Service, workers: int) -> None:
 def start_triton_repo(svc: Service, port: int) -> None:
     """The archive written as a Triton model repository (its knobs: instances, max_batch,
     delay_us) and served by the bundled tritonserver."""
-    from scripts.bench.peers import triton_peer, triton_server
-    from scripts.deploy import triton_repo
+    from scripts.bench.peers import peer_env, triton_peer
+    from scripts.deploy import triton_repo, triton_server
 
     repository = svc.workdir / "repository"
     triton_repo.write_repository(svc.mar, repository, **svc.knobs)
-    svc.proc = triton_server.start(repository, port, svc.model, log_path=svc.workdir / "tritonserver.log")
+    svc.proc = triton_server.start(repository, port, svc.model, peer_env.ensure(progress=False),
+                                   log_path=svc.workdir / "tritonserver.log")
     svc.url = triton_peer.url(port, svc.model)
 
 

@@ -33,18 +33,17 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import os
 import signal
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-HOST = "127.0.0.1"
+# The peer stops and is awaited as the tritonserver it runs: its own process group, v2 health.
+from scripts.deploy.triton_server import HOST, wait_ready
+from scripts.deploy.triton_server import stop as stop
+
 MODEL = "efficientnet_lite0"
 TOP_K = 5
 
@@ -162,55 +161,6 @@ def start(model_dir: Path, port: int, instances: int = 2, max_batch: int = 4, de
     proc.log_path = log_path
     wait_ready(proc, port, model, timeout, "the Triton peer")
     return proc
-
-
-def wait_ready(proc: subprocess.Popen, port: int, model: str, timeout: float, what: str) -> None:
-    """Return once Triton on `port` and `model` are ready (v2 health routes); else stop `proc`
-    and raise, quoting the end of its log (`proc.log_path`)."""
-    base = f"http://{HOST}:{port}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}; its last lines "
-                               f"({proc.log_path}):\n{tail(proc.log_path)}")
-        if _ready(f"{base}/v2/health/ready") and _ready(f"{base}/v2/models/{model}/ready"):
-            return
-        time.sleep(0.5)
-    stop(proc)
-    raise TimeoutError(f"{what} was not ready within {timeout:.0f} s; its last lines "
-                       f"({proc.log_path}):\n{tail(proc.log_path)}")
-
-
-def _ready(address: str) -> bool:
-    try:
-        with urllib.request.urlopen(address, timeout=2) as resp:
-            return resp.status == 200
-    except (OSError, urllib.error.HTTPError):
-        return False
-
-
-def tail(path: Path, lines: int = 20) -> str:
-    """The last lines of a log file ('' when there is none)."""
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
-def stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
-    """Stop the peer: SIGTERM to its process group (pytriton, tritonserver, the Python stubs),
-    SIGKILL to what is left after `grace` s."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            pass
-    try:  # tritonserver or a stub may outlive the python parent
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(5)
 
 
 if __name__ == "__main__":

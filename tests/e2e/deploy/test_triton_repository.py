@@ -1,5 +1,6 @@
 """The archive as a Triton model repository (scripts/deploy/triton_repo.py) served by the real
-tritonserver 2.51 (the peers' environment) with the archive's own code: it answers as TorchServe
+tritonserver 2.51 (scripts/deploy/triton_server.py, from the peers' environment) with the
+archive's own code: it answers as TorchServe
 does from the same bytes, a bad image fails alone with 400 in a shared batch, the metadata and
 health routes answer, and a file changed after writing refuses the load."""
 
@@ -11,10 +12,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from scripts.bench.load import loadtest
-from scripts.bench.peers import triton_server
-from scripts.deploy import triton_repo
+# Only for the environment that holds the wheel's tritonserver (made on first use).
+from scripts.bench.peers import peer_env
+from scripts.deploy import triton_repo, triton_server
 from scripts.ops.serve import free_ports
+from tests.support.open_inference import v2
 from tests.support.servers import MODEL
 
 MAX_BATCH = 4
@@ -26,9 +28,16 @@ def triton(tmp_path_factory, default_mar):
     repository = tmp_path_factory.mktemp("triton")
     triton_repo.write_repository(default_mar, repository, environ={}, max_batch=MAX_BATCH, delay_us=DELAY_US)
     port = free_ports(1)[0]
-    proc = triton_server.start(repository, port, MODEL, log_path=repository.parent / "tritonserver.log")
+    proc = triton_server.start(repository, port, MODEL, peer_env.ensure(progress=False),
+                               log_path=repository.parent / "tritonserver.log")
     yield f"http://127.0.0.1:{port}/v2/models/{MODEL}"
     triton_server.stop(proc)
+
+
+def body(image: bytes) -> bytes:
+    """A v2 request of one image with the batch dimension a batching Triton model requires
+    ([1, 1]; TorchServe takes the same as one image)."""
+    return json.dumps(v2(image, shape=[1, 1])).encode()
 
 
 def outputs(answer: dict) -> dict[str, list]:
@@ -39,9 +48,9 @@ def outputs(answer: dict) -> dict[str, list]:
 @pytest.mark.e2e
 @pytest.mark.parametrize("name", ["cat.jpg", "coffee.png"])
 def test_triton_answers_as_torchserve_from_the_same_bytes(server, photos, triton, name):
-    body = loadtest.request_bodies([photos[name].read_bytes()], "v2")[0]
-    theirs = requests.post(f"{triton}/infer", data=body, timeout=60)
-    ours = requests.post(f"{server.client.inference_url}/v2/models/{MODEL}/infer", data=body,
+    sent = body(photos[name].read_bytes())
+    theirs = requests.post(f"{triton}/infer", data=sent, timeout=60)
+    ours = requests.post(f"{server.client.inference_url}/v2/models/{MODEL}/infer", data=sent,
                          headers={"Content-Type": "application/json",
                                   **server.client.auth_headers("inference")}, timeout=60)
     assert theirs.status_code == 200 and ours.status_code == 200, (theirs.text, ours.text)
@@ -52,12 +61,11 @@ def test_triton_answers_as_torchserve_from_the_same_bytes(server, photos, triton
 
 @pytest.mark.e2e
 def test_a_bad_image_fails_alone_with_400_in_a_shared_batch(photos, triton):
-    good = loadtest.request_bodies([photos["cat.jpg"].read_bytes()], "v2")[0]
-    bad = loadtest.request_bodies([b"not an image"], "v2")[0]
+    good, bad = body(photos["cat.jpg"].read_bytes()), body(b"not an image")
     stats = f"{triton}/stats"
     before = requests.get(stats, timeout=10).json()["model_stats"][0]["execution_count"]
     with ThreadPoolExecutor(max_workers=4) as pool:
-        answers = list(pool.map(lambda body: requests.post(f"{triton}/infer", data=body, timeout=60),
+        answers = list(pool.map(lambda sent: requests.post(f"{triton}/infer", data=sent, timeout=60),
                                 [good, bad, good, good]))
     executions = requests.get(stats, timeout=10).json()["model_stats"][0]["execution_count"] - before
     assert [a.status_code for a in answers] == [200, 400, 200, 200], [a.text for a in answers]
@@ -81,5 +89,6 @@ def test_a_file_changed_after_writing_refuses_the_load(tmp_path, default_mar, tr
     labels.write_text(json.dumps({**json.loads(labels.read_text()), "0": "changed"}))
     log = tmp_path / "tritonserver.log"
     with pytest.raises(RuntimeError, match="tritonserver exited"):
-        triton_server.start(tmp_path / "repo", free_ports(1)[0], MODEL, timeout=120, log_path=log)
+        triton_server.start(tmp_path / "repo", free_ports(1)[0], MODEL, peer_env.ensure(progress=False),
+                            timeout=120, log_path=log)
     assert "Integrity check failed: file index_to_name.json sha256" in log.read_text()
