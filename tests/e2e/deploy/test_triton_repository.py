@@ -1,8 +1,8 @@
 """The archive as a Triton model repository (scripts/deploy/triton_repo.py) served by the real
 tritonserver 2.51 (scripts/deploy/triton_server.py, from the peers' environment) with the
-archive's own code: it answers as TorchServe
-does from the same bytes, a bad image fails alone with 400 in a shared batch, the metadata and
-health routes answer, and a file changed after writing refuses the load."""
+archive's own code: it answers as TorchServe does from the same bytes, a bad image fails alone
+with 400 in a shared batch, the metadata and health routes answer, and a file changed after
+writing refuses the load."""
 
 from __future__ import annotations
 
