@@ -93,9 +93,17 @@ photos: install
 stop:
 	@if [ -x $(PY) ]; then $(PY) -m scripts.ops.serve stop; else echo "nothing to stop"; fi
 
+# The tests that load the machine on purpose (marked alone) run by themselves first; the rest
+# then run on TEST_WORKERS processes (tests/conftest.py keeps what shares state on one). Both
+# phases always run; either failing fails the target.
+TEST_WORKERS ?= 2
+
 test: install-dev $(MAR) image
 	$(PY) -m ruff check .
-	$(PY) -m pytest -v --durations=15
+	@rc=0; \
+	$(PY) -m pytest -v --durations=15 -m alone || rc=1; \
+	$(PY) -m pytest -v --durations=15 -m "not alone" -n $(TEST_WORKERS) --dist loadscope || rc=1; \
+	exit $$rc
 
 lint: install-dev
 	$(PY) -m ruff check .

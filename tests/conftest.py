@@ -15,6 +15,7 @@ from tests.support.client_cli import fresh_venv
 from tests.support.context import unpack
 from tests.support.keys import write_key_pair
 from tests.support.labelled import write_labelled
+from tests.support.scheduling import ALONE, pair_of, scope_of
 from tests.support.servers import MODEL, forbidden, serving
 
 # Measured first, before anything else runs: the balancer's worker kills and overload pair
@@ -24,8 +25,28 @@ from tests.support.servers import MODEL, forbidden, serving
 RUN_FIRST = ("tests/e2e/ops/test_balancer.py::",)
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest's own `-m` selection reads the marks
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    items.sort(key=lambda item: not item.nodeid.startswith(RUN_FIRST))  # stable: the rest keep their order
+    """The balancer first, then end-to-end before unit tests (the longest first, so the parallel
+    phase's workers finish together), each keeping its collection order; `alone` marked."""
+    items.sort(key=lambda item: (not item.nodeid.startswith(RUN_FIRST), "/unit/" in item.nodeid))
+    for item in items:
+        if pair_of(item.nodeid) in ALONE:
+            item.add_marker(pytest.mark.alone)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """`-n 2 --dist loadscope` with scope_of as the scope (xdist's own is the module)."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class PairScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return scope_of(nodeid)
+
+    return PairScheduling(config, log)
 
 
 @pytest.hookimpl(wrapper=True)

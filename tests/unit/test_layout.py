@@ -8,6 +8,7 @@ import ast
 from pathlib import Path
 
 from scripts import repo
+from tests.support.scheduling import ALONE, SHARED, pair_of, scope_of
 
 TESTS = repo.ROOT / "tests"
 AREAS = {"handler", "packaging", "ops", "deploy", "client", "bench"}
@@ -69,3 +70,17 @@ def test_tests_never_import_each_other():
             if hits:
                 borrowed[str(path.relative_to(TESTS))] = hits
     assert borrowed == {}
+
+
+def test_every_scheduled_name_is_a_module_pair():
+    """A module renamed away from ALONE or SHARED would silently run beside a neighbour."""
+    pairs = {pair_of(str(path.relative_to(repo.ROOT))) for path in modules()}
+    named = set(ALONE) | {pair for group in SHARED.values() for pair in group}
+    assert named <= pairs, named - pairs
+
+
+def test_a_modules_halves_share_a_scope_and_a_shared_group_one_scope():
+    assert scope_of("tests/unit/handler/test_provenance.py::test_a") == \
+        scope_of("tests/e2e/handler/test_provenance.py::test_b[x]") == "handler/test_provenance.py"
+    assert {scope_of(f"tests/e2e/{pair}::t") for pairs in SHARED.values() for pair in pairs} == set(SHARED)
+    assert scope_of("tests/unit/test_layout.py::t") == "test_layout.py"
