@@ -94,7 +94,7 @@ stop:
 	@if [ -x $(PY) ]; then $(PY) -m scripts.ops.serve stop; else echo "nothing to stop"; fi
 
 # The tests that load the machine on purpose (marked alone) run by themselves first; the rest
-# then run on TEST_WORKERS processes (tests/conftest.py keeps what shares state on one). Both
+# then run on TEST_WORKERS processes (tests/support/scheduling.py keeps what shares state on one). Both
 # phases always run; either failing fails the target.
 TEST_WORKERS ?= 2
 

@@ -15,14 +15,8 @@ from tests.support.client_cli import fresh_venv
 from tests.support.context import unpack
 from tests.support.keys import write_key_pair
 from tests.support.labelled import write_labelled
-from tests.support.scheduling import ALONE, pair_of, scope_of
+from tests.support.scheduling import ALONE, RUN_FIRST, pair_of, scope_of
 from tests.support.servers import MODEL, forbidden, serving
-
-# Measured first, before anything else runs: the balancer's worker kills and overload pair
-# measure what this 2-core machine serves, and fail when the session's shared server (its JVM
-# and two workers, idle) shares it: worker kills took 89 s beside it against 74 s alone, and
-# clients got a second 503 in a row.
-RUN_FIRST = ("tests/e2e/ops/test_balancer.py::",)
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest's own `-m` selection reads the marks
