@@ -30,7 +30,6 @@ of pixels. A module that declares nothing is handed a short side of at least DEF
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.machinery
 import importlib.util
@@ -45,6 +44,8 @@ from types import ModuleType
 import numpy as np
 import torch
 from PIL import Image
+
+from handler.integrity import sha256_file
 
 
 class CodeFileError(ValueError):
@@ -147,7 +148,7 @@ def load(path: str | Path) -> Transform:
     from the file's bytes, so two archives' modules never share an entry in sys.modules."""
     path = Path(path)
     try:
-        name = f"preprocess_code_{hashlib.sha256(path.read_bytes()).hexdigest()[:12]}"
+        name = f"preprocess_code_{sha256_file(path)[:12]}"
         module = import_file(path, name)
     except (OSError, CodeFileError) as exc:
         raise PreprocessCodeError(str(exc)) from exc

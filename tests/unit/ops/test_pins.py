@@ -8,7 +8,6 @@ the pin from outside refuses it.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import zipfile
 from pathlib import Path
@@ -16,14 +15,11 @@ from pathlib import Path
 import pytest
 
 from handler import integrity
+from handler.integrity import sha256_file as sha256
 from scripts.ops import pins
 from scripts.ops.pins import PinError, check_pins
 from tests.support.archives import rehashed_tampered
 from tests.support.context import unpack
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture
