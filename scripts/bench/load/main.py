@@ -50,7 +50,7 @@ import sys
 import time
 from pathlib import Path
 
-from handler.provenance import sha256_file
+from handler.integrity import sha256_file
 from scripts import repo
 from scripts.bench import stats
 from scripts.bench.load.artifacts import ours_mar, scripted, stock_mar, unpack

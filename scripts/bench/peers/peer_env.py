@@ -7,13 +7,13 @@ there (requirements-peers.txt says why). A changed requirements file rebuilds it
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+from handler.integrity import sha256_file
 from scripts import repo
 
 VENV = repo.BUILD_DIR / "peers" / "venv"
@@ -28,7 +28,7 @@ def python() -> Path:
 
 def ensure(progress: bool = True) -> Path:
     """The peers' python, the environment made or rebuilt first when requirements-peers.txt changed."""
-    want = hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()
+    want = sha256_file(REQUIREMENTS)
     if STAMP.is_file() and STAMP.read_text() == want and python().is_file():
         return python()
     if not BASE_PYTHON.is_file():

@@ -13,7 +13,7 @@ import time
 import pytest
 from PIL import Image
 
-from handler.provenance import sha256_file
+from handler.integrity import sha256_file
 from scripts import repo
 from scripts.ops import inspect_mar
 from scripts.ops.lifecycle import KEY_RENEWER_PID
